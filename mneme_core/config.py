@@ -1,0 +1,330 @@
+"""Typed study configuration, read from YAML and validated before any heavy work.
+
+One YAML file describes a whole study. Every section is a frozen dataclass; loading
+checks key names (an unknown key is an error naming its full path, e.g.
+``training.lr_warmup``), types and ranges, so a typo fails in a second instead of after an
+hour of activation collection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A study configuration is invalid; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from.
+
+    ``source`` is one of:
+    - ``hf``: a hub id or a local transformers folder in ``path``;
+    - ``gguf``: a GGUF file in ``path`` (converted once to safetensors in the cache);
+    - ``named``: a name MNEME knows how to resolve offline (e.g. ``smollm2-135m-instruct``);
+    - ``delta``: ``base`` model plus a safetensors file ``path`` holding only changed tensors.
+    """
+
+    source: Literal["hf", "gguf", "named", "delta"] = "hf"
+    path: str = ""
+    gguf_file: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    revision: str = ""
+
+    def validate(self, where: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{where}.path is empty: give a hub id, a folder, a file or a name")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    base: ModelSpec = field(default_factory=ModelSpec)
+    ft: ModelSpec = field(default_factory=ModelSpec)
+    layer: int = -1  # residual stream after this decoder layer; -1 = middle layer
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Neutral text the models are compared on (never the fine-tuning data)."""
+
+    dataset: str = ""  # hub dataset name (users online) ...
+    files: tuple[str, ...] = ()  # ... or local text/json/jsonl/parquet files (offline)
+    split: str = "train"
+    subset: str = ""
+    text_field: str = "text"
+    messages_field: str = ""  # set to use chat messages with the model's chat template
+    n_tokens: int = 100_000
+    context_length: int = 128
+    exclude_control_tokens: bool = True
+    shuffle_seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if bool(self.dataset) == bool(self.files):
+            raise ConfigError(f"{where}: give exactly one of 'dataset' (hub name) or 'files' (local paths)")
+        _positive(self.n_tokens, f"{where}.n_tokens")
+        _positive(self.context_length, f"{where}.context_length")
+
+
+@dataclass(frozen=True)
+class ActivationsConfig:
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    shard_tokens: int = 65_536
+    batch_size: int = 8  # contexts per forward pass
+    norm_sample_tokens: int = 20_000
+
+    def validate(self, where: str) -> None:
+        _positive(self.shard_tokens, f"{where}.shard_tokens")
+        _positive(self.batch_size, f"{where}.batch_size")
+
+
+@dataclass(frozen=True)
+class CrossCoderConfig:
+    expansion: int = 8  # n_latents = expansion * d_model, unless n_latents is set
+    n_latents: int = 0
+    k: int = 32
+    selection_norm: Literal["l2", "l2_squared"] = "l2"
+
+    def validate(self, where: str) -> None:
+        _positive(self.k, f"{where}.k")
+        if self.n_latents < 0 or self.expansion <= 0:
+            raise ConfigError(f"{where}: expansion must be > 0 and n_latents >= 0")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 2048
+    n_tokens: int = 0  # tokens to train on; 0 = one pass over the store
+    lr: float = 0.0  # 0 = 1e-4 scaled by sqrt(16384 / n_latents)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    aux_alpha: float = 1.0 / 32
+    k_aux: int = 0  # 0 = d_model // 2
+    dead_tokens: int = 1_000_000  # a latent not firing for this many tokens is dead
+    threshold_ema: float = 0.999
+    threshold_warmup_steps: int = 50
+    val_fraction: float = 0.05
+    checkpoint_every: int = 500
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def validate(self, where: str) -> None:
+        _positive(self.batch_size, f"{where}.batch_size")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"{where}.val_fraction must be in (0, 0.5)")
+        if not 0.0 < self.threshold_ema < 1.0:
+            raise ConfigError(f"{where}.threshold_ema must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DiffingConfig:
+    tau: float = 1.0  # |log2(beta_ft / beta_base)| above this is amplified / suppressed
+    base_only_below: float = 0.1
+    ft_only_above: float = 0.9
+    shared_band: tuple[float, float] = (0.4, 0.6)
+    n_tokens: int = 0  # analysis tokens for latent scaling; 0 = every stored token
+    eps: float = 1e-8
+
+    def validate(self, where: str) -> None:
+        lo, hi = self.shared_band
+        if not 0.0 <= self.base_only_below < lo <= hi < self.ft_only_above <= 1.0:
+            raise ConfigError(
+                f"{where}: need 0 <= base_only_below < shared_band[0] <= shared_band[1] < ft_only_above <= 1"
+            )
+        if self.tau < 0:
+            raise ConfigError(f"{where}.tau must be >= 0")
+
+
+@dataclass(frozen=True)
+class ContextsConfig:
+    n_tokens: int = 0  # tokens streamed for contexts; 0 = the activation store's tokens
+    top_n: int = 20
+    window: int = 32
+    n_quantiles: int = 5
+    per_quantile: int = 2
+    hist_bins: int = 30
+
+
+@dataclass(frozen=True)
+class InterpretConfig:
+    explainer: Literal["offline", "openai", "transformers"] = "offline"
+    latents: str = "attributed"  # attributed | all | amplified,suppressed | comma-separated ids
+    max_latents: int = 0  # 0 = no limit
+    base_url: str = ""  # openai: e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # openai model name, or transformers model path
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    n_examples: int = 10
+    scorer: Literal["embedding", "detection", "fuzzing", "none"] = "embedding"
+    embedding_model: str = ""  # "" = the offline all-MiniLM-L6-v2 package
+
+
+@dataclass(frozen=True)
+class CategoriesConfig:
+    labeler: Literal["taxonomy", "llm"] = "taxonomy"
+    taxonomies: tuple[str, ...] = ("mmlu", "safety")  # built-in names or file paths
+    umap_neighbors: int = 15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    benchmark: str = ""  # path to CSV/JSON, "lm_eval:BEFORE.json,AFTER.json", or "runner:FILE"
+    direction: Literal["drop", "rise"] = "drop"
+    latent_direction: Literal["suppressed", "amplified", "both"] = "suppressed"
+    degrade_threshold: float = 0.05
+    significance: float = 0.05
+    predict_threshold: float = 0.0  # 0 = choose by the rule documented in evaluation.py
+    intervention_description: str = ""  # one line, used only by the naive baseline
+    random_draws: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    run_dir: str = ""  # "" = runs/<name>
+    seed: int = 0
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    crosscoder: CrossCoderConfig = field(default_factory=CrossCoderConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    diffing: DiffingConfig = field(default_factory=DiffingConfig)
+    contexts: ContextsConfig = field(default_factory=ContextsConfig)
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
+    categories: CategoriesConfig = field(default_factory=CategoriesConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def validate(self) -> None:
+        self.models.base.validate("models.base")
+        self.models.ft.validate("models.ft")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate") and f.name != "models":
+                section.validate(f.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _positive(value: int | float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return build(tp, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} has an invalid value {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by full path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        path = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key '{path}{unknown[0]}'; allowed keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
+    """Read and validate a study config from a YAML path or a mapping."""
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+    cfg = build(StudyConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,88 @@
+"""The run directory: atomic writes, stage status, column merges, schema checks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from mneme_core import RunError, open_run
+from mneme_core.store import (
+    SCHEMA_VERSION,
+    atomic_path,
+    init_run,
+    merge_latent_columns,
+    set_stage,
+    write_parquet,
+)
+
+CFG = {"name": "s", "models": {"layer": 3}, "corpus": {"files": ["a.txt"]}}
+
+
+def test_init_set_stage_and_open(tmp_path):
+    init_run(tmp_path, CFG, provenance=[{"name": "a.txt", "licence": "public domain"}])
+    set_stage(tmp_path, "collect", "complete", metrics={"tokens": 10})
+    run = open_run(tmp_path)
+    assert run.manifest["schema_version"] == SCHEMA_VERSION
+    assert run.stage_status("collect") == "complete"
+    assert run.stage_metrics("collect") == {"tokens": 10}
+    assert run.missing_stages()[0] == "train"
+    assert run.manifest["provenance"][0]["licence"] == "public domain"
+
+
+def test_rerun_with_other_config_is_refused(tmp_path):
+    init_run(tmp_path, CFG)
+    init_run(tmp_path, {**CFG, "run_dir": "elsewhere"})  # run_dir alone may differ
+    with pytest.raises(RunError, match="different config.*corpus"):
+        init_run(tmp_path, {**CFG, "corpus": {"files": ["b.txt"]}})
+
+
+def test_merge_latent_columns_keeps_other_stages_columns(tmp_path):
+    init_run(tmp_path, CFG)
+    merge_latent_columns(tmp_path, pd.DataFrame({"latent": [2, 0, 1], "rel_norm": [0.2, 0.0, 0.1]}))
+    merge_latent_columns(tmp_path, pd.DataFrame({"latent": [0, 1, 2], "description": ["a", "b", "c"]}))
+    merge_latent_columns(tmp_path, pd.DataFrame({"latent": [0, 1, 2], "rel_norm": [0.5, 0.6, 0.7]}))
+    df = open_run(tmp_path).latents
+    assert list(df["latent"]) == [0, 1, 2]
+    assert list(df["description"]) == ["a", "b", "c"]
+    assert list(df["rel_norm"]) == [0.5, 0.6, 0.7]
+
+
+def test_contexts_of_one_latent_in_order(tmp_path):
+    init_run(tmp_path, CFG)
+    rows = [
+        {"latent": lat, "kind": kind, "rank": r, "tokens": ["a", "b"], "acts": [0.0, 1.0], "max_act": 1.0}
+        for lat in range(50) for kind in ("quantile", "top") for r in (1, 0)
+    ]
+    write_parquet(tmp_path / "contexts.parquet", pd.DataFrame(rows), row_group_size=16)
+    ctx = open_run(tmp_path).contexts(7)
+    assert set(ctx["latent"]) == {7}
+    assert list(zip(ctx["kind"], ctx["rank"])) == [("top", 0), ("top", 1), ("quantile", 0), ("quantile", 1)]
+
+
+def test_failed_atomic_write_leaves_old_file(tmp_path):
+    target = tmp_path / "t.parquet"
+    write_parquet(target, pd.DataFrame({"a": [1]}))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert pd.read_parquet(target)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_open_errors_are_readable(tmp_path):
+    with pytest.raises(RunError, match="no run directory"):
+        open_run(tmp_path / "missing")
+    with pytest.raises(RunError, match="not a MNEME run"):
+        open_run(tmp_path)
+    (tmp_path / "run.json").write_text("{broken")
+    with pytest.raises(RunError, match="not valid JSON"):
+        open_run(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 0}))
+    with pytest.raises(RunError, match="schema version 0"):
+        open_run(tmp_path)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert os.path.exists(tmp_path / "run.json")
