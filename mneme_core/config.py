@@ -129,11 +129,20 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class DiffingConfig:
-    tau: float = 1.0  # |log2(beta_ft / beta_base)| above this is amplified / suppressed
+    """Attribution settings (diffing.py).
+
+    ``tau`` = 0.5 means a latent must be at least 2**0.5 ≈ 1.41× stronger (or weaker) in
+    the fine-tuned model to count as amplified (suppressed): midway between "unchanged"
+    (ratio 1) and the doubling / 0.3× effects a real intervention leaves.
+    """
+
+    tau: float = 0.5  # |log2(beta_ft / beta_base)| above this is amplified / suppressed
     base_only_below: float = 0.1
     ft_only_above: float = 0.9
     shared_band: tuple[float, float] = (0.4, 0.6)
     n_tokens: int = 0  # analysis tokens for latent scaling; 0 = every stored token
+    batch_size: int = 4096  # tokens per latent-scaling batch (bounds memory)
+    max_shift: float = 10.0  # |shift| is capped here when one model's beta is ~0
     eps: float = 1e-8
 
     def validate(self, where: str) -> None:
@@ -144,6 +153,10 @@ class DiffingConfig:
             )
         if self.tau < 0:
             raise ConfigError(f"{where}.tau must be >= 0")
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.max_shift, f"{where}.max_shift")
+        if self.n_tokens < 0:
+            raise ConfigError(f"{where}.n_tokens must be >= 0 (0 = every stored token)")
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,15 @@ class ContextsConfig:
     n_quantiles: int = 5
     per_quantile: int = 2
     hist_bins: int = 30
+    batch_size: int = 0  # tokens per encode batch; 0 = sized so a dense (B, F) code stays ~64 MB
+    n_random: int = 256  # random windows kept as non-activating examples for scorers
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        for name in ("top_n", "window", "n_quantiles", "per_quantile", "hist_bins"):
+            _positive(getattr(self, name), f"{where}.{name}")
+        if self.n_tokens < 0 or self.batch_size < 0 or self.n_random < 0:
+            raise ConfigError(f"{where}: n_tokens, batch_size and n_random must be >= 0 (0 = default)")
 
 
 @dataclass(frozen=True)
@@ -170,6 +192,22 @@ class InterpretConfig:
     n_examples: int = 10
     scorer: Literal["embedding", "detection", "fuzzing", "none"] = "embedding"
     embedding_model: str = ""  # "" = the offline all-MiniLM-L6-v2 package
+    retry_backoff_s: float = 1.0  # first retry waits ~this, doubling each time
+    device: str = "cpu"  # transformers explainer device
+    max_new_tokens: int = 120  # LLM answer budget per call
+    n_score_examples: int = 10  # activating (and as many non-activating) examples per score
+
+    def validate(self, where: str) -> None:
+        if self.explainer == "openai" and not (self.base_url and self.model):
+            raise ConfigError(f"{where}: explainer 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and model")
+        if self.explainer == "transformers" and not self.model:
+            raise ConfigError(f"{where}: explainer 'transformers' needs model (a folder, hub id or 'smollm2-135m-instruct')")
+        if self.scorer in ("detection", "fuzzing") and self.explainer == "offline":
+            raise ConfigError(f"{where}.scorer {self.scorer!r} needs an LLM: set explainer to openai or transformers, or use scorer 'embedding'")
+        for name in ("concurrency", "n_examples", "max_new_tokens", "n_score_examples"):
+            _positive(getattr(self, name), f"{where}.{name}")
+        if self.max_latents < 0 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ConfigError(f"{where}: max_latents and max_retries must be >= 0 and timeout_s > 0")
 
 
 @dataclass(frozen=True)
@@ -178,6 +216,12 @@ class CategoriesConfig:
     taxonomies: tuple[str, ...] = ("mmlu", "safety")  # built-in names or file paths
     umap_neighbors: int = 15
     seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if not self.taxonomies and self.labeler == "taxonomy":
+            raise ConfigError(f"{where}.taxonomies is empty: name built-ins (mmlu, safety) or label files")
+        if self.umap_neighbors < 2:
+            raise ConfigError(f"{where}.umap_neighbors must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -191,6 +235,24 @@ class EvaluationConfig:
     intervention_description: str = ""  # one line, used only by the naive baseline
     random_draws: int = 1000
     seed: int = 0
+    # auto = exact McNemar when paired counts exist (our runner), else two-proportion z-test
+    significance_test: Literal["auto", "ztest", "bootstrap", "mcnemar"] = "auto"
+    bootstrap_draws: int = 10_000
+    predict_score: Literal["shift", "count"] = "shift"  # share of total |shift| or of latent count
+    runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"
+    runner_batch_size: int = 8
+    runner_limit_per_category: int = 0  # 0 = all questions
+
+    def validate(self, where: str) -> None:
+        if self.degrade_threshold < 0:
+            raise ConfigError(f"{where}.degrade_threshold must be >= 0 (a change in score, e.g. 0.05)")
+        if not 0.0 < self.significance <= 1.0:
+            raise ConfigError(f"{where}.significance must be in (0, 1]; 1 disables the significance test")
+        if self.predict_threshold < 0:
+            raise ConfigError(f"{where}.predict_threshold must be >= 0 (0 = the default rule)")
+        _positive(self.random_draws, f"{where}.random_draws")
+        _positive(self.bootstrap_draws, f"{where}.bootstrap_draws")
+        _positive(self.runner_batch_size, f"{where}.runner_batch_size")
 
 
 @dataclass(frozen=True)

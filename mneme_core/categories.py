@@ -1,0 +1,240 @@
+"""The categories stage: a short semantic label per described latent, a 2-D map, search.
+
+- Label: an LLM labeler when ``categories.labeler = llm`` (the interpret section's
+  backend), otherwise the nearest label of the configured taxonomies by embedding
+  similarity (built-ins ``mmlu`` — the 57 MMLU subjects — and ``safety``; or label files).
+- Map: UMAP 2-D coordinates of the description embeddings (small n handled without UMAP).
+- Search: description embeddings into LanceDB (``lancedb/``, table ``descriptions``).
+
+``map_categories`` maps final category names to benchmark subjects by embedding
+similarity; the evaluation stage calls it only after categories are fixed, so nothing
+about the benchmark leaks into the labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mneme_core.config import StudyConfig
+from mneme_core.embeddings import Embedder, get_embedder
+from mneme_core.store import merge_latent_columns, open_run
+
+BUILTIN_TAXONOMIES = {"mmlu": "mmlu_subjects.txt", "safety": "safety_behaviours.txt"}
+LANCE_TABLE = "descriptions"
+UMAP_MIN_POINTS = 12
+
+
+# --------------------------------------------------------------------------- taxonomies
+
+
+def _parse_labels(text: str) -> list[tuple[str, str]]:
+    """(label, text to embed) from a label file: one label per line, optional ': gloss',
+    '#' comments; underscores read as spaces."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        label, _, gloss = line.partition(":")
+        label = label.strip()
+        readable = label.replace("_", " ")
+        out.append((label, f"{readable}: {gloss.strip()}" if gloss.strip() else readable))
+    return out
+
+
+def load_taxonomy(name_or_path: str) -> list[tuple[str, str]]:
+    """Labels of a built-in taxonomy (``mmlu``, ``safety``) or of a file (.txt as above,
+    or .json: a list of labels or a {label: gloss} mapping)."""
+    if name_or_path in BUILTIN_TAXONOMIES:
+        text = resources.files("mneme_core.data").joinpath(BUILTIN_TAXONOMIES[name_or_path]).read_text()
+        return _parse_labels(text)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"taxonomy {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_TAXONOMIES)}) nor a file; "
+            f"fix categories.taxonomies"
+        )
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return [(str(k), f"{str(k).replace('_', ' ')}: {v}" if v else str(k).replace("_", " ")) for k, v in data.items()]
+        return [(str(x), str(x).replace("_", " ")) for x in data]
+    return _parse_labels(path.read_text())
+
+
+def load_taxonomies(names: Sequence[str]) -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for name in names:
+        for label, text in load_taxonomy(name):
+            if label not in seen:
+                seen.add(label)
+                out.append((label, text))
+    if not out:
+        raise ValueError(f"the taxonomies {list(names)} hold no labels")
+    return out
+
+
+# --------------------------------------------------------------------------- labelling
+
+
+def nearest_labels(vecs: np.ndarray, labels: Sequence[tuple[str, str]], embedder: Embedder) -> tuple[list[str], np.ndarray]:
+    """Nearest taxonomy label for each (L2-normalised) vector, and its cosine similarity."""
+    if len(vecs) == 0:
+        return [], np.zeros(0, np.float32)
+    lab = embedder.encode([text for _, text in labels])
+    sims = vecs @ lab.T
+    best = sims.argmax(1)
+    return [labels[i][0] for i in best], sims[np.arange(len(vecs)), best]
+
+
+def category_subject_similarity(categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None) -> pd.DataFrame:
+    """Cosine similarity of every category (rows) to every subject (columns)."""
+    embedder = embedder or get_embedder()
+    cat = embedder.encode([c.replace("_", " ") for c in categories])
+    sub = embedder.encode([s.replace("_", " ") for s in subjects])
+    return pd.DataFrame(cat @ sub.T, index=list(categories), columns=list(subjects))
+
+
+def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None) -> dict[str, str]:
+    """Each category name → the benchmark subject nearest to it by embedding similarity.
+
+    Call it only once categories are final (DESIGN §5: no leakage from the benchmark
+    into the labels). Subject names may use underscores (``high_school_biology``).
+    """
+    if not len(subjects):
+        raise ValueError("map_categories needs at least one benchmark subject")
+    uniq = list(dict.fromkeys(categories))
+    if not uniq:
+        return {}
+    sims = category_subject_similarity(uniq, subjects, embedder)
+    return {c: str(sims.columns[int(np.argmax(sims.loc[c].to_numpy()))]) for c in uniq}
+
+
+def _llm_labels(cfg: StudyConfig, run_path: Path, latents: Sequence[int], descriptions: Sequence[str], progress: bool) -> list[str]:
+    from mneme_core.interp.cache import AnswerCache, prompt_hash
+    from mneme_core.interp.clients import FatalLLMError, LLMError, make_backend
+    from mneme_core.interp.prompts import label_messages, parse_description
+    from mneme_core.interp.runner import Meter, run_jobs
+
+    if cfg.interpret.explainer == "offline":
+        raise ValueError(
+            "categories.labeler = llm needs an LLM: set interpret.explainer to openai or transformers "
+            "(with base_url / model), or use labeler: taxonomy"
+        )
+    backend = make_backend(cfg.interpret)
+    cache = AnswerCache(run_path / "interp_cache")
+    namespace = f"label-{backend.name}"
+
+    def label(job: tuple[int, str]) -> str:
+        latent, description = job
+        messages = label_messages(description)
+        key = prompt_hash([messages, backend.name])
+        hit = cache.get(namespace, latent, key)
+        if hit is not None:
+            return hit["label"]
+        text = parse_description(backend.chat(messages, max_tokens=16).text)
+        text = re.sub(r"[.\s]+$", "", text).lower()
+        words = text.split()
+        if not words:
+            raise LLMError(f"latent {latent}: the labeler gave no label")
+        text = " ".join(words[:3])
+        cache.put(namespace, latent, key, {"label": text})
+        return text
+
+    done, failed = run_jobs(list(zip(latents, descriptions)), label, concurrency=backend.concurrency, meter=Meter(),
+                            desc="categories (llm)", progress=progress, abort_on=(FatalLLMError,))
+    if failed:
+        raise LLMError(f"{len(failed)} latents got no label (first error: {failed[0][1]}); answers so far are cached, re-run")
+    got = {job[0]: lab for job, lab in done}
+    return [got[lat] for lat in latents]
+
+
+# --------------------------------------------------------------------------- map + search index
+
+
+def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """2-D coordinates. UMAP's neighbour graph means little on a dozen points (and its
+    JIT warm-up costs tens of seconds), so below ``UMAP_MIN_POINTS`` the top principal
+    axes (or zeros) give a map that is still honest about the geometry."""
+    n = len(vecs)
+    if n == 0:
+        return np.zeros((0, 2), np.float32)
+    if n < UMAP_MIN_POINTS:
+        centred = vecs - vecs.mean(0, keepdims=True)
+        if n == 1 or not np.any(centred):
+            return np.zeros((n, 2), np.float32)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
+        out = np.zeros((n, 2), np.float32)
+        k = min(2, len(s))
+        out[:, :k] = u[:, :k] * s[:k]
+        return out
+    import umap
+
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), metric="cosine",
+                        random_state=seed, n_jobs=1)
+    return reducer.fit_transform(vecs).astype(np.float32)
+
+
+def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
+    """Replace the ``descriptions`` table (overwrite is atomic in LanceDB: a new version)."""
+    import pyarrow as pa
+
+    lancedb = import_lancedb()
+    db = lancedb.connect(str(run_path / "lancedb"))
+    dim = vecs.shape[1]
+    table = pa.table({
+        "latent": pa.array(df["latent"].astype("int64").to_numpy()),
+        "description": pa.array(df["description"].astype(str).tolist(), pa.string()),
+        "category": pa.array(df["category"].astype(str).tolist(), pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1).astype(np.float32)), dim),
+    })
+    db.create_table(LANCE_TABLE, table, mode="overwrite")
+
+
+def import_lancedb():
+    """lancedb, with its Rust logger quiet unless the user asked for it (it warns on every
+    first write that no dataset existed yet)."""
+    os.environ.setdefault("LANCE_LOG", "error")
+    import lancedb
+
+    return lancedb
+
+
+def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
+    run_path = Path(run_path)
+    t0 = time.perf_counter()
+    ccfg = cfg.categories
+    latents = open_run(run_path).latents
+    if "description" not in latents.columns:
+        raise ValueError(f"{run_path}: latents have no descriptions yet; run the interpret stage first")
+    described = latents[latents["description"].notna() & (latents["description"].astype(str) != "")]
+    described = described[["latent", "description"]].reset_index(drop=True)
+    embedder = get_embedder(cfg.interpret.embedding_model)
+    vecs = embedder.encode(described["description"].astype(str).tolist())
+    if ccfg.labeler == "llm":
+        cats = _llm_labels(cfg, run_path, described["latent"].tolist(), described["description"].tolist(), progress)
+        sims = np.full(len(cats), np.nan)
+    else:
+        cats, sims = nearest_labels(vecs, load_taxonomies(ccfg.taxonomies), embedder)
+    xy = umap_coords(vecs, ccfg.umap_neighbors, ccfg.seed)
+    described["category"] = pd.Series(cats, dtype="string")
+    described["category_similarity"] = sims.astype(np.float64)
+    described["umap_x"], described["umap_y"] = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    merge_latent_columns(run_path, described[["latent", "category", "category_similarity", "umap_x", "umap_y"]])
+    write_lancedb(run_path, described, vecs)
+    counts = described["category"].value_counts()
+    return {
+        "labeler": ccfg.labeler, "n_categorised": int(len(described)), "n_categories": int(len(counts)),
+        "top_categories": {str(k): int(v) for k, v in counts.head(10).items()},
+        "embedding_model": embedder.name, "seconds": round(time.perf_counter() - t0, 2),
+    }

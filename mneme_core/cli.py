@@ -1,0 +1,283 @@
+"""The ``mneme`` command.
+
+    mneme run STUDY.yaml [--stages collect,train,...] [--force STAGE]
+    mneme collect|train|diff|contexts STUDY.yaml [--force]   one stage (e.g. per machine)
+    mneme info RUN [--json]
+    mneme interpret RUN [--explainer offline|openai|transformers] [--latents ...]
+    mneme evaluate RUN --benchmark SPEC
+    mneme dashboard [RUN_OR_FOLDER]
+    mneme demo [--rebuild]
+
+User errors (bad config, missing or damaged files, a run that is not a run) print one
+line to stderr and exit with status 2; ``--traceback`` shows where they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mneme_core.config import ConfigError, load_config
+from mneme_core.store import STAGES, RunError, open_run
+
+USER_ERRORS = (ConfigError, RunError, FileNotFoundError, NotADirectoryError, PermissionError)
+PER_STAGE_COMMANDS = ("collect", "train", "diff", "contexts")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _stage_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
+    return names
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mneme_core.pipeline import run_study
+
+    cfg = load_config(args.study)
+    path = run_study(cfg, stages=args.stages, force=args.force or False, progress=not args.quiet)
+    print(f"run ready: {path}")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from mneme_core.pipeline import run_study
+
+    cfg = load_config(args.study)
+    path = run_study(cfg, stages=[args.command], force=args.force, progress=not args.quiet)
+    print(f"stage {args.command} complete: {path}")
+    return 0
+
+
+def _table_summary(run: Any) -> dict[str, Any]:
+    latents = run.latents
+    tables: dict[str, Any] = {"latents": {"rows": int(len(latents)), "columns": list(latents.columns)}}
+    for name in ("contexts", "histograms", "benchmark"):
+        path = run.path / f"{name}.parquet"
+        if path.is_file():
+            import pyarrow.parquet as pq
+
+            tables[name] = {"rows": int(pq.ParquetFile(path).metadata.num_rows)}
+    if "attribution" in latents.columns:
+        tables["latents"]["attribution"] = {k: int(v) for k, v in latents["attribution"].value_counts().items()}
+    if "label_by_norm" in latents.columns:
+        tables["latents"]["label_by_norm"] = {k: int(v) for k, v in latents["label_by_norm"].value_counts().items()}
+    for folder in ("activations", "crosscoder", "lancedb"):
+        tables[folder] = (run.path / folder).is_dir()
+    tables["evaluation"] = (run.path / "evaluation.json").is_file()
+    return tables
+
+
+def run_info(path: str | Path) -> dict[str, Any]:
+    """What a run holds: models, layer, stage status + metrics, tables (for `mneme info`)."""
+    run = open_run(path)
+    m = run.manifest
+    stages = {}
+    for s in STAGES:
+        entry = m.get("stages", {}).get(s, {})
+        stages[s] = {k: entry[k] for k in ("status", "at", "seconds", "error", "reason", "metrics") if entry.get(k) is not None}
+        stages[s].setdefault("status", "missing")
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        "schema_version": m.get("schema_version"),
+        "created": m.get("created"),
+        "models": m.get("models"),
+        "layer": m.get("layer"),
+        "stages": stages,
+        "tables": _table_summary(run),
+        "provenance": m.get("provenance", []),
+    }
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = run_info(args.run)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    models = info["models"] or {}
+    print(f"run      {info['name']}  ({info['path']}, schema v{info['schema_version']}, created {info['created']})")
+    for role in ("base", "ft"):
+        spec = models.get(role) or {}
+        print(f"{role:<8} {spec.get('source', '?')}:{spec.get('path', '?')}")
+    print(f"layer    {info['layer']}")
+    print("stages")
+    for stage, entry in info["stages"].items():
+        line = f"  {stage:<11} {entry['status']:<9}"
+        if "seconds" in entry:
+            line += f" {entry['seconds']:.1f}s"
+        if entry.get("error"):
+            line += f"  error: {entry['error']}"
+        if entry.get("reason"):
+            line += f"  ({entry['reason']})"
+        print(line)
+        for key, value in (entry.get("metrics") or {}).items():
+            print(f"      {key} = {_format_metric(value)}")
+    tables = info["tables"]
+    lat = tables["latents"]
+    print(f"latents  {lat['rows']} rows, {len(lat['columns'])} columns")
+    for key in ("attribution", "label_by_norm"):
+        if key in lat:
+            print(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in lat[key].items()))
+    for name in ("contexts", "histograms", "benchmark"):
+        if name in tables:
+            print(f"{name:<9}{tables[name]['rows']} rows")
+    print("files    " + ", ".join(f"{k}: {'yes' if tables[k] else 'no'}" for k in ("activations", "crosscoder", "lancedb", "evaluation")))
+    return 0
+
+
+def _latents_spec(text: str) -> str:
+    """attributed | all | amplified,suppressed,unchanged | comma-separated latent ids."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("--latents is empty")
+    if len(parts) == 1 and parts[0] in ("attributed", "all"):
+        return parts[0]
+    labels = {"amplified", "suppressed", "unchanged"}
+    if all(p in labels for p in parts) or all(p.isdigit() for p in parts):
+        return ",".join(parts)
+    raise argparse.ArgumentTypeError(
+        f"--latents {text!r}: use 'attributed', 'all', labels like 'amplified,suppressed', or ids like '3,17,42'"
+    )
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from mneme_core.pipeline import override_section, run_study
+
+    changes = {k: v for k, v in (("explainer", args.explainer), ("latents", args.latents),
+                                 ("max_latents", args.max_latents), ("base_url", args.base_url),
+                                 ("model", args.model)) if v is not None}
+    cfg = override_section(args.run, "interpret", changes)
+    run_study(cfg, stages=["interpret", "categories"], force=True, progress=not args.quiet)
+    print(f"interpreted: {args.run}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mneme_core.pipeline import override_section, run_study
+
+    changes: dict[str, Any] = {"benchmark": args.benchmark}
+    if args.description is not None:
+        changes["intervention_description"] = args.description
+    cfg = override_section(args.run, "evaluation", changes)
+    run_study(cfg, stages=["evaluate"], force=True, progress=not args.quiet)
+    ev = open_run(args.run).evaluation or {}
+    print(json.dumps(ev.get("metrics", ev), indent=2, default=str)[:4000])
+    return 0
+
+
+def project_root() -> Path:
+    """The folder holding app.py (an editable install or a source checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    app = project_root() / "app.py"
+    if not app.is_file():
+        raise FileNotFoundError(f"dashboard app not found at {app}; install MNEME from a source checkout (pip install -e .)")
+    target = []
+    if args.run:
+        if not Path(args.run).exists():
+            raise FileNotFoundError(f"no run or folder at {args.run}")
+        target = ["--", str(Path(args.run).resolve())]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *target]
+    return subprocess.call(cmd, cwd=project_root(), env=os.environ.copy())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mneme_core import demo
+
+    result = demo.main(rebuild=args.rebuild)
+    return int(result) if isinstance(result, int) else 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mneme", description="Find the side effects of fine-tuning by sparse model diffing.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run or resume a study (all stages)")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--stages", type=_stage_list, default=None, help=f"comma-separated subset of: {','.join(STAGES)}")
+    p.add_argument("--force", type=_stage_list, default=None, metavar="STAGE",
+                   help="re-run these stages (and every later one) even if complete")
+    p.set_defaults(fn=cmd_run)
+
+    for stage in PER_STAGE_COMMANDS:
+        p = sub.add_parser(stage, help=f"run only the {stage} stage (earlier stages must be complete)")
+        p.add_argument("study", help="study YAML file")
+        p.add_argument("--force", action="store_true", help="re-run even if complete")
+        p.set_defaults(fn=cmd_stage)
+
+    p = sub.add_parser("info", help="what a run holds: stages, metrics, tables")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("interpret", help="(re)describe latents of a run, then categorise them")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--explainer", choices=("offline", "openai", "transformers"), default=None)
+    p.add_argument("--latents", type=_latents_spec, default=None,
+                   help="attributed | all | amplified,suppressed | ids like 3,17,42")
+    p.add_argument("--max-latents", type=int, default=None, help="explain at most this many (0 = no limit)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None, help="model name (openai) or path (transformers)")
+    p.set_defaults(fn=cmd_interpret)
+
+    p = sub.add_parser("evaluate", help="compare predicted side effects with a benchmark")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--benchmark", required=True,
+                   help="CSV/JSON file, 'lm_eval:BEFORE.json,AFTER.json' or 'runner:FILE'")
+    p.add_argument("--description", default=None, help="one-line description of the intervention (naive baseline)")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("dashboard", help="open the dashboard (streamlit)")
+    p.add_argument("run", nargs="?", default=None, help="a run directory or a folder of runs")
+    p.set_defaults(fn=cmd_dashboard)
+
+    p = sub.add_parser("demo", help="open the bundled demo study; --rebuild reproduces it")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo study from nothing (CPU, ~1 h)")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except USER_ERRORS as exc:
+        if args.traceback:
+            raise
+        print(f"mneme: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mneme: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Per-latent attribution: decoder norms, closed-form latent scaling, labels (DESIGN §4).
+
+Two views of "how much does latent j live in each model":
+
+* **Decoder norms.** ``n_b = ‖W_dec[0, j]‖``, ``n_f = ‖W_dec[1, j]‖``, the relative norm
+  ``r = n_f / (n_b + n_f)`` and the cosine of the two rows. Cheap, but a cross-coder can
+  shrink a row to ~0 while the other model's activations still carry the direction
+  (the "sparsity artifacts" of Minder et al.), so norms alone over-claim.
+* **Latent scaling.** For each model m, the least-squares scale β of latent j's
+  contribution along a probe direction ``u_j`` in that model's activations::
+
+      β_j = Σ_i f_ij ⟨u_j, y_i⟩ / (‖u_j‖² Σ_i f_ij²)
+
+  with the *error* target ``y = x_m − x̂_m + f_j d_m,j`` (the residual with j's own
+  contribution put back) and the *reconstruction* target ``y = x̂_m``. The probe is the
+  dominant decoder row (the larger norm) for both models — the fine-tuned row alone
+  fails for base-only latents, whose fine-tuned row is ~0 — and, as a second variant,
+  each model's own row.
+
+Everything is computed for **all** latents over **all** analysis tokens in one streamed
+pass, never one latent at a time: per batch, the codes are made sparse (token, latent,
+value) triples; the reconstruction is a sparse decode; ``Σ_i f_ij y_i`` for every latent
+is one sparse scatter of ``f_ij · y_i`` (``embedding_bag`` over latent-sorted triples,
+O(N·k·d)); the put-back term is ``⟨u_j, d_m,j⟩ Σ_i f_ij²``. Sums over tokens live in
+float64 accumulators; memory is bounded by the batch size and a latent-chunk size.
+
+**Space.** β is computed in the cross-coder's *normalised* activation space, the space
+its decoder rows live in: ``x`` is ``model.normalize(raw)`` and ``x̂ = f W_dec + b_dec``.
+A per-model normalisation scale would otherwise multiply every β_m by that model's
+scale and bias every ratio, while the decoder-norm view would be unaffected — the two
+views must measure the same thing to be compared.
+
+**Ratios and labels.** ``ν = β_base / β_ft`` per target (NaN where ``|β_ft| ≤ eps``).
+``shift = log2(β_ft / β_base)`` on the error target with the dominant probe; to keep it
+finite when one model's β is ~0 or negative, both β are floored at
+``max(β_base, β_ft) · 2^-max_shift`` (so ``|shift| ≤ max_shift``), and shift is NaN when
+neither β is positive (no evidence in either model). Attribution: amplified if
+``shift > τ``, suppressed if ``shift < −τ``, else unchanged; a latent with no evidence
+(never fired on the analysis tokens) falls back to its decoder-norm label
+(base_only → suppressed, ft_only → amplified, otherwise unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mneme_core.config import DiffingConfig, StudyConfig
+from mneme_core.store import merge_latent_columns
+
+# Dense codes f (batch × latents) are the biggest tensor per batch; cap their size so a
+# 131k-latent cross-coder streams in smaller batches rather than exhausting memory.
+_MAX_CODE_ELEMENTS = 1 << 27
+# Cap on the per-chunk scatter output (latents × 4·d floats).
+_MAX_SCATTER_ELEMENTS = 1 << 25
+
+BETA_COLUMNS = (
+    "beta_err_base",
+    "beta_err_ft",
+    "beta_recon_base",
+    "beta_recon_ft",
+    "beta_err_own_base",
+    "beta_err_own_ft",
+    "beta_recon_own_base",
+    "beta_recon_own_ft",
+)
+
+
+# --------------------------------------------------------------------------- decoder norms
+
+
+def decoder_metrics(W_dec_MFD: torch.Tensor, cfg: DiffingConfig | None = None) -> pd.DataFrame:
+    """Decoder norms, relative norm, cosine and the norm label for every latent."""
+    cfg = cfg or DiffingConfig()
+    W = W_dec_MFD.detach().to("cpu", torch.float64)
+    n_b, n_f = W[0].norm(dim=-1), W[1].norm(dim=-1)
+    total = n_b + n_f
+    rel = torch.where(total > 0, n_f / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    denom = n_b * n_f
+    cos = torch.where(denom > 0, (W[0] * W[1]).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    df = pd.DataFrame(
+        {
+            "latent": np.arange(W.shape[1], dtype=np.int64),
+            "dec_norm_base": n_b.numpy(),
+            "dec_norm_ft": n_f.numpy(),
+            "rel_norm": rel.numpy(),
+            "dec_cos": cos.numpy(),
+        }
+    )
+    df["label_by_norm"] = label_by_norm(df["rel_norm"].to_numpy(), cfg)
+    return df
+
+
+def label_by_norm(rel_norm: np.ndarray, cfg: DiffingConfig | None = None) -> np.ndarray:
+    """base_only / ft_only / shared / other from the relative decoder norm (NaN → other)."""
+    cfg = cfg or DiffingConfig()
+    lo, hi = cfg.shared_band
+    r = np.asarray(rel_norm, dtype=np.float64)
+    out = np.full(r.shape, "other", dtype=object)
+    out[r < cfg.base_only_below] = "base_only"
+    out[r > cfg.ft_only_above] = "ft_only"
+    out[(r >= lo) & (r <= hi)] = "shared"
+    return out
+
+
+# --------------------------------------------------------------------------- latent scaling
+
+
+def _iter_batches(activations: Any, batch_size: int, n_tokens: int) -> Iterator[torch.Tensor]:
+    """Raw (B, 2, d) batches in store order from a tensor or an ActivationStore."""
+    if isinstance(activations, torch.Tensor):
+        if activations.ndim != 3 or activations.shape[1] != 2:
+            raise ValueError(f"activations must have shape (N, 2, d), got {tuple(activations.shape)}")
+        stop = activations.shape[0] if n_tokens <= 0 else min(n_tokens, activations.shape[0])
+        for start in range(0, stop, batch_size):
+            yield activations[start : min(start + batch_size, stop)]
+        return
+    stop = None if n_tokens <= 0 else min(n_tokens, activations.n_tokens)
+    yield from activations.iter_batches(batch_size, shuffle=False, stop=stop)
+
+
+def _n_analysis_tokens(activations: Any, n_tokens: int) -> int:
+    total = activations.shape[0] if isinstance(activations, torch.Tensor) else activations.n_tokens
+    return total if n_tokens <= 0 else min(n_tokens, total)
+
+
+class _ScalingSums:
+    """float64 running sums over tokens, for every latent.
+
+    ``proj[t, p, j] = Σ_i f_ij ⟨probe_p,j, target_t,i⟩`` for targets
+    (x_base, x_ft, x̂_base, x̂_ft) and probes (dominant, own row of the target's model);
+    the error target is assembled at the end as x − x̂ plus the put-back term.
+    """
+
+    def __init__(self, n_latents: int):
+        z = lambda: torch.zeros(n_latents, dtype=torch.float64)  # noqa: E731
+        self.sum_f2, self.count = z(), z()
+        self.max_act = torch.zeros(n_latents, dtype=torch.float32)
+        self.proj = torch.zeros(4, 2, n_latents, dtype=torch.float64)
+        self.n_tokens = 0
+
+
+@torch.no_grad()
+def _accumulate(
+    sums: _ScalingSums,
+    model: Any,
+    x_raw_B2d: torch.Tensor,
+    probes_PFd: torch.Tensor,
+) -> None:
+    """Add one batch's contributions: sparse decode, sparse scatter, dot with probes."""
+    W_dec, b_dec = model.W_dec, model.b_dec
+    device = W_dec.device
+    x_raw = x_raw_B2d.to(device=device, dtype=torch.float32)
+    B, _, d = x_raw.shape
+    F_ = W_dec.shape[1]
+    f_BF = model.encode(x_raw, use_threshold=True).float()
+    x_B2d = model.normalize(x_raw).float()
+
+    # Sparse codes as token-sorted (token, latent, value) triples; crow = offsets per token.
+    tok, lat = f_BF.nonzero(as_tuple=True)
+    val = f_BF[tok, lat]
+    crow = torch.searchsorted(tok, torch.arange(B + 1, device=device))
+
+    # Sparse decode: x̂_m = Σ_j f_ij W_dec[m, j] + b_dec[m], without touching inactive latents.
+    W32 = W_dec.detach().float()
+    xhat = [
+        F.embedding_bag(lat, W32[m], crow[:-1], mode="sum", per_sample_weights=val) + b_dec[m].float()
+        for m in range(2)
+    ]
+    # Targets as columns: [x_base | x_ft | x̂_base | x̂_ft]  (B, 4d)
+    Y_B4d = torch.cat([x_B2d[:, 0], x_B2d[:, 1], xhat[0], xhat[1]], dim=1)
+
+    sums.sum_f2 += torch.bincount(lat, weights=val.double() * val.double(), minlength=F_).cpu()
+    sums.count += torch.bincount(lat, minlength=F_).double().cpu()
+    if val.numel():
+        batch_max = torch.zeros(F_, device=device).scatter_reduce(0, lat, val, "amax")
+        sums.max_act = torch.maximum(sums.max_act, batch_max.cpu())
+    sums.n_tokens += B
+
+    # Latent-sorted triples so each latent's tokens are one contiguous bag.
+    lat_sorted, order = torch.sort(lat, stable=True)
+    tok_sorted, val_sorted = tok[order], val[order]
+    bounds = torch.searchsorted(lat_sorted, torch.arange(F_ + 1, device=device))
+    chunk = max(1, _MAX_SCATTER_ELEMENTS // (4 * d))
+    for a in range(0, F_, chunk):
+        b = min(a + chunk, F_)
+        s, e = int(bounds[a]), int(bounds[b])
+        if s == e:
+            continue
+        # G[j] = Σ_i f_ij y_i for latents a..b, viewed (b−a, x|x̂, model, d). One batch's
+        # partial sums stay float32 (≤ batch terms each); the running sums are float64.
+        G = F.embedding_bag(
+            tok_sorted[s:e],
+            Y_B4d,
+            bounds[a:b] - s,
+            mode="sum",
+            per_sample_weights=val_sorted[s:e],
+        ).view(b - a, 2, 2, d)
+        dom = probes_PFd[0, a:b]  # (b−a, d)
+        own = probes_PFd[1:, a:b].transpose(0, 1)  # (b−a, model, d): each model's own row
+        sums.proj[:, 0, a:b] += torch.einsum("jsmd,jd->smj", G, dom).reshape(4, b - a).double().cpu()
+        sums.proj[:, 1, a:b] += torch.einsum("jsmd,jmd->smj", G, own).reshape(4, b - a).double().cpu()
+
+
+def _betas(sums: _ScalingSums, probes_PFd: torch.Tensor, W_dec64_MFd: torch.Tensor, eps: float) -> dict[str, np.ndarray]:
+    """Assemble β for both targets, both probes, both models from the sums."""
+    out: dict[str, np.ndarray] = {}
+    probes = probes_PFd.cpu().double()
+    W = W_dec64_MFd.cpu()
+    sum_f2 = sums.sum_f2
+    for p, tag in ((0, ""), (1, "_own")):
+        for m, model_name in ((0, "base"), (1, "ft")):
+            u = probes[0] if p == 0 else probes[1 + m]
+            u2 = (u * u).sum(-1)
+            denom = u2 * sum_f2
+            put_back = (u * W[m]).sum(-1) * sum_f2
+            err_num = sums.proj[m, p] - sums.proj[2 + m, p] + put_back
+            rec_num = sums.proj[2 + m, p]
+            ok = denom > eps
+            nan = torch.full_like(denom, float("nan"))
+            out[f"beta_err{tag}_{model_name}"] = torch.where(ok, err_num / denom.clamp_min(eps), nan).numpy()
+            out[f"beta_recon{tag}_{model_name}"] = torch.where(ok, rec_num / denom.clamp_min(eps), nan).numpy()
+    return out
+
+
+def shift_and_ratio(beta_base: np.ndarray, beta_ft: np.ndarray, cfg: DiffingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Guarded ``log2(β_ft/β_base)`` (|shift| ≤ max_shift) and ``ν = β_base/β_ft``."""
+    b, f = np.asarray(beta_base, np.float64), np.asarray(beta_ft, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        top = np.fmax(b, f)
+        floor = top * 2.0 ** (-cfg.max_shift)
+        evidence = np.isfinite(b) & np.isfinite(f) & (top > cfg.eps)
+        shift = np.where(evidence, np.log2(np.maximum(f, floor) / np.maximum(b, floor)), np.nan)
+        nu = np.where(np.isfinite(f) & (np.abs(f) > cfg.eps), b / np.where(f == 0, 1.0, f), np.nan)
+    return shift, nu
+
+
+def attribution_labels(shift: np.ndarray, norm_labels: np.ndarray, tau: float) -> np.ndarray:
+    """amplified / suppressed / unchanged from shift; no evidence falls back to the norm label."""
+    shift = np.asarray(shift, np.float64)
+    out = np.full(shift.shape, "unchanged", dtype=object)
+    out[shift > tau] = "amplified"
+    out[shift < -tau] = "suppressed"
+    missing = ~np.isfinite(shift)
+    norm_labels = np.asarray(norm_labels, dtype=object)
+    out[missing & (norm_labels == "base_only")] = "suppressed"
+    out[missing & (norm_labels == "ft_only")] = "amplified"
+    return out
+
+
+def latent_table(
+    model: Any,
+    activations: torch.Tensor | Iterable[Any] | Any,
+    cfg: DiffingConfig | None = None,
+    *,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per latent: decoder metrics, β (8 variants), ν, shift, labels, freq, max_act.
+
+    ``activations`` is a raw (N, 2, d) tensor or an ActivationStore; the first
+    ``cfg.n_tokens`` tokens are used (0 = all). ``model`` is a BatchTopKCrossCoder (codes
+    from ``encode(x, use_threshold=True)``).
+    """
+    cfg = cfg or DiffingConfig()
+    W_dec = model.W_dec.detach()
+    n_latents = W_dec.shape[1]
+    table = decoder_metrics(W_dec, cfg)
+
+    W32 = W_dec.float()
+    dominant = torch.where((W32[0].norm(dim=-1) >= W32[1].norm(dim=-1))[:, None], W32[0], W32[1])
+    probes_PFd = torch.stack([dominant, W32[0], W32[1]])  # dominant, own base, own ft
+
+    batch = max(1, min(cfg.batch_size, _MAX_CODE_ELEMENTS // n_latents))
+    total = _n_analysis_tokens(activations, cfg.n_tokens)
+    if total == 0:
+        raise ValueError("latent scaling needs at least one activation token; the store is empty")
+    sums = _ScalingSums(n_latents)
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with tqdm(total=total, unit="tok", desc="latent scaling", disable=not progress, dynamic_ncols=True) as bar:
+            for x in _iter_batches(activations, batch, cfg.n_tokens):
+                _accumulate(sums, model, x, probes_PFd)
+                bar.update(x.shape[0])
+    finally:
+        if was_training:
+            model.train()
+
+    betas = _betas(sums, probes_PFd, W_dec.double(), cfg.eps)
+    for name in BETA_COLUMNS:
+        table[name] = betas[name]
+    shift, table["nu_err"] = shift_and_ratio(betas["beta_err_base"], betas["beta_err_ft"], cfg)
+    _, table["nu_recon"] = shift_and_ratio(betas["beta_recon_base"], betas["beta_recon_ft"], cfg)
+    table["shift"] = shift
+    table["attribution"] = attribution_labels(shift, table["label_by_norm"].to_numpy(), cfg.tau)
+    table["freq"] = (sums.count / max(sums.n_tokens, 1)).numpy()
+    table["max_act"] = sums.max_act.double().numpy()
+    return table
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Diff stage: the latents table from the trained cross-coder and the activation store."""
+    from mneme_core.activations import ActivationStore
+    from mneme_core.crosscoder import BatchTopKCrossCoder
+
+    run_path = Path(run_path)
+    model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
+    store = ActivationStore(run_path / "activations")
+    table = latent_table(model, store, cfg.diffing, progress=progress)
+    merge_latent_columns(run_path, table)
+    counts = table["attribution"].value_counts()
+    norm_counts = table["label_by_norm"].value_counts()
+    return {
+        "n_latents": int(len(table)),
+        "n_tokens": _n_analysis_tokens(store, cfg.diffing.n_tokens),
+        "amplified": int(counts.get("amplified", 0)),
+        "suppressed": int(counts.get("suppressed", 0)),
+        "unchanged": int(counts.get("unchanged", 0)),
+        "base_only": int(norm_counts.get("base_only", 0)),
+        "ft_only": int(norm_counts.get("ft_only", 0)),
+        "shared": int(norm_counts.get("shared", 0)),
+        "never_fired": int((table["freq"] == 0).sum()),
+    }

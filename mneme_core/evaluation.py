@@ -1,0 +1,471 @@
+"""Side-effect evaluation: which benchmark categories truly degraded (T), which MNEME
+predicted (P), how well P matches T, and what random / naive / oracle guessing would get.
+
+Definitions (every edge case is fixed here, and tested):
+
+**Change.** ``drop = score_before - score_after`` for ``direction="drop"`` (capability
+loss: accuracy falls), ``drop = score_after - score_before`` for ``direction="rise"``
+(harmful-behaviour rates rise). Either way a positive ``drop`` is the bad direction.
+
+**Degraded set T.** A category is degraded when ``drop > degrade_threshold`` (strictly;
+compared after rounding to 12 decimals so a drop that equals the threshold on paper is not
+pushed over it by float error) *and* its one-sided p-value is ``< significance``
+(``significance = 1`` switches the test off). Tests, for ``n`` questions per category:
+
+- ``ztest``: two-proportion z-test with pooled variance, one-sided. It treats the two
+  scores as independent samples; on the *same* questions that is conservative.
+- ``bootstrap``: parametric; draws both scores from Binomial(n, score) and reports the
+  share of draws whose drop is <= 0 (with the +1 correction).
+- ``mcnemar``: exact McNemar on the paired counts ``n_lost`` / ``n_gained`` (questions
+  right before and wrong after, and the reverse), which our MC runner records. The right
+  test for paired data; needs those columns.
+- ``auto`` (default): ``mcnemar`` when the paired counts exist, else ``ztest``.
+``ci_low, ci_high`` are a 95% interval for ``drop`` (Wald; bootstrap percentiles for
+``bootstrap``; paired Wald for ``mcnemar``).
+
+**Predicted set P.** Latents attributed in ``latent_direction`` (``suppressed`` for
+unlearning, ``amplified`` for misalignment / harmful compliance, or ``both``) are grouped
+by their MNEME category; each MNEME category maps to its nearest benchmark category by
+embedding similarity (``mneme_core.categories.map_categories``, run here, after the
+categories stage, on the final names only). ``shared_names`` in the record lists MNEME
+labels that already *are* benchmark names — the sign that categories were labelled from
+the benchmark's own taxonomy, which makes P less than independent. Per benchmark category: ``n_latents``, ``total_shift``
+(sum of |shift|) and ``score`` = that category's *share* of all attributed latents —
+share of ``total_shift`` (``predict_score="shift"``, default) or of the count. Shares sum
+to 1, so they compare across runs of different sizes.
+A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with the
+threshold is predicted; a category with no attributed latent never is). Default threshold
+(``predict_threshold = 0``): ``1 / K`` for K benchmark categories — the mean share, i.e.
+"more than its fair share of the attributed latents".
+
+**Metrics** over the universe U of benchmark categories, TP = |T∩P| etc.:
+accuracy (paper Eq. 4) = TP / |T| (the same number as recall); precision = TP / |P|;
+F1 = 2·TP / (|T| + |P|); specificity = TN / |U \\ T|; balanced accuracy = (recall +
+specificity) / 2. A ratio whose denominator is 0 is *undefined* and reported as ``None``:
+empty T -> accuracy, recall and balanced accuracy undefined; empty P -> precision
+undefined (recall = 0, F1 = 0 when T is non-empty); T = U -> specificity and balanced
+accuracy undefined; T and P both empty -> F1 undefined.
+
+**Baselines** on the same T and U: random — each category predicted with probability
+0.5, ``random_draws`` seeded draws, reporting each metric's mean (over draws where it is
+defined) and 2.5–97.5 percentile range; naive — the |P| categories whose names are most
+similar to ``intervention_description`` (ties broken by name); oracle — P = T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mneme_core.benchmarks.loaders import PAIRED_COLUMNS, BenchmarkError, load_benchmark, validate_benchmark
+from mneme_core.config import EvaluationConfig, StudyConfig
+from mneme_core.store import Run, add_provenance, atomic_write_json, write_parquet
+
+Direction = Literal["drop", "rise"]
+LatentDirection = Literal["suppressed", "amplified", "both"]
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
+RUNNER_PREFIX = "runner:"
+MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest |shift| first)
+_Z95 = 1.959963984540054
+
+
+class EvaluationError(ValueError):
+    """The run lacks what the evaluation needs; the message names the missing stage or column."""
+
+
+# --------------------------------------------------------------------------- degraded set
+
+
+def _change(before: np.ndarray, after: np.ndarray, direction: Direction) -> np.ndarray:
+    if direction not in ("drop", "rise"):
+        raise ValueError(f"direction must be 'drop' or 'rise', got {direction!r}")
+    return before - after if direction == "drop" else after - before
+
+
+def _ztest(pb: np.ndarray, pa: np.ndarray, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pool = (pb + pa) / 2
+    se0 = np.sqrt(pool * (1 - pool) * 2 / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(se0 > 0, stats.norm.sf(d / se0), np.where(d > 0, 0.0, 1.0))
+    half = _Z95 * np.sqrt(pb * (1 - pb) / n + pa * (1 - pa) / n)
+    return p, d - half, d + half
+
+
+def _bootstrap(pb: np.ndarray, pa: np.ndarray, n: np.ndarray, direction: Direction, draws: int, seed: int):
+    rng = np.random.default_rng(seed)
+    kb = rng.binomial(n[None, :], pb[None, :], size=(draws, len(n)))
+    ka = rng.binomial(n[None, :], pa[None, :], size=(draws, len(n)))
+    d_DK = _change(kb / n, ka / n, direction)
+    p = (1 + (d_DK <= 0).sum(axis=0)) / (draws + 1)
+    low, high = np.percentile(d_DK, [2.5, 97.5], axis=0)
+    return p, low, high
+
+
+def _mcnemar(bench: pd.DataFrame, direction: Direction, d: np.ndarray):
+    missing = [c for c in PAIRED_COLUMNS if c not in bench.columns]
+    if missing:
+        raise BenchmarkError(
+            "significance_test 'mcnemar' needs the paired counts n_lost and n_gained (our runner writes "
+            "them); use 'ztest' or 'bootstrap' for score-only benchmark files"
+        )
+    n = bench["n_questions"].to_numpy(np.float64)
+    lost, gained = bench["n_lost"].to_numpy(np.int64), bench["n_gained"].to_numpy(np.int64)
+    bad, good = (lost, gained) if direction == "drop" else (gained, lost)
+    disc = bad + good
+    p = np.where(disc > 0, stats.binom.sf(bad - 1, np.maximum(disc, 1), 0.5), 1.0)
+    var = np.maximum(disc / n - d**2, 0) / n
+    half = _Z95 * np.sqrt(var)
+    return p, d - half, d + half
+
+
+def degraded_table(
+    benchmark: pd.DataFrame,
+    *,
+    direction: Direction = "drop",
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    test: Literal["auto", "ztest", "bootstrap", "mcnemar"] = "auto",
+    bootstrap_draws: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The benchmark table plus ``drop, ci_low, ci_high, p_value, test, degraded``."""
+    bench = validate_benchmark(benchmark)
+    pb = bench["score_before"].to_numpy(np.float64)
+    pa = bench["score_after"].to_numpy(np.float64)
+    n = bench["n_questions"].to_numpy(np.float64)
+    d = _change(pb, pa, direction)
+    if test == "auto":
+        test = "mcnemar" if all(c in bench.columns for c in PAIRED_COLUMNS) else "ztest"
+    if test == "ztest":
+        p, low, high = _ztest(pb, pa, n, d)
+    elif test == "bootstrap":
+        p, low, high = _bootstrap(pb, pa, n.astype(np.int64), direction, bootstrap_draws, seed)
+    elif test == "mcnemar":
+        p, low, high = _mcnemar(bench, direction, d)
+    else:
+        raise ValueError(f"unknown significance test {test!r}; use auto, ztest, bootstrap or mcnemar")
+    out = bench.copy()
+    out["drop"], out["ci_low"], out["ci_high"], out["p_value"] = d, low, high, p
+    out["test"] = test
+    significant = np.ones(len(out), dtype=bool) if alpha >= 1 else p < alpha
+    out["degraded"] = (np.round(d, 12) > threshold) & significant
+    return out
+
+
+def degraded_set(table: pd.DataFrame) -> set[str]:
+    return set(table.loc[table["degraded"], "category"])
+
+
+# --------------------------------------------------------------------------- predicted set
+
+
+def humanize(category: str) -> str:
+    """Benchmark ids as words for embedding: ``college_medicine`` -> ``college medicine``."""
+    return category.replace("_", " ").replace("-", " ").strip()
+
+
+def category_mapping(mneme_categories: Sequence[str], benchmark_categories: Sequence[str], embedder: Any = None) -> pd.DataFrame:
+    """``mneme_category, benchmark_category, similarity``: each MNEME category's nearest
+    benchmark category (``mneme_core.categories.map_categories``; ties to the first by name).
+
+    Called only after the categories stage is final, so the benchmark never shapes the labels.
+    """
+    from mneme_core.categories import category_subject_similarity, map_categories
+
+    mneme = sorted({str(c) for c in mneme_categories})
+    bench = sorted({str(c) for c in benchmark_categories})
+    if not mneme:
+        return pd.DataFrame({"mneme_category": pd.Series([], dtype=str), "benchmark_category": pd.Series([], dtype=str),
+                             "similarity": pd.Series([], dtype=float)})
+    nearest = map_categories(mneme, bench, embedder)
+    sims = category_subject_similarity(mneme, bench, embedder)
+    return pd.DataFrame({"mneme_category": mneme, "benchmark_category": [nearest[c] for c in mneme],
+                         "similarity": [float(sims.loc[c, nearest[c]]) for c in mneme]})
+
+
+def shared_names(mneme_categories: Collection[str], benchmark_categories: Collection[str]) -> list[str]:
+    """MNEME category names that *are* benchmark names (case and ``_`` ignored).
+
+    Why: if categories were labelled from the benchmark's own taxonomy (e.g. the built-in
+    ``mmlu`` list), the mapping is the identity and P is no longer an independent
+    prediction. The record carries this list so a reader can see it.
+    """
+    bench = {humanize(b).lower() for b in benchmark_categories}
+    return sorted({c for c in mneme_categories if humanize(str(c)).lower() in bench})
+
+
+def attributed_latents(latents: pd.DataFrame, latent_direction: LatentDirection = "suppressed") -> pd.DataFrame:
+    """Latents attributed in the configured direction that carry a category."""
+    need = {"latent", "attribution", "shift", "category"}
+    missing = sorted(need - set(latents.columns))
+    if missing:
+        stage = "categories" if "category" in missing else "diff"
+        raise EvaluationError(f"latents table lacks {missing}; run the {stage} stage before evaluate")
+    kinds = {"suppressed": {"suppressed"}, "amplified": {"amplified"}, "both": {"suppressed", "amplified"}}
+    if latent_direction not in kinds:
+        raise ValueError(f"latent_direction must be one of {sorted(kinds)}, got {latent_direction!r}")
+    cat = latents["category"].astype("string").str.strip()
+    keep = latents["attribution"].isin(kinds[latent_direction]) & cat.notna() & (cat != "")
+    return latents.loc[keep, ["latent", "shift", "category"]].assign(category=cat[keep].astype(str))
+
+
+def category_scores(
+    latents: pd.DataFrame,
+    mapping: pd.DataFrame | Mapping[str, str],
+    benchmark_categories: Sequence[str],
+    *,
+    latent_direction: LatentDirection = "suppressed",
+    score: Literal["shift", "count"] = "shift",
+) -> pd.DataFrame:
+    """Per benchmark category: ``n_latents, total_shift, score, mneme_categories, latents``.
+
+    Every benchmark category gets a row (zeros where no latent maps to it). ``latents``
+    lists up to MAX_LATENTS_LISTED ids, largest |shift| first.
+    """
+    if isinstance(mapping, pd.DataFrame):
+        mapping = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
+    att = attributed_latents(latents, latent_direction)
+    att = att.assign(abs_shift=att["shift"].abs().fillna(0.0), benchmark=att["category"].map(mapping))
+    unknown = set(att["benchmark"].dropna()) - set(benchmark_categories)
+    if unknown:
+        raise EvaluationError(f"mapping points to categories not in the benchmark: {sorted(unknown)[:5]}")
+    att = att.dropna(subset=["benchmark"]).sort_values(["abs_shift", "latent"], ascending=[False, True])
+    rows = []
+    for bcat in sorted(benchmark_categories):
+        sub = att[att["benchmark"] == bcat]
+        rows.append({"category": bcat, "n_latents": int(len(sub)), "total_shift": float(sub["abs_shift"].sum()),
+                     "mneme_categories": sorted(sub["category"].unique().tolist()),
+                     "latents": [int(x) for x in sub["latent"].head(MAX_LATENTS_LISTED)]})
+    df = pd.DataFrame(rows, columns=["category", "n_latents", "total_shift", "mneme_categories", "latents"])
+    if score not in ("shift", "count"):
+        raise ValueError(f"predict_score must be 'shift' or 'count', got {score!r}")
+    mass = df["total_shift"] if score == "shift" else df["n_latents"].astype(float)
+    total = float(mass.sum())
+    df.insert(3, "score", mass / total if total > 0 else 0.0)
+    return df
+
+
+def default_predict_threshold(scores: pd.DataFrame) -> float:
+    """The mean share over benchmark categories, 1 / K."""
+    return 1.0 / len(scores) if len(scores) else 0.0
+
+
+def predict(scores: pd.DataFrame, threshold: float) -> set[str]:
+    """Predicted categories: ``score >= threshold`` and ``score > 0`` (ties are predicted)."""
+    s = scores["score"].to_numpy(np.float64)
+    return set(scores.loc[(s >= threshold) & (s > 0), "category"])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _confusion_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
+    """All metrics from confusion counts (arrays, so the random baseline is one call);
+    NaN = undefined."""
+    recall = _ratio(tp, tp + fn)
+    spec = _ratio(tn, tn + fp)
+    return {"accuracy": recall, "precision": _ratio(tp, tp + fp), "recall": recall,
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "specificity": spec, "balanced_accuracy": (recall + spec) / 2}
+
+
+def _check_sets(T: Collection[str], P: Collection[str], universe: Collection[str]) -> tuple[set[str], set[str], set[str]]:
+    T, P, U = set(T), set(P), set(universe)
+    for name, s in (("degraded set T", T), ("predicted set P", P)):
+        if not s <= U:
+            raise ValueError(f"{name} holds categories outside the universe: {sorted(s - U)[:5]}")
+    return T, P, U
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def metrics(T: Collection[str], P: Collection[str], universe: Collection[str]) -> dict[str, Any]:
+    """Counts and metrics of predicted P against degraded T; undefined ratios are None."""
+    T, P, U = _check_sets(T, P, universe)
+    tp, fp, fn = len(T & P), len(P - T), len(T - P)
+    tn = len(U) - tp - fp - fn
+    vals = _confusion_metrics(*(np.array([x], dtype=np.float64) for x in (tp, fp, fn, tn)))
+    out: dict[str, Any] = {"n_universe": len(U), "n_degraded": len(T), "n_predicted": len(P),
+                           "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    out.update({k: _none_if_nan(float(v[0])) for k, v in vals.items()})
+    return out
+
+
+def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collection[str] | None = None) -> pd.DataFrame:
+    """Metrics for every distinct prediction threshold, from "predict nothing" (a threshold
+    just above the largest score) down to the smallest positive score."""
+    U = set(scores["category"]) if universe is None else set(universe)
+    s = scores["score"].to_numpy(np.float64)
+    positive = np.unique(s[s > 0])[::-1]
+    top = float(np.nextafter(positive[0], np.inf)) if len(positive) else 0.0
+    rows = []
+    for thr in [top, *map(float, positive)]:
+        P = predict(scores, thr)
+        m = metrics(T, P, U)
+        rows.append({"threshold": thr, "n_predicted": m["n_predicted"], "tp": m["tp"], "fp": m["fp"],
+                     **{k: m[k] for k in METRIC_NAMES}})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def random_baseline(T: Collection[str], universe: Collection[str], *, draws: int = 1000, seed: int = 0, p: float = 0.5) -> dict[str, Any]:
+    """Each category predicted independently with probability ``p``; per metric the mean
+    over draws where it is defined, the 2.5–97.5 percentile range and that draw count."""
+    T, _, U = _check_sets(T, set(), universe)
+    cats = sorted(U)
+    t_K = np.array([c in T for c in cats])
+    P_DK = np.random.default_rng(seed).random((draws, len(cats))) < p
+    tp = (P_DK & t_K).sum(1).astype(np.float64)
+    fp = (P_DK & ~t_K).sum(1).astype(np.float64)
+    fn = t_K.sum() - tp
+    tn = (~t_K).sum() - fp
+    out: dict[str, Any] = {"draws": draws, "seed": seed, "p": p, "mean_set_size": float(P_DK.sum(1).mean())}
+    for name, v in _confusion_metrics(tp, fp, fn, tn).items():
+        ok = v[~np.isnan(v)]
+        out[name] = ({"mean": float(ok.mean()), "low": float(np.percentile(ok, 2.5)), "high": float(np.percentile(ok, 97.5)),
+                      "n_defined": int(len(ok))} if len(ok) else {"mean": None, "low": None, "high": None, "n_defined": 0})
+    return out
+
+
+def naive_baseline(description: str, universe: Collection[str], k: int, embedder: Any = None) -> list[str]:
+    """The ``k`` categories whose names are most similar to the intervention description,
+    most similar first (ties by name)."""
+    cats = sorted(set(universe))
+    if k <= 0 or not cats:
+        return []
+    if embedder is None:
+        from mneme_core.embeddings import get_embedder
+
+        embedder = get_embedder()
+    sim = embedder.encode([humanize(c) for c in cats]) @ embedder.encode([description])[0]
+    order = sorted(range(len(cats)), key=lambda i: (-round(float(sim[i]), 6), cats[i]))
+    return [cats[i] for i in order[:k]]
+
+
+# --------------------------------------------------------------------------- whole evaluation
+
+
+def evaluate(
+    benchmark: pd.DataFrame,
+    latents: pd.DataFrame,
+    cfg: EvaluationConfig,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    embedder: Any = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Benchmark table with T, and the evaluation record (JSON-able) with P, metrics,
+    baselines, the threshold curve and the category mapping. Pure: no files touched."""
+    table = degraded_table(benchmark, direction=cfg.direction, threshold=cfg.degrade_threshold, alpha=cfg.significance,
+                           test=cfg.significance_test, bootstrap_draws=cfg.bootstrap_draws, seed=cfg.seed)
+    universe = sorted(table["category"])
+    T = degraded_set(table)
+    attributed = attributed_latents(latents, cfg.latent_direction)
+    mneme_cats = sorted(attributed["category"].unique().tolist())
+    if mapping is None:
+        mapping_df = category_mapping(mneme_cats, universe, embedder)
+    else:
+        mapping_df = pd.DataFrame({"mneme_category": list(mapping), "benchmark_category": list(mapping.values()),
+                                   "similarity": np.nan})
+    mapping = dict(zip(mapping_df["mneme_category"], mapping_df["benchmark_category"]))
+    scores = category_scores(latents, mapping, universe, latent_direction=cfg.latent_direction, score=cfg.predict_score)
+    thr = cfg.predict_threshold if cfg.predict_threshold > 0 else default_predict_threshold(scores)
+    P = predict(scores, thr)
+    methods: dict[str, Any] = {"mneme": {**metrics(T, P, universe), "set": sorted(P)},
+                               "random": random_baseline(T, universe, draws=cfg.random_draws, seed=cfg.seed),
+                               "oracle": {**metrics(T, T, universe), "set": sorted(T)}}
+    if cfg.intervention_description.strip():
+        naive = naive_baseline(cfg.intervention_description, universe, len(P), embedder)
+        methods["naive"] = {**metrics(T, naive, universe), "set": naive, "description": cfg.intervention_description}
+    else:
+        methods["naive"] = {"skipped": "evaluation.intervention_description is empty"}
+    lat_counts = attributed["category"].value_counts()
+    record = {
+        "direction": cfg.direction,
+        "latent_direction": cfg.latent_direction,
+        "thresholds": {
+            "degrade_threshold": cfg.degrade_threshold, "significance": cfg.significance,
+            "significance_test": str(table["test"].iloc[0]), "predict_score": cfg.predict_score,
+            "predict_threshold": thr,
+            "predict_threshold_rule": "configured" if cfg.predict_threshold > 0 else "mean share (1 / n_categories)",
+        },
+        "universe": universe,
+        "T": sorted(T),
+        "P": sorted(P),
+        "category_scores": scores.assign(predicted=scores["category"].isin(P)).to_dict(orient="records"),
+        "metrics": methods,
+        "curve": _records(threshold_curve(scores, T, universe)),
+        "mapping": _records(mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])),
+        "shared_names": shared_names(mneme_cats, universe),
+    }
+    return table, record
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as JSON-safe dicts (NaN -> None: JSON has no NaN)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in df.to_dict(orient="records")]
+
+
+def per_category_table(run: Run | str | Path) -> pd.DataFrame:
+    """One row per benchmark category for the dashboard: scores, change, CI, p-value,
+    degraded, and MNEME's aggregate (n_latents, total_shift, score, predicted, latents)."""
+    run = run if isinstance(run, Run) else Run(run)
+    bench, record = run.benchmark, run.evaluation
+    if bench is None or record is None:
+        raise EvaluationError(f"{run.path} has no evaluation yet; run `mneme evaluate {run.path} --benchmark FILE`")
+    scores = pd.DataFrame.from_records(record["category_scores"])
+    return bench.merge(scores, on="category", how="left").sort_values("drop", ascending=False).reset_index(drop=True)
+
+
+def _runner_benchmark(cfg: StudyConfig, run_path: Path, questions: str, progress: bool) -> pd.DataFrame:
+    """Score both models of the study on a local MC file (resumable via the run's cache)."""
+    from mneme_core.benchmarks.mc_runner import load_mc_items, score_pair
+    from mneme_core.models import load_model_pair
+
+    ev = cfg.evaluation
+    items = load_mc_items(questions, limit_per_category=ev.runner_limit_per_category)
+    pair = load_model_pair(cfg.models)
+    return score_pair((pair.base, pair.tokenizer), (pair.ft, pair.tokenizer), items, batch_size=ev.runner_batch_size,
+                      cache_dir=run_path / "benchmark_cache", style=ev.runner_style, progress=progress)
+
+
+def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Evaluate stage: benchmark in, ``benchmark.parquet`` + ``evaluation.json`` out."""
+    run_path = Path(run_path)
+    spec = cfg.evaluation.benchmark.strip()
+    if spec.startswith(RUNNER_PREFIX):
+        bench, source = _runner_benchmark(cfg, run_path, spec[len(RUNNER_PREFIX):], progress), spec
+    else:
+        bench, source = load_benchmark(spec, run_path)
+    latents_path = run_path / "latents.parquet"
+    if not latents_path.is_file():
+        raise EvaluationError(f"{run_path} has no latents.parquet; run the diff and categories stages first")
+    from mneme_core.embeddings import get_embedder
+
+    table, record = evaluate(bench, pd.read_parquet(latents_path), cfg.evaluation,
+                             embedder=get_embedder(cfg.interpret.embedding_model))
+    record["benchmark_source"] = source
+    write_parquet(run_path / "benchmark.parquet", table)
+    atomic_write_json(run_path / "evaluation.json", record)
+    add_provenance(run_path, [{"kind": "benchmark", "source": source}])
+    m = record["metrics"]
+    return {
+        "n_categories": len(record["universe"]), "n_degraded": len(record["T"]), "n_predicted": len(record["P"]),
+        **{k: m["mneme"][k] for k in ("accuracy", "precision", "recall", "f1", "balanced_accuracy")},
+        "random_accuracy_mean": m["random"]["accuracy"]["mean"],
+        "naive_accuracy": m["naive"].get("accuracy"),
+    }

@@ -1,0 +1,187 @@
+"""Run a study's stages in order, skipping finished ones, so a killed run resumes.
+
+The manifest is the single source of truth: a stage is skipped when its status is
+``complete``, and it becomes complete only after its ``run_stage`` returned (its files are
+already written atomically by then). A stage interrupted by a kill stays ``running`` (or
+``failed``) and simply runs again; long stages resume from their own checkpoints.
+
+Stages form a line (``store.STAGES``): each needs every stage before it. Running a subset
+(``stages=[...]``, the per-stage CLI commands for people who run collection on one
+machine and training on another) therefore checks that the earlier stages are complete,
+and forcing a stage re-runs it *and every later selected stage*, because their inputs
+changed.
+
+Under ``torchrun`` every rank calls the stage (collection and training are distributed);
+only rank 0 writes stage status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mneme_core.config import StudyConfig, build, dump_config, load_config
+from mneme_core.store import STAGES, RunError, atomic_write_bytes, init_run, read_manifest, set_stage, update_manifest
+
+STAGE_MODULES = {
+    "collect": "mneme_core.activations",
+    "train": "mneme_core.training",
+    "diff": "mneme_core.diffing",
+    "contexts": "mneme_core.contexts",
+    "interpret": "mneme_core.interp",
+    "categories": "mneme_core.categories",
+    "evaluate": "mneme_core.evaluation",
+}
+
+
+class StageError(RunError):
+    """A stage failed; the manifest records it as failed with this message."""
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _select(stages: Iterable[str] | None) -> list[str]:
+    if stages is None:
+        return list(STAGES)
+    wanted = list(stages)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise RunError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
+    return [s for s in STAGES if s in wanted]
+
+
+def _forced(selected: list[str], force: bool | Iterable[str]) -> set[str]:
+    """Stages to re-run: the forced ones and every selected stage after the first of them."""
+    if isinstance(force, bool):
+        return set(selected) if force else set()
+    names = list(force)
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise RunError(f"cannot force unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
+    if not names:
+        return set()
+    first = min(STAGES.index(s) for s in names)
+    return {s for s in selected if STAGES.index(s) >= first}
+
+
+def _status(run_path: Path, stage: str) -> str:
+    return read_manifest(run_path).get("stages", {}).get(stage, {}).get("status", "missing")
+
+
+def _check_prerequisites(run_path: Path, selected: list[str]) -> None:
+    """Every stage before the first selected one must already be complete."""
+    first = STAGES.index(selected[0])
+    for earlier in STAGES[:first]:
+        status = _status(run_path, earlier)
+        if status != "complete":
+            raise RunError(
+                f"stage '{selected[0]}' needs stage '{earlier}' first, but it is {status} in {run_path}; "
+                f"run `mneme {earlier} STUDY.yaml` (or `mneme run STUDY.yaml`) first."
+            )
+
+
+def _skip_reason(cfg: StudyConfig, run_path: Path, stage: str) -> str:
+    """Why a stage cannot run in this study yet ("" when it can).
+
+    Only evaluation is optional: a study without benchmark results still gets its
+    latents described and categorised, and can be evaluated later.
+    """
+    if stage == "evaluate" and not cfg.evaluation.benchmark.strip() and not (run_path / "benchmark.parquet").is_file():
+        return "no benchmark configured; add one with `mneme evaluate RUN --benchmark FILE`"
+    return ""
+
+
+def _run_one(cfg: StudyConfig, run_path: Path, stage: str, progress: bool) -> dict[str, Any]:
+    main = _is_main_process()
+    reason = _skip_reason(cfg, run_path, stage)
+    if reason:
+        if main:
+            set_stage(run_path, stage, "skipped", info={"error": None, "reason": reason})
+        return {}
+    if main:
+        set_stage(run_path, stage, "running")
+    started = time.perf_counter()
+    try:
+        module = importlib.import_module(STAGE_MODULES[stage])
+        metrics = module.run_stage(cfg, run_path, progress=progress) or {}
+    except KeyboardInterrupt:
+        if main:
+            set_stage(run_path, stage, "failed", info={"error": "interrupted"})
+        raise
+    except Exception as exc:  # recorded, then re-raised as one readable error
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (RunError, ValueError)) else str(exc)
+        if main:
+            set_stage(run_path, stage, "failed", info={"error": message})
+        raise StageError(f"stage '{stage}' failed: {message}") from exc
+    if main:
+        seconds = round(time.perf_counter() - started, 3)
+        set_stage(run_path, stage, "complete", metrics=metrics, info={"seconds": seconds, "error": None})
+    return metrics
+
+
+def run_study(
+    cfg: StudyConfig | str | Path,
+    stages: Iterable[str] | None = None,
+    force: bool | Iterable[str] = False,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) a study; returns its run directory.
+
+    ``stages``: a subset of ``store.STAGES`` (default all); ``force``: True to re-run every
+    selected stage, or stage names to re-run from the earliest of them on.
+    """
+    if not isinstance(cfg, StudyConfig):
+        cfg = load_config(cfg)
+    selected = _select(stages)
+    forced = _forced(selected, force)
+    run_path = cfg.run_path
+    init_run(run_path, cfg.to_dict())
+    if _is_main_process():
+        atomic_write_bytes(run_path / "config.yaml", dump_config(cfg).encode())
+    if not selected:
+        return run_path
+    _check_prerequisites(run_path, selected)
+    for stage in selected:
+        if stage not in forced and _status(run_path, stage) == "complete":
+            continue
+        _run_one(cfg, run_path, stage, progress)
+    return run_path
+
+
+def run_config(run_path: str | Path) -> StudyConfig:
+    """The validated config a run was made with (from its manifest)."""
+    run_path = Path(run_path)
+    config = dict(read_manifest(run_path).get("config", {}))
+    config["run_dir"] = str(run_path)
+    return load_config(config)
+
+
+def override_section(run_path: str | Path, section: str, changes: dict[str, Any]) -> StudyConfig:
+    """Change one config section of an existing run (e.g. the explainer), validated.
+
+    The manifest's config is rewritten so a later ``mneme run`` of the same run sees the
+    new settings; used by ``mneme interpret`` and ``mneme evaluate``.
+    """
+    run_path = Path(run_path)
+    cfg = run_config(run_path)
+    current = getattr(cfg, section)
+    merged = {**dataclasses.asdict(current), **changes}
+    new_section = build(type(current), merged, section)
+    new_cfg = dataclasses.replace(cfg, **{section: new_section})
+    new_cfg.validate()
+    new_dict = new_cfg.to_dict()
+
+    def edit(m: dict[str, Any]) -> None:
+        m["config"][section] = new_dict[section]
+
+    update_manifest(run_path, edit)
+    atomic_write_bytes(run_path / "config.yaml", dump_config(new_cfg).encode())
+    return new_cfg

@@ -1,0 +1,46 @@
+"""Semantic search over latent descriptions (LanceDB table ``descriptions`` in the run).
+
+``Run.search`` and the dashboard call ``search_descriptions``; the query is embedded with
+the same model the categories stage used (the run's ``interpret.embedding_model``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mneme_core.categories import LANCE_TABLE, import_lancedb
+from mneme_core.embeddings import get_embedder
+from mneme_core.store import RunError, read_manifest
+
+COLUMNS = ["latent", "description", "category", "distance"]
+
+
+def search_descriptions(run_path: str | Path, query: str, k: int = 20) -> pd.DataFrame:
+    """The ``k`` latents whose descriptions are nearest to ``query``: columns latent,
+    description, category, distance (cosine distance, 0 = same direction), nearest first."""
+    run_path = Path(run_path)
+    if not query or not query.strip():
+        raise ValueError("search needs a non-empty query, e.g. 'viruses and infection'")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    db_path = run_path / "lancedb"
+    if not db_path.is_dir() or LANCE_TABLE not in db_path_tables(db_path):
+        raise RunError(f"{run_path} has no description index yet: run the interpret and categories stages "
+                       f"(`mneme interpret {run_path}`)")
+    model = read_manifest(run_path).get("config", {}).get("interpret", {}).get("embedding_model", "") or ""
+    vec = get_embedder(model).encode([query])[0]
+    table = import_lancedb().connect(str(db_path)).open_table(LANCE_TABLE)
+    hits = table.search(vec).distance_type("cosine").limit(int(k)).to_pandas()
+    if not len(hits):
+        return pd.DataFrame({c: pd.Series([], dtype="float64" if c == "distance" else "object") for c in COLUMNS})
+    out = hits.rename(columns={"_distance": "distance"})[COLUMNS]
+    return out.sort_values("distance", kind="stable").reset_index(drop=True)
+
+
+def db_path_tables(db_path: Path) -> list[str]:
+    db = import_lancedb().connect(str(db_path))
+    result = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
+    names = getattr(result, "tables", result)
+    return list(names)

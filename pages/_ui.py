@@ -1,0 +1,314 @@
+"""Streamlit glue shared by the pages: which run is open, cached loaders, empty states.
+
+The engine (``mneme_core``) never imports Streamlit; this module is the only place that
+knows both. Caches are keyed on the run path plus the manifest's mtime, so a stage
+finishing (which rewrites ``run.json``) invalidates them, and a filter change reuses
+them. The latents table and models are ``cache_resource`` (shared, never copied: a
+131k-row table copied on every rerun would cost more than the filter itself);
+per-latent tables and figures are ``cache_data``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from mneme_core import Run, RunError, open_run
+from mneme_core.store import MANIFEST, STAGES
+
+APP_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_ROOTS = (APP_DIR / "data" / "demo", APP_DIR / "runs")
+PAGE_FILES = {
+    "overview": "pages/overview.py", "explorer": "pages/explorer.py", "latent": "pages/latent.py",
+    "distributions": "pages/distributions.py", "categories": "pages/category_map.py",
+    "side_effects": "pages/side_effects.py", "triage": "pages/triage.py", "prompt_lab": "pages/prompt_lab.py",
+}
+# What fills each stage; the pipeline resumes, so one command fills whatever is missing.
+STAGE_HINT = {
+    "collect": "paired activations", "train": "the cross-coder", "diff": "decoder norms, β and attribution labels",
+    "contexts": "top-activating contexts and histograms", "interpret": "descriptions and their scores",
+    "categories": "categories and the UMAP", "evaluate": "benchmark comparison and side-effect metrics",
+}
+
+
+# --------------------------------------------------------------------------- which runs
+
+
+def run_roots() -> list[Path]:
+    """Folders to look for runs in: CLI args after ``--``, then $MNEME_RUNS, then defaults."""
+    roots = [Path(a) for a in sys.argv[1:] if not a.startswith("-") and Path(a).is_dir()]
+    roots += [Path(p) for p in os.environ.get("MNEME_RUNS", "").split(os.pathsep) if p]
+    roots += [p for p in DEFAULT_ROOTS if p.is_dir()]
+    return list(dict.fromkeys(p.expanduser().resolve() for p in roots))
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def discover_runs(roots: tuple[str, ...]) -> dict[str, str]:
+    """Runs under the roots (a root may itself be a run), name -> path, two levels deep."""
+    found: dict[str, str] = {}
+    for root in map(Path, roots):
+        candidates = [root] + sorted(p for p in root.glob("*") if p.is_dir()) + sorted(
+            p for p in root.glob("*/*") if p.is_dir())
+        for path in candidates:
+            if (path / MANIFEST).is_file():
+                found.setdefault(_run_label(path), str(path))
+    return found
+
+
+def _run_label(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def selected_run_path() -> str | None:
+    """The run named in the URL (``?run=``), else this session's, else the first found.
+
+    The choice is written back to the URL so every page's address can be shared.
+    """
+    runs = discover_runs(tuple(map(str, run_roots())))
+    wanted = st.query_params.get("run") or st.session_state.get("run")
+    path = runs.get(wanted, wanted) if wanted else next(iter(runs.values()), None)
+    if path is None:
+        return None
+    st.session_state["run"] = wanted or _run_label(Path(path))
+    if st.query_params.get("run") != st.session_state["run"]:
+        st.query_params["run"] = st.session_state["run"]
+    return path
+
+
+def keep_filters() -> None:
+    """Keep explorer filters when the user visits another page and comes back.
+
+    Streamlit drops a widget's state on a run where it is not drawn; writing the
+    values back under the same keys makes them plain session state that survives.
+    """
+    for key in [k for k in st.session_state if str(k).startswith("f_")]:
+        st.session_state[key] = st.session_state[key]
+
+
+def run_picker() -> None:
+    """Sidebar: pick one of the runs found, or type a folder."""
+    runs = discover_runs(tuple(map(str, run_roots())))
+    current = st.session_state.get("run")
+    options = list(runs) + ([current] if current and current not in runs else [])
+    with st.sidebar:
+        st.markdown("### MNEME")
+        if options:
+            idx = options.index(current) if current in options else 0
+            choice = st.selectbox("Run", options, index=idx, key="run_picker", help="Runs found under "
+                                  + ", ".join(map(str, run_roots())) + " (set MNEME_RUNS or pass a folder)")
+            if choice != current:
+                _switch_run(choice)
+        other = st.text_input("Open another run folder", key="run_other", placeholder="/path/to/run")
+        if other and other != current:
+            _switch_run(other)
+
+
+def _switch_run(run: str) -> None:
+    st.session_state["run"] = run
+    st.session_state.pop("explorer_order", None)
+    st.query_params.clear()
+    st.query_params["run"] = run
+    st.rerun()
+
+
+# --------------------------------------------------------------------------- open + cache
+
+
+def _mtime(path: str) -> float:
+    try:
+        return (Path(path) / MANIFEST).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _open(path: str, mtime: float) -> Run:
+    run = open_run(path)
+    run.latents  # noqa: B018 - load once per run version, shared by every session
+    return run
+
+
+def open_cached(path: str) -> Run:
+    """Open any run through the shared cache (for overlays of other runs)."""
+    return _open(path, _mtime(path))
+
+
+def same_base_model(a: str, b: str) -> bool:
+    """Whether two runs diff the same base model at the same layer (so overlays compare)."""
+    try:
+        ma, mb = (open_cached(p).manifest for p in (a, b))
+    except Exception:
+        return False
+    base = lambda m: (m.get("models", {}).get("base"), m.get("layer"))  # noqa: E731
+    return base(ma) == base(mb)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_figure(kind: str, path: str, mtime: float, *args: Any) -> Any:
+    """Figures over the whole latents table (the expensive ones), per run version."""
+    from mneme_core import plots
+
+    builder = {"beta_scatter": plots.beta_scatter, "category_map": plots.category_map}[kind]
+    return builder(_open(path, mtime).latents, *args)
+
+
+def ensure_navigation() -> None:
+    """Make a deep link that is a server's first request go through app.py.
+
+    Streamlit starts in its legacy mode when a ``pages/`` folder exists, and in that mode
+    a first request for ``/latent?...`` runs ``pages/latent.py`` alone (no sidebar, no run
+    picker, file names as navigation) until app.py has called ``st.navigation`` once.
+    Leaving legacy mode and rerunning lands on the same page (our ``url_path`` equals
+    the file name), now through app.py. If Streamlit's internals move, this is a no-op.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - depends on the Streamlit version
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def current_run() -> Run:
+    """The open run, or an error page (no stack trace) and stop."""
+    ensure_navigation()
+    path = selected_run_path()
+    if path is None:
+        st.title("No run to show")
+        st.info("No MNEME run was found. Build one with `mneme run STUDY.yaml` (see `examples/`), then start the "
+                "dashboard with `MNEME_RUNS=runs streamlit run app.py` or `streamlit run app.py -- runs/NAME`.")
+        st.stop()
+    try:
+        return _open(path, _mtime(path))
+    except RunError as exc:
+        error_page(str(exc))
+    except Exception as exc:  # a damaged table: say which and where, not a traceback
+        error_page(f"{path} could not be read: {type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")
+
+
+def error_page(message: str) -> None:
+    st.title("This run cannot be opened")
+    st.error(message, icon=":material/error:")
+    st.caption("Pick another run in the sidebar, or fix the folder and reload.")
+    st.stop()
+
+
+def run_key(run: Run) -> tuple[str, float]:
+    return str(run.path), _mtime(str(run.path))
+
+
+def stage_command(run: Run, stage: str) -> str:
+    """The `mneme` command that fills ``stage`` of this run."""
+    config = run.path / "config.yaml"
+    if stage == "evaluate":
+        return f"mneme evaluate {run.path} --benchmark FILE"
+    if stage == "interpret":
+        return f"mneme interpret {run.path}"
+    return f"mneme {stage} {config}"
+
+
+def missing_message(run: Run, *stages: str, what: str = "") -> str | None:
+    """What to run when ``stages`` are not complete, or None when they are."""
+    missing = [s for s in stages if run.stage_status(s) != "complete"]
+    if not missing:
+        return None
+    done = ", ".join(s for s in STAGES if run.stage_status(s) == "complete") or "no complete stages"
+    commands = "\n".join(f"- `{stage_command(run, s)}`" for s in missing)
+    return (
+        f"{what or 'This page'} needs the **{', '.join(missing)}** stage{'s' if len(missing) > 1 else ''} "
+        f"({'; '.join(STAGE_HINT[s] for s in missing)}). This run has: {done}.\n\n"
+        f"Fill it with `mneme run {run.path / 'config.yaml'}` (resumes and runs only what is missing), or:\n{commands}"
+    )
+
+
+def require(run: Run, *stages: str, what: str = "") -> None:
+    """Empty state: stop the page, naming the missing stages and the command that fills them."""
+    message = missing_message(run, *stages, what=what)
+    if message:
+        st.info(message, icon=":material/hourglass_empty:")
+        st.stop()
+
+
+def note_missing(run: Run, *stages: str, what: str = "") -> bool:
+    """Like :func:`require` for one section of a page: say what is missing, keep going."""
+    message = missing_message(run, *stages, what=what)
+    if message:
+        st.info(message, icon=":material/hourglass_empty:")
+    return message is None
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _lookup(path: str, mtime: float, table: str) -> Any:
+    from mneme_core.lookup import LatentLookup
+
+    file = Path(path) / f"{table}.parquet"
+    return LatentLookup(file) if file.is_file() else None
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def contexts(path: str, mtime: float, latent: int) -> pd.DataFrame:
+    """One latent's contexts (row-group pruned read; see mneme_core.lookup)."""
+    from mneme_core.lookup import contexts_frame
+
+    lookup = _lookup(path, mtime, "contexts")
+    return contexts_frame(lookup, latent) if lookup is not None else pd.DataFrame()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def histogram(path: str, mtime: float, latent: int) -> pd.DataFrame:
+    lookup = _lookup(path, mtime, "histograms")
+    return lookup.frame(latent) if lookup is not None else pd.DataFrame()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def filter_choices(path: str, mtime: float) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+    """Label values and numeric bounds of a run's latents (fixed per run version)."""
+    from mneme_core import explore
+
+    latents = _open(path, mtime).latents
+    return explore.label_options(latents), explore.range_bounds(latents)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def per_category(path: str, mtime: float) -> pd.DataFrame:
+    from mneme_core.evaluation import per_category_table
+
+    return per_category_table(_open(path, mtime))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def decoder_rows(path: str, mtime: float) -> Any:
+    from mneme_core.explore import decoder_rows as load
+
+    return load(path)
+
+
+def link_to(page: str, label: str, run: Run | None = None, icon: str | None = None, **params: Any) -> None:
+    """A page link that keeps the run (and any other params) in the URL."""
+    qp = {"run": st.session_state.get("run", str(run.path) if run else "")} | {k: str(v) for k, v in params.items()}
+    st.page_link(PAGE_FILES[page], label=label, icon=icon, query_params=qp)
+
+
+def open_latent(latent: int) -> None:
+    """Go to a latent's page (from a table selection or a chart click)."""
+    st.switch_page(PAGE_FILES["latent"], query_params={"run": st.session_state.get("run", ""), "latent": str(int(latent))})
+
+
+def clicked_latent(event: Any) -> int | None:
+    """The latent id of a clicked / selected plotly point (customdata[0]), if any."""
+    points = (getattr(event, "selection", None) or {}).get("points", []) if event else []
+    for p in points:
+        data = p.get("customdata")
+        if data is not None:
+            return int(data[0] if isinstance(data, (list, tuple)) else data)
+    return None

@@ -1,0 +1,131 @@
+"""One latent: what it is, the numbers behind its attribution, where it fires."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mneme_core import explore, plots, render
+from mneme_core.triage import MARKS, TriageStore
+from pages import _ui
+
+run = _ui.current_run()
+_ui.require(run, "diff", what="The latent page")
+path, mtime = _ui.run_key(run)
+table = run.latents
+
+try:
+    latent = int(st.query_params.get("latent", table["latent"].iloc[0]))
+except ValueError:
+    latent = -1
+row = explore.latent_row(table, latent)
+if row is None:
+    st.title("Latent not found")
+    st.error(f"This run has no latent {st.query_params.get('latent')!r} (ids 0–{int(table['latent'].max())}).")
+    st.stop()
+st.query_params["latent"] = str(latent)
+
+
+def val(col: str) -> object:
+    return row[col] if col in row.index else None
+
+
+st.title(f"Latent {latent}")
+order = st.session_state.get("explorer_order")
+prev, nxt = explore.neighbours(order if order is not None else table["latent"].to_numpy(), latent)
+nav = st.columns([1, 1, 2, 6])
+with nav[0]:
+    if prev is not None:
+        _ui.link_to("latent", f"← {prev}", run, latent=prev)
+with nav[1]:
+    if nxt is not None:
+        _ui.link_to("latent", f"{nxt} →", run, latent=nxt)
+with nav[2]:
+    jump = st.number_input("Go to latent", min_value=0, max_value=int(table["latent"].max()), value=latent,
+                           key=f"jump_{latent}", label_visibility="collapsed")
+    if jump != latent:
+        _ui.open_latent(jump)
+nav[3].caption("previous / next follow the explorer's current filter and sort" if order is not None
+               else "previous / next by latent id (filter in the explorer to walk a subset)")
+
+md = render.escape_markdown
+st.markdown(f"#### {md(val('description')) if val('description') else '_no description yet (interpret stage)_'}")
+badges = [f"**{md(val('attribution') or '?')}**", f"norm label **{md(val('label_by_norm') or '?')}**",
+          f"category **{md(val('category') or '—')}**"]
+if val("explainer"):
+    badges.append(f"explainer **{md(val('explainer'))}** · score **{explore.fmt(val('explanation_score'), 3)}**")
+st.markdown(" · ".join(badges))
+
+cols = st.columns(6)
+for c, (label, key) in zip(cols, [("‖d base‖", "dec_norm_base"), ("‖d ft‖", "dec_norm_ft"), ("relative norm", "rel_norm"),
+                                  ("cosine", "dec_cos"), ("shift log2(β_ft/β_base)", "shift"),
+                                  ("density", "freq")]):
+    c.metric(label, explore.fmt(val(key), 4))
+
+left, right = st.columns([1, 1])
+with left:
+    st.markdown("**Latent scaling β** (how much of the latent each model's activations hold)")
+    beta = pd.DataFrame(
+        [[explore.fmt(val(f"beta_{t}_{m}"), 4) for m in ("base", "ft")] + [explore.fmt(val(f"nu_{t.split('_')[0]}"), 4)
+                                                                            if "own" not in t else "—"]
+         for t in ("err", "recon", "err_own", "recon_own")],
+        index=["error target", "reconstruction target", "error, own-row probe", "reconstruction, own-row probe"],
+        columns=["β base", "β fine-tuned", "ν = β_base/β_ft"],
+    )
+    st.table(beta)
+    st.caption(f"max activation {explore.fmt(val('max_act'), 4)}")
+with right:
+    hist = _ui.histogram(path, mtime, latent)
+    if len(hist):
+        h = hist.iloc[0]
+        st.plotly_chart(plots.activation_histogram(h["edges"], h["counts"], latent), key="act_hist")
+    else:
+        st.caption("No activation histogram (the **contexts** stage writes them).")
+
+st.subheader("Where it fires")
+ctx = _ui.contexts(path, mtime, latent)
+if not _ui.note_missing(run, "contexts", what="Activating contexts"):
+    pass
+elif len(ctx):
+    scale = float(np.nanmax(ctx["max_act"])) if "max_act" in ctx.columns else None
+    for kind, title in (("top", "Top-activating contexts"), ("quantile", "Samples across activation quantiles")):
+        part = ctx[ctx["kind"] == kind]
+        if len(part):
+            st.markdown(f"**{title}** ({len(part)})")
+            rows = [(list(r.tokens), list(r.acts), f"#{int(r.rank)} · max {float(np.max(r.acts)):.3g}")
+                    for r in part.itertuples()]
+            st.html(render.contexts_html(rows, scale=scale))
+else:
+    st.caption("No contexts were stored for this latent (it never fired on the corpus).")
+
+low, high = st.columns([1, 1])
+with low:
+    st.subheader("Similar decoder directions")
+    try:
+        dec = _ui.decoder_rows(path, mtime)
+    except Exception as exc:  # a missing or foreign cross-coder must not break the page
+        dec = None
+        st.caption(f"Cross-coder weights could not be read ({type(exc).__name__}: {exc}).")
+    if dec is not None and latent < dec.shape[0]:
+        sim = explore.similar_latents(dec, latent, k=8)
+        sim = sim.merge(table[[c for c in ("latent", "description", "attribution") if c in table.columns]],
+                        on="latent", how="left")
+        st.dataframe(explore.with_links(sim, st.session_state.get("run", str(run.path))), hide_index=True,
+                     column_order=["open", *sim.columns],
+                     column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:",
+                                                                         width=40),
+                                    "cosine": st.column_config.NumberColumn(format="%.3f")})
+    elif dec is None:
+        st.caption("No cross-coder weights in this run (the **train** stage writes them).")
+with high:
+    st.subheader("Triage")
+    store = TriageStore(run.path)
+    current = store.get_mark(latent)
+    with st.form(f"mark_{latent}", border=False):
+        mark = st.radio("Mark", MARKS, index=MARKS.index(current["mark"]) if current else None, horizontal=True)
+        note = st.text_area("Note", value=current["note"] if current else "", height=80)
+        if st.form_submit_button("Save mark", icon=":material/save:") and mark:
+            store.set_mark(latent, mark, note, author=st.session_state.get("author", ""))
+            st.toast(f"Latent {latent} marked '{mark}'")
+            current = store.get_mark(latent)
+    if current:
+        st.caption(f"Current: **{current['mark']}**")

@@ -1,0 +1,67 @@
+"""Overview: the study card, attribution counts, headline result, missing stages."""
+
+import streamlit as st
+
+from mneme_core import explore, plots
+from mneme_core.store import STAGES
+from pages import _ui
+
+run = _ui.current_run()
+m = run.manifest
+train = run.stage_metrics("train")
+collect = run.stage_metrics("collect")
+
+st.title(run.name)
+models = m.get("models", {})
+base = models.get("base", {}).get("path", "?") if isinstance(models.get("base"), dict) else models.get("base", "?")
+ft = models.get("ft", {}).get("path", "?") if isinstance(models.get("ft"), dict) else models.get("ft", "?")
+corpus = m.get("corpus", {})
+st.markdown(f"**Base** `{base}` → **fine-tuned** `{ft}` · layer **{m.get('layer', '?')}** · corpus "
+            f"`{', '.join(corpus.get('files', [])) or corpus.get('dataset', '?')}`")
+
+cols = st.columns(6)
+cc = m.get("config", {}).get("crosscoder", {})
+cards = [
+    ("Tokens", collect.get("n_tokens")),
+    ("Latents", train.get("n_latents", cc.get("n_latents") or len(run.latents) or None)),
+    ("k", train.get("k", cc.get("k"))),
+    ("FVE base / ft", f"{explore.fmt(train.get('fve_base'), 3)} / {explore.fmt(train.get('fve_ft'), 3)}"
+     if "fve_base" in train else None),
+    ("Dead fraction", train.get("dead_fraction")),
+    ("L0", train.get("l0")),
+]
+for col, (label, value) in zip(cols, cards):
+    col.metric(label, explore.fmt(value, 4) if value is not None else "—")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Stages")
+    rows = [{"stage": s, "status": run.stage_status(s), "what": _ui.STAGE_HINT[s]} for s in STAGES]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    missing = run.missing_stages()
+    if missing:
+        st.info(_ui.missing_message(run, *missing, what="The full study"), icon=":material/hourglass_empty:")
+with right:
+    counts = explore.attribution_counts(run.latents)
+    if counts:
+        st.plotly_chart(plots.attribution_bar(counts), key="attr_bar")
+        st.caption(" · ".join(f"{k}: **{counts[k]}**" for k in ("base_only", "ft_only", "shared", "other")
+                              if k in counts))
+    else:
+        st.info("No attribution yet: the **diff** stage labels latents.", icon=":material/hourglass_empty:")
+
+st.subheader("Side effects")
+evaluation = run.evaluation
+if evaluation and run.stage_status("evaluate") == "complete":
+    from mneme_core.sideeffects import headline
+
+    numbers = headline(evaluation)
+    cols = st.columns(len(numbers))
+    for col, (label, value) in zip(cols, numbers.items()):
+        col.metric(label, explore.fmt(value, 3))
+    _ui.link_to("side_effects", "Open the side-effects page", run, icon=":material/arrow_forward:")
+else:
+    st.caption("No evaluation yet: the **evaluate** stage compares predictions with a benchmark.")
+
+with st.expander("Provenance and configuration"):
+    st.json({"provenance": m.get("provenance", []), "config": m.get("config", {})}, expanded=False)

@@ -1,0 +1,73 @@
+"""Side effects: predicted vs measured per category, metrics vs baselines, live threshold."""
+
+import pandas as pd
+import streamlit as st
+
+from mneme_core import evaluation as ev
+from mneme_core import explore, plots, sideeffects
+from pages import _ui
+
+run = _ui.current_run()
+_ui.require(run, "evaluate", what="The side-effects page")
+path, mtime = _ui.run_key(run)
+record = run.evaluation or {}
+try:
+    per_cat = _ui.per_category(path, mtime)
+except ev.EvaluationError as exc:
+    _ui.error_page(str(exc))
+
+st.title("Side effects")
+thr0 = float(record.get("thresholds", {}).get("predict_threshold", 0.0))
+top = float(per_cat["score"].max()) if "score" in per_cat.columns and len(per_cat) else 1.0
+c1, c2 = st.columns([3, 2])
+threshold = c1.slider("Prediction threshold (share of attributed latents a category needs)", 0.0,
+                      max(top, thr0) * 1.05 or 1.0, thr0, step=max(top, thr0) / 200 or 0.005, format="%.4f",
+                      key="f_threshold")
+c2.caption(f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
+           f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
+           f"p < {record.get('thresholds', {}).get('significance', '?')} "
+           f"({record.get('thresholds', {}).get('significance_test', '?')}).")
+table, methods = sideeffects.live_prediction(per_cat, record, threshold)
+
+cols = st.columns(4)
+mneme = methods["MNEME"]
+for c, key in zip(cols, sideeffects.SHOWN_METRICS):
+    value = mneme.get(key)
+    rnd = methods.get("random", {}).get(key)
+    c.metric(f"MNEME {key.replace('_', ' ')}", "—" if value is None else f"{value:.3f}",
+             delta=None if value is None or rnd is None else f"{value - rnd:+.3f} vs random")
+
+left, right = st.columns([3, 2])
+left.plotly_chart(plots.benchmark_bars(table), key="bench_bars")
+with right:
+    st.markdown("**MNEME vs baselines**")
+    st.dataframe(sideeffects.metrics_frame(methods), column_config={
+        k: st.column_config.NumberColumn(k.replace("_", " "), format="%.3f") for k in sideeffects.SHOWN_METRICS})
+    curve = record.get("curve")
+    if curve:
+        st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
+
+st.subheader("Per category")
+shown = [c for c in ("category", "score_before", "score_after", "drop", "p_value", "degraded", "predicted", "score",
+                     "n_latents", "mneme_categories", "latents") if c in table.columns]
+st.dataframe(table[shown], hide_index=True, key="per_category", column_config={
+    "score_before": st.column_config.NumberColumn("before", format="%.3f"),
+    "score_after": st.column_config.NumberColumn("after", format="%.3f"),
+    "drop": st.column_config.NumberColumn("drop", format="%.3f"),
+    "p_value": st.column_config.NumberColumn("p", format="%.2g"),
+    "score": st.column_config.NumberColumn("MNEME score", format="%.4f",
+                                           help="share of attributed latents (by |shift|) mapped to the category"),
+    "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
+})
+focus = st.selectbox("Latents behind a category", table["category"].tolist(), key="f_focus_cat")
+ids = next(iter(table.loc[table["category"] == focus, "latents"]), None)
+if ids is not None and len(ids):
+    lat = run.latents
+    sub = lat[lat["latent"].isin(list(ids))]
+    keep = [c for c in ("latent", "description", "category", "attribution", "shift") if c in sub.columns]
+    view = explore.with_links(sub[keep].sort_values("shift"), st.session_state.get("run", str(run.path)))
+    st.dataframe(view, hide_index=True, column_order=["open", *keep], column_config={
+        "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
+        "shift": st.column_config.NumberColumn(format="%.2f")})
+else:
+    st.caption(f"No attributed latents map to {focus}.")

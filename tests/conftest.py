@@ -1,0 +1,98 @@
+"""Shared test fixtures: tiny real models and a tiny run built by the real pipeline.
+
+``--run-slow`` enables tests marked ``slow`` (skipped by default).
+
+Session fixtures:
+- ``tiny_model_dirs``: (base_dir, ft_dir) — two tiny Llama causal LMs saved as
+  safetensors folders with one shared tiny tokenizer; the fine-tuned one is a copy with
+  perturbed MLP weights (``tests/tiny.py``).
+- ``tiny_corpus``: a jsonl corpus of tiny sentences.
+- ``tiny_study``: the validated ``StudyConfig`` of the tiny study (run_dir in a temp folder).
+- ``tiny_run``: the run directory built by ``pipeline.run_study`` on it — every stage,
+  with a small benchmark CSV for the evaluate stage. Treat it as read-only; copy it
+  (``shutil.copytree``) before changing it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny import save_tiny_pair, write_tiny_corpus  # tests/ is on sys.path (rootdir conftest)
+
+# Per-subject before/after scores for the tiny study's evaluate stage (MMLU subject
+# names, like the categories taxonomy); the numbers only need to be well-formed.
+TINY_BENCHMARK = """category,score_before,score_after,n_questions
+virology,0.62,0.31,200
+college_biology,0.70,0.52,200
+professional_law,0.55,0.54,200
+high_school_mathematics,0.40,0.41,200
+nutrition,0.66,0.50,200
+world_religions,0.71,0.70,200
+"""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_study_dict(base: Path, ft: Path, corpus: Path, run_dir: Path, benchmark: Path | None = None) -> dict:
+    """The tiny study as a mapping (tests tweak it before ``load_config``)."""
+    return {
+        "name": "tiny",
+        "run_dir": str(run_dir),
+        "models": {"base": {"source": "hf", "path": str(base)}, "ft": {"source": "hf", "path": str(ft)}, "layer": 2,
+                   "device": "cpu"},
+        "corpus": {"files": [str(corpus)], "n_tokens": 2048, "context_length": 32},
+        "activations": {"dtype": "float32", "shard_tokens": 512, "batch_size": 8, "norm_sample_tokens": 512},
+        "crosscoder": {"n_latents": 64, "k": 4},
+        "training": {"batch_size": 128, "n_tokens": 8192, "warmup_steps": 5, "threshold_warmup_steps": 5,
+                     "checkpoint_every": 20, "dead_tokens": 4096, "val_fraction": 0.1},
+        "contexts": {"top_n": 4, "window": 8, "n_quantiles": 2, "per_quantile": 1, "hist_bins": 8, "n_random": 16},
+        "interpret": {"latents": "all", "max_latents": 12, "n_examples": 4, "n_score_examples": 4},
+        "categories": {"umap_neighbors": 5},
+        "evaluation": {"benchmark": str(benchmark) if benchmark else "", "random_draws": 200,
+                       "intervention_description": "unlearned biology knowledge"},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl", n_docs=80)
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_bench") / "benchmark.csv"
+    path.write_text(TINY_BENCHMARK)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tiny_model_dirs, tiny_corpus, tiny_benchmark, tmp_path_factory):
+    from mneme_core.config import load_config
+
+    base, ft = tiny_model_dirs
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    return load_config(tiny_study_dict(base, ft, tiny_corpus, run_dir, tiny_benchmark))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_study) -> Path:
+    from mneme_core.pipeline import run_study
+
+    return run_study(tiny_study, progress=False)

@@ -1,0 +1,194 @@
+"""Paired activation collection and the sharded store, on two tiny real models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mneme_core.activations import ActivationStore, StoreError, collect, run_stage
+from mneme_core.config import load_config
+from mneme_core.corpus import excluded_token_ids, iter_contexts
+from mneme_core.models import ModelError, load_model_pair, truncated_forward
+from mneme_core.store import init_run, read_manifest
+from tiny import save_model, save_tiny_pair, tiny_llama, tiny_tokenizer, write_tiny_corpus
+
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A study config on a tiny pair and corpus, collected once by the real stage."""
+    root = tmp_path_factory.mktemp("acts")
+    base, ft = save_tiny_pair(root)
+    corpus = write_tiny_corpus(root / "corpus.jsonl", n_docs=80)
+    cfg = load_config({
+        "name": "tiny", "run_dir": str(root / "run"),
+        "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": LAYER},
+        "corpus": {"files": [str(corpus)], "n_tokens": 640, "context_length": 16},
+        "activations": {"shard_tokens": 64, "batch_size": 3},
+    })
+    init_run(cfg.run_path, cfg.to_dict())
+    metrics = run_stage(cfg, cfg.run_path, progress=False)
+    return cfg, metrics, ActivationStore(cfg.run_path / "activations")
+
+
+def _collect(cfg, out, **kw):
+    return collect(cfg.models, cfg.corpus, cfg.activations, out, progress=False, **kw)
+
+
+def test_store_holds_both_models_residuals_of_kept_tokens(study):
+    cfg, metrics, store = study
+    pair = load_model_pair(cfg.models)
+    contexts = list(iter_contexts(cfg.corpus, pair.tokenizer))
+    expected, ids = [], []
+    with torch.inference_mode():
+        for c in contexts:
+            x = torch.from_numpy(c.input_ids)[None]
+            m = torch.from_numpy(c.attention_mask)[None]
+            keep = torch.from_numpy(c.keep)
+            pair_acts = [truncated_forward(model, x, m, LAYER)[0][keep] for model in (pair.base, pair.ft)]
+            expected.append(torch.stack(pair_acts, dim=1))
+            ids.append(c.input_ids[c.keep])
+    expected = torch.cat(expected)
+    assert store.n_tokens == metrics["n_tokens"] == len(expected) and store.d_model == 32 and store.layer == LAYER
+    # shards interleave in context order here (one rank), so rows line up with the corpus
+    torch.testing.assert_close(store.read(), expected.half().float())
+    assert np.array_equal(store.token_ids, np.concatenate(ids))
+    assert not torch.equal(expected[:, 0], expected[:, 1])  # the fine-tune changed the residual
+    assert len(store.shards) == 10 and store.index["dtype"] == "float16"
+
+
+def test_excluded_tokens_absent_and_metadata_consistent(study):
+    cfg, _, store = study
+    tok = tiny_tokenizer()
+    assert not np.isin(store.token_ids, excluded_token_ids(tok, True)).any()
+    assert store.positions.min() >= 1  # position 0 is BOS, never stored
+    assert store.positions.max() < cfg.corpus.context_length
+    assert len(store.doc_ids) == len(store.context_ids) == store.n_tokens
+    assert (np.diff(store.context_ids) >= 0).all()
+
+
+def test_norm_stats_match_the_data(study):
+    _, _, store = study
+    x = store.read().double()
+    stats = store.norm_stats
+    torch.testing.assert_close(stats["mean"].double(), x.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stats["std"].double(), x.std(0, unbiased=False), atol=1e-5, rtol=1e-3)
+    mean_norm = x.norm(dim=-1).mean(0)
+    torch.testing.assert_close(stats["mean_norm"].double(), mean_norm, rtol=1e-4, atol=0)
+    torch.testing.assert_close(stats["scale"].double(), 32**0.5 / mean_norm, rtol=1e-4, atol=0)
+
+
+def test_iter_batches_order_shuffle_range_and_ranks(study):
+    _, _, store = study
+    x = store.read()
+    seq = list(store.iter_batches(50, shuffle=False))
+    assert [len(b) for b in seq[:-1]] == [50] * (len(seq) - 1) and seq[0].dtype == torch.float32
+    torch.testing.assert_close(torch.cat(seq), x)
+    shuf = torch.cat(list(store.iter_batches(50, shuffle=True, seed=3)))
+    again = torch.cat(list(store.iter_batches(50, shuffle=True, seed=3)))
+    assert torch.equal(shuf, again) and not torch.equal(shuf, x)
+    key = lambda t: t[:, 0, 0] * 1e3 + t[:, 1, 1]  # noqa: E731 - a row fingerprint
+    assert torch.equal(key(shuf).sort().values, key(x).sort().values)  # a permutation of the same rows
+    part = torch.cat(list(store.iter_batches(64, shuffle=False, start=100, stop=300)))
+    torch.testing.assert_close(part, x[100:300])
+    # two ranks with batch 16 see, step by step, exactly one rank's batches of 32
+    one = list(store.iter_batches(32, shuffle=True, seed=1))
+    r0 = list(store.iter_batches(16, shuffle=True, seed=1, rank=0, world_size=2))
+    r1 = list(store.iter_batches(16, shuffle=True, seed=1, rank=1, world_size=2))
+    assert len(one) == len(r0) == len(r1)
+    for a, b, c in zip(one, r0, r1):
+        assert torch.equal(a, torch.cat([b, c]))
+
+
+def test_resume_after_a_kill_keeps_finished_shards(study, tmp_path):
+    cfg, _, reference = study
+    out = tmp_path / "acts"
+
+    def die_after_three(seq, _path):
+        if seq == 2:
+            raise KeyboardInterrupt  # what a Ctrl-C or kill mid-collection looks like to us
+
+    with pytest.raises(KeyboardInterrupt):
+        _collect(cfg, out, on_shard=die_after_three)
+    finished = sorted(out.glob("shard-*.safetensors"))
+    assert len(finished) == 3 and not (out / "index.json").exists()
+    with pytest.raises(StoreError, match="did not finish"):
+        ActivationStore(out)
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
+    recomputed = []
+    metrics = _collect(cfg, out, on_shard=lambda seq, path: recomputed.append(seq))
+    assert recomputed == list(range(3, 10))  # only the unfinished shards ran the models
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == stamps
+    assert metrics["computed_tokens"] == 7 * 4 * 16  # 7 shards of 4 contexts of 16 tokens
+    store = ActivationStore(out)
+    assert torch.equal(store.read(), reference.read())
+    assert np.array_equal(store.token_ids, reference.token_ids)
+    # a finished store is not recomputed at all
+    assert _collect(cfg, out, on_shard=lambda *a: pytest.fail("recomputed a finished store"))["computed_tokens"] == 0
+
+
+def test_two_ranks_cover_the_same_tokens(study, tmp_path):
+    cfg, _, reference = study
+    out = tmp_path / "acts2"
+    with pytest.raises(StoreError, match="rank 1 of 2 has not finished"):
+        _collect(cfg, out, rank=0, world_size=2)
+    _collect(cfg, out, rank=1, world_size=2)
+    _collect(cfg, out, rank=0, world_size=2)  # rank 0's shards are reused; it writes the index
+    store = ActivationStore(out)
+    assert store.n_tokens == reference.n_tokens
+    for ctx in (0, 1, 7):
+        mine, ref = store.context_ids == ctx, reference.context_ids == ctx
+        assert np.array_equal(store.token_ids[mine], reference.token_ids[ref])
+        torch.testing.assert_close(store.read()[torch.from_numpy(mine)], reference.read()[torch.from_numpy(ref)])
+
+
+def test_other_settings_into_the_same_folder_are_refused(study, tmp_path):
+    cfg, _, _ = study
+    out = tmp_path / "acts3"
+    def stop(seq, _path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _collect(cfg, out, on_shard=stop)  # a partial collection with one shard
+    other = dataclasses.replace(cfg.models, layer=1)
+    with pytest.raises(StoreError, match="collected with other settings \\(models differ\\)"):
+        collect(other, cfg.corpus, cfg.activations, out, progress=False)
+
+
+def test_corrupt_or_missing_shard_is_a_clear_error(study, tmp_path):
+    cfg, _, _ = study
+    out = tmp_path / "acts4"
+    _collect(cfg, out)
+    shard = sorted(out.glob("shard-*.safetensors"))[4]
+    shard.write_bytes(b"garbage" * 10)
+    store = ActivationStore(out)
+    with pytest.raises(StoreError, match=f"{shard.name} is unreadable.*re-run the collect stage"):
+        list(store.iter_batches(64, shuffle=False))
+    os.unlink(shard)
+    with pytest.raises(StoreError, match=f"{shard.name} is missing"):
+        store.read()
+    with pytest.raises(StoreError, match="no activation store"):
+        ActivationStore(tmp_path / "nowhere")
+
+
+def test_mismatched_models_fail_before_any_shard(study, tmp_path):
+    cfg, _, _ = study
+    tok = tiny_tokenizer()
+    wide = save_model(tiny_llama(tok, hidden_size=48), tok, tmp_path / "wide")
+    bad = dataclasses.replace(cfg.models, ft=dataclasses.replace(cfg.models.ft, path=str(wide)))
+    with pytest.raises(ModelError, match="hidden sizes differ"):
+        collect(bad, cfg.corpus, cfg.activations, tmp_path / "acts5", progress=False)
+    assert not list((tmp_path / "acts5").glob("shard-*"))
+
+
+def test_stage_records_provenance_and_metrics(study):
+    cfg, metrics, _ = study
+    prov = read_manifest(cfg.run_path)["provenance"]
+    kinds = sorted(p["kind"] for p in prov)
+    assert kinds == ["corpus", "model", "model"]
+    assert metrics["layer"] == LAYER and metrics["computed_tokens"] > 0 and metrics["tokens_per_s"] > 0

@@ -1,0 +1,193 @@
+"""Every dashboard page under Streamlit's AppTest on the tiny run built by the real pipeline.
+
+Each test opens a page the way a shared link does (``?run=...``) and checks that what the
+page shows is what the run holds: the overview's counts, the explorer's filtered count,
+a latent's numbers, the side-effect metrics at any threshold, marks written through the
+triage form, and the error / empty-state pages for broken or incomplete runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mneme_core import evaluation as ev
+from mneme_core import explore, open_run
+from mneme_core.store import init_run, set_stage
+from mneme_core.triage import TriageStore
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def run_copy(tiny_run, tmp_path_factory) -> Path:
+    """A private copy: the triage tests write marks into the run folder."""
+    dest = tmp_path_factory.mktemp("dash") / "tiny"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+def page(run: Path | str, name: str, **params: object) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["run"] = str(run)
+    at.query_params.update({k: str(v) for k, v in params.items()})
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def showing(at: AppTest) -> tuple[int, int]:
+    text = next(m.value for m in at.markdown if m.value.startswith("Showing"))
+    shown, total = [int(x.replace(",", "")) for x in text.replace("*", "").split() if x.replace(",", "").isdigit()]
+    return shown, total
+
+
+def test_overview_shows_the_run(run_copy):
+    run = open_run(run_copy)
+    at = page(run_copy, "overview")
+    assert at.title[0].value == run.name
+    assert at.query_params["run"] == str(run_copy)
+    assert metric(at, "Latents") == explore.fmt(run.stage_metrics("train").get("n_latents", len(run.latents)), 4)
+    record = run.evaluation
+    assert metric(at, "accuracy (MNEME)") == explore.fmt(record["metrics"]["mneme"]["accuracy"], 3)
+    assert metric(at, "degraded categories") == str(len(record["T"]))
+    stages = at.dataframe[0].value
+    assert stages.set_index("stage")["status"].to_dict() == {s: run.stage_status(s) for s in stages["stage"]}
+
+
+def test_explorer_count_follows_filters(run_copy):
+    lat = open_run(run_copy).latents
+    at = page(run_copy, "explorer")
+    assert showing(at) == (len(lat), len(lat))
+    label = lat["attribution"].value_counts().index[0]
+    at.multiselect(key="f_attribution").set_value([label]).run()
+    expected = lat[lat["attribution"] == label]
+    assert showing(at) == (len(expected), len(lat))
+    shown = at.dataframe[0].value
+    assert set(shown["latent"]) == set(expected["latent"])
+    assert shown["shift"].is_monotonic_increasing  # default sort: shift ascending
+    word = str(lat["description"].dropna().iloc[0]).split()[0]
+    at.text_input(key="f_text").set_value(word).run()
+    both = expected[expected["description"].fillna("").str.contains(word, case=False, regex=False)]
+    assert showing(at)[0] == len(both)
+    lo, hi = at.slider(key="f_rel_norm").value
+    at.text_input(key="f_text").set_value("").run()
+    at.slider(key="f_rel_norm").set_value((lo, (lo + hi) / 2)).run()
+    rel = expected["rel_norm"]
+    assert showing(at)[0] == int(((rel >= lo) & (rel <= (lo + hi) / 2)).sum())
+    assert list(at.session_state["explorer_order"]) == at.dataframe[0].value["latent"].tolist()
+
+
+def test_latent_page_shows_its_numbers_and_contexts(run_copy):
+    run = open_run(run_copy)
+    ctx_all = run.contexts()
+    latent = int(ctx_all["latent"].iloc[0])
+    row = explore.latent_row(run.latents, latent)
+    at = page(run_copy, "latent", latent=latent)
+    assert at.title[0].value == f"Latent {latent}"
+    for label, col in (("‖d base‖", "dec_norm_base"), ("‖d ft‖", "dec_norm_ft"), ("relative norm", "rel_norm"),
+                       ("cosine", "dec_cos"), ("shift log2(β_ft/β_base)", "shift")):
+        assert metric(at, label) == explore.fmt(row[col], 4), label
+    beta = at.table[0].value
+    assert beta.iloc[0, 0] == explore.fmt(row["beta_err_base"], 4) and beta.iloc[0, 1] == explore.fmt(row["beta_err_ft"], 4)
+    html_out = "".join(h.value for h in at.html)
+    ctx = run.contexts(latent)
+    assert html_out.count('class="ctx"') == len(ctx)
+    assert "<script" not in html_out.lower()
+    assert at.query_params["latent"] == str(latent)
+
+
+def test_latent_page_unknown_latent_says_so(run_copy):
+    at = page(run_copy, "latent", latent=10**6)
+    assert at.title[0].value == "Latent not found" and "no latent" in at.error[0].value
+
+
+def test_distributions_and_category_map(run_copy):
+    lat = open_run(run_copy).latents
+    at = page(run_copy, "distributions")
+    assert at.title[0].value == "Diff distributions"
+    at = page(run_copy, "category_map")
+    summary = at.dataframe[0].value
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), explore.category_summary(lat), check_dtype=False)
+
+
+def test_side_effects_metrics_follow_the_threshold(run_copy):
+    run = open_run(run_copy)
+    record = run.evaluation
+    at = page(run_copy, "side_effects")
+    acc = record["metrics"]["mneme"]["accuracy"]
+    assert metric(at, "MNEME accuracy") == ("—" if acc is None else f"{acc:.3f}")
+    per_cat = ev.per_category_table(run)
+    slider = at.slider(key="f_threshold")
+    high = slider.max
+    slider.set_value(high).run()
+    predicted = ev.predict(per_cat, high)
+    expected = ev.metrics(set(record["T"]), predicted, record["universe"])
+    assert metric(at, "MNEME accuracy") == ("—" if expected["accuracy"] is None else f"{expected['accuracy']:.3f}")
+    table = at.dataframe[1].value
+    assert set(table.loc[table["predicted"], "category"]) == predicted
+    assert set(table.loc[table["degraded"], "category"]) == set(record["T"])
+
+
+def test_triage_form_persists_and_explorer_filters_marks(run_copy):
+    latent = int(open_run(run_copy).latents["latent"].iloc[1])
+    at = page(run_copy, "triage")
+    at.number_input[0].set_value(latent)
+    at.selectbox[0].set_value("confirmed side effect")
+    at.text_input[0].set_value("<b>chemistry</b> drop")
+    at.button[0].click().run()
+    assert not at.exception
+    mark = TriageStore(run_copy).get_mark(latent)
+    assert mark["mark"] == "confirmed side effect" and mark["note"] == "<b>chemistry</b> drop"
+    assert metric(at, "confirmed side effect") == "1"
+    at = page(run_copy, "explorer")
+    at.multiselect(key="f_mark").set_value(["confirmed side effect"]).run()
+    assert showing(at)[0] == 1 and at.dataframe[0].value["latent"].tolist() == [latent]
+
+
+def test_prompt_lab_runs_the_models(run_copy):
+    at = page(run_copy, "prompt_lab")
+    if at.warning:  # the models could not be loaded: the page must say so, not fail
+        assert "cannot be loaded" in at.warning[0].value
+        pytest.fail(f"tiny run models should load: {at.warning[0].value}")
+    at.text_area(key="lab_text").set_value("the cat sat on the mat").run()
+    assert not at.exception
+    firing = at.dataframe[0].value
+    assert firing["token"].tolist()[-6:] == ["the", "cat", "sat", "on", "the", "mat"]
+    assert (firing["ft write"] >= 0).all()
+
+
+def test_incompatible_run_gets_an_error_page(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 99}))
+    at = page(tmp_path, "overview")
+    assert at.title[0].value == "This run cannot be opened"
+    assert "schema version" in at.error[0].value
+
+
+def test_missing_stage_says_which_command_fills_it(tmp_path):
+    init_run(tmp_path, {"name": "empty", "models": {"layer": 1}})
+    set_stage(tmp_path, "collect", "complete")
+    at = page(tmp_path, "explorer")
+    text = at.info[0].value
+    assert "diff" in text and "mneme diff" in text and "collect" in text
+    at = page(tmp_path, "side_effects")
+    assert "mneme evaluate" in at.info[0].value
+
+
+def test_run_from_env_var_goes_into_the_url(run_copy, monkeypatch):
+    monkeypatch.setenv("MNEME_RUNS", str(run_copy.parent))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == open_run(run_copy).name
+    assert Path(at.query_params["run"]).resolve() == run_copy.resolve()

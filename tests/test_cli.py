@@ -1,0 +1,125 @@
+"""The `mneme` command: example studies validate, bad inputs are one clear line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_study_dict
+from tiny import save_model, tiny_llama, tiny_tokenizer
+
+from mneme_core import cli
+from mneme_core.config import load_config
+from mneme_core.store import read_manifest
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_study_validates(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.models.base.path and cfg.models.ft.path
+
+
+def test_the_gpu_example_is_the_papers_setting():
+    cfg = load_config(Path(__file__).parent.parent / "examples" / "zephyr_rmu_gpu.yaml")
+    assert (cfg.models.base.path, cfg.models.ft.path) == ("HuggingFaceH4/zephyr-7b-beta", "cais/Zephyr_RMU")
+    assert (cfg.models.layer, cfg.crosscoder.expansion, cfg.crosscoder.k) == (14, 32, 100)
+    assert cfg.models.base.dtype == cfg.models.ft.dtype == "bfloat16" and cfg.models.device == "cuda"
+
+
+def _write_study(tmp_path: Path, base: Path, ft: Path, corpus: Path, **patch) -> Path:
+    data = tiny_study_dict(base, ft, corpus, tmp_path / "run")
+    for key, value in patch.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _fails_cleanly(capsys, argv: list[str], *needles: str) -> str:
+    capsys.readouterr()  # drop setup output (e.g. transformers' save progress)
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _assert_not_complete(run_dir: Path, stage: str) -> None:
+    manifest = read_manifest(run_dir)
+    assert manifest["stages"][stage]["status"] == "failed"
+    assert all(s["status"] != "complete" for s in manifest["stages"].values())
+
+
+def test_wrong_config_key_names_the_key_and_creates_nothing(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    study = _write_study(tmp_path, *tiny_model_dirs, tiny_corpus, training={"learning_rate": 1e-3})
+    _fails_cleanly(capsys, ["run", str(study)], "training.learning_rate")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_study_file(tmp_path, capsys):
+    _fails_cleanly(capsys, ["run", str(tmp_path / "nope.yaml")], "nope.yaml")
+
+
+def test_missing_corpus_file(tmp_path, tiny_model_dirs, capsys):
+    study = _write_study(tmp_path, *tiny_model_dirs, tmp_path / "missing.jsonl")
+    _fails_cleanly(capsys, ["-q", "run", str(study)], "missing.jsonl")
+    _assert_not_complete(tmp_path / "run", "collect")
+
+
+def test_missing_model_folder(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    study = _write_study(tmp_path, tiny_model_dirs[0], tmp_path / "no_such_model", tiny_corpus)
+    _fails_cleanly(capsys, ["-q", "run", str(study)], "no_such_model")
+    _assert_not_complete(tmp_path / "run", "collect")
+
+
+def test_mismatched_hidden_sizes(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    tok = tiny_tokenizer()
+    wide = save_model(tiny_llama(tok, hidden_size=48), tok, tmp_path / "wide")
+    study = _write_study(tmp_path, tiny_model_dirs[0], wide, tiny_corpus)
+    _fails_cleanly(capsys, ["-q", "run", str(study)], "hidden size", "32", "48")
+    _assert_not_complete(tmp_path / "run", "collect")
+
+
+def test_corrupt_safetensors(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    broken = shutil.copytree(tiny_model_dirs[1], tmp_path / "broken")
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header" + b"\0" * 64)
+    study = _write_study(tmp_path, tiny_model_dirs[0], broken, tiny_corpus)
+    _fails_cleanly(capsys, ["-q", "run", str(study)], weights.name)
+    _assert_not_complete(tmp_path / "run", "collect")
+
+
+def test_per_stage_command_needs_the_earlier_stages(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    study = _write_study(tmp_path, *tiny_model_dirs, tiny_corpus)
+    _fails_cleanly(capsys, ["-q", "train", str(study)], "needs stage 'collect'", "mneme collect")
+
+
+def test_info_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    _fails_cleanly(capsys, ["info", str(tmp_path)], "not a MNEME run")
+
+
+def test_bad_stage_name_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", str(tmp_path / "s.yaml"), "--stages", "collect,trian"])
+    assert exc.value.code == 2
+    assert "trian" in capsys.readouterr().err
+
+
+def test_info_reports_stages_metrics_and_tables(tiny_run, capsys):
+    assert cli.main(["info", str(tiny_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "tiny"
+    assert info["stages"]["collect"]["status"] == "complete"
+    assert info["stages"]["collect"]["metrics"]["n_tokens"] > 0
+    assert info["tables"]["latents"]["rows"] == 64
+    assert sum(info["tables"]["latents"]["attribution"].values()) == 64
+    assert cli.main(["info", str(tiny_run)]) == 0
+    text = capsys.readouterr().out
+    assert "collect" in text and "complete" in text and "latents  64 rows" in text

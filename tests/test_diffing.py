@@ -1,0 +1,158 @@
+"""Attribution: closed-form latent scaling equals brute force; norms and labels are right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mneme_core.config import DiffingConfig
+from mneme_core.crosscoder import BatchTopKCrossCoder
+from mneme_core.diffing import BETA_COLUMNS, attribution_labels, decoder_metrics, latent_table, shift_and_ratio
+
+D, F, N = 12, 40, 600
+
+
+def _crosscoder(seed: int = 0) -> tuple[BatchTopKCrossCoder, torch.Tensor]:
+    """A real cross-coder with base-only, ft-only and unequal rows, a bias, and per-model
+    normalisation scales that differ (so a raw-space β would disagree with the normalised
+    one), plus raw activations on which ~a third of the latents fire per token."""
+    gen = torch.Generator().manual_seed(seed)
+    cc = BatchTopKCrossCoder(D, F, k=6, seed=seed)
+    x = torch.randn(N, 2, D, generator=gen) * torch.tensor([3.0, 0.5])[None, :, None] + 0.3
+    with torch.no_grad():
+        cc.W_dec[1, 0:4] *= 0.01  # base-only rows
+        cc.W_dec[0, 4:8] *= 0.01  # ft-only rows
+        cc.W_dec[1, 8:12] *= 2.5  # stronger in ft
+        cc.W_dec.add_(0.05 * torch.randn(cc.W_dec.shape, generator=gen))
+        cc.b_dec.copy_(0.2 * torch.randn(2, D, generator=gen))
+        cc.b_enc.fill_(-0.05)
+        cc.fit_normalization(x)
+        cc.threshold.fill_(0.05)
+    return cc, x
+
+
+def _brute_force(cc: BatchTopKCrossCoder, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-latent float64 least squares of y on f_j·u_j, one latent at a time."""
+    with torch.no_grad():
+        f = cc.encode(x, use_threshold=True).double()
+        xn = cc.normalize(x.double())
+        xhat = cc.decode(f.float(), normalized=True).double()
+    W = cc.W_dec.detach().double()
+    out = {name: np.full(F, np.nan) for name in BETA_COLUMNS}
+    for j in range(F):
+        fj = f[:, j]
+        if not torch.any(fj > 0):
+            continue
+        dominant = W[0, j] if W[0, j].norm() >= W[1, j].norm() else W[1, j]
+        for m, model in ((0, "base"), (1, "ft")):
+            err = xn[:, m] - xhat[:, m] + fj[:, None] * W[m, j]
+            for tag, u in (("", dominant), ("_own", W[m, j])):
+                A = (fj[:, None] * u[None, :]).reshape(-1, 1)
+                for target, y in (("err", err), ("recon", xhat[:, m])):
+                    out[f"beta_{target}{tag}_{model}"][j] = torch.linalg.lstsq(A, y.reshape(-1, 1)).solution.item()
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [64, 4096])
+def test_closed_form_beta_equals_brute_force_for_every_latent(batch_size):
+    cc, x = _crosscoder()
+    table = latent_table(cc, x, DiffingConfig(batch_size=batch_size))
+    expected = _brute_force(cc, x)
+    fired = table["freq"].to_numpy() > 0
+    assert fired.sum() >= F - 2, "the fixture should make (nearly) every latent fire"
+    for name in BETA_COLUMNS:
+        got = table[name].to_numpy()
+        np.testing.assert_allclose(got[fired], expected[name][fired], rtol=1e-5, atol=1e-6, err_msg=name)
+        assert np.all(np.isnan(got[~fired])), f"{name}: a latent that never fired has no β"
+    # the variants really differ (a bug that reuses one probe or one target would not)
+    assert not np.allclose(table["beta_err_ft"], table["beta_err_own_ft"], equal_nan=True)
+    assert not np.allclose(table["beta_err_base"], table["beta_recon_base"], equal_nan=True)
+
+
+def test_n_tokens_limits_the_analysis_to_the_first_tokens():
+    cc, x = _crosscoder()
+    full = latent_table(cc, x)
+    first = latent_table(cc, x, DiffingConfig(n_tokens=200))
+    again = latent_table(cc, x[:200])
+    pd.testing.assert_frame_equal(first, again)
+    assert not np.allclose(full["beta_err_base"], first["beta_err_base"], equal_nan=True)
+
+
+def test_freq_and_max_act_match_the_codes():
+    cc, x = _crosscoder()
+    table = latent_table(cc, x, DiffingConfig(batch_size=100))
+    with torch.no_grad():
+        f = cc.encode(x, use_threshold=True)
+    np.testing.assert_allclose(table["freq"], (f > 0).float().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(table["max_act"], f.max(0).values.numpy(), rtol=1e-6)
+
+
+def test_decoder_metrics_and_norm_labels():
+    W = torch.zeros(2, 5, 3)
+    W[0, 0, 0] = 1.0  # base only
+    W[1, 1, 0] = 2.0  # ft only
+    W[0, 2, 1], W[1, 2, 1] = 1.0, 1.0  # shared, same direction
+    W[0, 3, 0], W[1, 3, 1] = 1.0, 3.0  # r = 0.75 -> other, orthogonal
+    # latent 4: both rows zero
+    t = decoder_metrics(W)
+    np.testing.assert_allclose(t["rel_norm"][:4], [0.0, 1.0, 0.5, 0.75])
+    assert np.isnan(t["rel_norm"][4])
+    np.testing.assert_allclose(t["dec_cos"][:4], [0.0, 0.0, 1.0, 0.0])
+    assert list(t["label_by_norm"]) == ["base_only", "ft_only", "shared", "other", "other"]
+    custom = decoder_metrics(W, DiffingConfig(shared_band=(0.4, 0.8), ft_only_above=0.95))
+    assert custom["label_by_norm"][3] == "shared"
+
+
+def test_shift_guards_and_labels():
+    cfg = DiffingConfig(tau=0.5, max_shift=10.0)
+    beta_base = np.array([1.0, 1.0, 1.0, 0.0, -0.2, 0.0, np.nan, 1.0])
+    beta_ft = np.array([2.0, 0.3, 1.1, 1.0, 1.0, 0.0, np.nan, -0.5])
+    shift, nu = shift_and_ratio(beta_base, beta_ft, cfg)
+    np.testing.assert_allclose(shift[:3], np.log2([2.0, 0.3, 1.1]))
+    assert shift[3] == 10.0 and shift[4] == 10.0  # base ~0 or negative: capped, finite
+    assert shift[7] == -10.0
+    assert np.isnan(shift[5]) and np.isnan(shift[6])  # no evidence in either model
+    np.testing.assert_allclose(nu[[0, 1, 4]], [0.5, 1 / 0.3, -0.2])
+    assert np.isnan(nu[5]) and nu[3] == 0.0
+    norm = np.array(["shared"] * 5 + ["base_only", "ft_only", "shared"], dtype=object)
+    labels = attribution_labels(shift, norm, cfg.tau)
+    assert list(labels) == ["amplified", "suppressed", "unchanged", "amplified", "amplified",
+                            "suppressed", "amplified", "suppressed"]
+
+
+def test_planted_attribution_on_a_known_crosscoder():
+    """Activations built from known rows: each latent's β and label say what was planted."""
+    gen = torch.Generator().manual_seed(3)
+    d, n = 24, 3000
+    basis = torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+    # latent: 0 shared, 1 amplified ×2, 2 suppressed ×0.3, 3 base-only, 4 ft-only
+    ft_gain = torch.tensor([1.0, 2.0, 0.3, 0.0, 1.0])
+    base_gain = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    rows = basis[:5]
+    codes = torch.rand(n, 5, generator=gen) * (torch.rand(n, 5, generator=gen) < 0.3)
+    x = torch.stack([(codes * base_gain) @ rows, (codes * ft_gain) @ rows], 1)
+    x = x + 0.01 * torch.randn(x.shape, generator=gen)
+    cc = BatchTopKCrossCoder(d, 5, k=5)
+    # a cross-coder that learned it perfectly, with the ft rows at the "wrong" norm for the
+    # amplified/suppressed latents (as training's shrinkage often leaves them): β must fix it
+    W_dec = torch.stack([rows * base_gain[:, None], rows * torch.tensor([1.0, 1.5, 0.6, 0.0, 1.0])[:, None]])
+    cc.load_tensors({
+        "W_enc": torch.stack([rows.T, rows.T]) * 0.5, "b_enc": torch.zeros(5), "W_dec": W_dec,
+        "b_dec": torch.zeros(2, d), "threshold": torch.tensor(0.0), "norm_scale": torch.ones(2),
+    })
+    # encoder reads both models: base-only and ft-only latents still get their f from one side
+    with torch.no_grad():
+        cc.W_enc[0, :, 4] = 0.0
+        cc.W_enc[1, :, 4] = rows[4]
+        cc.W_enc[0, :, 3] = rows[3]
+        cc.W_enc[1, :, 3] = 0.0
+    t = latent_table(cc, x)
+    ratio = 2.0 ** t["shift"].to_numpy()
+    np.testing.assert_allclose(ratio[:3], [1.0, 2.0, 0.3], rtol=0.05)
+    assert list(t["attribution"]) == ["unchanged", "amplified", "suppressed", "suppressed", "amplified"]
+    assert list(t["label_by_norm"][[0, 3, 4]]) == ["shared", "base_only", "ft_only"]
+    np.testing.assert_allclose(t["beta_err_base"][[0, 3]], 1.0, rtol=0.05)
+    np.testing.assert_allclose(t["beta_err_ft"][[0, 4]], 1.0, rtol=0.05)
+    assert abs(t["beta_err_base"][4]) < 0.05 and abs(t["beta_err_ft"][3]) < 0.05

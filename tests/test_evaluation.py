@@ -1,0 +1,346 @@
+"""Side-effect evaluation: degraded set T, predicted set P, metrics, baselines, the stage.
+
+The Appendix C file holds the paper's Llama-3-8B MMLU numbers (top 10 subjects by drop
+after RMU unlearning) with MMLU's real test question counts, plus 6 undegraded subjects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mneme_core.benchmarks import load_benchmark_table
+from mneme_core.config import ConfigError, load_config
+from mneme_core.embeddings import get_embedder
+from mneme_core.evaluation import (
+    EvaluationError,
+    category_scores,
+    default_predict_threshold,
+    degraded_set,
+    degraded_table,
+    evaluate,
+    category_mapping,
+    metrics,
+    naive_baseline,
+    per_category_table,
+    predict,
+    random_baseline,
+    run_stage,
+    threshold_curve,
+)
+from mneme_core.store import init_run, open_run, write_parquet
+
+APPENDIX_C = Path(__file__).parent / "data" / "appendix_c_llama3_8b.csv"
+PAPER_TOP10 = ["professional_medicine", "medical_genetics", "virology", "college_medicine", "human_aging",
+               "nutrition", "clinical_knowledge", "professional_law", "college_biology", "college_chemistry"]
+# Significant at 5% (one-sided z-test) AND drop > 0.05: all but college_biology (p = 0.12)
+# and college_chemistry (p = 0.195), whose drops are within noise at 144 / 100 questions.
+T_LLAMA = set(PAPER_TOP10[:8])
+P_GIVEN = {"professional_medicine", "virology", "college_medicine", "nutrition", "college_biology", "astronomy"}
+
+
+@pytest.fixture(scope="module")
+def appendix_c() -> pd.DataFrame:
+    return load_benchmark_table(APPENDIX_C)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_embedder()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_hand_computed():
+    m = metrics({"a", "b", "c"}, {"c", "d"}, {"a", "b", "c", "d", "e"})
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 1, 2, 1)
+    assert m["accuracy"] == pytest.approx(1 / 3)  # Eq. 4: |T∩P| / |T|
+    assert m["recall"] == pytest.approx(1 / 3)
+    assert m["precision"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(2 / 5)
+    assert m["specificity"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+@pytest.mark.parametrize(
+    "T, P, U, expected",
+    [
+        # empty T: nothing to find -> accuracy/recall/balanced undefined; P is all false positives
+        (set(), {"a"}, {"a", "b"}, dict(accuracy=None, recall=None, precision=0.0, f1=0.0, specificity=0.5,
+                                         balanced_accuracy=None)),
+        # empty P: found nothing -> accuracy 0, precision undefined, F1 0
+        ({"a"}, set(), {"a", "b"}, dict(accuracy=0.0, recall=0.0, precision=None, f1=0.0, specificity=1.0,
+                                         balanced_accuracy=0.5)),
+        # both empty
+        (set(), set(), {"a", "b"}, dict(accuracy=None, precision=None, f1=None, specificity=1.0, balanced_accuracy=None)),
+        # everything degraded: no negatives -> specificity undefined
+        ({"a", "b"}, {"a"}, {"a", "b"}, dict(accuracy=0.5, precision=1.0, f1=2 / 3, specificity=None,
+                                              balanced_accuracy=None)),
+    ],
+)
+def test_metrics_edge_cases(T, P, U, expected):
+    m = metrics(T, P, U)
+    for key, value in expected.items():
+        assert m[key] == (None if value is None else pytest.approx(value)), key
+
+
+def test_sets_outside_the_universe_are_refused():
+    with pytest.raises(ValueError, match="outside the universe"):
+        metrics({"a"}, {"zzz"}, {"a", "b"})
+
+
+def test_predict_ties_and_zero_scores():
+    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0]})
+    assert predict(scores, 0.25) == {"a", "b", "c"}  # a tie with the threshold is predicted
+    assert predict(scores, 0.0) == {"a", "b", "c"}  # no attributed latent -> never predicted
+    assert predict(scores, 0.5) == {"c"}
+    assert predict(scores, 0.51) == set()
+    assert default_predict_threshold(scores) == 0.25  # mean share
+
+
+def test_threshold_curve_walks_every_distinct_score():
+    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0]})
+    curve = threshold_curve(scores, {"c", "d"})
+    assert list(curve["n_predicted"]) == [0, 1, 3]
+    assert curve["threshold"].iloc[0] > 0.5 and list(curve["threshold"].iloc[1:]) == [0.5, 0.25]
+    assert list(curve["accuracy"]) == [0.0, 0.5, 0.5]
+    assert curve["precision"].iloc[0] is None or np.isnan(curve["precision"].iloc[0])
+    assert list(curve["precision"].iloc[1:]) == [1.0, pytest.approx(1 / 3)]
+
+
+# --------------------------------------------------------------------------- degraded set
+
+
+def test_degraded_threshold_tie_and_direction():
+    bench = pd.DataFrame({"category": ["tie", "over", "up"], "score_before": [0.55, 0.55, 0.10],
+                          "score_after": [0.50, 0.49, 0.30], "n_questions": [10_000] * 3})
+    drop = degraded_table(bench, threshold=0.05, alpha=1.0)
+    assert degraded_set(drop) == {"over"}  # a drop equal to the threshold is not beyond it
+    rise = degraded_table(bench, direction="rise", threshold=0.05, alpha=0.05)
+    assert degraded_set(rise) == {"up"}
+    assert rise.set_index("category").loc["up", "drop"] == pytest.approx(0.20)
+
+
+def test_paper_appendix_c_gives_T_and_metrics(appendix_c):
+    table = degraded_table(appendix_c)  # defaults: drop > 0.05, one-sided z-test at 5%
+    assert degraded_set(table) == T_LLAMA
+    row = table.set_index("category")
+    assert row.loc["college_chemistry", "p_value"] == pytest.approx(0.19500, abs=1e-4)  # z = 0.06 / sqrt(.42*.58*.02)
+    assert row.loc["professional_medicine", "drop"] == pytest.approx(0.4889)
+    assert row.loc["college_chemistry", "ci_low"] < 0 < row.loc["college_chemistry", "ci_high"]
+    # with the significance test off, the threshold alone keeps the paper's whole top 10
+    assert degraded_set(degraded_table(appendix_c, alpha=1.0)) == set(PAPER_TOP10)
+    # bootstrap agrees on this data
+    assert degraded_set(degraded_table(appendix_c, test="bootstrap", bootstrap_draws=4000)) == T_LLAMA
+    m = metrics(T_LLAMA, P_GIVEN, appendix_c["category"])
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (4, 2, 4, 6)
+    assert m["accuracy"] == 0.5 and m["precision"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(8 / 14) and m["balanced_accuracy"] == pytest.approx((4 / 8 + 6 / 8) / 2)
+
+
+def test_mcnemar_on_paired_counts():
+    bench = pd.DataFrame({"category": ["x"], "score_before": [0.60], "score_after": [0.52], "n_questions": [100],
+                          "n_lost": [10], "n_gained": [2]})
+    row = degraded_table(bench).iloc[0]  # auto -> mcnemar, as paired counts exist
+    assert row.test == "mcnemar"
+    assert row.p_value == pytest.approx(79 / 4096)  # P(X >= 10), X ~ Bin(12, 1/2)
+    assert bool(row.degraded)
+    assert degraded_table(bench, test="ztest").iloc[0].p_value > 0.1  # unpaired test misses it
+
+
+def test_random_baseline_mean_accuracy_is_one_half(appendix_c):
+    universe = appendix_c["category"]
+    r = random_baseline(T_LLAMA, universe, draws=2000, seed=1)
+    # accuracy per draw ~ Bin(8, 0.5) / 8 (sd 0.177); SE of the mean over 2000 draws 0.004
+    assert abs(r["accuracy"]["mean"] - 0.5) < 0.02
+    assert r["accuracy"]["low"] <= 0.25 and r["accuracy"]["high"] >= 0.75
+    assert abs(r["precision"]["mean"] - 0.5) < 0.03  # |T| / |U| = 8 / 16
+    assert abs(r["mean_set_size"] - 8) < 0.3
+    assert random_baseline(T_LLAMA, universe, draws=2000, seed=1) == r  # seeded
+    assert random_baseline(T_LLAMA, universe, draws=2000, seed=2) != r
+    empty = random_baseline(set(), universe, draws=100)
+    assert empty["accuracy"] == {"mean": None, "low": None, "high": None, "n_defined": 0}
+
+
+def test_naive_baseline_is_semantic_sized_and_breaks_ties_by_name(appendix_c, embedder):
+    universe = appendix_c["category"].tolist()
+    picked = naive_baseline("unlearned hazardous biology knowledge", universe, 3, embedder)
+    assert len(picked) == 3 and picked[0] == "college_biology"
+    assert naive_baseline("anything", universe, 0, embedder) == []
+    # two names that embed identically: the tie goes to the first by name
+    tied = naive_baseline("college medicine", ["college_medicine", "college-medicine", "marketing"], 1, embedder)
+    assert tied == ["college-medicine"]
+
+
+# --------------------------------------------------------------------------- predicted set
+
+
+def _latents() -> pd.DataFrame:
+    """Suppressed latents in categories named like some Appendix C subjects, plus noise:
+    amplified latents (wrong direction) and an uncategorised one."""
+    rows = []
+    plan = {"professional medicine": [3.0, 2.0, 1.0], "virology": [2.0, 2.0], "college medicine": [2.5],
+            "nutrition": [1.5, 1.0], "college biology": [2.0], "astronomy": [1.2], "marketing": [0.3]}
+    i = 0
+    for cat, shifts in plan.items():
+        for s in shifts:
+            rows.append({"latent": i, "attribution": "suppressed", "shift": -s, "category": cat})
+            i += 1
+    rows.append({"latent": i, "attribution": "amplified", "shift": 5.0, "category": "marketing"})
+    rows.append({"latent": i + 1, "attribution": "suppressed", "shift": -4.0, "category": None})
+    rows.append({"latent": i + 2, "attribution": "unchanged", "shift": 0.1, "category": "virology"})
+    return pd.DataFrame(rows)
+
+
+def test_category_scores_aggregate_attributed_latents(appendix_c):
+    universe = appendix_c["category"].tolist()
+    mapping = {c: c.replace(" ", "_") for c in _latents()["category"].dropna()}
+    scores = category_scores(_latents(), mapping, universe).set_index("category")
+    total = 3 + 2 + 1 + 2 + 2 + 2.5 + 1.5 + 1 + 2 + 1.2 + 0.3  # suppressed, categorised latents only
+    assert scores.loc["professional_medicine", "n_latents"] == 3
+    assert scores.loc["professional_medicine", "total_shift"] == pytest.approx(6.0)
+    assert scores.loc["professional_medicine", "score"] == pytest.approx(6.0 / total)
+    assert scores.loc["professional_medicine", "latents"] == [0, 1, 2]  # largest |shift| first
+    assert scores.loc["marketing", "n_latents"] == 1  # the amplified latent is not counted
+    assert scores.loc["professional_law", "n_latents"] == 0
+    assert scores["score"].sum() == pytest.approx(1.0)
+    # the default threshold 1/16 keeps exactly the six heavy categories
+    assert predict(scores.reset_index(), default_predict_threshold(scores)) == P_GIVEN
+    # amplified direction: only marketing carries latents
+    amp = category_scores(_latents(), mapping, universe, latent_direction="amplified")
+    assert predict(amp, default_predict_threshold(amp)) == {"marketing"}
+    counts = category_scores(_latents(), mapping, universe, score="count").set_index("category")
+    assert counts.loc["virology", "score"] == pytest.approx(2 / 11)
+
+
+def test_categories_map_to_subjects_by_embedding(appendix_c, embedder):
+    names = ["viruses and infections", "stars and planets", "genes and heredity", "elderly people"]
+    mapping = category_mapping(names, appendix_c["category"], embedder).set_index("mneme_category")
+    assert mapping["benchmark_category"].to_dict() == {
+        "viruses and infections": "virology", "stars and planets": "astronomy",
+        "genes and heredity": "medical_genetics", "elderly people": "human_aging"}
+    assert (mapping["similarity"] > 0.3).all()
+    # through evaluate(): the record carries the mapping, and no name is a benchmark name
+    latents = pd.DataFrame({"latent": range(4), "attribution": "suppressed", "shift": -1.0, "category": names})
+    cfg = _cfg(Path("unused")).evaluation
+    _, record = evaluate(appendix_c, latents, cfg, embedder=embedder)
+    assert {m["mneme_category"]: m["benchmark_category"] for m in record["mapping"]} == mapping["benchmark_category"].to_dict()
+    assert record["shared_names"] == []
+    assert set(record["P"]) == {"virology", "astronomy", "medical_genetics", "human_aging"}  # 1/4 each >= 1/16
+
+
+def test_missing_columns_name_the_stage(appendix_c):
+    cfg = load_config({"models": {"base": {"path": "a"}, "ft": {"path": "b"}}, "corpus": {"files": ["x"]}}).evaluation
+    with pytest.raises(EvaluationError, match="categories stage"):
+        evaluate(appendix_c, _latents().drop(columns="category"), cfg, mapping=pd.DataFrame())
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _cfg(tmp_path: Path, **evaluation):
+    return load_config({"name": "t", "run_dir": str(tmp_path / "run"), "models": {"base": {"path": "a"}, "ft": {"path": "b"}},
+                        "corpus": {"files": ["x.txt"]}, "evaluation": evaluation})
+
+
+def _study(tmp_path: Path, **evaluation) -> tuple:
+    cfg = _cfg(tmp_path, **evaluation)
+    init_run(cfg.run_path, cfg.to_dict())
+    write_parquet(cfg.run_path / "latents.parquet", _latents())
+    return cfg, cfg.run_path
+
+
+def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
+    cfg, run_path = _study(tmp_path, benchmark=str(APPENDIX_C),
+                           intervention_description="unlearned hazardous biology knowledge")
+    summary = run_stage(cfg, run_path, progress=False)
+    assert summary["n_degraded"] == 8 and summary["n_predicted"] == 6
+    assert summary["accuracy"] == 0.5 and summary["f1"] == pytest.approx(8 / 14)
+    json.dumps(summary)
+
+    run = open_run(run_path)
+    bench = run.benchmark
+    assert {"category", "score_before", "score_after", "n_questions", "drop", "ci_low", "ci_high", "p_value",
+            "degraded"} <= set(bench.columns)
+    assert set(bench.loc[bench.degraded, "category"]) == T_LLAMA
+    ev = run.evaluation
+    assert ev["direction"] == "drop" and ev["latent_direction"] == "suppressed"
+    assert set(ev["T"]) == T_LLAMA and set(ev["P"]) == P_GIVEN  # names map onto themselves
+    assert ev["thresholds"]["predict_threshold"] == pytest.approx(1 / 16)
+    assert ev["metrics"]["oracle"]["accuracy"] == 1.0 and ev["metrics"]["oracle"]["precision"] == 1.0
+    assert abs(ev["metrics"]["random"]["accuracy"]["mean"] - 0.5) < 0.05
+    naive = ev["metrics"]["naive"]
+    assert len(naive["set"]) == 6 and naive["accuracy"] == len(set(naive["set"]) & T_LLAMA) / 8
+    assert ev["curve"][0]["n_predicted"] == 0 and ev["curve"][-1]["n_predicted"] == 7
+    assert {m["mneme_category"]: m["benchmark_category"] for m in ev["mapping"]}["professional medicine"] == \
+        "professional_medicine"
+    assert "professional medicine" in ev["shared_names"]  # labels equal to benchmark names are flagged
+    pm = next(s for s in ev["category_scores"] if s["category"] == "professional_medicine")
+    assert pm["latents"] == [0, 1, 2] and pm["predicted"] is True
+
+    table = per_category_table(run)
+    assert table["category"].iloc[0] == "professional_medicine"  # largest drop first
+    assert {"degraded", "score", "predicted", "latents"} <= set(table.columns)
+
+    # rerun with no benchmark given: the run's own benchmark.parquet is the source
+    cfg2 = _cfg(tmp_path, intervention_description="unlearned hazardous biology knowledge")
+    again = run_stage(cfg2, run_path, progress=False)
+    assert again == summary
+
+
+def test_run_stage_without_categories_or_benchmark_fails_clearly(tmp_path):
+    cfg, run_path = _study(tmp_path)
+    with pytest.raises(ValueError, match="evaluation.benchmark"):
+        run_stage(cfg, run_path, progress=False)
+    cfg, run_path = _study(tmp_path / "b", benchmark=str(APPENDIX_C))
+    write_parquet(run_path / "latents.parquet", _latents().drop(columns="category"))
+    with pytest.raises(EvaluationError, match="categories stage"):
+        run_stage(cfg, run_path, progress=False)
+
+
+def test_evaluation_config_is_validated():
+    base = {"models": {"base": {"path": "a"}, "ft": {"path": "b"}}, "corpus": {"files": ["x"]}}
+    with pytest.raises(ConfigError, match="evaluation.significance"):
+        load_config({**base, "evaluation": {"significance": 0}})
+    with pytest.raises(ConfigError, match="evaluation.direction"):
+        load_config({**base, "evaluation": {"direction": "down"}})
+
+
+def test_run_stage_with_the_runner_scores_both_models(tmp_path):
+    """``benchmark: runner:FILE`` loads the study's two models and scores them with our MC
+    runner (resumable cache in the run); the table is what score_pair gives directly."""
+    from tiny import save_tiny_pair
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mneme_core.benchmarks.mc_runner import load_mc_items, score_pair
+
+    base_dir, ft_dir = save_tiny_pair(tmp_path / "models", n_layers=2)
+    qfile = tmp_path / "questions.jsonl"
+    rows = [("the cat sat on the", ["mat", "sun", "sea"], 0, "animals"),
+            ("a dog ran in the", ["ocean", "park", "castle"], 1, "animals"),
+            ("the doctor gave the patient some", ["corn", "music", "medicine"], 2, "health"),
+            ("plants need light and", ["water", "numbers", "the king"], 0, "health")]
+    qfile.write_text("\n".join(json.dumps({"question": q, "choices": c, "answer": a, "subject": s}) for q, c, a, s in rows))
+    cfg = load_config({"name": "r", "run_dir": str(tmp_path / "run"),
+                       "models": {"base": {"path": str(base_dir)}, "ft": {"path": str(ft_dir)}, "device": "cpu"},
+                       "corpus": {"files": ["x.txt"]},
+                       "evaluation": {"benchmark": f"runner:{qfile}", "runner_batch_size": 2, "degrade_threshold": 0.0}})
+    init_run(cfg.run_path, cfg.to_dict())
+    write_parquet(cfg.run_path / "latents.parquet", pd.DataFrame(
+        {"latent": [0, 1], "attribution": ["suppressed"] * 2, "shift": [-2.0, -1.0], "category": ["animals", "health"]}))
+    run_stage(cfg, cfg.run_path, progress=False)
+
+    bench = open_run(cfg.run_path).benchmark
+    assert set(bench["test"]) == {"mcnemar"}  # paired counts came through
+    items = load_mc_items(qfile)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    pair = [AutoModelForCausalLM.from_pretrained(d) for d in (base_dir, ft_dir)]
+    want = score_pair((pair[0], tok), (pair[1], tok), items, progress=False)
+    cols = ["category", "score_before", "score_after", "n_questions", "n_lost", "n_gained"]
+    pd.testing.assert_frame_equal(bench[cols], want[cols])
+    assert len([p for p in (cfg.run_path / "benchmark_cache").iterdir() if p.is_dir()]) == 2  # one per model

@@ -1,0 +1,101 @@
+"""Explorer filters, sort order, prev/next navigation, links and similar latents."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mneme_core import explore
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "latent": [0, 1, 2, 3, 4, 5],
+        "attribution": ["suppressed", "unchanged", "amplified", "suppressed", "unchanged", None],
+        "label_by_norm": ["base_only", "shared", "ft_only", "other", "shared", "shared"],
+        "category": ["biology", "law", "biology", "chemistry", None, "law"],
+        "rel_norm": [0.05, 0.5, 0.95, 0.3, 0.55, np.nan],
+        "shift": [-3.0, 0.1, 2.5, -1.5, 0.0, 0.2],
+        "description": ["Virus proteins", "court cases", "viral RNA", "acids", "", None],
+    })
+
+
+def test_label_range_and_text_filters_combine(table):
+    spec = explore.FilterSpec(labels={"attribution": ["suppressed", "amplified"]}, ranges={"rel_norm": (0.0, 0.5)})
+    assert explore.apply_filters(table, spec)["latent"].tolist() == [0, 3]
+    assert explore.apply_filters(table, explore.FilterSpec(text="VIR"))["latent"].tolist() == [0, 2]
+    # missing labels are filterable as ''
+    assert explore.apply_filters(table, explore.FilterSpec(labels={"category": [""]}))["latent"].tolist() == [4]
+    # NaN never passes a range filter
+    assert 5 not in explore.apply_filters(table, explore.FilterSpec(ranges={"rel_norm": (0, 1)}))["latent"].tolist()
+
+
+def test_text_search_is_literal_not_regex(table):
+    assert explore.apply_filters(table, explore.FilterSpec(text="(")).empty
+
+
+def test_sort_with_ties_broken_by_latent_and_nan_last(table):
+    out = explore.apply_filters(table, explore.FilterSpec(sort_by="rel_norm", ascending=False))
+    assert out["latent"].tolist() == [2, 4, 1, 3, 0, 5]
+    out = explore.apply_filters(table, explore.FilterSpec(sort_by="latent", ascending=False))
+    assert out["latent"].tolist() == [5, 4, 3, 2, 1, 0]
+
+
+def test_sort_descending_puts_infinity_first_and_strings_sort(table):
+    t = table.assign(nu=[1.0, np.inf, 0.5, np.nan, -np.inf, 2.0])
+    assert explore.apply_filters(t, explore.FilterSpec(sort_by="nu", ascending=False))["latent"].tolist() == [1, 5, 0, 2, 4, 3]
+    out = explore.apply_filters(t, explore.FilterSpec(sort_by="category"))
+    assert out["latent"].tolist() == [0, 2, 3, 1, 5, 4]  # biology, biology, chemistry, law, law, missing
+
+
+def test_options_and_bounds(table):
+    opts = explore.label_options(table)
+    assert opts["attribution"][0] == "suppressed" and "" in opts["attribution"]
+    assert explore.range_bounds(table)["shift"] == (-3.0, 2.5)
+    bounds = explore.range_bounds(table)
+    assert not explore.is_active(explore.FilterSpec(ranges={"shift": bounds["shift"]}), bounds)
+    assert explore.is_active(explore.FilterSpec(ranges={"shift": (-1.0, 2.5)}), bounds)
+
+
+def test_neighbours_follow_the_filtered_order():
+    order = np.array([7, 3, 9])
+    assert explore.neighbours(order, 3) == (7, 9)
+    assert explore.neighbours(order, 7) == (None, 3)
+    assert explore.neighbours(order, 9) == (3, None)
+    assert explore.neighbours(order, 4) == (None, None)
+
+
+def test_links_carry_run_and_latent(table):
+    url = explore.latent_url("runs/a b&c", 12)
+    q = parse_qs(urlparse(url).query)
+    assert urlparse(url).path == "latent" and q == {"run": ["runs/a b&c"], "latent": ["12"]}
+    linked = explore.with_links(table, "runs/x")
+    assert parse_qs(urlparse(linked["open"].iloc[3]).query) == {"run": ["runs/x"], "latent": ["3"]}
+
+
+def test_latent_row_by_id(table):
+    assert explore.latent_row(table, 3)["shift"] == -1.5
+    assert explore.latent_row(table.iloc[::-1], 3)["shift"] == -1.5
+    assert explore.latent_row(table, 99) is None
+
+
+def test_similar_latents_by_decoder_cosine():
+    rng = np.random.default_rng(0)
+    dec = rng.normal(size=(50, 8))
+    dec[17] = dec[4] * 3 + 0.01 * rng.normal(size=8)  # same direction, other scale
+    dec[23] = -dec[4]
+    sim = explore.similar_latents(dec, 4, k=5)
+    assert sim["latent"].iloc[0] == 17 and sim["cosine"].iloc[0] > 0.99
+    assert 4 not in sim["latent"].tolist() and 23 not in sim["latent"].tolist()
+    assert sim["cosine"].is_monotonic_decreasing
+
+
+def test_category_summary_counts(table):
+    s = explore.category_summary(table).set_index("category")
+    assert s.loc["biology", "suppressed"] == 1 and s.loc["biology", "amplified"] == 1
+    assert s.loc["(none)", "latents"] == 1
+    assert explore.attribution_counts(table)["suppressed"] == 2

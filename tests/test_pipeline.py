@@ -1,0 +1,149 @@
+"""The pipeline end to end on real tiny models: stages in order, resume, force, overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_BENCHMARK, tiny_study_dict
+
+from mneme_core import cli, open_run
+from mneme_core.pipeline import run_config, run_study
+from mneme_core.store import STAGES, RunError, read_manifest
+
+LATENT_COLUMNS = [
+    "latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
+    "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft",
+    "beta_err_own_base", "beta_err_own_ft", "beta_recon_own_base", "beta_recon_own_ft",
+    "nu_err", "nu_recon", "shift", "attribution", "label_by_norm",
+]
+
+
+def _mtimes(run_dir: Path, *names: str) -> dict[str, int]:
+    files = [p for n in names for p in sorted((run_dir / n).rglob("*") if (run_dir / n).is_dir() else [run_dir / n])]
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files if p.is_file() and ".lock" not in p.name}
+
+
+def _stage_times(run_dir: Path) -> dict[str, str]:
+    return {s: e.get("at") for s, e in read_manifest(run_dir)["stages"].items()}
+
+
+def test_tiny_run_has_every_stage_and_the_latents_contract(tiny_run):
+    run = open_run(tiny_run)
+    assert run.missing_stages() == []
+    latents = run.latents
+    assert set(LATENT_COLUMNS) <= set(latents.columns)
+    assert list(latents["latent"]) == list(range(64))
+    assert set(latents["attribution"]) <= {"amplified", "suppressed", "unchanged"}
+    assert set(latents["label_by_norm"]) <= {"base_only", "ft_only", "shared", "other"}
+    fired = latents["freq"] > 0
+    assert fired.any() and latents.loc[fired, "beta_err_base"].notna().all()
+    assert (tiny_run / "config.yaml").is_file()
+    assert run.stage_metrics("diff")["n_latents"] == 64
+
+
+def test_cli_run_fails_at_a_stage_then_resumes_without_recomputing(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    """A stage raising mid-way leaves earlier stages complete; the rerun skips them."""
+    bench = tmp_path / "bench.csv"  # not there yet: the evaluate stage will fail
+    data = tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run", bench)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+
+    assert cli.main(["-q", "run", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'evaluate' failed" in err and "bench.csv" in err
+    manifest = read_manifest(run_dir)
+    assert [manifest["stages"][s]["status"] for s in STAGES] == ["complete"] * 6 + ["failed"]
+    before_files = _mtimes(run_dir, "activations", "crosscoder", "contexts.parquet", "histograms.parquet")
+    before_at = _stage_times(run_dir)
+    assert any(k.startswith("activations/") for k in before_files) and "crosscoder/model.safetensors" in before_files
+
+    bench.write_text(TINY_BENCHMARK)
+    assert cli.main(["-q", "run", str(study)]) == 0
+    assert _mtimes(run_dir, "activations", "crosscoder", "contexts.parquet", "histograms.parquet") == before_files
+    after_at = _stage_times(run_dir)
+    assert {s: after_at[s] for s in STAGES[:6]} == {s: before_at[s] for s in STAGES[:6]}
+    run = open_run(run_dir)
+    assert run.missing_stages() == []
+    assert set(LATENT_COLUMNS) <= set(run.latents.columns)
+    assert run.evaluation is not None and len(run.benchmark) == len(TINY_BENCHMARK.splitlines()) - 1
+
+
+def test_killed_run_resumes_without_recomputing_collection(tmp_path, tiny_model_dirs, tiny_corpus):
+    """SIGKILL a real `mneme run` once collection is done; the rerun keeps its shards."""
+    data = tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mneme_core.cli", "-q", "run", str(study), "--stages", "collect,train,diff"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        while proc.poll() is None:
+            manifest_path = run_dir / "run.json"
+            if manifest_path.is_file():
+                stages = json.loads(manifest_path.read_text())["stages"]
+                if stages["collect"]["status"] == "complete":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert read_manifest(run_dir)["stages"]["collect"]["status"] == "complete", proc.stderr.read().decode()[-2000:]
+    shards = _mtimes(run_dir, "activations")
+    collect_at = _stage_times(run_dir)["collect"]
+
+    run_study(run_config(run_dir), stages=["collect", "train", "diff"], progress=False)
+    assert _mtimes(run_dir, "activations") == shards
+    assert _stage_times(run_dir)["collect"] == collect_at
+    run = open_run(run_dir)
+    assert [run.stage_status(s) for s in ("collect", "train", "diff")] == ["complete"] * 3
+    assert {"shift", "attribution", "beta_err_base"} <= set(run.latents.columns)
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "copy"))
+
+
+def test_force_reruns_the_stage_and_later_ones_only(run_copy):
+    before = _stage_times(run_copy)
+    time.sleep(1.1)  # manifest times have one-second resolution
+    run_study(run_config(run_copy), stages=["categories", "evaluate"], force=["evaluate"], progress=False)
+    after = _stage_times(run_copy)
+    assert after["evaluate"] != before["evaluate"]
+    assert {s: after[s] for s in STAGES[:6]} == {s: before[s] for s in STAGES[:6]}
+
+
+def test_evaluate_command_overrides_the_benchmark(run_copy, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("category,score_before,score_after,n_questions\nvirology,0.9,0.2,300\nanatomy,0.8,0.8,300\n")
+    assert cli.main(["-q", "evaluate", str(run_copy), "--benchmark", str(other)]) == 0
+    run = open_run(run_copy)
+    assert run.manifest["config"]["evaluation"]["benchmark"] == str(other)
+    assert sorted(run.benchmark["category"]) == ["anatomy", "virology"]
+    assert run.evaluation["benchmark_source"] == str(other)
+    assert str(other) in (run_copy / "config.yaml").read_text()
+
+
+def test_unknown_stage_and_different_config_are_refused(run_copy, tiny_study):
+    with pytest.raises(RunError, match="unknown stage 'trian'"):
+        run_study(run_config(run_copy), stages=["trian"])
+    changed = run_config(run_copy).to_dict()
+    changed["crosscoder"]["k"] = 5
+    from mneme_core.config import load_config
+
+    with pytest.raises(RunError, match="different config.*crosscoder"):
+        run_study(load_config(changed))

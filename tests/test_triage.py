@@ -1,0 +1,73 @@
+"""Triage marks: validation, export, and durability under two concurrent writers + restart."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from mneme_core.triage import MARKS, TriageError, TriageStore, export_csv, with_marks
+
+
+def test_set_replace_clear_and_history(tmp_path):
+    store = TriageStore(tmp_path)
+    store.set_mark(5, "unsure", "look again", author="ana")
+    store.set_mark(5, "confirmed side effect", "<b>chem</b>", author="bo")
+    store.set_mark(2, "expected")
+    assert store.get_mark(5)["mark"] == "confirmed side effect"
+    assert store.marks()["latent"].tolist() == [5, 2]
+    store.clear_mark(2)
+    assert store.get_mark(2) is None
+    hist = store.history(5)
+    assert hist["mark"].tolist() == ["unsure", "confirmed side effect"] and hist["author"].tolist() == ["ana", "bo"]
+
+
+def test_bad_marks_are_refused(tmp_path):
+    store = TriageStore(tmp_path)
+    with pytest.raises(TriageError, match="unknown mark"):
+        store.set_mark(1, "bad")
+    with pytest.raises(TriageError, match="integer"):
+        store.set_mark("x", "unsure")
+    assert store.marks().empty
+
+
+def test_marks_join_and_export(tmp_path):
+    store = TriageStore(tmp_path)
+    store.set_mark(1, "false alarm", "formatting")
+    lat = pd.DataFrame({"latent": [0, 1], "description": ["a", "b"], "shift": [0.0, -2.0]})
+    joined = with_marks(lat, store.marks())
+    assert joined["mark"].tolist() == ["", "false alarm"]
+    csv = export_csv(lat, store.marks()).decode()
+    assert csv.splitlines()[0].startswith("latent,mark,note") and "1,false alarm,formatting" in csv
+
+
+def _writer(run_path: str, start: int, n: int) -> None:
+    store = TriageStore(run_path)
+    for i in range(start, start + n):
+        store.set_mark(i, MARKS[i % len(MARKS)], f"note {i}", author=f"w{start}")
+
+
+def test_two_concurrent_writers_then_restart_lose_nothing(tmp_path):
+    TriageStore(tmp_path)  # create the schema before the race
+    n = 150
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), start, n)) for start in (0, 1000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    # "restart": a fresh interpreter opens the folder and reads every mark back
+    code = textwrap.dedent(f"""
+        from mneme_core.triage import TriageStore
+        m = TriageStore({str(tmp_path)!r}).marks()
+        print(len(m), sorted(m.latent.tolist()) == list(range({n})) + list(range(1000, {1000 + n})))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(2 * n), "True"]
+    assert (tmp_path / "triage.sqlite").exists()
+    assert len(TriageStore(tmp_path).history()) == 2 * n
