@@ -244,6 +244,38 @@ def _check_fingerprint(out_dir: Path, fingerprint: dict[str, Any]) -> None:
         atomic_write_json(path, plain)
 
 
+def _check_donor(donor: Path, fingerprint: dict[str, Any]) -> Path:
+    """The folder whose base halves ``activations.reuse_base_from`` may reuse, checked to
+    hold the same base model, corpus, layer and shard layout as this collection."""
+    path = donor / FINGERPRINT
+    if not path.is_file():
+        raise StoreError(f"activations.reuse_base_from = {donor} holds no collection ({FINGERPRINT} missing)")
+    theirs = json.loads(path.read_text())
+    mine = json.loads(json.dumps(fingerprint))
+    for fp in (theirs, mine):
+        fp["models"].pop("ft", None)
+    if theirs != mine:
+        keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        raise StoreError(
+            f"activations.reuse_base_from = {donor} was collected with a different base model, corpus, layer or "
+            f"settings ({', '.join(keys)} differ); its base activations cannot be reused here"
+        )
+    return donor
+
+
+def _donor_base(donor: Path, name: str, group: list[PackedContext]) -> torch.Tensor | None:
+    """Base activations (n, d) of the same shard in the donor, if it has it for these tokens."""
+    path = donor / name
+    if not _shard_complete(path):
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        token_ids = fh.get_tensor("token_ids")
+        expected = np.concatenate([c.input_ids[c.keep] for c in group])
+        if not np.array_equal(token_ids.numpy(), expected):
+            return None  # same settings but other tokens (e.g. an edited corpus file): recompute
+        return fh.get_slice("acts")[:, 0]
+
+
 def _shard_name(rank: int, seq: int) -> str:
     return f"shard-r{rank:03d}-{seq:06d}.safetensors"
 
@@ -273,9 +305,17 @@ def _rank_groups(contexts: Iterator[PackedContext], rank: int, world_size: int, 
         yield group
 
 
-def _forward_group(pair: ModelPair, group: list[PackedContext], batch_size: int, dtype: torch.dtype, on_batch: Callable[[int], None]) -> dict[str, torch.Tensor]:
-    """Activations and metadata of the kept tokens of ``group``, both models, one layer."""
+def _forward_group(
+    pair: ModelPair, group: list[PackedContext], batch_size: int, dtype: torch.dtype,
+    on_batch: Callable[[int], None], base_acts: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Activations and metadata of the kept tokens of ``group``, both models, one layer.
+
+    With ``base_acts`` (n, d) (the same shard of an earlier collection) only the
+    fine-tuned model runs.
+    """
     device = next(pair.base.parameters()).device
+    models = (pair.base, pair.ft) if base_acts is None else (pair.ft,)
     acts, meta = [], {k: [] for k in META_FIELDS}
     for b in range(0, len(group), batch_size):
         batch = group[b : b + batch_size]
@@ -283,8 +323,8 @@ def _forward_group(pair: ModelPair, group: list[PackedContext], batch_size: int,
         attn = torch.from_numpy(np.stack([c.attention_mask for c in batch])).to(device)
         keep_BT = torch.from_numpy(np.stack([c.keep for c in batch]))
         with torch.inference_mode():
-            resid = [truncated_forward(m, ids, attn, pair.layer)[keep_BT.to(device)] for m in (pair.base, pair.ft)]
-        acts.append(torch.stack(resid, dim=1).to("cpu", dtype))
+            resid = [truncated_forward(m, ids, attn, pair.layer)[keep_BT.to(device)].to("cpu", dtype) for m in models]
+        acts.append(torch.stack(resid, dim=1))
         T = ids.shape[1]
         meta["token_ids"].append(ids.cpu()[keep_BT].to(torch.int32))
         meta["doc_ids"].append(torch.from_numpy(np.stack([c.doc_ids for c in batch]))[keep_BT])
@@ -292,6 +332,8 @@ def _forward_group(pair: ModelPair, group: list[PackedContext], batch_size: int,
         meta["context_ids"].append(torch.tensor([c.index for c in batch]).repeat_interleave(keep_BT.sum(1)))
         on_batch(int(attn.sum()))
     out = {"acts": torch.cat(acts)} | {k: torch.cat(v) for k, v in meta.items()}
+    if base_acts is not None:
+        out["acts"] = torch.cat([base_acts[:, None], out["acts"]], dim=1)
     if not torch.isfinite(out["acts"]).all():
         raise StoreError(
             f"activations overflow {dtype} (non-finite values at layer {pair.layer}); set activations.dtype: bfloat16 or float32"
@@ -327,7 +369,9 @@ def collect(
     if world_size > 1 and not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_fingerprint(out_dir, _fingerprint(models_cfg, corpus_cfg, act_cfg, world_size))
+    fingerprint = _fingerprint(models_cfg, corpus_cfg, act_cfg, world_size)
+    _check_fingerprint(out_dir, fingerprint)
+    donor = _check_donor(Path(act_cfg.reuse_base_from), fingerprint) if act_cfg.reuse_base_from else None
     if (out_dir / INDEX).is_file():
         return _summary(ActivationStore(out_dir), seconds=0.0, computed_tokens=0)
 
@@ -339,7 +383,7 @@ def collect(
     my_contexts = len(range(rank, n_contexts(corpus_cfg), world_size))
     pair: ModelPair | None = None
     shards: list[str] = []
-    computed_tokens, t0 = 0, time.perf_counter()
+    computed_tokens, reused_base_tokens, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=my_contexts * corpus_cfg.context_length, unit="tok", unit_scale=True, disable=not progress,
                desc=f"collect{f' rank {rank}' if world_size > 1 else ''}", dynamic_ncols=True)
     try:
@@ -352,7 +396,9 @@ def collect(
                 continue
             if pair is None:
                 pair = load_model_pair(models_cfg)
-            tensors = _forward_group(pair, group, act_cfg.batch_size, dtype, bar.update)
+            base_acts = _donor_base(donor, path.name, group) if donor else None
+            tensors = _forward_group(pair, group, act_cfg.batch_size, dtype, bar.update, base_acts)
+            reused_base_tokens += 0 if base_acts is None else len(base_acts)
             meta = {"n_tokens": str(len(tensors["acts"])), "first_context": str(group[0].index), "n_contexts": str(len(group))}
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -368,9 +414,10 @@ def collect(
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if rank != 0:
-        return {"rank": rank, "shards": len(shards), "seconds": seconds, "computed_tokens": computed_tokens}
+        return {"rank": rank, "shards": len(shards), "seconds": seconds, "computed_tokens": computed_tokens,
+                "reused_base_tokens": reused_base_tokens}
     store = finalize(out_dir, world_size, layer=layer)
-    return _summary(store, seconds, computed_tokens)
+    return _summary(store, seconds, computed_tokens) | {"reused_base_tokens": reused_base_tokens}
 
 
 def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStore:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,8 @@ class ContextCollector:
         self.n_counted = 0
         self.rng = np.random.default_rng(seed)
         self.special = np.asarray(sorted(set(int(i) for i in special_ids)), dtype=np.int64)
-        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # sparse codes of the last batches
+        # (start, dense codes, segment ids, counted mask) of the last three batches
+        self._recent: list[tuple[int, torch.Tensor, np.ndarray, np.ndarray]] = []
         self._pending: list[tuple[SlotTable, np.ndarray, np.ndarray]] = []
         self._seg_carry = 0
         n_rand = min(ccfg.n_random, n_tokens)
@@ -207,32 +208,33 @@ class ContextCollector:
         return seg
 
     def _fill(self) -> None:
-        """Window activations for slots admitted one batch ago (their right context has now arrived)."""
+        """Window activations for slots admitted one batch ago (their right context has
+        now arrived). Read straight from the dense codes of the last three batches, and a
+        window is cut where its text segment ends (segments are contiguous runs)."""
         if not self._pending:
             return
-        keys = np.concatenate([k for k, _ in self._recent])
-        vals = np.concatenate([v for _, v in self._recent])
-        order = np.argsort(keys, kind="stable")
-        keys, vals = keys[order], vals[order]
+        base = self._recent[0][0]
+        seg = np.concatenate([r[2] for r in self._recent])
+        end = base + len(seg)
         for table, rows, slots in self._pending:
             center = table.tok[rows, slots]
             g = center[:, None] - self.left + np.arange(self.W)[None, :]
-            gc = np.clip(g, 0, self.N - 1)
-            doc = np.asarray(self.src.doc_ids[gc.ravel()]).reshape(gc.shape)
-            pos = np.asarray(self.src.positions[gc.ravel()]).reshape(gc.shape)
-            same = (doc == doc[:, self.left : self.left + 1]) & (g >= 0) & (g < self.N)
-            step_r = same[:, self.left + 1 :] & (pos[:, self.left + 1 :] > pos[:, self.left : -1])
-            step_l = same[:, : self.left] & (pos[:, : self.left] < pos[:, 1 : self.left + 1])
-            n_right = np.cumprod(step_r, axis=1).sum(1)
-            n_left = np.cumprod(step_l[:, ::-1], axis=1).sum(1)
-            lo, hi = self.left - n_left, self.left + 1 + n_right
-            q = g * self.F + rows[:, None]
-            at = np.clip(np.searchsorted(keys, q), 0, max(len(keys) - 1, 0))
-            found = (keys[at] == q) if len(keys) else np.zeros(q.shape, bool)
-            col = np.arange(self.W)[None, :]
-            inside = (col >= lo[:, None]) & (col < hi[:, None])
-            acts = np.where(found & inside, vals[at] if len(vals) else 0.0, 0.0)
-            table.acts[rows, slots] = np.minimum(acts, 65000).astype(np.float16)
+            inside = (g >= base) & (g < end)
+            local = np.clip(g - base, 0, len(seg) - 1)
+            valid = inside & (seg[local] == seg[center - base][:, None])
+            # segments are contiguous, so the valid part of a window is one run around the centre
+            n_left = valid[:, : self.left].sum(1)
+            lo, hi = self.left - n_left, self.left + 1 + valid[:, self.left + 1 :].sum(1)
+            acts = torch.zeros(g.shape, dtype=torch.float32)
+            lat_t = torch.from_numpy(np.broadcast_to(rows[:, None], g.shape).copy())
+            g_t = torch.from_numpy(g)
+            for start, f_BF, _, counted in self._recent:
+                sel = torch.from_numpy(valid & (g >= start) & (g < start + f_BF.shape[0]))
+                if sel.any():
+                    r = (g_t[sel] - start).to(f_BF.device)
+                    vals = f_BF[r, lat_t[sel].to(f_BF.device)].float().cpu()
+                    acts[sel] = vals * torch.from_numpy(counted)[g_t[sel] - start]
+            table.acts[rows, slots] = acts.clamp(max=65000).numpy().astype(np.float16)
             table.lo[rows, slots] = lo
             table.hi[rows, slots] = hi
         self._pending = []
@@ -253,13 +255,14 @@ class ContextCollector:
         self.n_counted += int(counted.sum())
         self.count += np.bincount(lat, minlength=self.F)
 
-        self._recent = (self._recent + [(tok * self.F + lat, val)])[-3:]
+        seg_B = self._segments(start, start + B)
+        self._recent = (self._recent + [(start, f_BF, seg_B, counted)])[-3:]
         self._fill()
 
         order = np.argsort(lat, kind="stable")
         self.hist.add(lat[order], val[order])
 
-        seg = self._segments(start, start + B)[rows]
+        seg = seg_B[rows]
         o = np.lexsort((-val, seg, lat))
         first = np.r_[True, (lat[o][1:] != lat[o][:-1]) | (seg[o][1:] != seg[o][:-1])] if len(o) else np.zeros(0, bool)
         best = o[first]
@@ -534,7 +537,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
                                 seed=ccfg.seed, progress=progress)
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "run_stage", "collect_run_contexts", "ContextCollector", "SlotTable", "DoublingHistogram",
     "TokenSource", "special_token_ids",
-)
+]

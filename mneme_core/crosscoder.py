@@ -105,38 +105,6 @@ def _top_of(cand_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return above | (ties & (torch.cumsum(ties, 0) <= n_keep - int(above.sum())))
 
 
-def _encode_select(x_BD, W_enc_DF, b_F, w_F, n_keep: int, compute_dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused encoder + BatchTopK: (ascending flat indices, their scores ``f·w``).
-
-    The encoder runs in row chunks of ~4 MB of scores; each chunk is scaled by ``w`` and
-    compared with a bar (from the first chunk) while it is still in cache, and only the
-    candidates above the bar are kept — the ``B×F`` pre-activation matrix never exists.
-    """
-    B, F_ = x_BD.shape[0], W_enc_DF.shape[1]
-    rows = max(16, (1 << 20) // F_)
-    W = W_enc_DF if compute_dtype == x_BD.dtype else W_enc_DF.to(compute_dtype)
-    b = b_F.to(W.dtype)
-
-    def chunk_scores(r0: int) -> torch.Tensor:
-        pre = torch.addmm(b, x_BD[r0 : r0 + rows].to(W.dtype), W)
-        return pre.to(x_BD.dtype).mul_(w_F).reshape(-1)
-
-    first = chunk_scores(0)
-    bar = _sample_bar(first, n_keep, B * F_)
-    for attempt_bar in (bar, 0.0):
-        idx, val = [], []
-        for r0 in range(0, B, rows):
-            s = first if r0 == 0 else chunk_scores(r0)
-            c = (s > attempt_bar).nonzero().squeeze(1)
-            idx.append(c + r0 * F_)
-            val.append(s[c])
-        cand, cand_scores = torch.cat(idx), torch.cat(val)
-        if cand.numel() >= n_keep or attempt_bar == 0.0:
-            break
-    keep = _top_of(cand_scores, n_keep)
-    return cand[keep], cand_scores[keep]
-
-
 class _SparseCrossCoder(torch.autograd.Function):
     """Encoder → BatchTopK → decoder, with every gradient computed on the kept pairs only.
 
@@ -153,7 +121,13 @@ class _SparseCrossCoder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BD, W_enc_DF, b_F, W_dec, w_F, n_keep: int, compute_dtype):
         B, F_ = x_BD.shape[0], W_enc_DF.shape[1]
-        idx, kept = _encode_select(x_BD, W_enc_DF, b_F, w_F, n_keep, compute_dtype)
+        if compute_dtype == x_BD.dtype:
+            pre_BF = torch.addmm(b_F, x_BD, W_enc_DF)
+        else:
+            pre_BF = torch.addmm(b_F.to(compute_dtype), x_BD.to(compute_dtype), W_enc_DF.to(compute_dtype)).to(x_BD.dtype)
+        score = pre_BF.mul_(w_F).reshape(-1)  # in place: no second B×F buffer
+        idx = batch_topk_indices(score, n_keep)  # ascending, so grouped by token
+        kept = score[idx]
         rows, cols = idx // F_, idx % F_
         min_score = kept.min() if idx.numel() else kept.new_zeros(())
         vals = kept / w_F[cols]  # the kept values are the unscaled f

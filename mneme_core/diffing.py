@@ -135,8 +135,8 @@ class _ScalingSums:
     """float64 running sums over tokens, for every latent.
 
     ``proj[t, p, j] = Σ_i f_ij ⟨probe_p,j, target_t,i⟩`` for targets
-    (x_base, x_ft, x̂_base, x̂_ft) and probes (dominant, own row of the target's model);
-    the error target is assembled at the end as x − x̂ plus the put-back term.
+    (e_base, e_ft, x̂_base, x̂_ft), ``e = x − x̂``, and probes (dominant, own row of the
+    target's model); the error target adds the put-back term at the end.
     """
 
     def __init__(self, n_latents: int):
@@ -174,8 +174,9 @@ def _accumulate(
         F.embedding_bag(lat, W32[m], crow[:-1], mode="sum", per_sample_weights=val) + b_dec[m].float()
         for m in range(2)
     ]
-    # Targets as columns: [x_base | x_ft | x̂_base | x̂_ft]  (B, 4d)
-    Y_B4d = torch.cat([x_B2d[:, 0], x_B2d[:, 1], xhat[0], xhat[1]], dim=1)
+    # Targets as columns: [e_base | e_ft | x̂_base | x̂_ft]  (B, 4d), e = x − x̂ per token
+    # (subtracting per token, not after summing, keeps float32 partial sums accurate).
+    Y_B4d = torch.cat([x_B2d[:, 0] - xhat[0], x_B2d[:, 1] - xhat[1], xhat[0], xhat[1]], dim=1)
 
     sums.sum_f2 += torch.bincount(lat, weights=val.double() * val.double(), minlength=F_).cpu()
     sums.count += torch.bincount(lat, minlength=F_).double().cpu()
@@ -194,7 +195,7 @@ def _accumulate(
         s, e = int(bounds[a]), int(bounds[b])
         if s == e:
             continue
-        # G[j] = Σ_i f_ij y_i for latents a..b, viewed (b−a, x|x̂, model, d). One batch's
+        # G[j] = Σ_i f_ij y_i for latents a..b, viewed (b−a, e|x̂, model, d). One batch's
         # partial sums stay float32 (≤ batch terms each); the running sums are float64.
         G = F.embedding_bag(
             tok_sorted[s:e],
@@ -221,7 +222,7 @@ def _betas(sums: _ScalingSums, probes_PFd: torch.Tensor, W_dec64_MFd: torch.Tens
             u2 = (u * u).sum(-1)
             denom = u2 * sum_f2
             put_back = (u * W[m]).sum(-1) * sum_f2
-            err_num = sums.proj[m, p] - sums.proj[2 + m, p] + put_back
+            err_num = sums.proj[m, p] + put_back
             rec_num = sums.proj[2 + m, p]
             ok = denom > eps
             nan = torch.full_like(denom, float("nan"))

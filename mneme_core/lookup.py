@@ -1,8 +1,7 @@
 """Fast per-latent reads of the run's per-latent tables (contexts, histograms).
 
-``Run.contexts(latent)`` opens a pyarrow dataset and filters it on every call; at the
-paper's size (2.6M context rows, 131k histogram rows) that costs 100–250 ms per latent,
-most of it re-reading the footer and, for a table written as one row group, decoding
+A pyarrow dataset filter per call costs 100–250 ms per latent at the paper's size (2.6M
+context rows, 131k histogram rows), most of it re-reading the footer and, for a table written as one row group, decoding
 the whole file. A :class:`LatentLookup` reads the footer once, keeps each row group's
 min/max latent, and decodes only the row groups that can hold the latent. A file that
 is a single row group is small enough to keep decoded in memory (as Arrow, compact),
@@ -60,10 +59,10 @@ class LatentLookup:
         return self.table(latent).to_pandas()
 
 
-def contexts_frame(lookup: LatentLookup, latent: int) -> pd.DataFrame:
-    """One latent's contexts, top-activating first (by rank), then quantile samples."""
-    df = lookup.frame(latent)
-    if len(df) and {"kind", "rank"} <= set(df.columns):
-        order = df["kind"].map(KIND_ORDER).fillna(len(KIND_ORDER))
-        df = df.assign(_o=order).sort_values(["_o", "rank"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    return df
+def order_contexts(df: pd.DataFrame) -> pd.DataFrame:
+    """Contexts grouped by latent, top-activating first (by rank), then quantile samples."""
+    if not len(df) or not {"kind", "rank"} <= set(df.columns):
+        return df
+    order = df["kind"].map(KIND_ORDER).fillna(len(KIND_ORDER))
+    keys = ["latent", "_o", "rank"] if "latent" in df.columns else ["_o", "rank"]
+    return df.assign(_o=order).sort_values(keys, kind="stable").drop(columns="_o").reset_index(drop=True)

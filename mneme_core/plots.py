@@ -183,7 +183,7 @@ def benchmark_bars(table: pd.DataFrame) -> go.Figure:
                       np.where(predicted, "predicted, not degraded", "neither")))
     fig = go.Figure(go.Bar(x=t["category"], y=t["drop"], marker_color=colour, customdata=status,
                            hovertemplate="%{x}<br>drop %{y:.3f}<br>%{customdata}<extra></extra>"))
-    fig.update_layout(title="Benchmark drop per category (green: caught, red: missed, orange: false alarm)",
+    fig.update_layout(title="Benchmark drop per category",
                       yaxis_title="score before − after", **LAYOUT)
     return fig
 

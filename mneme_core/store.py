@@ -34,8 +34,9 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from mneme_core.lookup import LatentLookup, order_contexts
 
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
@@ -245,6 +246,7 @@ class Run:
             raise RunError(f"no run directory at {self.path}")
         self._manifest = read_manifest(self.path)
         self._latents: pd.DataFrame | None = None
+        self._lookups: dict[str, LatentLookup | None] = {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -273,25 +275,24 @@ class Run:
             self._latents = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
         return self._latents
 
-    def _filtered(self, name: str, latent: int | None) -> pd.DataFrame:
-        path = self.path / f"{name}.parquet"
-        if not path.is_file():
-            return pd.DataFrame()
-        if latent is None:
-            return pd.read_parquet(path)
-        table = pads.dataset(path).to_table(filter=pads.field("latent") == int(latent))
-        return table.to_pandas()
+    def _lookup(self, name: str) -> LatentLookup | None:
+        """Per-latent reader of a table, opened once per Run (it keeps the footer)."""
+        if name not in self._lookups:
+            path = self.path / f"{name}.parquet"
+            self._lookups[name] = LatentLookup(path) if path.is_file() else None
+        return self._lookups[name]
 
     def contexts(self, latent: int | None = None) -> pd.DataFrame:
         """Contexts of one latent (top first, then quantile samples), or all of them."""
-        df = self._filtered("contexts", latent)
-        if len(df) and {"kind", "rank"} <= set(df.columns):
-            order = df["kind"].map({"top": 0, "quantile": 1}).fillna(2)
-            df = df.assign(_o=order).sort_values(["latent", "_o", "rank"]).drop(columns="_o").reset_index(drop=True)
-        return df
+        if latent is None:
+            path = self.path / "contexts.parquet"
+            return order_contexts(pd.read_parquet(path)) if path.is_file() else pd.DataFrame()
+        lookup = self._lookup("contexts")
+        return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
 
     def histogram(self, latent: int) -> pd.DataFrame:
-        return self._filtered("histograms", latent)
+        lookup = self._lookup("histograms")
+        return lookup.frame(latent) if lookup is not None else pd.DataFrame()
 
     @property
     def benchmark(self) -> pd.DataFrame | None:

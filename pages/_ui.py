@@ -160,27 +160,48 @@ def cached_figure(kind: str, path: str, mtime: float, *args: Any) -> Any:
     return builder(_open(path, mtime).latents, *args)
 
 
-def ensure_navigation() -> None:
-    """Make a deep link that is a server's first request go through app.py.
+def setup() -> Any:
+    """Page config, navigation, the run in the URL and the run picker; returns the page to run."""
+    st.set_page_config(page_title="MNEME", page_icon=":material/compare_arrows:", layout="wide")
+    sections = {
+        "Study": [("overview", "Overview", "dashboard"), ("side_effects", "Side effects", "warning")],
+        "Latents": [("explorer", "Latent explorer", "table_rows"), ("latent", "Latent", "neurology"),
+                    ("distributions", "Diff distributions", "bar_chart"),
+                    ("categories", "Category map", "scatter_plot")],
+        "Audit": [("triage", "Triage", "fact_check"), ("prompt_lab", "Prompt lab", "science")],
+    }
+    page = st.navigation({
+        section: [st.Page(PAGE_FILES[key], title=title, icon=f":material/{icon}:",
+                          url_path=Path(PAGE_FILES[key]).stem, default=key == "overview")
+                  for key, title, icon in items]
+        for section, items in sections.items()
+    })
+    keep_filters()
+    selected_run_path()
+    run_picker()
+    return page
 
-    Streamlit starts in its legacy mode when a ``pages/`` folder exists, and in that mode
-    a first request for ``/latent?...`` runs ``pages/latent.py`` alone (no sidebar, no run
-    picker, file names as navigation) until app.py has called ``st.navigation`` once.
-    Leaving legacy mode and rerunning lands on the same page (our ``url_path`` equals
-    the file name), now through app.py. If Streamlit's internals move, this is a no-op.
+
+def _ensure_setup() -> None:
+    """Give a page started without app.py its sidebar and run picker.
+
+    Streamlit starts in its legacy mode when a ``pages/`` folder exists: until app.py
+    has called ``st.navigation`` once in the process, a first request for
+    ``/latent?...`` runs ``pages/latent.py`` alone. app.py's ``st.navigation`` call
+    clears the flag checked here, so this runs only in that case (and in AppTest, which
+    resets the flag on every run). No rerun: that would drop a clicked button's value.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # pragma: no cover - depends on the Streamlit version
         return
     if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+        setup()
 
 
 def current_run() -> Run:
     """The open run, or an error page (no stack trace) and stop."""
-    ensure_navigation()
+    _ensure_setup()
     path = selected_run_path()
     if path is None:
         st.title("No run to show")
@@ -258,10 +279,10 @@ def _lookup(path: str, mtime: float, table: str) -> Any:
 @st.cache_data(max_entries=256, show_spinner=False)
 def contexts(path: str, mtime: float, latent: int) -> pd.DataFrame:
     """One latent's contexts (row-group pruned read; see mneme_core.lookup)."""
-    from mneme_core.lookup import contexts_frame
+    from mneme_core.lookup import order_contexts
 
     lookup = _lookup(path, mtime, "contexts")
-    return contexts_frame(lookup, latent) if lookup is not None else pd.DataFrame()
+    return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

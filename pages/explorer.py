@@ -35,7 +35,9 @@ with st.container(border=True):
         for i, (name, (lo, hi)) in enumerate(bounds.items()):
             if hi > lo:
                 default(f"f_{name}", (lo, hi))
-                ranges[name] = range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g")
+                chosen = range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g")
+                if tuple(chosen) != (lo, hi):  # a slider at full range keeps latents missing that value
+                    ranges[name] = chosen
     sort_cols = st.columns([2, 1, 3])
     sortable = [c for c in table.columns if c not in ("description", "note")]
     default("f_sort", "shift" if "shift" in sortable else "latent")

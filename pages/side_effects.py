@@ -39,6 +39,7 @@ for c, key in zip(cols, sideeffects.SHOWN_METRICS):
 
 left, right = st.columns([3, 2])
 left.plotly_chart(plots.benchmark_bars(table), key="bench_bars")
+left.caption("Green: degraded and predicted · red: degraded, missed · orange: predicted, not degraded · grey: neither.")
 with right:
     st.markdown("**MNEME vs baselines**")
     st.dataframe(sideeffects.metrics_frame(methods), column_config={

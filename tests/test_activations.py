@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,17 +15,17 @@ from mneme_core.config import load_config
 from mneme_core.corpus import excluded_token_ids, iter_contexts
 from mneme_core.models import ModelError, load_model_pair, truncated_forward
 from mneme_core.store import init_run, read_manifest
-from tiny import save_model, save_tiny_pair, tiny_llama, tiny_tokenizer, write_tiny_corpus
+from tiny import save_model, tiny_llama, tiny_tokenizer
 
 LAYER = 2
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A study config on a tiny pair and corpus, collected once by the real stage."""
+def study(tmp_path_factory, tiny_model_dirs, tiny_corpus):
+    """A study config on the shared tiny pair and corpus, collected once by the real stage."""
     root = tmp_path_factory.mktemp("acts")
-    base, ft = save_tiny_pair(root)
-    corpus = write_tiny_corpus(root / "corpus.jsonl", n_docs=80)
+    base, ft = tiny_model_dirs
+    corpus = tiny_corpus
     cfg = load_config({
         "name": "tiny", "run_dir": str(root / "run"),
         "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": LAYER},
@@ -44,20 +45,16 @@ def test_store_holds_both_models_residuals_of_kept_tokens(study):
     cfg, metrics, store = study
     pair = load_model_pair(cfg.models)
     contexts = list(iter_contexts(cfg.corpus, pair.tokenizer))
-    expected, ids = [], []
+    x = torch.from_numpy(np.stack([c.input_ids for c in contexts]))
+    m = torch.from_numpy(np.stack([c.attention_mask for c in contexts]))
+    keep = torch.from_numpy(np.stack([c.keep for c in contexts]))
     with torch.inference_mode():
-        for c in contexts:
-            x = torch.from_numpy(c.input_ids)[None]
-            m = torch.from_numpy(c.attention_mask)[None]
-            keep = torch.from_numpy(c.keep)
-            pair_acts = [truncated_forward(model, x, m, LAYER)[0][keep] for model in (pair.base, pair.ft)]
-            expected.append(torch.stack(pair_acts, dim=1))
-            ids.append(c.input_ids[c.keep])
-    expected = torch.cat(expected)
+        expected = torch.stack([truncated_forward(model, x, m, LAYER)[keep] for model in (pair.base, pair.ft)], dim=1)
+    ids = x[keep].numpy()
     assert store.n_tokens == metrics["n_tokens"] == len(expected) and store.d_model == 32 and store.layer == LAYER
     # shards interleave in context order here (one rank), so rows line up with the corpus
     torch.testing.assert_close(store.read(), expected.half().float())
-    assert np.array_equal(store.token_ids, np.concatenate(ids))
+    assert np.array_equal(store.token_ids, ids)
     assert not torch.equal(expected[:, 0], expected[:, 1])  # the fine-tune changed the residual
     assert len(store.shards) == 10 and store.index["dtype"] == "float16"
 
@@ -163,7 +160,7 @@ def test_other_settings_into_the_same_folder_are_refused(study, tmp_path):
 def test_corrupt_or_missing_shard_is_a_clear_error(study, tmp_path):
     cfg, _, _ = study
     out = tmp_path / "acts4"
-    _collect(cfg, out)
+    shutil.copytree(cfg.run_path / "activations", out)
     shard = sorted(out.glob("shard-*.safetensors"))[4]
     shard.write_bytes(b"garbage" * 10)
     store = ActivationStore(out)
@@ -192,3 +189,20 @@ def test_stage_records_provenance_and_metrics(study):
     kinds = sorted(p["kind"] for p in prov)
     assert kinds == ["corpus", "model", "model"]
     assert metrics["layer"] == LAYER and metrics["computed_tokens"] > 0 and metrics["tokens_per_s"] > 0
+
+
+def test_reuse_base_halves_from_an_earlier_collection(study, tmp_path):
+    """A second intervention on the same base only runs its own model (demo: two RMU runs)."""
+    cfg, _, reference = study
+    donor = cfg.run_path / "activations"
+    # "fine-tuned" = the base itself, so a correct reuse gives identical halves
+    same = dataclasses.replace(cfg.models, ft=cfg.models.base)
+    act = dataclasses.replace(cfg.activations, reuse_base_from=str(donor))
+    metrics = collect(same, cfg.corpus, act, tmp_path / "second", progress=False)
+    store = ActivationStore(tmp_path / "second")
+    x, ref = store.read(), reference.read()
+    assert metrics["reused_base_tokens"] == store.n_tokens == reference.n_tokens
+    assert torch.equal(x[:, 0], ref[:, 0]) and torch.equal(x[:, 1], x[:, 0])
+    other_layer = dataclasses.replace(same, layer=1)
+    with pytest.raises(StoreError, match="different base model, corpus, layer or settings \\(models differ\\)"):
+        collect(other_layer, cfg.corpus, act, tmp_path / "third", progress=False)

@@ -146,7 +146,8 @@ def test_explorer(server, browser):
     _settled(browser, wait, "Latent explorer")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stDataFrame']")))
     wait.until(lambda d: "Showing" in _body(d))
-    assert "Search descriptions" in _body(browser)
+    assert browser.find_elements(By.CSS_SELECTOR, "input[aria-label='Search descriptions']")
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-testid='stDownloadButton']")
     _shot(browser, "explorer")
 
 

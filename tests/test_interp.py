@@ -283,7 +283,8 @@ def test_killed_run_resumes_from_the_cache_without_asking_again(planted):
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
         first = [concept_of(p) for p in server.answered]
     assert len(first) == 4
-    with ChatServer() as server:
+    with ChatServer() as server:  # a new endpoint (URL) serving the same model: the cache still applies
+        cfg = llm_cfg(run_path, server.url, model="resume-model", concurrency=1, timeout_s=30.0)
         metrics = interp.run_stage(cfg, run_path, progress=False)
         second = [concept_of(p) for p in server.answered]
     assert not set(first) & set(second)  # finished latents were never asked again

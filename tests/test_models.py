@@ -17,12 +17,9 @@ from tiny import perturbed_copy, save_model, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tok = tiny_tokenizer()
-    base = tiny_llama(tok, hidden_size=32, n_layers=4)
-    ft = perturbed_copy(base, layers=(1,))
-    return save_model(base, tok, root / "base"), save_model(ft, tok, root / "ft"), root
+def pair_dirs(tiny_model_dirs):
+    """The shared tiny pair (conftest): 4 layers, d=32, the fine-tune perturbs layer 1's MLP."""
+    return tiny_model_dirs
 
 
 def _batch(tok):
@@ -77,7 +74,7 @@ def test_dtype_option(pair_dirs):
 
 
 def test_delta_holds_only_changed_tensors_and_reproduces_ft(pair_dirs, tmp_path):
-    base_dir, ft_dir, _ = pair_dirs
+    base_dir, ft_dir = pair_dirs
     base, _ = load_model(ModelSpec(path=str(base_dir)))
     ft, _ = load_model(ModelSpec(path=str(ft_dir)))
     names = save_delta(base, ft, tmp_path / "delta.safetensors")
@@ -92,7 +89,7 @@ def test_delta_holds_only_changed_tensors_and_reproduces_ft(pair_dirs, tmp_path)
 def test_delta_errors(pair_dirs, tmp_path):
     from safetensors.torch import save_file
 
-    base_dir, ft_dir, _ = pair_dirs
+    base_dir, ft_dir = pair_dirs
     base, _ = load_model(ModelSpec(path=str(base_dir)))
     save_file({"model.layers.9.mlp.up_proj.weight": torch.zeros(64, 32)}, str(tmp_path / "unknown.safetensors"))
     with pytest.raises(ModelError, match="does not have: model.layers.9.mlp.up_proj.weight"):

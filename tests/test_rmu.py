@@ -19,8 +19,17 @@ from mneme_core.models import apply_delta
 
 FORGET = [s for s in TINY_SENTENCES if any(w in s for w in ("doctor", "plants", "birds", "farmer", "dog"))]
 RETAIN = [s for s in TINY_SENTENCES if s not in FORGET]
-CFG = RMUConfig(layer=2, steering_scale=3.0, alpha=50.0, lr=3e-3, steps=60, batch_size=3, max_tokens=16,
-                checkpoint_every=30, seed=0)
+CFG = RMUConfig(layer=2, steering_scale=3.0, alpha=10.0, lr=1e-2, steps=80, batch_size=3, max_tokens=16,
+                checkpoint_every=40, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core box: one thread avoids OpenMP spin contention (40x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +53,9 @@ def test_forget_moves_to_target_and_retain_stays(tiny, unlearned):
     assert rep["forget_cos_before"] < 0.5
     assert rep["forget_cos_after"] > 0.9
     assert rep["forget_target_rel_err_before"] > 0.9
-    assert rep["forget_target_rel_err_after"] < 0.35
+    assert rep["forget_target_rel_err_after"] < 0.3
     # retain tokens barely move, and far less than forget tokens did
-    assert rep["retain_rel_err"] < 0.15
+    assert rep["retain_rel_err"] < 0.1
     assert rep["forget_rel_change"] > 5 * rep["retain_rel_err"]
     assert unlearned.steering_coef == pytest.approx(3.0 * unlearned.metrics["mean_forget_norm"])
     assert unlearned.metrics["last"]["forget_loss"] < 0.2 * unlearned.metrics["first"]["forget_loss"]
@@ -71,11 +80,11 @@ def test_only_mlp_weights_of_layers_l_minus_2_to_l_change(tiny, unlearned, tmp_p
 def test_resume_from_checkpoint_gives_the_same_model(tiny, unlearned, tmp_path):
     model, tok = tiny
     ckpt = tmp_path / "ckpt.safetensors"
-    half = RMUConfig(**{**CFG.__dict__, "steps": CFG.steps, "checkpoint_every": 30})
-    first = rmu_unlearn(model, tok, FORGET, RETAIN, half, checkpoint=ckpt, progress=False)
-    assert ckpt.is_file()  # written at step 30 of 60
-    resumed = rmu_unlearn(model, tok, FORGET, RETAIN, half, checkpoint=ckpt, progress=False)
-    assert resumed.metrics["resumed_from_step"] == 30
+    first = rmu_unlearn(model, tok, FORGET, RETAIN, CFG, checkpoint=ckpt, progress=False)
+    assert ckpt.is_file()  # written at step 40 of 80
+    # a rerun (as after a kill at any step past 40) starts from the checkpoint, not from zero
+    resumed = rmu_unlearn(model, tok, FORGET, RETAIN, CFG, checkpoint=ckpt, progress=False)
+    assert resumed.metrics["resumed_from_step"] == 40
     for n, p in unlearned.model.named_parameters():
         assert torch.allclose(p, dict(first.model.named_parameters())[n])
         assert torch.allclose(p, dict(resumed.model.named_parameters())[n], atol=1e-6), n

@@ -71,3 +71,22 @@ def test_two_concurrent_writers_then_restart_lose_nothing(tmp_path):
     assert out == [str(2 * n), "True"]
     assert (tmp_path / "triage.sqlite").exists()
     assert len(TriageStore(tmp_path).history()) == 2 * n
+
+
+def test_stakeholder_report_escapes_run_text_and_embeds_figures(tmp_path):
+    from mneme_core import open_run
+    from mneme_core.report import build_report
+    from mneme_core.store import init_run, merge_latent_columns
+
+    init_run(tmp_path, {"name": "<script>alert(1)</script>", "models": {"layer": 1}})
+    merge_latent_columns(tmp_path, pd.DataFrame({
+        "latent": [0, 1, 2], "rel_norm": [0.05, 0.5, 0.95], "shift": [-2.0, 0.0, 2.0],
+        "beta_err_base": [1.0, 1.0, 0.2], "beta_err_ft": [0.2, 1.0, 1.0],
+        "attribution": ["suppressed", "unchanged", "amplified"], "category": ["bio", "law", "bio"],
+        "description": ["<img src=x onerror=alert(1)>", "b", "c"]}))
+    store = TriageStore(tmp_path)
+    store.set_mark(0, "confirmed side effect", "<b>note</b>")
+    page = build_report(open_run(tmp_path), store.marks())
+    assert "<script>alert(1)</script>" not in page and "<img src=x" not in page and "<b>note</b>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "confirmed side effect" in page
+    assert page.count('class="plotly-graph-div"') == 4  # rel norm, shift, β scatter, categories

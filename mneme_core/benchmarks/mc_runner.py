@@ -257,15 +257,15 @@ class _Scorer:
         if logits is None:
             logits = self.model(**kwargs).logits
         logits_BKV = logits[:, -keep:]
-        logp_BKV = torch.log_softmax(logits_BKV.float(), dim=-1).cpu()
+        logp_BKV = torch.log_softmax(logits_BKV.float(), dim=-1)
         offset = T - keep
         out = []
         for b, ((prefix, opts), row_spans) in enumerate(zip(rows, spans)):
             last_prefix = row_spans[0][0] - 1
             scores = []
             for (start, L), opt in zip(row_spans, opts):
-                pred_pos = torch.tensor([last_prefix] + list(range(start, start + L - 1))) - offset
-                scores.append(float(logp_BKV[b, pred_pos, torch.tensor(opt)].sum()))
+                pred_pos = torch.tensor([last_prefix] + list(range(start, start + L - 1)), device=self.device) - offset
+                scores.append(float(logp_BKV[b, pred_pos, torch.tensor(opt, device=self.device)].sum()))
             out.append(scores)
         return out
 

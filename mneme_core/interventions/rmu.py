@@ -270,8 +270,8 @@ def rmu_unlearn(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append({"step": step, "forget_loss": float(forget_loss), "retain_loss": float(retain_loss)})
-        bar.set_postfix(forget=f"{float(forget_loss):.3g}", retain=f"{float(retain_loss):.3g}")
+        history.append({"step": step, "forget_loss": float(forget_loss.detach()), "retain_loss": float(retain_loss.detach())})
+        bar.set_postfix(forget=f"{history[-1]['forget_loss']:.3g}", retain=f"{history[-1]['retain_loss']:.3g}")
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save_checkpoint(ckpt, step + 1, params, opt)
     bar.close()

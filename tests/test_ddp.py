@@ -1,0 +1,100 @@
+"""Two processes under ``torchrun`` (gloo, CPU) train like one process on the same tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mneme_core.config import CrossCoderConfig, TrainingConfig
+from mneme_core.synthetic import match_features, planted_activations
+from mneme_core.training import train_crosscoder
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = {"n_tokens": 12_000, "d": 32, "n_features": 20, "seed": 5, "mean_active": 2.0}
+TRAIN = {"batch_size": 256, "n_tokens": 256 * 160, "lr": 3e-3, "warmup_steps": 10, "threshold_warmup_steps": 10,
+         "threshold_ema": 0.99, "dead_tokens": 4_096, "val_fraction": 0.1, "checkpoint_every": 50}
+CC = {"n_latents": 64, "k": 2}
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    from mneme_core.config import CrossCoderConfig, TrainingConfig
+    from mneme_core.synthetic import match_features, planted_activations
+    from mneme_core.training import InMemoryActivations, train_crosscoder
+
+    out = Path(sys.argv[1])
+    spec = json.loads(sys.argv[2])
+
+    class Counting(InMemoryActivations):
+        # counts the training tokens handed to this rank (the sharded training batches)
+        train_tokens = 0
+
+        def iter_batches(self, batch_size, shuffle=True, seed=0, start=0, stop=None, rank=0, world_size=1, drop_last=False):
+            for x in super().iter_batches(batch_size, shuffle, seed, start, stop, rank, world_size, drop_last):
+                if shuffle and world_size > 1:
+                    Counting.train_tokens += len(x)
+                yield x
+
+    x, truth = planted_activations(**spec["data"])
+    model, metrics = train_crosscoder(Counting(x), TrainingConfig(**spec["train"]), CrossCoderConfig(**spec["cc"]),
+                                      progress=False, checkpoint_dir=out / "checkpoints")
+    best, _ = match_features(model, truth)
+    rank = dist.get_rank()
+    report = {"rank": rank, "metrics": metrics, "best": best.tolist(), "train_tokens": Counting.train_tokens,
+              "checksum": float(sum(t.double().sum() for t in model.tensors().values()))}
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+""")
+
+
+def test_two_processes_train_like_one(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    spec = json.dumps({"data": DATA, "train": TRAIN, "cc": CC})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path), spec],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, truth = planted_activations(**DATA)
+        single, single_metrics = train_crosscoder(x, TrainingConfig(**TRAIN), CrossCoderConfig(**CC), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    single_best, _ = match_features(single, truth)
+
+    steps = TRAIN["n_tokens"] // TRAIN["batch_size"]
+    r0, r1 = ranks
+    # Both ranks end with the same replica and the same (all-reduced) metrics.
+    timing = {"tokens_per_s", "train_seconds"}
+    assert r0["checksum"] == r1["checksum"]
+    assert {k: v for k, v in r0["metrics"].items() if k not in timing} == {k: v for k, v in r1["metrics"].items() if k not in timing}
+    dd = r0["metrics"]
+    # Steps and tokens add up: each rank read half of every global batch.
+    assert dd["world_size"] == 2 and dd["steps"] == single_metrics["steps"] == steps
+    assert dd["tokens_seen"] == single_metrics["tokens_seen"] == steps * TRAIN["batch_size"]
+    assert r0["train_tokens"] == r1["train_tokens"] == steps * TRAIN["batch_size"] // 2
+    assert dd["n_val_tokens"] == single_metrics["n_val_tokens"] == 1_200
+    # Same quality: FVE within one point, the same planted features recovered.
+    for name in ("fve_base", "fve_ft"):
+        assert dd[name] == pytest.approx(single_metrics[name], abs=0.01), name
+    recovered_dd = {i for i, c in enumerate(r0["best"]) if c >= 0.9}
+    recovered_single = {i for i, c in enumerate(single_best.tolist()) if c >= 0.9}
+    assert recovered_dd == recovered_single and len(recovered_single) >= 0.9 * DATA["n_features"]
+    # Only rank 0 wrote checkpoints, and no temp folder was left behind.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000150", "step_00000160"]

@@ -1,0 +1,42 @@
+"""Semantic search over descriptions: `run.search` finds the planted latent."""
+
+from __future__ import annotations
+
+import pytest
+
+from mneme_core import categories, interp
+from mneme_core.store import RunError, open_run
+
+from _planted import build_planted_run
+
+
+@pytest.fixture(scope="module")
+def searched_run(tmp_path_factory):
+    run_path = tmp_path_factory.mktemp("search") / "run"
+    cfg, _, (tok, x, src, cc, names) = build_planted_run(run_path)
+    with pytest.raises(RunError, match="no description index"):
+        open_run(run_path).search("anything")
+    interp.run_stage(cfg, run_path, progress=False)
+    categories.run_stage(cfg, run_path, progress=False)
+    return run_path, names
+
+
+@pytest.mark.parametrize("query, concept", [
+    ("viruses and infection", "virus"),
+    ("courts, judges and laws", "law"),
+    ("baking bread in the kitchen", "cooking"),
+    ("stars and planets in space", "astronomy"),
+])
+def test_search_returns_the_planted_latent_first(searched_run, query, concept):
+    run_path, names = searched_run
+    hits = open_run(run_path).search(query, k=5)
+    assert list(hits.columns) == ["latent", "description", "category", "distance"]
+    assert hits["latent"].iloc[0] == names.index(concept), hits
+    assert hits["distance"].is_monotonic_increasing and len(hits) == 5
+
+
+def test_search_rejects_bad_queries(searched_run):
+    run_path, _ = searched_run
+    with pytest.raises(ValueError, match="non-empty query"):
+        open_run(run_path).search("  ")
+    assert len(open_run(run_path).search("music", k=50)) == 10  # only described latents exist
