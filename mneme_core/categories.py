@@ -29,7 +29,11 @@ from mneme_core.config import StudyConfig
 from mneme_core.embeddings import Embedder, get_embedder
 from mneme_core.store import merge_latent_columns, open_run
 
-BUILTIN_TAXONOMIES = {"mmlu": "mmlu_subjects.txt", "safety": "safety_behaviours.txt"}
+BUILTIN_TAXONOMIES = {
+    "topics": "topics.txt",
+    "safety": "safety_behaviours.txt",
+    "mmlu": "mmlu_subjects.txt",
+}
 LANCE_TABLE = "descriptions"
 UMAP_MIN_POINTS = 12
 
@@ -53,7 +57,7 @@ def _parse_labels(text: str) -> list[tuple[str, str]]:
 
 
 def load_taxonomy(name_or_path: str) -> list[tuple[str, str]]:
-    """Labels of a built-in taxonomy (``mmlu``, ``safety``) or of a file (.txt as above,
+    """Labels of a built-in taxonomy (``topics``, ``safety``, ``mmlu``) or of a file (.txt as above,
     or .json: a list of labels or a {label: gloss} mapping)."""
     if name_or_path in BUILTIN_TAXONOMIES:
         text = resources.files("mneme_core.data").joinpath(BUILTIN_TAXONOMIES[name_or_path]).read_text()

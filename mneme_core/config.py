@@ -120,7 +120,8 @@ class TrainingConfig:
     val_fraction: float = 0.05
     checkpoint_every: int = 500
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # encoder matmul precision (bf16 pays on GPUs)
+    sparse: bool = True  # False = dense-autograd reference path (same maths, slower; for checks)
 
     def validate(self, where: str) -> None:
         _positive(self.batch_size, f"{where}.batch_size")
@@ -216,7 +217,10 @@ class InterpretConfig:
 @dataclass(frozen=True)
 class CategoriesConfig:
     labeler: Literal["taxonomy", "llm"] = "taxonomy"
-    taxonomies: tuple[str, ...] = ("mmlu", "safety")  # built-in names or file paths
+    # Built-in names or label files. The default vocabulary is MNEME's own (topics) plus
+    # safety behaviours: a study evaluated on MMLU must not discover its categories from
+    # MMLU's subject list ("mmlu" stays available for other benchmarks).
+    taxonomies: tuple[str, ...] = ("topics", "safety")
     umap_neighbors: int = 15
     seed: int = 0
 

@@ -155,8 +155,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_n, dead_F, k_aux: int, aux_alpha: float, compute_dtype) -> LossOutput:
-        return self.model.training_loss(x_n, dead_F, k_aux=k_aux, aux_alpha=aux_alpha, compute_dtype=compute_dtype)
+    def forward(self, x_n, dead_F, tcfg: TrainingConfig, k_aux: int, compute_dtype) -> LossOutput:
+        return self.model.training_loss(x_n, dead_F, k_aux=k_aux, aux_alpha=tcfg.aux_alpha, sparse=tcfg.sparse,
+                                        compute_dtype=compute_dtype)
 
 
 # --------------------------------------------------------------------------- plan
@@ -339,7 +340,7 @@ def _train_step(step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: 
         group["lr"] = _lr_at(state.step, plan, tcfg.warmup_steps)
     with torch.no_grad():
         x_n = model.normalize(x)
-    out: LossOutput = step_fn(x_n, _dead(state, tcfg), plan.k_aux, tcfg.aux_alpha, compute_dtype)
+    out: LossOutput = step_fn(x_n, _dead(state, tcfg), tcfg, plan.k_aux, compute_dtype)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)

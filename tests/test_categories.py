@@ -62,7 +62,7 @@ def test_categories_stage_labels_maps_and_indexes(tmp_path):
     labels = {lab for lab, _ in load_taxonomies(cfg.categories.taxonomies)}
     described = lat[lat["description"].notna()]
     assert set(described["category"]) <= labels
-    assert lat.loc[names.index("law"), "category"] in {"jurisprudence", "professional_law", "international_law"}
+    assert lat.loc[names.index("law"), "category"] == "law"  # the default taxonomy is MNEME's own topics
     assert lat.loc[names.index("astronomy"), "category"] == "astronomy"
     assert np.isfinite(described[["umap_x", "umap_y"]].to_numpy()).all()
     assert lat.loc[[10, 11], "category"].isna().all()  # dead latents: no description, no category

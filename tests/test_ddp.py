@@ -17,10 +17,14 @@ from mneme_core.synthetic import match_features, planted_activations
 from mneme_core.training import train_crosscoder
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = {"n_tokens": 12_000, "d": 32, "n_features": 20, "seed": 5, "mean_active": 2.0}
+# Amplified features are left out here: in so small a study BatchTopK often shares one
+# between two co-firing latents (a flat direction of the loss), which would make "the same
+# features recovered" a coin toss unrelated to distribution. test_training covers them.
+DATA = {"n_tokens": 12_000, "d": 32, "n_features": 20, "seed": 5, "mean_active": 2.0,
+        "kind_fractions": {"shared": 1, "base_only": 1, "ft_only": 1, "suppressed": 1}}
 TRAIN = {"batch_size": 256, "n_tokens": 256 * 160, "lr": 3e-3, "warmup_steps": 10, "threshold_warmup_steps": 10,
          "threshold_ema": 0.99, "dead_tokens": 4_096, "val_fraction": 0.1, "checkpoint_every": 50}
-CC = {"n_latents": 64, "k": 2}
+CC = {"n_latents": 64, "k": 3}
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -93,8 +97,9 @@ def test_two_processes_train_like_one(tmp_path):
     # Same quality: FVE within one point, the same planted features recovered.
     for name in ("fve_base", "fve_ft"):
         assert dd[name] == pytest.approx(single_metrics[name], abs=0.01), name
-    recovered_dd = {i for i, c in enumerate(r0["best"]) if c >= 0.9}
-    recovered_single = {i for i, c in enumerate(single_best.tolist()) if c >= 0.9}
-    assert recovered_dd == recovered_single and len(recovered_single) >= 0.9 * DATA["n_features"]
+    best_dd, best_single = torch.tensor(r0["best"]), torch.as_tensor(single_best)
+    for a, b in ((best_dd, best_single), (best_single, best_dd)):
+        assert (a >= 0.9).float().mean() >= 0.9
+        assert torch.all(b[a >= 0.95] >= 0.9), (best_dd, best_single)  # clearly found by one: found by both
     # Only rank 0 wrote checkpoints, and no temp folder was left behind.
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000150", "step_00000160"]

@@ -57,7 +57,7 @@ def test_forget_moves_to_target_and_retain_stays(tiny, unlearned):
     # retain tokens barely move, and far less than forget tokens did
     assert rep["retain_rel_err"] < 0.1
     assert rep["forget_rel_change"] > 5 * rep["retain_rel_err"]
-    assert unlearned.steering_coef == pytest.approx(3.0 * unlearned.metrics["mean_forget_norm"])
+    assert unlearned.steering_coef == pytest.approx(3.0 * unlearned.metrics["median_forget_norm"])
     assert unlearned.metrics["last"]["forget_loss"] < 0.2 * unlearned.metrics["first"]["forget_loss"]
 
 

@@ -143,3 +143,25 @@ def test_study_config_and_bad_inputs(planted):
         train_crosscoder(x[:2_000], TRAIN, CrossCoderConfig(n_latents=4, k=8), progress=False)
     with pytest.raises(TypeError, match="StudyConfig or a TrainingConfig"):
         train_crosscoder(x[:2_000], {"batch_size": 4}, progress=False)
+
+
+def test_run_stage_trains_from_the_run_store_and_resumes(tiny_study, tmp_path):
+    """The pipeline's train stage on a real (tiny-model) activation store."""
+    import dataclasses
+
+    from mneme_core import activations, training
+    from mneme_core.store import init_run
+
+    cfg = dataclasses.replace(tiny_study, run_dir=str(tmp_path / "run"))
+    init_run(cfg.run_path, cfg.to_dict())
+    activations.run_stage(cfg, cfg.run_path, progress=False)
+    metrics = training.run_stage(cfg, cfg.run_path, progress=False)
+    out = cfg.run_path / "crosscoder"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["steps"] == cfg.training.n_tokens // cfg.training.batch_size and metrics["fve_base"] > 0
+    model = BatchTopKCrossCoder.from_pretrained(out)
+    assert model.n_latents == cfg.crosscoder.n_latents and float(model.threshold) > 0
+    assert any(p.name.startswith("step_") for p in (out / "checkpoints").iterdir())
+    again = training.run_stage(cfg, cfg.run_path, progress=False)  # finished: re-evaluates only
+    assert again["tokens_per_s"] is None and again["fve_ft"] == metrics["fve_ft"]
+    assert torch.equal(BatchTopKCrossCoder.from_pretrained(out).W_dec, model.W_dec)

@@ -16,8 +16,10 @@ code's ``mse_loss``; we additionally drop padding positions from the means.
 Reference defaults for Zephyr-7B: l = 7 (of 32), layers 5–7, c = 6.5, α = 1200,
 lr = 5e-5, 150 batches of 4, AdamW. ``c`` only makes sense relative to the activation
 norm at ``l``, which differs between models, so ``steering_coef = 0`` (our default) sets
-``c = steering_scale × mean ‖h_l^frozen(forget)‖`` measured on the first forget batch,
-and the metrics record the ``c`` used.
+``c = steering_scale × median ‖h_l^frozen(forget)‖`` over the tokens of the first forget
+batch (the median, because the first token of a sequence carries a "massive activation"
+many times the typical norm in models like Llama and SmolLM2), and the metrics record the
+``c`` used.
 
 Only layers up to ``l`` ever run (``models.truncated_forward``): RMU's loss lives at ``l``.
 Long runs checkpoint the trained tensors and the optimiser state, so a killed run resumes.
@@ -50,7 +52,7 @@ class RMUConfig:
     layer: int = 7  # l: residual stream after this decoder layer is steered
     n_update_layers: int = 3  # train layers l-n+1 .. l (the paper: l-2 .. l)
     params: tuple[str, ...] = ("down_proj",)  # MLP weight names to train in those layers
-    steering_coef: float = 0.0  # c; 0 = steering_scale × mean forget activation norm at l
+    steering_coef: float = 0.0  # c; 0 = steering_scale × median forget token norm at l
     steering_scale: float = 4.0
     alpha: float = 100.0  # weight of the retain term
     lr: float = 5e-5
@@ -247,8 +249,8 @@ def rmu_unlearn(
     with torch.no_grad():
         h0 = _forward(frozen, forget_batches[0], layer).float()
         m0 = forget_batches[0]["attention_mask"].to(device).bool()
-        mean_norm = float(h0[m0].norm(dim=-1).mean())
-    c = cfg.steering_coef or cfg.steering_scale * mean_norm
+        median_norm = float(h0[m0].norm(dim=-1).median())
+    c = cfg.steering_coef or cfg.steering_scale * median_norm
     target = (c * u).to(next(frozen.parameters()).dtype)
 
     start = 0
@@ -280,7 +282,7 @@ def rmu_unlearn(
         p.requires_grad_(False)
     metrics: dict[str, Any] = {
         "config": {**asdict(cfg), "params": list(cfg.params)}, "layer": layer, "steering_coef": c,
-        "mean_forget_norm": mean_norm, "resumed_from_step": start,
+        "median_forget_norm": median_norm, "resumed_from_step": start,
         "first": history[0] if history else None, "last": history[-1] if history else None,
         "loss_curve": history[:: max(1, len(history) // 50)],
     }

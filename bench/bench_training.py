@@ -1,0 +1,90 @@
+"""Cross-coder training speed on this machine, against the matmul FLOP limit (DESIGN §3).
+
+Prints, for d=576, k=100, batch 2,048 and F = 4,608 and 18,432:
+- the fp32 (and bf16) matmul rate measured now, at the encoder's shape;
+- training tokens/s of the real trainer (``train_crosscoder``) with the sparse path and
+  with the dense-autograd baseline, and each as a fraction of its FLOP limit:
+  sparse ≈ 4·d·F FLOPs/token (the encoder matmul; everything else is O(B·k·d)),
+  dense ≈ 20·d·F (encoder and decoder, forward and both gradients);
+- held-out FVE of both paths after the same tokens (the maths is the same, so they
+  should agree to noise).
+
+Timings on a shared CPU are noisy: run it on a quiet machine for figures to quote.
+
+    python bench/bench_training.py [--steps 8] [--shapes 4608,18432] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mneme_core.config import CrossCoderConfig, TrainingConfig
+from mneme_core.synthetic import planted_activations
+from mneme_core.training import train_crosscoder
+
+D, K, B = 576, 100, 2048
+TARGETS = {4608: 3000, 18432: 900}  # tokens/s asked for on the 2-core CPU
+REFERENCE = {4608: 2064, 18432: 361}  # a public reference trainer, measured on this CPU
+
+
+def matmul_gflops(F: int, dtype: torch.dtype, repeats: int = 3, rows: int = B) -> float:
+    """Best-of-N rate of the encoder-shaped matmul (rows × 2d) @ (2d × F)."""
+    x = torch.randn(rows, 2 * D).to(dtype)
+    w = (torch.randn(2 * D, F) * 0.03).to(dtype)
+    x @ w
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t0)
+    return 2 * rows * 2 * D * F / best / 1e9
+
+
+def train(x: torch.Tensor, F: int, steps: int, sparse: bool, dtype: str) -> dict:
+    cfg = TrainingConfig(batch_size=B, n_tokens=B * steps, warmup_steps=2, threshold_warmup_steps=2,
+                         val_fraction=0.1, dead_tokens=10_000_000, sparse=sparse, dtype=dtype)
+    _, metrics = train_crosscoder(x, cfg, CrossCoderConfig(n_latents=F, k=K), progress=False, device="cpu")
+    return metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8, help="training steps per run (batch 2,048)")
+    ap.add_argument("--shapes", default="4608,18432", help="comma-separated numbers of latents")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave the default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n_val = int(B * args.steps / 9) + 1
+    x, _ = planted_activations(B * args.steps + n_val, D, 1024, seed=0, mean_active=48)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D} k={K} batch={B}, "
+          f"{args.steps} steps per run on planted activations (1,024 features)")
+    print("timings are from a shared CPU unless you made sure it was quiet\n")
+    for F in (int(s) for s in args.shapes.split(",")):
+        fp32 = matmul_gflops(F, torch.float32)
+        bf16 = matmul_gflops(F, torch.bfloat16, rows=256)  # fewer rows: bf16 can be very slow on CPUs
+        sparse = train(x, F, args.steps, sparse=True, dtype="float32")
+        dense = train(x, F, args.steps, sparse=False, dtype="float32")
+        lim_sparse = fp32 * 1e9 / (4 * D * F)
+        lim_dense = fp32 * 1e9 / (20 * D * F)
+        print(f"F = {F:,}")
+        print(f"  matmul fp32 {fp32:7.1f} GFLOP/s   bf16 {bf16:7.1f} GFLOP/s (encoder shape)")
+        print(f"  sparse path {sparse['tokens_per_s']:8,.0f} tokens/s = {sparse['tokens_per_s'] / lim_sparse:5.1%} of its "
+              f"limit {lim_sparse:,.0f} (4dF)   target {TARGETS.get(F, 0):,}  reference {REFERENCE.get(F, 0):,}")
+        print(f"  dense path  {dense['tokens_per_s']:8,.0f} tokens/s = {dense['tokens_per_s'] / lim_dense:5.1%} of its "
+              f"limit {lim_dense:,.0f} (20dF)   speed-up sparse/dense {sparse['tokens_per_s'] / dense['tokens_per_s']:.2f}x")
+        print(f"  FVE after {sparse['tokens_seen']:,} tokens: sparse base {sparse['fve_base']:.4f} ft {sparse['fve_ft']:.4f}"
+              f" | dense base {dense['fve_base']:.4f} ft {dense['fve_ft']:.4f}")
+        if bf16 > 1.2 * fp32:
+            low = train(x, F, args.steps, sparse=True, dtype="bfloat16")
+            print(f"  bf16 encoder {low['tokens_per_s']:8,.0f} tokens/s, FVE base {low['fve_base']:.4f} ft {low['fve_ft']:.4f}")
+        else:
+            print(f"  bf16 not used: its matmul is {bf16 / fp32:.2f}x fp32 here (no native bf16 on this CPU)")
+        print()
+
+
+if __name__ == "__main__":
+    main()

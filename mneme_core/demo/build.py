@@ -1,0 +1,285 @@
+"""Rebuild the demo study from nothing: text → benchmark screen → RMU → scores → MNEME → publish.
+
+Steps (each resumable; a killed rebuild continues where it stopped):
+
+1. ``text``: read the Debian sources, generate the WordNet benchmark, split by item, write
+   forget / retain / neutral documents (jsonl) and the questions (parquet).
+2. ``screen``: score the base model on every subject; drop subjects where it is not above
+   chance (Wilson 95% lower bound ≤ 1/4). The kept questions are the benchmark.
+3. ``rmu:<name>`` per intervention: RMU on forget vs retain text; the result is a delta
+   (only the changed tensors) over the base. Checkpointed.
+4. ``score:<name>``: the MC runner on base and unlearned model (per-question results cached
+   by model fingerprint, so the base is scored once for both interventions).
+5. ``study:<name>``: the MNEME pipeline (``pipeline.run_study``); the second intervention
+   reuses the first one's base activations (``activations.reuse_base_from``), so it costs
+   only its own half.
+6. ``publish``: copy what the dashboard needs into ``data/demo/`` — every run file except
+   the activation store and training checkpoints (hundreds of MB, rebuilt in minutes), plus
+   the deltas, the questions and the base-accuracy screen.
+
+The work folder (default ``~/.cache/mneme/demo-build``) keeps the big intermediate files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mneme_core.config import ModelSpec, load_config
+from mneme_core.demo import sources
+from mneme_core.demo.benchmark import make_questions, to_mc_items
+from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
+from mneme_core.demo.study import BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, SPLIT, DemoSizes, scaled, study_config
+from mneme_core.demo.subjects import FORGET_SUBJECTS, subject_index
+from mneme_core.store import add_provenance, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet
+
+CHANCE = 0.25
+CHARS_PER_TOKEN = 4.0  # rough, only to size the neutral file with headroom
+PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", ".lock")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_demo_dir() -> Path:
+    return Path(os.environ.get("MNEME_DEMO_DIR", project_root() / "data" / "demo"))
+
+
+def default_work_dir() -> Path:
+    from mneme_core.models import cache_root
+
+    return Path(os.environ.get("MNEME_DEMO_WORK", cache_root() / "demo-build"))
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def prepare_text(work: Path, sizes: DemoSizes) -> dict[str, Any]:
+    """Step 1: questions + the disjoint text split, written under ``work/text``."""
+    out = work / "text"
+    summary_path = out / "split.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    wn = sources.read_wordnet()
+    subjects = subject_index(wn)
+    questions = make_questions(wn, subjects, BENCHMARK)
+    split = split_items(all_items(wn, subjects), questions["item_key"], SPLIT)
+    write_parquet(out / "questions_all.parquet", questions)
+    write_jsonl(out / "forget.jsonl", documents(split.forget, seed=SPLIT.seed))
+    write_jsonl(out / "retain.jsonl", documents(split.retain, seed=SPLIT.seed))
+    neutral, chars = [], 0
+    budget = 1.5 * sizes.corpus_tokens * CHARS_PER_TOKEN
+    for doc in documents(split.neutral, seed=SPLIT.seed):
+        if chars > budget:
+            break
+        neutral.append(doc)
+        chars += len(doc["text"])
+    write_jsonl(out / "neutral.jsonl", neutral)
+    summary = {
+        "items": {name: len(items) for name, items in split.sets().items()} | {"benchmark": len(split.benchmark_keys)},
+        "neutral_docs_written": len(neutral),
+        "neutral_forget_domain_share": round(
+            sum(d["domain"] in FORGET_SUBJECTS for d in neutral) / max(1, len(neutral)), 4),
+        "forget_subjects": sorted(FORGET_SUBJECTS),
+        "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
+    }
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def screen_subjects(work: Path, sizes: DemoSizes, base: Any, tokenizer: Any, progress: bool) -> pd.DataFrame:
+    """Step 2: base accuracy per subject; keep the subjects clearly above chance."""
+    from mneme_core.benchmarks.mc_runner import accuracy_table, score_questions
+
+    path = work / "text" / "base_accuracy.csv"
+    if path.is_file():
+        return pd.read_csv(path)
+    questions = pd.read_parquet(work / "text" / "questions_all.parquet")
+    if sizes.subjects:
+        questions = questions[questions["subject"].isin(sizes.subjects)]
+    screen = questions.groupby("subject", sort=True).head(sizes.screen_questions)
+    per_q = score_questions(base, tokenizer, to_mc_items(screen), cache_dir=work / "benchmark_cache",
+                            progress=progress, desc="screen base")
+    acc = accuracy_table(per_q)
+    acc["kept"] = acc["ci_low"] > CHANCE
+    kept = questions[questions["subject"].isin(acc.loc[acc["kept"], "category"])]
+    write_parquet(work / "text" / "questions.parquet", kept.groupby("subject", sort=True).head(sizes.questions_per_subject))
+    atomic_write_bytes(path, acc.to_csv(index=False).encode())
+    return acc
+
+
+def make_delta(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: Any, progress: bool) -> dict[str, Any]:
+    """Step 3: RMU → ``work/deltas/<name>.safetensors`` + metrics (checkpointed)."""
+    from mneme_core.interventions.rmu import activation_report, rmu_unlearn, save_rmu_delta
+
+    delta = work / "deltas" / f"{name}.safetensors"
+    info_path = work / "deltas" / f"{name}.json"
+    if delta.is_file() and info_path.is_file():
+        return json.loads(info_path.read_text())
+    cfg = scaled(INTERVENTIONS[name], sizes)
+    forget = [json.loads(line)["text"] for line in (work / "text" / "forget.jsonl").read_text().splitlines()]
+    retain = [json.loads(line)["text"] for line in (work / "text" / "retain.jsonl").read_text().splitlines()]
+    # the last 32 documents of each set are held out from training to measure the effect
+    result = rmu_unlearn(base, tokenizer, forget[:-32], retain[:-32], cfg,
+                         checkpoint=work / "deltas" / f"{name}.ckpt.safetensors", progress=progress)
+    report = activation_report(base, result.model, tokenizer, forget[-32:], retain[-32:], result.metrics["layer"],
+                               result.direction, result.steering_coef)
+    names = save_rmu_delta(base, result, delta)
+    info = {"name": name, "method": "RMU (Li et al. 2024)", "tensors": names, "held_out_report": report,
+            **result.metrics}
+    atomic_write_json(info_path, info)
+    (work / "deltas" / f"{name}.ckpt.safetensors").unlink(missing_ok=True)
+    return info
+
+
+def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: bool) -> Path:
+    """Step 4: per-subject scores before/after with the MC runner → ``work/scores/<name>.csv``."""
+    from mneme_core.benchmarks.mc_runner import score_pair
+    from mneme_core.models import apply_delta
+
+    path = work / "scores" / f"{name}.csv"
+    if path.is_file():
+        return path
+    import copy
+
+    ft = copy.deepcopy(base)
+    apply_delta(ft, work / "deltas" / f"{name}.safetensors")
+    questions = pd.read_parquet(work / "text" / "questions.parquet")
+    table = score_pair((base, tokenizer), (ft, tokenizer), to_mc_items(questions), cache_dir=work / "benchmark_cache",
+                       progress=progress)
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
+    return path
+
+
+def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool) -> Path:
+    """Step 5: the MNEME study for one intervention (resumable by the pipeline itself)."""
+    from mneme_core.pipeline import run_study
+
+    run_dir = work / "runs" / name
+    reuse = work / "runs" / first / "activations" if first and first != name else None
+    cfg = load_config(study_config(
+        name, run_dir=run_dir, delta=work / "deltas" / f"{name}.safetensors", corpus=work / "text" / "neutral.jsonl",
+        benchmark=work / "scores" / f"{name}.csv", sizes=sizes, reuse_base_from=reuse,
+    ))
+    run_study(cfg, progress=progress)
+    rmu_info = json.loads((work / "deltas" / f"{name}.json").read_text())
+    split = json.loads((work / "text" / "split.json").read_text())
+    add_provenance(run_dir, [*sources.provenance(), {
+        "kind": "intervention", "name": name, "method": rmu_info["method"], "config": rmu_info["config"],
+        "steering_coef": rmu_info["steering_coef"], "tensors": rmu_info["tensors"],
+        "forget_text": "WordNet glosses of the forget subjects " + ", ".join(split["forget_subjects"]),
+        "retain_text": "WordNet glosses of all other subjects, KJV verses, Devil's Dictionary entries",
+    }, {
+        "kind": "benchmark", "name": "WordNet per-subject multiple choice (built in)",
+        "generator": "mneme_core.demo.benchmark", "spec": split["benchmark"], "licence": "WordNet 3.0 licence",
+    }])
+
+    def edit(m: dict[str, Any]) -> None:
+        m["demo"] = {"intervention": rmu_info, "split": split, "sizes": asdict(sizes)}
+
+    update_manifest(run_dir, edit)
+    return run_dir
+
+
+def publish(work: Path, out: Path, names: list[str]) -> None:
+    """Step 6: copy the dashboard's files into ``out`` (atomically per run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("deltas", "benchmark"):
+        (out / sub).mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy2(work / "deltas" / f"{name}.safetensors", out / "deltas" / f"{name}.safetensors")
+        shutil.copy2(work / "deltas" / f"{name}.json", out / "deltas" / f"{name}.json")
+        shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*PUBLISH_SKIP, ".*.tmp"))
+        _relocate_manifest(tmp, name, out)
+        shutil.rmtree(out / name, ignore_errors=True)
+        tmp.rename(out / name)
+    for file in ("questions.parquet", "base_accuracy.csv", "split.json"):
+        shutil.copy2(work / "text" / file, out / "benchmark" / file)
+
+
+def _relocate_manifest(run_dir: Path, name: str, out: Path) -> None:
+    """Point the published run at the published delta, and say what was left out."""
+    try:
+        delta = str((out / "deltas" / f"{name}.safetensors").resolve().relative_to(project_root()))
+    except ValueError:
+        delta = str((out / "deltas" / f"{name}.safetensors").resolve())
+
+    def edit(m: dict[str, Any]) -> None:
+        for holder in (m.get("models", {}), m.get("config", {}).get("models", {})):
+            if "ft" in holder:
+                holder["ft"]["path"] = delta
+        m["config"]["run_dir"] = str(out / name)
+        m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
+                                      "benchmark_cache/"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    update_manifest(run_dir, edit)
+    cfg_yaml = run_dir / "config.yaml"
+    if cfg_yaml.is_file():
+        import yaml
+
+        data = yaml.safe_load(cfg_yaml.read_text())
+        data["models"]["ft"]["path"] = delta
+        data["run_dir"] = str(out / name)
+        atomic_write_bytes(cfg_yaml, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | None = None,
+            names: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings."""
+    from mneme_core.models import load_model
+
+    work = Path(work or default_work_dir())
+    out = Path(out or default_demo_dir())
+    names = list(names or INTERVENTIONS)
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    state: dict[str, Any] = {}
+
+    def base_pair() -> tuple[Any, Any]:
+        if "base" not in state:
+            state["base"] = load_model(ModelSpec(source="named", path=BASE_MODEL, dtype="float32"))
+        return state["base"]
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("text", lambda: prepare_text(work, sizes)),
+        ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
+    ]
+    for name in names:
+        steps.append((f"rmu:{name}", lambda n=name: make_delta(work, n, sizes, *base_pair(), progress)))
+        steps.append((f"score:{name}", lambda n=name: score_models(work, n, *base_pair(), progress)))
+    for name in names:
+        steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress)))
+    steps.append(("publish", lambda: publish(work, out, names)))
+
+    t_all = time.perf_counter()
+    bar = tqdm(steps, desc="demo rebuild", unit="step", disable=not progress, dynamic_ncols=True)
+    for label, fn in bar:
+        bar.set_postfix_str(label)
+        t0 = time.perf_counter()
+        fn()
+        timings[label] = round(time.perf_counter() - t0, 1)
+    bar.close()
+    summary = {
+        "seconds_total": round(time.perf_counter() - t_all, 1), "seconds": timings, "sizes": asdict(sizes),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "runs": names, "work_dir": str(work),
+    }
+    atomic_write_json(out / "build.json", summary)
+    return summary

@@ -1,0 +1,105 @@
+"""The demo study's settings: sizes for a 2-core CPU, the two RMU runs, the MNEME config.
+
+Why these sizes (full build, ≤ 60 min on 2 CPU cores, everything under ``data/`` ≤ 100 MB):
+
+- **Layer 15** of 30 (the middle; DESIGN §8 measured ≈ 990 tokens/s fp32 for SmolLM2
+  truncated there). RMU acts at layer 7 (early-middle, the paper's 7 of 32 scaled to 30
+  layers), so MNEME looks downstream of the edit, as in the paper (RMU at 7, MNEME at 14).
+- **250k neutral tokens** in 128-token contexts: ≈ 4 min per model to collect, ≈ 14% of
+  them from the forget domain (the neutral corpus is drawn from all domains).
+- **Cross-coder expansion 4 (2,304 latents), k = 32**, trained on 1M tokens (4 passes):
+  a wider dictionary does not fit the 100 MB budget (a cross-coder is 4·d·F fp32 weights:
+  21 MB at F = 2,304) and would leave most latents seeing too few tokens to be described.
+- **Benchmark**: 100 questions per subject (the minimum the spec asks; a full forward of
+  the 135M model per question is the cost), subjects where the base is not above chance
+  are dropped before anything else looks at the results.
+- Contexts: top 10 windows of 32 tokens + 2 per quantile × 4 quantiles per latent.
+
+``REDUCED`` is the same pipeline at toy sizes, for the slow end-to-end test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mneme_core.demo.benchmark import BenchmarkSpec
+from mneme_core.demo.split import SplitSpec
+from mneme_core.interventions.rmu import RMUConfig
+
+BASE_MODEL = "smollm2-135m-instruct"
+MNEME_LAYER = 15
+INTERVENTION_DESCRIPTION = "unlearned biology and medicine knowledge (RMU)"
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    corpus_tokens: int = 250_000
+    context_length: int = 128
+    expansion: int = 4
+    k: int = 32
+    train_tokens: int = 1_000_000
+    train_batch: int = 2048
+    questions_per_subject: int = 100
+    screen_questions: int = 100  # per subject, for the base-accuracy screen
+    top_n: int = 10
+    window: int = 32
+    rmu_steps_scale: float = 1.0  # multiplies every intervention's steps
+    collect_batch: int = 8
+    subjects: tuple[str, ...] = ()  # benchmark subjects to screen; () = all
+
+
+FULL = DemoSizes()
+REDUCED = DemoSizes(corpus_tokens=12_000, context_length=64, expansion=1, k=16, train_tokens=24_000, train_batch=512,
+                    questions_per_subject=16, screen_questions=16, top_n=5, window=16, rmu_steps_scale=0.1,
+                    subjects=("animals", "human body", "food", "time", "people"))
+
+BENCHMARK = BenchmarkSpec(n_per_subject=120, min_questions=100, seed=0)
+SPLIT = SplitSpec(forget_fraction=0.5, retain_fraction=0.25, seed=0)
+
+# The two interventions committed side by side: the second forgets more (larger steering
+# coefficient, more steps), so the dashboard can show the decoder-norm distribution move.
+INTERVENTIONS: dict[str, RMUConfig] = {
+    "rmu": RMUConfig(layer=7, steering_scale=4.0, alpha=100.0, lr=1e-3, steps=100, batch_size=4, max_tokens=128, seed=0),
+    "rmu-strong": RMUConfig(layer=7, steering_scale=8.0, alpha=100.0, lr=1e-3, steps=200, batch_size=4, max_tokens=128,
+                            seed=0),
+}
+
+
+def scaled(cfg: RMUConfig, sizes: DemoSizes) -> RMUConfig:
+    return replace(cfg, steps=max(2, round(cfg.steps * sizes.rmu_steps_scale)))
+
+
+def study_config(name: str, *, run_dir: Path, delta: Path, corpus: Path, benchmark: Path, sizes: DemoSizes,
+                 reuse_base_from: Path | None = None) -> dict[str, Any]:
+    """The MNEME study for one intervention, as a config mapping (``config.load_config``).
+
+    The benchmark file holds scores already measured by the MC runner (base scored once
+    for both interventions); categories come from the MMLU + safety taxonomies, never from
+    the benchmark's subject names, so no benchmark information reaches discovery.
+    """
+    return {
+        "name": f"demo-{name}",
+        "run_dir": str(run_dir),
+        "seed": 0,
+        "models": {
+            "base": {"source": "named", "path": BASE_MODEL, "dtype": "float32"},
+            "ft": {"source": "delta", "path": str(delta), "dtype": "float32"},
+            "layer": MNEME_LAYER,
+            "device": "cpu",
+        },
+        "corpus": {"files": [str(corpus)], "text_field": "text", "n_tokens": sizes.corpus_tokens,
+                   "context_length": sizes.context_length, "exclude_control_tokens": True, "shuffle_seed": 0},
+        "activations": {"dtype": "float16", "batch_size": sizes.collect_batch,
+                        "reuse_base_from": str(reuse_base_from) if reuse_base_from else ""},
+        "crosscoder": {"expansion": sizes.expansion, "k": sizes.k},
+        "training": {"batch_size": sizes.train_batch, "n_tokens": sizes.train_tokens,
+                     "dead_tokens": max(sizes.train_tokens // 4, 1), "checkpoint_every": 100, "seed": 0},
+        "diffing": {},
+        "contexts": {"top_n": sizes.top_n, "window": sizes.window, "n_quantiles": 4, "per_quantile": 2},
+        "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
+        "categories": {"labeler": "taxonomy", "taxonomies": ["mmlu", "safety"]},
+        "evaluation": {"benchmark": str(benchmark), "direction": "drop", "latent_direction": "suppressed",
+                       "intervention_description": INTERVENTION_DESCRIPTION},
+    }

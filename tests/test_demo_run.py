@@ -1,0 +1,117 @@
+"""Integrity of the committed demo study in data/demo/ (schema, contexts, evaluation, sizes).
+
+``check_demo_dir`` is shared with the slow rebuild test, which runs it on a fresh build.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+from mneme_core import open_run
+from mneme_core.demo.build import default_demo_dir
+from mneme_core.demo.study import INTERVENTIONS
+from mneme_core.evaluation import metrics
+from mneme_core.store import SCHEMA_VERSION, STAGES
+
+LATENT_COLUMNS = ("latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
+                  "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft", "nu_err", "nu_recon",
+                  "shift", "attribution", "label_by_norm", "description", "explainer", "explanation_score",
+                  "category", "umap_x", "umap_y")
+MAX_DATA_BYTES = 100 * 1024 * 1024
+
+
+def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, min_questions: int = 100) -> None:
+    run = open_run(run_dir)
+    m = run.manifest
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert run.missing_stages() == [], run.missing_stages()
+    # the published run points at its committed delta; the delta holds only RMU's tensors
+    delta_rel = m["config"]["models"]["ft"]["path"]
+    delta = (Path(delta_rel) if Path(delta_rel).is_absolute() else demo_dir.parents[1] / delta_rel)
+    assert delta.resolve() == (demo_dir / "deltas" / f"{name}.safetensors").resolve()
+    rmu = INTERVENTIONS[name]
+    with safe_open(str(delta), framework="pt") as fh:
+        keys = sorted(fh.keys())
+    layers = range(rmu.layer - rmu.n_update_layers + 1, rmu.layer + 1)
+    assert keys == sorted(f"model.layers.{i}.mlp.{p}.weight" for i in layers for p in rmu.params)
+    kinds = {p.get("package") or p.get("kind") for p in m["provenance"]}
+    assert {"wordnet-base", "bible-kjv-text", "dict-devil", "intervention", "benchmark"} <= kinds
+    assert all(p.get("licence") for p in m["provenance"] if p.get("package"))
+
+    latents = run.latents
+    missing = [c for c in LATENT_COLUMNS if c not in latents.columns]
+    assert not missing, missing
+    assert latents["latent"].is_unique and len(latents) == m["stages"]["train"]["metrics"].get("n_latents", len(latents))
+    # every latent that fired has its top contexts; contexts name only real latents
+    contexts = run.contexts()
+    assert set(contexts["latent"]) <= set(latents["latent"])
+    fired = set(latents.loc[latents["freq"] > 0, "latent"])
+    top = set(contexts.loc[contexts["kind"] == "top", "latent"])
+    assert fired <= top, f"{len(fired - top)} firing latents lack contexts"
+    assert contexts["token_ids"].map(len).eq(contexts["tokens"].map(len)).all()
+    assert contexts["acts"].map(len).eq(contexts["tokens"].map(len)).all()
+    described = latents["description"].notna() & (latents["description"].astype(str) != "")
+    assert described[latents["freq"] > 0].all()
+
+    # evaluation agrees with its benchmark table
+    bench, ev = run.benchmark, run.evaluation
+    assert bench is not None and ev is not None
+    assert ev["universe"] == sorted(bench["category"])
+    assert ev["T"] == sorted(bench.loc[bench["degraded"], "category"])
+    assert len(bench) >= min_subjects and (bench["n_questions"] >= min_questions).all()
+    assert ev["metrics"]["mneme"] | metrics(ev["T"], ev["P"], ev["universe"]) == ev["metrics"]["mneme"]
+    assert ev["metrics"]["oracle"]["set"] == ev["T"]
+    for method in ("random", "naive", "oracle"):
+        assert method in ev["metrics"] and "skipped" not in ev["metrics"][method]
+    scores = pd.read_csv(demo_dir / "benchmark" / f"scores-{name}.csv")
+    merged = bench.merge(scores, on="category", suffixes=("", "_file"))
+    assert len(merged) == len(bench)
+    assert (merged["score_before"] - merged["score_before_file"]).abs().max() < 1e-9
+    assert (merged["score_after"] - merged["score_after_file"]).abs().max() < 1e-9
+    # the activation store is not committed (rebuilt); the cross-coder is
+    assert not (run_dir / "activations").exists()
+    assert (run_dir / "crosscoder" / "model.safetensors").is_file()
+
+
+def check_demo_dir(demo_dir: Path, names: list[str], min_subjects: int = 20, min_questions: int = 100) -> None:
+    for name in names:
+        check_run(demo_dir / name, name, demo_dir, min_subjects, min_questions)
+    questions = pd.read_parquet(demo_dir / "benchmark" / "questions.parquet")
+    screen = pd.read_csv(demo_dir / "benchmark" / "base_accuracy.csv")
+    kept = set(screen.loc[screen["kept"], "category"])
+    assert set(questions["subject"]) == kept  # at-chance subjects were dropped, the others kept
+    assert (screen.loc[screen["kept"], "ci_low"] > 0.25).all()
+    bench = open_run(demo_dir / names[0]).benchmark
+    assert set(bench["category"]) == kept
+    # the benchmark items never appear in any text MNEME or RMU saw
+    split = json.loads((demo_dir / "benchmark" / "split.json").read_text())
+    assert split["items"]["benchmark"] >= len(questions)
+
+
+@pytest.fixture(scope="module")
+def demo_dir() -> Path:
+    path = default_demo_dir()
+    if not all((path / name / "run.json").is_file() for name in INTERVENTIONS):
+        pytest.skip(f"no committed demo run in {path} yet (build it with `mneme demo --rebuild`)")
+    return path
+
+
+def test_committed_demo_runs_are_complete_and_consistent(demo_dir):
+    check_demo_dir(demo_dir, list(INTERVENTIONS))
+
+
+def test_stronger_rmu_forgets_more(demo_dir):
+    info = {n: json.loads((demo_dir / "deltas" / f"{n}.json").read_text()) for n in INTERVENTIONS}
+    weak, strong = (info[n]["held_out_report"] for n in ("rmu", "rmu-strong"))
+    assert strong["forget_rel_change"] > weak["forget_rel_change"]
+
+
+def test_committed_data_fits_the_budget(demo_dir):
+    data = demo_dir.parent
+    total = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert total <= MAX_DATA_BYTES, f"data/ holds {total / 2**20:.1f} MB (budget 100 MB)"
