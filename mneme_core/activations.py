@@ -338,11 +338,21 @@ def _forward_group(
         raise StoreError(
             f"activations overflow {dtype} (non-finite values at layer {pair.layer}); set activations.dtype: bfloat16 or float32"
         )
-    x = out["acts"].double()
-    out["stats_sum"] = x.sum(0)
-    out["stats_sumsq"] = (x * x).sum(0)
-    out["stats_norm_sum"] = x.norm(dim=-1).sum(0)
-    return out
+    return out | _stat_sums(out["acts"])
+
+
+def _stat_sums(acts_N2d: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Tensor]:
+    """Float64 sums for the normalisation statistics, in chunks (a float64 copy of a
+    whole shard of a 7B model would be gigabytes)."""
+    d = acts_N2d.shape[-1]
+    sums = {"stats_sum": torch.zeros(2, d, dtype=torch.float64), "stats_sumsq": torch.zeros(2, d, dtype=torch.float64),
+            "stats_norm_sum": torch.zeros(2, dtype=torch.float64)}
+    for i in range(0, len(acts_N2d), chunk):
+        x = acts_N2d[i : i + chunk].double()
+        sums["stats_sum"] += x.sum(0)
+        sums["stats_sumsq"] += (x * x).sum(0)
+        sums["stats_norm_sum"] += x.norm(dim=-1).sum(0)
+    return sums
 
 
 def collect(
@@ -373,7 +383,7 @@ def collect(
     _check_fingerprint(out_dir, fingerprint)
     donor = _check_donor(Path(act_cfg.reuse_base_from), fingerprint) if act_cfg.reuse_base_from else None
     if (out_dir / INDEX).is_file():
-        return _summary(ActivationStore(out_dir), seconds=0.0, computed_tokens=0)
+        return _summary(ActivationStore(out_dir)) | {"seconds": 0.0, "computed_tokens": 0, "reused_base_tokens": 0, "tokens_per_s": None}
 
     tokenizer = load_tokenizer(models_cfg.base)
     layer = validate_pair(load_model_config(models_cfg.base), load_model_config(models_cfg.ft, models_cfg.base),
@@ -383,7 +393,7 @@ def collect(
     my_contexts = len(range(rank, n_contexts(corpus_cfg), world_size))
     pair: ModelPair | None = None
     shards: list[str] = []
-    computed_tokens, reused_base_tokens, t0 = 0, 0, time.perf_counter()
+    computed_tokens, reused_base_tokens, forward_s, t0 = 0, 0, 0.0, time.perf_counter()
     bar = tqdm(total=my_contexts * corpus_cfg.context_length, unit="tok", unit_scale=True, disable=not progress,
                desc=f"collect{f' rank {rank}' if world_size > 1 else ''}", dynamic_ncols=True)
     try:
@@ -397,7 +407,9 @@ def collect(
             if pair is None:
                 pair = load_model_pair(models_cfg)
             base_acts = _donor_base(donor, path.name, group) if donor else None
+            t_fwd = time.perf_counter()
             tensors = _forward_group(pair, group, act_cfg.batch_size, dtype, bar.update, base_acts)
+            forward_s += time.perf_counter() - t_fwd
             reused_base_tokens += 0 if base_acts is None else len(base_acts)
             meta = {"n_tokens": str(len(tensors["acts"])), "first_context": str(group[0].index), "n_contexts": str(len(group))}
             with atomic_path(path) as tmp:
@@ -413,11 +425,11 @@ def collect(
     seconds = time.perf_counter() - t0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+    mine = {"seconds": round(seconds, 2), "computed_tokens": computed_tokens, "reused_base_tokens": reused_base_tokens,
+            "tokens_per_s": round(computed_tokens / forward_s, 1) if forward_s > 0 else None}
     if rank != 0:
-        return {"rank": rank, "shards": len(shards), "seconds": seconds, "computed_tokens": computed_tokens,
-                "reused_base_tokens": reused_base_tokens}
-    store = finalize(out_dir, world_size, layer=layer)
-    return _summary(store, seconds, computed_tokens) | {"reused_base_tokens": reused_base_tokens}
+        return {"rank": rank, "shards": len(shards)} | mine
+    return _summary(finalize(out_dir, world_size, layer=layer)) | mine
 
 
 def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStore:
@@ -465,12 +477,13 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
     return ActivationStore(out_dir)
 
 
-def _summary(store: ActivationStore, seconds: float, computed_tokens: int) -> dict[str, Any]:
+def _summary(store: ActivationStore) -> dict[str, Any]:
+    """Store facts for the stage metrics; ``tokens_per_s`` (added by collect) counts
+    context tokens per second of model forward time, both models together."""
     return {
         "n_tokens": store.n_tokens, "d_model": store.d_model, "layer": store.layer, "shards": len(store.shards),
         "dtype": store.index["dtype"], "mean_norm_base": store.index["mean_norm"][0],
-        "mean_norm_ft": store.index["mean_norm"][1], "computed_tokens": computed_tokens, "seconds": round(seconds, 2),
-        "tokens_per_s": round(computed_tokens / seconds, 1) if seconds > 0 else None,
+        "mean_norm_ft": store.index["mean_norm"][1],
     }
 
 

@@ -277,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mneme: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mneme info RUN | head`: the reader left, nothing went wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — stops the flush-at-exit error
+        return 0
 
 
 if __name__ == "__main__":

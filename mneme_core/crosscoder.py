@@ -25,12 +25,16 @@ returns *raw* activations; ``normalize`` / ``denormalize`` expose the mapping fo
 (latent scaling) that work in the decoder's own space.
 
 Training speed (CPU): with BatchTopK only ``k`` latents per token are active, so
-``training_loss(..., sparse=True)`` decodes with ``embedding_bag`` over the active
-(token, latent) pairs and a custom autograd function computes the encoder's weight
-gradient only for those pairs (again one ``embedding_bag``, over the inputs grouped by
-latent). The step costs one dense encoder matmul plus ``O(B·k·d)``; ``sparse=False`` is
-the plain dense-autograd path, kept as the reference the sparse path is tested against
-and the baseline the bench compares with.
+``training_loss(..., sparse=True)`` runs one custom autograd function: the dense encoder
+matmul, a fused selection (a sampled bar leaves a few candidates; only those are ranked),
+a decode with ``embedding_bag`` over the kept (token, latent) pairs, and a backward that
+touches only those pairs (a sampled dense-dense product for ``∂f``, ``embedding_bag``s
+over the pairs grouped by latent for ``∂W_dec`` and ``∂W_enc``). A step costs the encoder
+matmul plus ``O(B·k·d)``. The aux-k loss runs densely over the dead latents' columns only.
+``sparse=False`` is the plain dense-autograd path: the reference the sparse path is
+tested against (same pairs, same gradients in float64) and the bench's baseline.
+bf16 (``compute_dtype``) applies to the encoder matmul only; on CPUs without native bf16
+it is far slower than fp32 (the bench measures it), on GPUs it pays.
 """
 
 from __future__ import annotations

@@ -147,6 +147,14 @@ class _ScalingSums:
         self.n_tokens = 0
 
 
+def _group_order(ids: torch.Tensor) -> torch.Tensor:
+    """A permutation that sorts integer ids. On CPU numpy's stable sort of integers is a
+    radix sort, ~5× faster than torch.sort here (it was the largest cost after the scatter)."""
+    if ids.device.type == "cpu":
+        return torch.from_numpy(np.argsort(ids.numpy(), kind="stable"))
+    return torch.sort(ids, stable=True).indices
+
+
 @torch.no_grad()
 def _accumulate(
     sums: _ScalingSums,
@@ -186,7 +194,8 @@ def _accumulate(
     sums.n_tokens += B
 
     # Latent-sorted triples so each latent's tokens are one contiguous bag.
-    lat_sorted, order = torch.sort(lat, stable=True)
+    order = _group_order(lat)
+    lat_sorted = lat[order]
     tok_sorted, val_sorted = tok[order], val[order]
     bounds = torch.searchsorted(lat_sorted, torch.arange(F_ + 1, device=device))
     chunk = max(1, _MAX_SCATTER_ELEMENTS // (4 * d))

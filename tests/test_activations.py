@@ -206,3 +206,39 @@ def test_reuse_base_halves_from_an_earlier_collection(study, tmp_path):
     other_layer = dataclasses.replace(same, layer=1)
     with pytest.raises(StoreError, match="different base model, corpus, layer or settings \\(models differ\\)"):
         collect(other_layer, cfg.corpus, act, tmp_path / "third", progress=False)
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from mneme_core.activations import run_stage
+from mneme_core.config import load_config
+from mneme_core.store import init_run
+dist.init_process_group("gloo")
+cfg = load_config(json.loads(sys.argv[1]))
+if dist.get_rank() == 0:
+    init_run(cfg.run_path, cfg.to_dict())
+dist.barrier()
+run_stage(cfg, cfg.run_path, progress=False)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_collect_the_same_activations(study, tmp_path):
+    """Under torchrun (gloo, CPU) each rank collects its contexts; rank 0 writes the index."""
+    import json
+    import subprocess
+    import sys
+
+    cfg, _, reference = study
+    script = tmp_path / "collect.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    plain = cfg.to_dict() | {"run_dir": str(tmp_path / "run")}
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), json.dumps(plain)],
+                   check=True, env=env, timeout=600, capture_output=True)
+    store = ActivationStore(tmp_path / "run" / "activations")
+    assert {s["rank"] for s in store.shards} == {0, 1} and store.n_tokens == reference.n_tokens
+    order = lambda s: np.argsort(s.context_ids * 10_000 + s.positions, kind="stable")  # noqa: E731
+    assert torch.equal(store.read()[order(store)], reference.read()[order(reference)])

@@ -143,6 +143,8 @@ def test_bad_model_files(pair_dirs, tmp_path):
         load_model(ModelSpec(source="gguf", path=str(tmp_path / "x.gguf")))
     with pytest.raises(ModelError, match="unknown named model 'gpt-17'"):
         resolve_named_model("gpt-17")
+    with pytest.raises(ModelError, match="source must be 'auto', 'hub' or 'package'"):
+        resolve_named_model("smollm2-135m-instruct@elsewhere")
 
 
 @pytest.mark.slow
