@@ -82,7 +82,6 @@ class ActivationsConfig:
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     shard_tokens: int = 65_536
     batch_size: int = 8  # contexts per forward pass
-    norm_sample_tokens: int = 20_000
     # another run's activations/ folder collected with the same base model, corpus, layer
     # and settings: its base halves are reused, so only the fine-tuned model runs
     reuse_base_from: str = ""

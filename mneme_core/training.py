@@ -16,8 +16,8 @@ Loop, per step (global batch ``B = training.batch_size`` tokens):
 * dead-latent counters (tokens since a latent last fired, in *global* tokens) are
   updated from the all-reduced "fired in this batch" mask, so every rank agrees on the
   dead set the aux loss uses;
-* threshold θ: after ``threshold_warmup_steps``, an EMA (``threshold_ema``) of the
-  smallest kept score ``f·w`` per batch, averaged over ranks;
+* threshold θ: after ``threshold_warmup_steps`` (at most half the run), an EMA
+  (``threshold_ema``) of the smallest kept score ``f·w`` per batch, averaged over ranks;
 * every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint: a folder
   ``step_XXXXXXXX`` with model, optimizer and trainer tensors as safetensors and a
   ``state.json``, assembled in a temp folder and renamed (atomic). A later call resumes
@@ -355,7 +355,7 @@ def _train_step(step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: 
         state.step += 1
         state.tokens_seen += plan.batch_size
         state.last_loss = loss
-        if state.step > tcfg.threshold_warmup_steps:
+        if state.step > min(tcfg.threshold_warmup_steps, plan.total_steps // 2):  # short runs get a θ too
             theta = float(model.threshold)
             model.threshold.fill_(min_score if theta < 0 else tcfg.threshold_ema * theta + (1 - tcfg.threshold_ema) * min_score)
 

@@ -53,7 +53,7 @@ def tiny_study_dict(base: Path, ft: Path, corpus: Path, run_dir: Path, benchmark
         "models": {"base": {"source": "hf", "path": str(base)}, "ft": {"source": "hf", "path": str(ft)}, "layer": 2,
                    "device": "cpu"},
         "corpus": {"files": [str(corpus)], "n_tokens": 1024, "context_length": 32},
-        "activations": {"dtype": "float32", "shard_tokens": 512, "batch_size": 8, "norm_sample_tokens": 512},
+        "activations": {"dtype": "float32", "shard_tokens": 512, "batch_size": 8},
         "crosscoder": {"n_latents": 64, "k": 4},
         "training": {"batch_size": 128, "n_tokens": 4096, "warmup_steps": 5, "threshold_warmup_steps": 5,
                      "checkpoint_every": 16, "dead_tokens": 2048, "val_fraction": 0.1},
