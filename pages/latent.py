@@ -26,7 +26,9 @@ st.query_params["latent"] = str(latent)
 
 
 def val(col: str) -> object:
-    return row[col] if col in row.index else None
+    """The row's value, or None when the column is absent or the value missing (NaN / NA)."""
+    value = row[col] if col in row.index else None
+    return None if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else value
 
 
 st.title(f"Latent {latent}")

@@ -114,6 +114,9 @@ def _settled(driver, wait: WebDriverWait, heading: str) -> None:
 
 
 def _shot(driver, name: str) -> None:
+    """Screenshot once Streamlit has replaced its loading skeletons with the real elements."""
+    WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script(
+        "return document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1100")
@@ -131,9 +134,7 @@ def test_overview(server, browser):
     wait = _open(browser, f"{url}/overview?run={quote(str(run))}")
     _settled(browser, wait, "")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stMetric']")))
-    wait.until(lambda d: "Stages" in _body(d))
-    text = _body(browser)
-    assert "Latents" in text and "Side effects" in text
+    wait.until(lambda d: "Stages" in _body(d) and "Latents" in _body(d) and "Side effects" in _body(d))
     nav = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a")
     assert {"Overview", "Latent explorer", "Side effects", "Triage"} <= {a.text.strip().splitlines()[-1] for a in nav}
     assert "run=" in browser.current_url  # the run stays in the URL, so the link can be shared
@@ -146,8 +147,9 @@ def test_explorer(server, browser):
     _settled(browser, wait, "Latent explorer")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stDataFrame']")))
     wait.until(lambda d: "Showing" in _body(d))
-    assert browser.find_elements(By.CSS_SELECTOR, "input[aria-label='Search descriptions']")
-    assert browser.find_elements(By.CSS_SELECTOR, "[data-testid='stDownloadButton']")
+    # Streamlit draws progressively: wait for each element (a TimeoutException fails the test)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[aria-label='Search descriptions']")))
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stDownloadButton']")))
     _shot(browser, "explorer")
 
 
@@ -161,8 +163,7 @@ def test_latent_deep_link(server, browser):
     wait = _open(browser, f"{url}/latent?run={quote(str(run))}&latent={latent}")
     _settled(browser, wait, f"Latent {latent}")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stMetric']")))
-    text = _body(browser)
-    assert "Latent scaling" in text and "Where it fires" in text
+    wait.until(lambda d: "Latent scaling" in _body(d) and "Where it fires" in _body(d))
     assert f"latent={latent}" in browser.current_url
     _shot(browser, "latent")
 
@@ -173,5 +174,5 @@ def test_side_effects(server, browser):
     _settled(browser, wait, "Side effects")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSlider']")))
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot, [data-testid='stPlotlyChart']")))
-    assert "MNEME accuracy" in _body(browser)
+    wait.until(lambda d: "MNEME accuracy" in _body(d))
     _shot(browser, "side_effects")

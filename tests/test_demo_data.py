@@ -123,3 +123,13 @@ def test_documents_group_and_shuffle():
     kjv = [d for d in docs if d["source"] == "kjv"]
     assert kjv[0]["text"].startswith("verse") and all(" " in d["text"] for d in kjv)
     assert [d["domain"] for d in docs] != sorted(d["domain"] for d in docs)  # shuffled across domains
+
+
+def test_rebuild_refuses_a_work_folder_with_other_settings(tmp_path):
+    from mneme_core.demo.build import DemoBuildError, _check_work_dir
+    from mneme_core.demo.study import FULL, REDUCED
+
+    _check_work_dir(tmp_path, REDUCED)
+    _check_work_dir(tmp_path, REDUCED)  # same settings: resume
+    with pytest.raises(DemoBuildError, match="sizes differ"):
+        _check_work_dir(tmp_path, FULL)

@@ -240,6 +240,25 @@ def _relocate_manifest(run_dir: Path, name: str, out: Path) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+class DemoBuildError(RuntimeError):
+    """The work folder holds a build with other settings; the message says how to start over."""
+
+
+def _check_work_dir(work: Path, sizes: DemoSizes) -> None:
+    """Refuse to resume a work folder built with other sizes or settings (no silent mix)."""
+    key = json.loads(json.dumps({"sizes": asdict(sizes), "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
+                                 "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()}}))
+    path = work / "build_key.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != key:
+            changed = sorted(k for k in key if old.get(k) != key[k])
+            raise DemoBuildError(f"{work} holds a demo build with other settings ({', '.join(changed)} differ); "
+                                 f"delete it or pass another work folder (MNEME_DEMO_WORK) to rebuild from nothing")
+    else:
+        atomic_write_json(path, key)
+
+
 def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | None = None,
             names: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings."""
@@ -249,6 +268,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     out = Path(out or default_demo_dir())
     names = list(names or INTERVENTIONS)
     work.mkdir(parents=True, exist_ok=True)
+    _check_work_dir(work, sizes)
     timings: dict[str, float] = {}
     state: dict[str, Any] = {}
 
