@@ -15,9 +15,11 @@ Session fixtures:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import save_tiny_pair, write_tiny_corpus  # tests/ is on sys.path (rootdir conftest)
 
 # Per-subject before/after scores for the tiny study's evaluate stage (MMLU subject
@@ -30,6 +32,16 @@ high_school_mathematics,0.40,0.41,200
 nutrition,0.66,0.50,200
 world_religions,0.71,0.70,200
 """
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """The tests use tiny tensors: on a 2-core box OpenMP hand-offs cost more than the maths
+    (up to 40x under load), so the suite runs torch on one thread. Benches do not."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,14 +10,6 @@ import torch
 from mneme_core.crosscoder import BatchTopKCrossCoder, CrossCoderFileError, batch_topk_indices
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP hand-offs cost more than the maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _model(d=8, F=32, k=3, selection_norm="l2", seed=1, dtype=torch.float64):
     m = BatchTopKCrossCoder(d, F, k, selection_norm=selection_norm, seed=seed).to(dtype)

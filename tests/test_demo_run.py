@@ -16,7 +16,7 @@ from mneme_core import open_run
 from mneme_core.demo.build import default_demo_dir
 from mneme_core.demo.study import INTERVENTIONS
 from mneme_core.evaluation import metrics
-from mneme_core.store import SCHEMA_VERSION, STAGES
+from mneme_core.store import SCHEMA_VERSION
 
 LATENT_COLUMNS = ("latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
                   "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft", "nu_err", "nu_recon",

@@ -23,14 +23,6 @@ CFG = RMUConfig(layer=2, steering_scale=3.0, alpha=10.0, lr=1e-2, steps=80, batc
                 checkpoint_every=40, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core box: one thread avoids OpenMP spin contention (40x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -21,14 +21,6 @@ TRAIN = TrainingConfig(batch_size=256, n_tokens=120_000, lr=3e-3, warmup_steps=2
 CC = CrossCoderConfig(n_latents=F, k=K)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP hand-offs cost more than the maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def planted():

@@ -17,7 +17,6 @@ ground-truth *domain* for every item, which the split and the benchmark need.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import re
 import shutil

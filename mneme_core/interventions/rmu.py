@@ -13,9 +13,12 @@ large activation, which scrambles everything the later layers compute from it, w
 text keeps its frozen activations. Both terms are per-element means, as in the reference
 code's ``mse_loss``; we additionally drop padding positions from the means.
 
-Reference defaults for Zephyr-7B: l = 7 (of 32), layers 5–7, c = 6.5, α = 1200,
-lr = 5e-5, 150 batches of 4, AdamW. ``c`` only makes sense relative to the activation
-norm at ``l``, which differs between models, so ``steering_coef = 0`` (our default) sets
+Reference settings for Zephyr-7B: l = 7 (of 32), layers 5–7, c = 6.5, α = 1200,
+lr = 5e-5, 150 batches of 4, AdamW. Our defaults keep l, the layers, the batches and the
+optimiser, and were checked on SmolLM2-135M (the demo): lr = 1e-3 (a 135M model needs a
+larger step than a 7B one to move in 150 steps), α = 100 (balances the two terms at our c).
+``c`` only makes sense relative to the activation norm at ``l``, which differs between
+models, so ``steering_coef = 0`` (our default) sets
 ``c = steering_scale × median ‖h_l^frozen(forget)‖`` over the tokens of the first forget
 batch (the median, because the first token of a sequence carries a "massive activation"
 many times the typical norm in models like Llama and SmolLM2), and the metrics record the
@@ -55,7 +58,7 @@ class RMUConfig:
     steering_coef: float = 0.0  # c; 0 = steering_scale × median forget token norm at l
     steering_scale: float = 4.0
     alpha: float = 100.0  # weight of the retain term
-    lr: float = 5e-5
+    lr: float = 1e-3  # reference (7B models): 5e-5
     steps: int = 150
     batch_size: int = 4
     max_tokens: int = 128  # forget / retain sequences are truncated to this
