@@ -167,7 +167,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
                                  ("max_latents", args.max_latents), ("base_url", args.base_url),
                                  ("model", args.model)) if v is not None}
     cfg = override_section(args.run, "interpret", changes)
-    run_study(cfg, stages=["interpret", "categories"], force=True, progress=not args.quiet)
+    # new descriptions mean new categories, so the prediction is re-made too (skipped without a benchmark)
+    run_study(cfg, stages=["interpret", "categories", "evaluate"], force=True, progress=not args.quiet)
     print(f"interpreted: {args.run}")
     return 0
 

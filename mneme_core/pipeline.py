@@ -152,8 +152,21 @@ def run_study(
     for stage in selected:
         if stage not in forced and _status(run_path, stage) == "complete":
             continue
+        _mark_later_stale(run_path, stage)
         _run_one(cfg, run_path, stage, progress)
     return run_path
+
+
+def _mark_later_stale(run_path: Path, stage: str) -> None:
+    """A stage about to (re)run makes every later finished stage stale: their outputs were
+    built on what is about to change. Stale is not complete, so `mneme run` redoes them and
+    the dashboard says so, instead of showing, say, a prediction from old categories."""
+    if not _is_main_process():
+        return
+    for later in STAGES[STAGES.index(stage) + 1:]:
+        if _status(run_path, later) == "complete":
+            set_stage(run_path, later, "stale",
+                      info={"reason": f"'{stage}' re-ran after it; `mneme run STUDY.yaml` brings it up to date"})
 
 
 def run_config(run_path: str | Path) -> StudyConfig:

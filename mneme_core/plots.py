@@ -8,6 +8,8 @@ Scatter traces use WebGL (``Scattergl``) because a paper-size run has 131,072 po
 
 from __future__ import annotations
 
+import html
+
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -146,12 +148,13 @@ def category_map(df: pd.DataFrame, attributions: Sequence[str] | None = None) ->
     for i, cat in enumerate(cats.value_counts().index):
         sel = (cats == cat).to_numpy()
         part = sub[sel]
-        desc = part["description"].fillna("").astype(str).str.slice(0, 80) if "description" in part.columns else ""
+        desc = (part["description"].fillna("").astype(str).str.slice(0, 80).map(html.escape)
+                if "description" in part.columns else "")  # plotly renders hover text as HTML
         fig.add_trace(go.Scattergl(
             x=part["umap_x"], y=part["umap_y"], mode="markers", name=cat,
             marker=dict(size=size[sel], color=palette[i % len(palette)], opacity=0.7),
             customdata=np.column_stack([part["latent"].to_numpy(), np.asarray(desc, dtype=object)]),
-            hovertemplate="latent %{customdata[0]}<br>%{customdata[1]}<extra>" + cat.replace("<", "&lt;") + "</extra>",
+            hovertemplate="latent %{customdata[0]}<br>%{customdata[1]}<extra>" + html.escape(cat) + "</extra>",
         ))
     fig.update_layout(title="Category map (UMAP of descriptions; size = |shift|)", height=620,
                       xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),

@@ -50,10 +50,31 @@ class RunError(RuntimeError):
 # --------------------------------------------------------------------------- atomic io
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
+def _mkstemp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to ``path`` with the permissions a plain ``open()`` would give.
+
+    mkstemp makes files 0600, and a rename keeps that: a run written by one user would be
+    unreadable to an auditor or a dashboard running as another.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -87,11 +108,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     For writers that want a filename (safetensors, parquet writers).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync_file(tmp)  # on disk before the rename: a power cut never leaves a short file under the real name
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from mneme_core import Run, RunError, open_run
+from mneme_core import Run, RunError, open_run, render
 from mneme_core.store import MANIFEST, STAGES
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -93,6 +93,34 @@ def keep_filters() -> None:
         st.session_state[key] = st.session_state[key]
 
 
+def fit_range(key: str, lo: float, hi: float, seed: tuple[float, float] | None = None) -> None:
+    """Seed a range slider's state, or reset it when it no longer fits the bounds.
+
+    Filters persist across pages and reruns; a re-run stage (or another run) can move a
+    column's bounds, and a remembered value outside them would make the slider raise.
+    """
+    value = st.session_state.get(key)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and lo <= value[0] <= value[1] <= hi):
+        st.session_state[key] = seed if seed is not None else (lo, hi)
+
+
+def fit_value(key: str, lo: float, hi: float, seed: float) -> None:
+    """The one-value version of :func:`fit_range`."""
+    value = st.session_state.get(key)
+    if not (isinstance(value, (int, float)) and lo <= value <= hi):
+        st.session_state[key] = seed
+
+
+def fit_choices(key: str, options: list[object], seed: object | None = None, multi: bool = True) -> None:
+    """Drop remembered choices the widget no longer offers (same reason as :func:`fit_range`)."""
+    value = st.session_state.get(key)
+    if multi:
+        if isinstance(value, list):
+            st.session_state[key] = [v for v in value if v in options]
+    elif value not in options:
+        st.session_state[key] = seed
+
+
 def run_picker() -> None:
     """Sidebar: pick one of the runs found, or type a folder."""
     runs = discover_runs(tuple(map(str, run_roots())))
@@ -113,7 +141,8 @@ def run_picker() -> None:
 
 def _switch_run(run: str) -> None:
     st.session_state["run"] = run
-    st.session_state.pop("explorer_order", None)
+    for key in [k for k in st.session_state if str(k).startswith("f_")] + ["explorer_order"]:
+        st.session_state.pop(key, None)  # filters belong to the run they were set on
     st.query_params.clear()
     st.query_params["run"] = run
     st.rerun()
@@ -219,7 +248,7 @@ def current_run() -> Run:
 
 def error_page(message: str) -> None:
     st.title("This run cannot be opened")
-    st.error(message, icon=":material/error:")
+    st.error(render.escape_markdown(message), icon=":material/error:")  # the message quotes the URL's ?run=
     st.caption("Pick another run in the sidebar, or fix the folder and reload.")
     st.stop()
 

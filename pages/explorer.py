@@ -27,6 +27,7 @@ with st.container(border=True):
     label_cols = st.columns(len(options) or 1)
     labels = {}
     for col, (name, values) in zip(label_cols, options.items()):
+        _ui.fit_choices(f"f_{name}", list(values))
         labels[name] = col.multiselect(name.replace("_", " "), values, key=f"f_{name}", placeholder="any",
                                        format_func=lambda v: v or "(none)")
     ranges = {}
@@ -34,13 +35,13 @@ with st.container(border=True):
         range_cols = st.columns(4)
         for i, (name, (lo, hi)) in enumerate(bounds.items()):
             if hi > lo:
-                default(f"f_{name}", (lo, hi))
+                _ui.fit_range(f"f_{name}", lo, hi)
                 chosen = range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g")
                 if tuple(chosen) != (lo, hi):  # a slider at full range keeps latents missing that value
                     ranges[name] = chosen
     sort_cols = st.columns([2, 1, 3])
     sortable = [c for c in table.columns if c not in ("description", "note")]
-    default("f_sort", "shift" if "shift" in sortable else "latent")
+    _ui.fit_choices("f_sort", sortable, seed="shift" if "shift" in sortable else "latent", multi=False)
     sort_by = sort_cols[0].selectbox("Sort by", sortable, key="f_sort")
     default("f_asc", True)
     ascending = sort_cols[1].toggle("Ascending", key="f_asc")

@@ -20,7 +20,8 @@ except ValueError:
 row = explore.latent_row(table, latent)
 if row is None:
     st.title("Latent not found")
-    st.error(f"This run has no latent {st.query_params.get('latent')!r} (ids 0–{int(table['latent'].max())}).")
+    asked = render.escape_markdown(repr(st.query_params.get("latent")))  # URL text: never live Markdown
+    st.error(f"This run has no latent {asked} (ids 0–{int(table['latent'].max())}).")
     st.stop()
 st.query_params["latent"] = str(latent)
 

@@ -20,9 +20,10 @@ st.title("Side effects")
 thr0 = float(record.get("thresholds", {}).get("predict_threshold", 0.0))
 top = float(per_cat["score"].max()) if "score" in per_cat.columns and len(per_cat) else 1.0
 c1, c2 = st.columns([3, 2])
-threshold = c1.slider("Prediction threshold (share of attributed latents a category needs)", 0.0,
-                      max(top, thr0) * 1.05 or 1.0, thr0, step=max(top, thr0) / 200 or 0.005, format="%.4f",
-                      key="f_threshold")
+hi = max(top, thr0) * 1.05 or 1.0
+_ui.fit_value("f_threshold", 0.0, hi, thr0)
+threshold = c1.slider("Prediction threshold (share of attributed latents a category needs)", 0.0, hi,
+                      step=max(top, thr0) / 200 or 0.005, format="%.4f", key="f_threshold")
 c2.caption(f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
            f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
            f"p < {record.get('thresholds', {}).get('significance', '?')} "

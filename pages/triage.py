@@ -28,8 +28,12 @@ st.caption(f"Marks are saved in `{store.path}` and shared by everyone who opens 
 
 with st.form("mark_form", border=True):
     cols = st.columns([1, 2, 3])
-    latent = cols[0].number_input("Latent", min_value=0, max_value=int(table["latent"].max()), step=1,
-                                  value=int(st.query_params.get("latent", 0) or 0))
+    top = int(table["latent"].max())
+    try:
+        asked = min(max(int(st.query_params.get("latent", 0) or 0), 0), top)
+    except ValueError:  # a hand-edited link: start at latent 0 rather than fail
+        asked = 0
+    latent = cols[0].number_input("Latent", min_value=0, max_value=top, step=1, value=asked)
     mark = cols[1].selectbox("Mark", MARKS)
     note = cols[2].text_input("Note", placeholder="why")
     author = st.text_input("Your name (optional)", key="author")

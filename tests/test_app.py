@@ -194,3 +194,22 @@ def test_run_from_env_var_goes_into_the_url(run_copy, monkeypatch):
     assert not at.exception
     assert at.title[0].value == open_run(run_copy).name
     assert Path(at.query_params["run"]).resolve() == run_copy.resolve()
+
+
+def test_remembered_filters_outside_the_runs_bounds_are_reset(run_copy):
+    """Filters outlive a page (and a re-run stage can move a column's bounds): stale values
+    must be pulled back into range instead of crashing the widgets."""
+    table = open_run(run_copy).latents
+    for name, stale in [("explorer", {"f_rel_norm": (5.0, 6.0), "f_attribution": ["no-such-label"], "f_sort": "gone"}),
+                        ("side_effects", {"f_threshold": 99.0})]:
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        at.query_params["run"] = str(run_copy)
+        for key, value in stale.items():
+            at.session_state[key] = value
+        at.switch_page(f"pages/{name}.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if name == "explorer":
+            assert showing(at) == (len(table), len(table))  # every stale filter dropped
+        else:
+            assert 0.0 <= at.session_state["f_threshold"] < 99.0

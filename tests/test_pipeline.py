@@ -165,6 +165,18 @@ def test_interpret_command_explains_the_named_latents_and_keeps_the_others(run_c
     assert now.loc[sorted(described), "description"].notna().all()
     assert now.loc[todo, "category"].notna().all()
     assert run.stage_status("interpret") == run.stage_status("categories") == "complete"
+    assert run.stage_status("evaluate") == "complete"  # the prediction was re-made from the new categories
+
+
+def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
+    run_study(run_config(run_copy), stages=["contexts"], force=True, progress=False)
+    run = open_run(run_copy)
+    assert run.stage_status("contexts") == "complete"
+    assert [run.stage_status(s) for s in ("interpret", "categories", "evaluate")] == ["stale"] * 3
+    assert run.missing_stages() == ["interpret", "categories", "evaluate"]
+    assert "contexts" in run.manifest["stages"]["evaluate"]["reason"]
+    run_study(run_config(run_copy), progress=False)  # `mneme run` brings them up to date
+    assert open_run(run_copy).missing_stages() == []
 
 
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):

@@ -18,7 +18,7 @@ def lat() -> pd.DataFrame:
         "beta_err_base": rng.uniform(0.1, 2, n), "beta_err_ft": rng.uniform(0.1, 2, n),
         "shift": rng.normal(0, 2, n), "attribution": rng.choice(["suppressed", "amplified", "unchanged"], n),
         "category": rng.choice(["bio", "law", "<b>x</b>"], n), "umap_x": rng.normal(size=n),
-        "umap_y": rng.normal(size=n), "description": ["d"] * n,
+        "umap_y": rng.normal(size=n), "description": ["fires on <img src=x onerror=alert(1)>"] * n,
     })
 
 
@@ -61,7 +61,11 @@ def test_category_map_filters_attribution_and_sizes_by_shift(lat):
     ids = np.concatenate([np.asarray(t.customdata)[:, 0].astype(int) for t in fig.data])
     assert set(ids) == set(lat.loc[lat.attribution == "suppressed", "latent"])
     assert {t.name for t in fig.data} <= {"bio", "law", "<b>x</b>"}
-    assert all("&lt;b>" in t.hovertemplate for t in fig.data if t.name == "<b>x</b>")
+    # plotly renders hover text as HTML: categories and descriptions reach it escaped
+    assert all("&lt;b&gt;x&lt;/b&gt;" in t.hovertemplate and "<b>x" not in t.hovertemplate
+               for t in fig.data if t.name == "<b>x</b>")
+    hover_text = [str(d) for t in fig.data for d in np.asarray(t.customdata)[:, 1]]
+    assert not any("<" in text for text in hover_text)
     sizes = np.concatenate([np.asarray(t.marker.size) for t in fig.data])
     assert sizes.min() >= 3 and sizes.max() <= 12
 
