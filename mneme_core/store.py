@@ -64,7 +64,7 @@ def _mkstemp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def _fsync_file(path: str | Path) -> None:
+def fsync_file(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -112,7 +112,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        _fsync_file(tmp)  # on disk before the rename: a power cut never leaves a short file under the real name
+        fsync_file(tmp)  # on disk before the rename: a power cut never leaves a short file under the real name
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -46,7 +46,7 @@ from torch import nn
 
 from mneme_core.config import ConfigError, CrossCoderConfig, StudyConfig, TrainingConfig
 from mneme_core.crosscoder import BatchTopKCrossCoder, CrossCoderFileError, LossOutput, read_weights
-from mneme_core.store import atomic_write_json
+from mneme_core.store import atomic_write_json, fsync_file
 
 CHECKPOINT_PREFIX = "step_"
 KEEP_CHECKPOINTS = 2
@@ -439,8 +439,9 @@ def _save_checkpoint(ckpt_dir: Path, plan: _Plan, model, optimizer, state: _Stat
 
         final = ckpt_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
         if not final.exists():
+            for stale in ckpt_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):  # left by a save that crashed
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             tensors = {f"model.{k}": v for k, v in model.tensors().items()}
             opt = optimizer.state_dict()
@@ -449,6 +450,7 @@ def _save_checkpoint(ckpt_dir: Path, plan: _Plan, model, optimizer, state: _Stat
                     tensors[f"optim.{i}.{key}"] = value.detach().cpu().contiguous()
             tensors["trainer.since_fired"] = state.since_fired_F.cpu()
             save_file(tensors, str(tmp / "tensors.safetensors"))
+            fsync_file(tmp / "tensors.safetensors")  # on disk before the folder is renamed into place
             atomic_write_json(tmp / "state.json", {
                 "plan": plan.fingerprint(), "step": state.step, "tokens_seen": state.tokens_seen,
                 "last_loss": state.last_loss, "train_seconds": state.train_seconds,
