@@ -69,17 +69,19 @@ def analyse(lab: Lab, text: str, max_tokens: int = 256) -> Analysis:
 
     if not text.strip():
         raise LabError("type some text first")
-    enc = lab.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)
+    ids_list = lab.tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+    # Like the collected corpus, the text follows a BOS: the first position is an attention
+    # sink with outsized activations, which the cross-coder never saw on a real token.
+    bos = lab.tokenizer.bos_token_id
+    lead = [bos] if bos is not None else []
     device = next(lab.base.parameters()).device
-    ids = enc["input_ids"].to(device)
-    mask = enc.get("attention_mask")
-    mask = mask.to(device) if mask is not None else None
+    ids = torch.tensor([lead + list(ids_list)], device=device)
     with torch.inference_mode():
-        a_b = truncated_forward(lab.base, ids, mask, lab.layer)[0]
-        a_f = truncated_forward(lab.ft, ids, mask, lab.layer)[0]
+        a_b = truncated_forward(lab.base, ids, None, lab.layer)[0, len(lead):]
+        a_f = truncated_forward(lab.ft, ids, None, lab.layer)[0, len(lead):]
         x_T2d = torch.stack([a_b, a_f], dim=1).float()
         f_TF = lab.crosscoder.encode(x_T2d).float().cpu().numpy()
-    tokens = lab.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    tokens = lab.tokenizer.convert_ids_to_tokens(list(ids_list))
     return Analysis(list(map(str, tokens)), f_TF, f_TF @ lab.norms_MF[0], f_TF @ lab.norms_MF[1])
 
 

@@ -1,0 +1,24 @@
+"""The prompt lab encodes typed text the way the corpus was collected: after a BOS."""
+
+from __future__ import annotations
+
+import torch
+
+from mneme_core import open_run
+from mneme_core import promptlab as pl
+from mneme_core.models import truncated_forward
+
+
+def test_typed_text_follows_a_bos_like_the_collected_corpus(tiny_run):
+    run = open_run(tiny_run)
+    lab = pl.load_lab(run.path, run.manifest)
+    text = "the cat sat on the mat"
+    analysis = pl.analyse(lab, text)
+    ids = lab.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert analysis.tokens == lab.tokenizer.convert_ids_to_tokens(ids)  # BOS itself is not shown
+    full = torch.tensor([[lab.tokenizer.bos_token_id, *ids]])
+    with torch.inference_mode():
+        x = torch.stack([truncated_forward(m, full, None, lab.layer)[0, 1:] for m in (lab.base, lab.ft)], dim=1)
+        expected = lab.crosscoder.encode(x.float()).numpy()
+    assert analysis.f_TF.shape == expected.shape
+    assert abs(analysis.f_TF - expected).max() < 1e-5
