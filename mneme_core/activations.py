@@ -46,7 +46,7 @@ from mneme_core.corpus import PackedContext, corpus_provenance, iter_contexts, n
 from mneme_core.models import (
     DTYPES, ModelPair, load_model_config, load_model_pair, load_tokenizer, model_provenance, truncated_forward, validate_pair,
 )
-from mneme_core.store import add_provenance, atomic_path, atomic_write_json
+from mneme_core.store import add_provenance, atomic_path, atomic_write_json, differing_keys
 
 FORMAT = "mneme-activations-1"
 INDEX = "index.json"
@@ -235,9 +235,8 @@ def _check_fingerprint(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         if old != plain:
-            keys = sorted(k for k in set(old) | set(plain) if old.get(k) != plain.get(k))
             raise StoreError(
-                f"{out_dir} holds activations collected with other settings ({', '.join(keys)} differ). "
+                f"{out_dir} holds activations collected with other settings ({', '.join(differing_keys(old, plain))} differ). "
                 "Delete the folder to recollect, or use another run directory."
             )
     else:
@@ -255,10 +254,9 @@ def _check_donor(donor: Path, fingerprint: dict[str, Any]) -> Path:
     for fp in (theirs, mine):
         fp["models"].pop("ft", None)
     if theirs != mine:
-        keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
         raise StoreError(
             f"activations.reuse_base_from = {donor} was collected with a different base model, corpus, layer or "
-            f"settings ({', '.join(keys)} differ); its base activations cannot be reused here"
+            f"settings ({', '.join(differing_keys(theirs, mine))} differ); its base activations cannot be reused here"
         )
     return donor
 

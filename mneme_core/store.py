@@ -128,6 +128,11 @@ def write_parquet(path: str | Path, df: pd.DataFrame, row_group_size: int | None
 # --------------------------------------------------------------------------- manifest
 
 
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Top-level keys whose values differ: what error messages name when settings changed."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 @contextlib.contextmanager
 def _locked(run_path: Path) -> Iterator[None]:
     run_path.mkdir(parents=True, exist_ok=True)
@@ -181,10 +186,9 @@ def init_run(run_path: str | Path, config: dict[str, Any], provenance: list[dict
             old = {k: v for k, v in manifest.get("config", {}).items() if k != "run_dir"}
             new = {k: v for k, v in config.items() if k != "run_dir"}
             if old != new:
-                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunError(
                     f"{run_path} already holds a run with a different config (sections differ: "
-                    f"{', '.join(changed)}). Use another run_dir, or delete the folder to start over."
+                    f"{', '.join(differing_keys(old, new))}). Use another run_dir, or delete the folder to start over."
                 )
             return manifest
         manifest = {
