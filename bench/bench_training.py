@@ -44,8 +44,7 @@ def matmul_gflops(F: int, dtype: torch.dtype, repeats: int = 3, rows: int = B) -
 
 
 def train(x: torch.Tensor, F: int, steps: int, sparse: bool, dtype: str) -> dict:
-    cfg = TrainingConfig(batch_size=B, n_tokens=B * steps, warmup_steps=2, threshold_warmup_steps=2,
-                         val_fraction=0.1, dead_tokens=10_000_000, sparse=sparse, dtype=dtype)
+    cfg = TrainingConfig(batch_size=B, n_tokens=B * steps, warmup_steps=2, val_fraction=0.1, dead_tokens=10_000_000, sparse=sparse, dtype=dtype)
     _, metrics = train_crosscoder(x, cfg, CrossCoderConfig(n_latents=F, k=K), progress=False, device="cpu")
     return metrics
 

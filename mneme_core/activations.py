@@ -2,8 +2,11 @@
 
 The same packed contexts go through the base and the fine-tuned model, each run only up
 to the study's layer (``models.truncated_forward``); the residual stream of every kept
-token (BOS, padding and control tokens dropped, see ``corpus.excluded_token_ids``) becomes
-one row ``(2, d)`` of the store: index 0 base, index 1 fine-tuned.
+token (BOS, padding and control tokens dropped, see ``corpus.excluded_token_ids``; the
+massive-activation tokens, attention sinks, dropped by ``massive_token_mask``) becomes
+one row ``(2, d)`` of the store: index 0 base, index 1 fine-tuned. The massive-token rule
+reads the base model only, and a collection reusing a donor's base halves keeps exactly
+the donor's tokens. ``index.json`` counts what was dropped (``excluded_tokens``).
 
 Layout of ``activations/``::
 
@@ -32,6 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,7 @@ INDEX = "index.json"
 FINGERPRINT = "collect.json"
 NORM_STATS = "norm_stats.safetensors"
 META_FIELDS = ("token_ids", "doc_ids", "positions", "context_ids")
+EXCLUDED_KINDS = ("first", "massive")
 
 
 class StoreError(RuntimeError):
@@ -224,7 +229,9 @@ def _fingerprint(models_cfg: ModelsConfig, corpus_cfg: CorpusConfig, act_cfg: Ac
         "format": FORMAT,
         "models": asdict(models_cfg) | {"device": None},  # the device does not change the numbers much; allow moving
         "corpus": asdict(corpus_cfg),
-        "activations": {"dtype": act_cfg.dtype, "shard_tokens": act_cfg.shard_tokens},
+        "activations": {"dtype": act_cfg.dtype, "shard_tokens": act_cfg.shard_tokens,
+                        "skip_first_tokens": act_cfg.skip_first_tokens,
+                        "massive_norm_multiple": act_cfg.massive_norm_multiple},
         "world_size": world_size,
     }
 
@@ -261,17 +268,37 @@ def _check_donor(donor: Path, fingerprint: dict[str, Any]) -> Path:
     return donor
 
 
-def _donor_base(donor: Path, name: str, group: list[PackedContext]) -> torch.Tensor | None:
-    """Base activations (n, d) of the same shard in the donor, if it has it for these tokens."""
+@dataclass
+class _DonorShard:
+    """The base half of one donor shard: activations of its kept tokens, which tokens of
+    each context it kept (the massive-token rule reads the base, so the fine-tuned half
+    must keep exactly these), and the exclusion counts it recorded."""
+
+    acts: torch.Tensor  # (n, d)
+    keep_CT: np.ndarray  # (contexts, T) bool
+    excluded: dict[str, int]
+
+
+def _donor_base(donor: Path, name: str, group: list[PackedContext]) -> _DonorShard | None:
+    """The same shard of the donor, if it holds these tokens (else None: recompute)."""
     path = donor / name
     if not _shard_complete(path):
         return None
     with safe_open(str(path), framework="pt") as fh:
-        token_ids = fh.get_tensor("token_ids")
-        expected = np.concatenate([c.input_ids[c.keep] for c in group])
-        if not np.array_equal(token_ids.numpy(), expected):
+        token_ids = fh.get_tensor("token_ids").numpy()
+        ctx_ids, positions = fh.get_tensor("context_ids").numpy(), fh.get_tensor("positions").numpy()
+        meta = fh.metadata() or {}
+        row = {c.index: i for i, c in enumerate(group)}
+        if not set(ctx_ids.tolist()) <= set(row):
+            return None
+        keep = np.zeros((len(group), len(group[0].input_ids)), dtype=bool)
+        keep[[row[c] for c in ctx_ids.tolist()], positions] = True
+        ids = np.stack([c.input_ids for c in group])
+        allowed = np.stack([c.keep for c in group])
+        if not np.array_equal(ids[keep], token_ids) or np.any(keep & ~allowed):
             return None  # same settings but other tokens (e.g. an edited corpus file): recompute
-        return fh.get_slice("acts")[:, 0]
+        excluded = {k: int(meta.get(f"excluded_{k}", 0)) for k in EXCLUDED_KINDS}
+        return _DonorShard(fh.get_slice("acts")[:, 0], keep, excluded)
 
 
 def _shard_name(rank: int, seq: int) -> str:
@@ -303,40 +330,74 @@ def _rank_groups(contexts: Iterator[PackedContext], rank: int, world_size: int, 
         yield group
 
 
-def _forward_group(
-    pair: ModelPair, group: list[PackedContext], batch_size: int, dtype: torch.dtype,
-    on_batch: Callable[[int], None], base_acts: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Activations and metadata of the kept tokens of ``group``, both models, one layer.
+def massive_token_mask(norms_BT: torch.Tensor, keep_BT: torch.Tensor, skip_first: int, multiple: float) -> tuple[torch.Tensor, dict[str, int]]:
+    """Which kept tokens to drop as non-text (attention sinks), and how many of each kind.
 
-    With ``base_acts`` (n, d) (the same shard of an earlier collection) only the
-    fine-tuned model runs.
+    ``first``: the first ``skip_first`` kept positions of each context; ``massive``: any
+    other kept token whose base norm exceeds ``multiple`` × the median base norm of the
+    batch's kept tokens (``multiple = 0`` turns it off).
+    """
+    rank_BT = torch.cumsum(keep_BT.long(), dim=1)  # 1 for the first kept token of a row
+    first = keep_BT & (rank_BT <= skip_first)
+    massive = torch.zeros_like(keep_BT)
+    if multiple > 0 and bool(keep_BT.any()):
+        median = norms_BT[keep_BT].median()
+        massive = keep_BT & ~first & (norms_BT > multiple * median)
+    return first | massive, {"first": int(first.sum()), "massive": int(massive.sum())}
+
+
+def _forward_group(
+    pair: ModelPair, group: list[PackedContext], act_cfg: ActivationsConfig, dtype: torch.dtype,
+    on_batch: Callable[[int], None], donor: _DonorShard | None = None, same_model: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Activations and metadata of the kept tokens of ``group``, both models, one layer,
+    and how many tokens the massive-token rule dropped (by kind).
+
+    With ``donor`` (the same shard of an earlier collection) only the fine-tuned model
+    runs, on the tokens the donor kept. With ``same_model`` (the fine-tuned spec equals the
+    base: a null control) the base runs once and its activations fill both halves.
     """
     device = next(pair.base.parameters()).device
-    models = (pair.base, pair.ft) if base_acts is None else (pair.ft,)
+    models = [pair.base, pair.ft] if donor is None else [pair.ft]
+    if same_model:
+        models = models[:1] if donor is None else []
     acts, meta = [], {k: [] for k in META_FIELDS}
-    for b in range(0, len(group), batch_size):
-        batch = group[b : b + batch_size]
+    excluded = dict.fromkeys(EXCLUDED_KINDS, 0) if donor is None else dict(donor.excluded)
+    n_done = 0
+    for b in range(0, len(group), act_cfg.batch_size):
+        batch = group[b : b + act_cfg.batch_size]
         ids = torch.from_numpy(np.stack([c.input_ids for c in batch])).to(device)
         attn = torch.from_numpy(np.stack([c.attention_mask for c in batch])).to(device)
         keep_BT = torch.from_numpy(np.stack([c.keep for c in batch]))
-        with torch.inference_mode():
-            resid = [truncated_forward(m, ids, attn, pair.layer)[keep_BT.to(device)].to("cpu", dtype) for m in models]
-        acts.append(torch.stack(resid, dim=1))
         T = ids.shape[1]
+        with torch.inference_mode():
+            full = [truncated_forward(m, ids, attn, pair.layer).to("cpu", torch.float32) for m in models]
+        if donor is None:
+            drop_BT, counts = massive_token_mask(full[0].norm(dim=-1), keep_BT, act_cfg.skip_first_tokens,
+                                                 act_cfg.massive_norm_multiple)
+            keep_BT = keep_BT & ~drop_BT
+            excluded = {k: excluded[k] + counts[k] for k in EXCLUDED_KINDS}
+        else:
+            keep_BT = torch.from_numpy(donor.keep_CT[b : b + len(batch)])
+        resid = [x[keep_BT].to(dtype) for x in full]
+        if donor is not None:
+            n_kept = int(keep_BT.sum())
+            resid.insert(0, donor.acts[n_done : n_done + n_kept].to(dtype))
+            n_done += n_kept
+        if same_model:
+            resid = [resid[0], resid[0]]
+        acts.append(torch.stack(resid, dim=1))
         meta["token_ids"].append(ids.cpu()[keep_BT].to(torch.int32))
         meta["doc_ids"].append(torch.from_numpy(np.stack([c.doc_ids for c in batch]))[keep_BT])
         meta["positions"].append(torch.arange(T, dtype=torch.int32).expand(len(batch), T)[keep_BT])
         meta["context_ids"].append(torch.tensor([c.index for c in batch]).repeat_interleave(keep_BT.sum(1)))
         on_batch(int(attn.sum()))
     out = {"acts": torch.cat(acts)} | {k: torch.cat(v) for k, v in meta.items()}
-    if base_acts is not None:
-        out["acts"] = torch.cat([base_acts[:, None], out["acts"]], dim=1)
     if not torch.isfinite(out["acts"]).all():
         raise StoreError(
             f"activations overflow {dtype} (non-finite values at layer {pair.layer}); set activations.dtype: bfloat16 or float32"
         )
-    return out | _stat_sums(out["acts"])
+    return out | _stat_sums(out["acts"]), excluded
 
 
 def _stat_sums(acts_N2d: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Tensor]:
@@ -388,6 +449,7 @@ def collect(
                   tokenizer, load_tokenizer(models_cfg.ft, models_cfg.base), models_cfg.layer)
     per_shard = max(1, act_cfg.shard_tokens // corpus_cfg.context_length)
     dtype = DTYPES[act_cfg.dtype]
+    same_model = models_cfg.ft == models_cfg.base  # a null control: one forward fills both halves
     my_contexts = len(range(rank, n_contexts(corpus_cfg), world_size))
     pair: ModelPair | None = None
     shards: list[str] = []
@@ -404,12 +466,13 @@ def collect(
                 continue
             if pair is None:
                 pair = load_model_pair(models_cfg)
-            base_acts = _donor_base(donor, path.name, group) if donor else None
+            donor_shard = _donor_base(donor, path.name, group) if donor else None
             t_fwd = time.perf_counter()
-            tensors = _forward_group(pair, group, act_cfg.batch_size, dtype, bar.update, base_acts)
+            tensors, excluded = _forward_group(pair, group, act_cfg, dtype, bar.update, donor_shard, same_model)
             forward_s += time.perf_counter() - t_fwd
-            reused_base_tokens += 0 if base_acts is None else len(base_acts)
-            meta = {"n_tokens": str(len(tensors["acts"])), "first_context": str(group[0].index), "n_contexts": str(len(group))}
+            reused_base_tokens += 0 if donor_shard is None else len(donor_shard.acts)
+            meta = {"n_tokens": str(len(tensors["acts"])), "first_context": str(group[0].index), "n_contexts": str(len(group)),
+                    **{f"excluded_{k}": str(v) for k, v in excluded.items()}}
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             computed_tokens += sum(int(c.attention_mask.sum()) for c in group)
@@ -446,9 +509,12 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
     files.sort()  # interleave ranks: shard 0 of every rank, then shard 1, ... (close to corpus order)
     shards, sums = [], None
     d_model = dtype = None
+    excluded = dict.fromkeys(EXCLUDED_KINDS, 0)
     for _, r, name in files:
         with safe_open(str(out_dir / name), framework="pt") as fh:
-            n = int((fh.metadata() or {})["n_tokens"])
+            meta = fh.metadata() or {}
+            n = int(meta["n_tokens"])
+            excluded = {k: excluded[k] + int(meta.get(f"excluded_{k}", 0)) for k in EXCLUDED_KINDS}
             acts = fh.get_slice("acts")
             d_model, dtype = acts.get_shape()[-1], acts.get_dtype()
             part = [fh.get_tensor(k) for k in ("stats_sum", "stats_sumsq", "stats_norm_sum")]
@@ -471,6 +537,9 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
                    "positions": "int32, position in the packed context", "context_ids": "int64, packed context index"},
         "mean_norm": mean_norm.tolist(), "scale": stats["scale"].tolist(),
         "world_size": world_size, "shards": shards,
+        "excluded_tokens": excluded | {"rule": "first text positions of each context, and base norm above a multiple "
+                                               "of the batch median (activations.skip_first_tokens, "
+                                               "activations.massive_norm_multiple)"},
     })
     return ActivationStore(out_dir)
 
@@ -482,6 +551,8 @@ def _summary(store: ActivationStore) -> dict[str, Any]:
         "n_tokens": store.n_tokens, "d_model": store.d_model, "layer": store.layer, "shards": len(store.shards),
         "dtype": store.index["dtype"], "mean_norm_base": store.index["mean_norm"][0],
         "mean_norm_ft": store.index["mean_norm"][1],
+        "excluded_first_tokens": store.index.get("excluded_tokens", {}).get("first", 0),
+        "excluded_massive_tokens": store.index.get("excluded_tokens", {}).get("massive", 0),
     }
 
 

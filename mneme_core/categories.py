@@ -2,7 +2,11 @@
 
 - Label: an LLM labeler when ``categories.labeler = llm`` (the interpret section's
   backend), otherwise the nearest label of the configured taxonomies by embedding
-  similarity (built-ins ``mmlu`` — the 57 MMLU subjects — and ``safety``; or label files).
+  similarity (built-ins ``topics``, ``mmlu`` — the 57 MMLU subjects — and ``safety``; or
+  label files). What is embedded (``categories.source``): by default the text of each
+  latent's top-activating windows (``window_vectors``: activation-weighted mean of the
+  window embeddings), because what a latent fires on says more than an offline,
+  token-list description; or the description itself.
 - Map: UMAP 2-D coordinates of the description embeddings (small n handled without UMAP).
 - Search: description embeddings into LanceDB (``lancedb/``, table ``descriptions``).
 
@@ -124,6 +128,27 @@ def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder:
     return {c: str(sims.columns[int(np.argmax(sims.loc[c].to_numpy()))]) for c in uniq}
 
 
+def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: int, embedder: Embedder) -> np.ndarray:
+    """One unit vector per latent: the mean of its top ``n_windows`` window embeddings,
+    weighted by each window's peak activation (zeros for a latent without windows).
+
+    Identical windows (several latents firing on one passage) are embedded once.
+    """
+    top = contexts[(contexts["kind"] == "top") & (contexts["rank"] < n_windows)]
+    top = top[top["latent"].isin(set(int(x) for x in latents))]
+    texts = ["".join(map(str, toks)).strip() for toks in top["tokens"]]
+    unique = list(dict.fromkeys(texts))
+    vecs = embedder.encode(unique) if unique else np.zeros((0, embedder.dim), np.float32)
+    row_of = {t: i for i, t in enumerate(unique)}
+    out = np.zeros((len(latents), embedder.dim), np.float64)
+    index = {int(lat): i for i, lat in enumerate(latents)}
+    weights = np.maximum(top["max_act"].to_numpy(np.float64), 0.0)
+    for lat, text, w in zip(top["latent"].to_numpy(), texts, weights):
+        out[index[int(lat)]] += w * vecs[row_of[text]]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
 def _llm_labels(cfg: StudyConfig, run_path: Path, latents: Sequence[int], descriptions: Sequence[str], progress: bool) -> list[str]:
     from mneme_core.interp.cache import AnswerCache, prompt_hash
     from mneme_core.interp.clients import FatalLLMError, LLMError, make_backend
@@ -214,6 +239,26 @@ def import_lancedb():
     return lancedb
 
 
+def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, progress: bool) -> int | None:
+    """The dictionary-free baseline's input: per-context activation differences, each
+    context labelled from its text with the study's taxonomies (the same vocabulary and
+    embedder the latents get, so the two predictions are compared on equal terms).
+    Needs the activation store; a run published without it keeps its earlier file."""
+    from mneme_core.actdiff import CONTEXT_DIFFS_FILE, context_diffs
+    from mneme_core.activations import INDEX, ActivationStore
+    from mneme_core.models import load_tokenizer
+    from mneme_core.store import write_parquet
+
+    if not (run_path / "activations" / INDEX).is_file():
+        return None
+    diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress)
+    labels, sims = nearest_labels(embedder.encode(diffs["text"].tolist()), load_taxonomies(cfg.categories.taxonomies),
+                                  embedder)
+    diffs["category"], diffs["category_similarity"] = labels, sims.astype(np.float64)
+    write_parquet(run_path / CONTEXT_DIFFS_FILE, diffs)
+    return int(len(diffs))
+
+
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
     run_path = Path(run_path)
     t0 = time.perf_counter()
@@ -228,6 +273,15 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     if ccfg.labeler == "llm":
         cats = _llm_labels(cfg, run_path, described["latent"].tolist(), described["description"].tolist(), progress)
         sims = np.full(len(cats), np.nan)
+    elif ccfg.source == "contexts":
+        contexts = open_run(run_path).contexts()
+        if contexts.empty:
+            raise ValueError(f"{run_path}: no contexts.parquet; run the contexts stage (or set categories.source: description)")
+        win = window_vectors(contexts, described["latent"].tolist(), ccfg.context_windows, embedder)
+        has = np.linalg.norm(win, axis=1) > 0
+        cats, sims = nearest_labels(win[has], load_taxonomies(ccfg.taxonomies), embedder)
+        described = described[has].reset_index(drop=True)
+        vecs = vecs[has]
     else:
         cats, sims = nearest_labels(vecs, load_taxonomies(ccfg.taxonomies), embedder)
     xy = umap_coords(vecs, ccfg.umap_neighbors, ccfg.seed)
@@ -236,8 +290,10 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     described["umap_x"], described["umap_y"] = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
     merge_latent_columns(run_path, described[["latent", "category", "category_similarity", "umap_x", "umap_y"]])
     write_lancedb(run_path, described, vecs)
+    n_contexts = _label_context_diffs(cfg, run_path, embedder, progress)
     counts = described["category"].value_counts()
     return {
+        "n_context_diffs": n_contexts,
         "labeler": ccfg.labeler, "n_categorised": int(len(described)), "n_categories": int(len(counts)),
         "top_categories": {str(k): int(v) for k, v in counts.head(10).items()},
         "embedding_model": embedder.name, "seconds": round(time.perf_counter() - t0, 2),

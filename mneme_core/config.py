@@ -85,10 +85,22 @@ class ActivationsConfig:
     # another run's activations/ folder collected with the same base model, corpus, layer
     # and settings: its base halves are reused, so only the fine-tuned model runs
     reuse_base_from: str = ""
+    # Massive-activation tokens (attention sinks) are not text signal: in SmolLM2's layer 15
+    # the first token after BOS reaches ~150x the median norm and would dominate every sum.
+    # Dropped: the first ``skip_first_tokens`` text positions of each context, and tokens
+    # whose *base* norm exceeds ``massive_norm_multiple`` x the batch median (0 = off). The
+    # rule reads the base model only, so a fine-tune's own growth of the norm (which may be
+    # the diff) is never filtered out.
+    skip_first_tokens: int = 1
+    massive_norm_multiple: float = 10.0
 
     def validate(self, where: str) -> None:
         _positive(self.shard_tokens, f"{where}.shard_tokens")
         _positive(self.batch_size, f"{where}.batch_size")
+        if self.skip_first_tokens < 0:
+            raise ConfigError(f"{where}.skip_first_tokens must be >= 0")
+        if self.massive_norm_multiple != 0 and self.massive_norm_multiple <= 1:
+            raise ConfigError(f"{where}.massive_norm_multiple must be 0 (off) or > 1 (a multiple of the median norm)")
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,6 @@ class TrainingConfig:
     aux_alpha: float = 1.0 / 32
     k_aux: int = 0  # 0 = d_model // 2
     dead_tokens: int = 1_000_000  # a latent not firing for this many tokens is dead
-    threshold_ema: float = 0.999
-    threshold_warmup_steps: int = 50
     val_fraction: float = 0.05
     checkpoint_every: int = 500
     seed: int = 0
@@ -126,8 +136,6 @@ class TrainingConfig:
         _positive(self.batch_size, f"{where}.batch_size")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"{where}.val_fraction must be in (0, 0.5)")
-        if not 0.0 < self.threshold_ema < 1.0:
-            raise ConfigError(f"{where}.threshold_ema must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -145,8 +153,12 @@ class DiffingConfig:
     shared_band: tuple[float, float] = (0.4, 0.6)
     n_tokens: int = 0  # analysis tokens for latent scaling; 0 = every stored token
     batch_size: int = 4096  # tokens per latent-scaling batch (bounds memory)
-    max_shift: float = 10.0  # |shift| is capped here when one model's beta is ~0
+    max_shift: float = 10.0  # |shift| is capped here when one model's beta is tiny but positive
     eps: float = 1e-8
+    # When to believe a shift (see docs/DIFFING.md for how these defaults were chosen):
+    min_fires: int = 50  # evidence floor: analysis tokens a latent must fire on to get a label
+    z: float = 3.0  # a label needs |shift| > tau and |shift| > z standard errors (an absent model: beta > z se)
+    align_min_cos: float = 0.5  # probe both models along the dominant row only when the rows are this aligned
 
     def validate(self, where: str) -> None:
         lo, hi = self.shared_band
@@ -160,6 +172,12 @@ class DiffingConfig:
         _positive(self.max_shift, f"{where}.max_shift")
         if self.n_tokens < 0:
             raise ConfigError(f"{where}.n_tokens must be >= 0 (0 = every stored token)")
+        if self.min_fires < 1:
+            raise ConfigError(f"{where}.min_fires must be >= 1")
+        if self.z < 0:
+            raise ConfigError(f"{where}.z must be >= 0")
+        if not -1.0 <= self.align_min_cos <= 1.0:
+            raise ConfigError(f"{where}.align_min_cos must be in [-1, 1]")
 
 
 @dataclass(frozen=True)
@@ -220,12 +238,18 @@ class CategoriesConfig:
     # safety behaviours: a study evaluated on MMLU must not discover its categories from
     # MMLU's subject list ("mmlu" stays available for other benchmarks).
     taxonomies: tuple[str, ...] = ("topics", "safety")
+    # What the taxonomy labeler embeds: "contexts" = the text of each latent's top
+    # activating windows (what it fires on; a token-list description says little), or
+    # "description" (worth it with an LLM explainer's descriptions).
+    source: Literal["contexts", "description"] = "contexts"
+    context_windows: int = 5  # top windows per latent embedded (activation-weighted mean)
     umap_neighbors: int = 15
     seed: int = 0
 
     def validate(self, where: str) -> None:
         if not self.taxonomies and self.labeler == "taxonomy":
             raise ConfigError(f"{where}.taxonomies is empty: name built-ins (mmlu, safety) or label files")
+        _positive(self.context_windows, f"{where}.context_windows")
         if self.umap_neighbors < 2:
             raise ConfigError(f"{where}.umap_neighbors must be >= 2")
 
@@ -244,7 +268,10 @@ class EvaluationConfig:
     # auto = exact McNemar when paired counts exist (our runner), else two-proportion z-test
     significance_test: Literal["auto", "ztest", "bootstrap", "mcnemar"] = "auto"
     bootstrap_draws: int = 10_000
-    predict_score: Literal["shift", "count"] = "shift"  # share of total |shift| or of latent count
+    # enrichment = hypergeometric test of each category's attributed latents against its
+    # share of the eligible pool; shift / count = share of total |shift| or of latent count
+    predict_score: Literal["enrichment", "shift", "count"] = "enrichment"
+    predict_min_latents: int = 3  # a predicted category needs at least this many attributed latents
     runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"
     runner_batch_size: int = 8
     runner_limit_per_category: int = 0  # 0 = all questions
@@ -257,6 +284,7 @@ class EvaluationConfig:
         if self.predict_threshold < 0:
             raise ConfigError(f"{where}.predict_threshold must be >= 0 (0 = the default rule)")
         _positive(self.random_draws, f"{where}.random_draws")
+        _positive(self.predict_min_latents, f"{where}.predict_min_latents")
         _positive(self.bootstrap_draws, f"{where}.bootstrap_draws")
         _positive(self.runner_batch_size, f"{where}.runner_batch_size")
 

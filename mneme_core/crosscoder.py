@@ -10,16 +10,18 @@ Shapes: batch ``B``, models ``M = 2`` (0 base, 1 fine-tuned), width ``d``, laten
   activation they weigh, so a latent's score ``f_j w_j`` is its contribution to ``‖x̂‖``
   (up to the angle between rows); squared norms over-reward large rows. Both are tested.
 * Training keeps the top ``k·B`` scores ``f·w`` of the whole batch (the kept values are
-  the unscaled ``f``); inference keeps ``f_j`` where ``f_j w_j > θ``, θ estimated during
-  training (``threshold`` buffer; negative = not estimated yet, then ``encode`` falls back
-  to BatchTopK over the batch it is given).
+  the unscaled ``f``); inference keeps ``f_j`` where ``f_j w_j > θ``, θ calibrated after
+  training on held-out tokens so the mean L0 there is k (``calibrate_threshold``;
+  ``threshold`` buffer; negative = not calibrated yet, then ``encode`` falls back to
+  BatchTopK over the batch it is given).
 * Decoder norms stay free: they carry the diffing signal.
 
-Normalisation: one scale factor per model, ``norm_scale[m] = sqrt(d / E‖x_m‖²)``, so both
-models enter with ``E‖x_m‖² = d``. A scalar (not a per-dimension mean/std) keeps each
-model's geometry intact — directions and the relative size of features inside a model are
-what the decoder must learn — while removing the global size difference between the two
-models (a fine-tune can grow the residual stream). The mean is left to ``b_dec``. The
+Normalisation: one scalar for both models, ``norm_scale = sqrt(d / E‖x‖²)`` over the two
+models' tokens pooled (the buffer keeps one entry per model, equal). A scalar (not a
+per-dimension mean/std) keeps each model's geometry intact — directions and the relative
+size of features inside a model are what the decoder must learn — and *one* scalar keeps
+the size difference between the models: a fine-tune that grows the residual stream is a
+change the diff must see, not one to normalise away. The mean is left to ``b_dec``. The
 scale lives in a buffer, is saved with the weights, and every public method takes and
 returns *raw* activations; ``normalize`` / ``denormalize`` expose the mapping for analyses
 (latent scaling) that work in the decoder's own space.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +136,6 @@ class _SparseCrossCoder(torch.autograd.Function):
         idx = batch_topk_indices(score, n_keep)  # ascending, so grouped by token
         kept = score[idx]
         rows, cols = idx // F_, idx % F_
-        min_score = kept.min() if idx.numel() else kept.new_zeros(())
         vals = kept / w_F[cols]  # the kept values are the unscaled f
         row_off = _offsets(rows, B)
         x_hat = torch.stack(
@@ -141,8 +143,8 @@ class _SparseCrossCoder(torch.autograd.Function):
         )
         by_col, order = torch.sort(cols, stable=True)
         ctx.save_for_backward(x_BD, W_dec, vals, rows, cols, row_off, order, _offsets(by_col, F_))
-        ctx.mark_non_differentiable(cols, min_score)
-        return x_hat, cols, min_score
+        ctx.mark_non_differentiable(cols)
+        return x_hat, cols
 
     @staticmethod
     def backward(ctx, g_B2d, *_):
@@ -178,7 +180,6 @@ class LossOutput:
     recon: torch.Tensor  # Σ_m ‖x_m − x̂_m‖² per token, mean over tokens (normalised space)
     aux: torch.Tensor  # normalised aux-k loss (0 when no latent is dead)
     fired_F: torch.Tensor  # bool (F): latent kept for at least one token of this batch
-    min_kept_score: torch.Tensor  # smallest kept f·w (the threshold statistic)
     l0: float  # mean kept latents per token
 
 
@@ -203,11 +204,16 @@ class BatchTopKCrossCoder(nn.Module):
             raise ValueError(f"selection_norm must be 'l2' or 'l2_squared', got {selection_norm!r}")
         self.d_model, self.n_latents, self.k, self.selection_norm = d_model, n_latents, k, selection_norm
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        bound = 1.0 / math.sqrt(2 * d_model)  # kaiming-uniform bound for fan-in 2d
-        W_enc = (torch.rand(2, d_model, n_latents, generator=gen) * 2 - 1) * bound
+        # One kaiming-uniform draw (fan-in d) copied to both halves and scaled by 1/√2: on
+        # paired inputs x_base ≈ x_ft the pre-activation has the size one independent
+        # draw per half would give, and every latent starts *shared* (cosine 1, relative
+        # norm 0.5), so any asymmetry is learned from the data, never left over from init.
+        bound = 1.0 / math.sqrt(d_model)
+        W_DF = (torch.rand(d_model, n_latents, generator=gen) * 2 - 1) * (bound / math.sqrt(2))
+        W_enc = torch.stack([W_DF, W_DF.clone()])
         self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
-        # Decoder = encoder transposed, so both models' rows start with equal norms.
+        # Decoder = encoder transposed.
         self.W_dec = nn.Parameter(W_enc.transpose(1, 2).contiguous())
         self.b_dec = nn.Parameter(torch.zeros(2, d_model))
         self.register_buffer("threshold", torch.tensor(-1.0))
@@ -236,11 +242,17 @@ class BatchTopKCrossCoder(nn.Module):
 
     @torch.no_grad()
     def fit_normalization(self, sample_N2d: torch.Tensor) -> None:
-        """Set ``norm_scale`` from raw activations so E‖x_m‖² = d for each model."""
+        """Set ``norm_scale`` from raw activations: one factor for both models, so that
+        E‖x‖² = d over the two models' tokens pooled.
+
+        One shared factor, not one per model: a fine-tune that grows (or shrinks) the
+        residual stream must show up as larger (smaller) fine-tuned decoder rows and β, not
+        be divided away before the cross-coder sees it.
+        """
         sq = sample_N2d.double().pow(2).sum(-1).mean(0)  # (2,)
         if not torch.all(torch.isfinite(sq)) or torch.any(sq <= 0):
             raise ValueError("cannot normalise: activations are all zero or not finite for a model")
-        self.norm_scale.copy_(torch.sqrt(self.d_model / sq).to(self.norm_scale.dtype))
+        self.norm_scale.fill_(float(torch.sqrt(self.d_model / sq.mean())))
 
     @torch.no_grad()
     def init_decoder_bias(self, sample_N2d: torch.Tensor) -> None:
@@ -268,6 +280,42 @@ class BatchTopKCrossCoder(nn.Module):
         keep = torch.zeros(f.numel(), dtype=torch.bool, device=f.device)
         keep[batch_topk_indices((f * w).detach(), self.k * f.shape[0])] = True
         return f * keep.view_as(f)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, batches: Iterable[torch.Tensor]) -> float:
+        """Set θ so that, over the raw ``(B, 2, d)`` batches given, exactly ``k`` latents
+        per token pass ``f_j w_j > θ`` on average; return θ.
+
+        Why after training, on held-out tokens: an EMA of the smallest kept score during
+        training is mostly its first few values (it left L0 at 2.7× k once), and the
+        dictionary the threshold serves is the final one. Exact: each batch keeps its
+        ``4·k·B`` largest scores; the global cut is ranked among those, and a batch whose
+        kept list ends above the cut is re-read with a longer list.
+        """
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            raise ValueError("threshold calibration needs at least one held-out token")
+        n_tokens = sum(len(b) for b in batches)
+        want = self.k * n_tokens
+        factor = 4
+        while True:
+            kept, cuts = [], []
+            for x in batches:
+                self._check_input(x)
+                score = (torch.relu(self._pre(self.normalize(x.to(self.W_dec.dtype)))) * self.selection_weights()).reshape(-1)
+                n_keep = min(score.numel(), factor * self.k * len(x))
+                top = torch.topk(score, n_keep, sorted=False).values
+                kept.append(top[top > 0])
+                cuts.append(float(top.min()) if n_keep < score.numel() else 0.0)
+            pool = torch.cat(kept)
+            if len(pool) <= want:
+                theta = 0.0  # fewer positive scores than k per token: keep every one
+            else:
+                theta = float(torch.topk(pool, want + 1).values[-1])
+            if all(c <= theta for c in cuts) or factor * self.k >= self.n_latents:
+                self.threshold.fill_(theta)
+                return theta
+            factor *= 4
 
     def decode(self, f_NF: torch.Tensor, normalized: bool = False) -> torch.Tensor:
         """Reconstruction ``(N, 2, d)`` from codes: raw space, or the model's space if
@@ -306,11 +354,11 @@ class BatchTopKCrossCoder(nn.Module):
         x_BD = x_n.reshape(B, -1)
         w = self.selection_weights()
         if sparse:
-            x_hat, cols, min_score = _SparseCrossCoder.apply(
+            x_hat, cols = _SparseCrossCoder.apply(
                 x_BD, self.W_enc_DF, self.b_enc, self.W_dec, w, self.k * B, compute_dtype or x_BD.dtype
             )
         else:
-            x_hat, cols, min_score = self._dense_main(x_BD, w)
+            x_hat, cols = self._dense_main(x_BD, w)
         x_hat = x_hat + self.b_dec
         recon = (x_hat - x_n).pow(2).sum((1, 2)).mean()
         aux = x_n.new_zeros(())
@@ -318,7 +366,7 @@ class BatchTopKCrossCoder(nn.Module):
             aux = self._aux_loss(x_BD, (x_n - x_hat).detach().reshape(B, -1), dead_F.nonzero().squeeze(1), k_aux)
         fired = torch.zeros(self.n_latents, dtype=torch.bool, device=x_n.device)
         fired[cols] = True
-        return LossOutput(recon + aux_alpha * aux, recon.detach(), aux.detach(), fired, min_score, cols.numel() / B)
+        return LossOutput(recon + aux_alpha * aux, recon.detach(), aux.detach(), fired, cols.numel() / B)
 
     def _dense_main(self, x_BD: torch.Tensor, w: torch.Tensor):
         """Reference path: dense pre-activations, a 0/1 mask, dense decode, plain autograd."""
@@ -327,9 +375,8 @@ class BatchTopKCrossCoder(nn.Module):
         idx = batch_topk_indices(score, self.k * x_BD.shape[0])
         mask = torch.zeros(f.numel(), dtype=f.dtype, device=f.device)
         mask[idx] = 1.0
-        min_score = score.reshape(-1)[idx].min() if idx.numel() else score.new_zeros(())
         x_hat = torch.einsum("bf,mfd->bmd", f * mask.view_as(f), self.W_dec)
-        return x_hat, idx % self.n_latents, min_score
+        return x_hat, idx % self.n_latents
 
     def _aux_loss(self, x_BD: torch.Tensor, e_BD: torch.Tensor, dead_idx: torch.Tensor, k_aux: int) -> torch.Tensor:
         """Aux-k (DESIGN §3): revive dead latents by having them explain the residual.

@@ -46,6 +46,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
@@ -137,13 +139,19 @@ class _ScalingSums:
     ``proj[t, p, j] = Σ_i f_ij ⟨probe_p,j, target_t,i⟩`` for targets
     (e_base, e_ft, x̂_base, x̂_ft), ``e = x − x̂``, and probes (dominant, own row of the
     target's model); the error target adds the put-back term at the end.
+
+    For the *primary* β (error target, probe ``u_m,j`` chosen per latent before the pass),
+    per model, with ``z_ij = ⟨u_m,j, y_m,i⟩`` the put-back included: ``fz = Σ f z``,
+    ``f2z2 = Σ f² z²``, ``f3z = Σ f³ z``, and (model-free) ``f4 = Σ f⁴``: with them the
+    token-clustered (sandwich) standard error of β is exact, from this one pass.
     """
 
     def __init__(self, n_latents: int):
-        z = lambda: torch.zeros(n_latents, dtype=torch.float64)  # noqa: E731
-        self.sum_f2, self.count = z(), z()
+        z = lambda *shape: torch.zeros(*shape, n_latents, dtype=torch.float64)  # noqa: E731
+        self.sum_f2, self.count, self.f4 = z(), z(), z()
+        self.fz, self.f2z2, self.f3z = z(2), z(2), z(2)
         self.max_act = torch.zeros(n_latents, dtype=torch.float32)
-        self.proj = torch.zeros(4, 2, n_latents, dtype=torch.float64)
+        self.proj = z(4, 2)
         self.n_tokens = 0
 
 
@@ -161,8 +169,10 @@ def _accumulate(
     model: Any,
     x_raw_B2d: torch.Tensor,
     probes_PFd: torch.Tensor,
+    primary_MFd: torch.Tensor,
 ) -> None:
-    """Add one batch's contributions: sparse decode, sparse scatter, dot with probes."""
+    """Add one batch's contributions: sparse decode, sparse scatter, dot with probes, and
+    the per-(token, latent) projections the primary β's standard error needs."""
     W_dec, b_dec = model.W_dec, model.b_dec
     device = W_dec.device
     x_raw = x_raw_B2d.to(device=device, dtype=torch.float32)
@@ -186,8 +196,22 @@ def _accumulate(
     # (subtracting per token, not after summing, keeps float32 partial sums accurate).
     Y_B4d = torch.cat([x_B2d[:, 0] - xhat[0], x_B2d[:, 1] - xhat[1], xhat[0], xhat[1]], dim=1)
 
-    sums.sum_f2 += torch.bincount(lat, weights=val.double() * val.double(), minlength=F_).cpu()
+    v64 = val.double()
+    sums.sum_f2 += torch.bincount(lat, weights=v64 * v64, minlength=F_).cpu()
+    sums.f4 += torch.bincount(lat, weights=v64**4, minlength=F_).cpu()
     sums.count += torch.bincount(lat, minlength=F_).double().cpu()
+    if val.numel():
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(crow, lat, torch.ones_like(val), (B, F_), check_invariants=False)
+        for m in range(2):
+            u_Fd = primary_MFd[m]
+            # z = ⟨u, e_m,i⟩ + f ⟨u, d_m⟩ for every kept pair, in the pairs' (token-major) order
+            z = torch.sparse.sampled_addmm(pattern, Y_B4d[:, m * d : (m + 1) * d].contiguous(), u_Fd.t(), beta=0.0).values()
+            z = z.double() + v64 * (u_Fd * W32[m]).sum(-1).double()[lat]
+            sums.fz[m] += torch.bincount(lat, weights=v64 * z, minlength=F_).cpu()
+            sums.f2z2[m] += torch.bincount(lat, weights=(v64 * z) ** 2, minlength=F_).cpu()
+            sums.f3z[m] += torch.bincount(lat, weights=v64**3 * z, minlength=F_).cpu()
     if val.numel():
         batch_max = torch.zeros(F_, device=device).scatter_reduce(0, lat, val, "amax")
         sums.max_act = torch.maximum(sums.max_act, batch_max.cpu())
@@ -240,29 +264,93 @@ def _betas(sums: _ScalingSums, probes_PFd: torch.Tensor, W_dec64_MFd: torch.Tens
     return out
 
 
-def shift_and_ratio(beta_base: np.ndarray, beta_ft: np.ndarray, cfg: DiffingConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Guarded ``log2(β_ft/β_base)`` (|shift| ≤ max_shift) and ``ν = β_base/β_ft``."""
+def beta_ratio(beta_base: np.ndarray, beta_ft: np.ndarray, eps: float) -> np.ndarray:
+    """``ν = β_base / β_ft`` (NaN where ``|β_ft| ≤ eps`` or either is missing)."""
     b, f = np.asarray(beta_base, np.float64), np.asarray(beta_ft, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        top = np.fmax(b, f)
-        floor = top * 2.0 ** (-cfg.max_shift)
-        evidence = np.isfinite(b) & np.isfinite(f) & (top > cfg.eps)
-        shift = np.where(evidence, np.log2(np.maximum(f, floor) / np.maximum(b, floor)), np.nan)
-        nu = np.where(np.isfinite(f) & (np.abs(f) > cfg.eps), b / np.where(f == 0, 1.0, f), np.nan)
-    return shift, nu
+        return np.where(np.isfinite(f) & (np.abs(f) > eps), b / np.where(f == 0, 1.0, f), np.nan)
 
 
-def attribution_labels(shift: np.ndarray, norm_labels: np.ndarray, tau: float) -> np.ndarray:
-    """amplified / suppressed / unchanged from shift; no evidence falls back to the norm label."""
-    shift = np.asarray(shift, np.float64)
-    out = np.full(shift.shape, "unchanged", dtype=object)
-    out[shift > tau] = "amplified"
-    out[shift < -tau] = "suppressed"
-    missing = ~np.isfinite(shift)
-    norm_labels = np.asarray(norm_labels, dtype=object)
-    out[missing & (norm_labels == "base_only")] = "suppressed"
-    out[missing & (norm_labels == "ft_only")] = "amplified"
+def primary_betas(sums: _ScalingSums, primary_MFd: torch.Tensor, eps: float) -> dict[str, np.ndarray]:
+    """The primary β per model and its standard error, from the pass's sums.
+
+    ``β = Σ f z / (‖u‖² Σ f²)`` (``z = ⟨u, y⟩``); the error is clustered by token (each
+    token is one observation of the whole vector ``y``): ``se² = Σ f² r² / (‖u‖² Σ f²)²``
+    with ``r = z − β ‖u‖² f``, expanded into the accumulated sums.
+    """
+    out: dict[str, np.ndarray] = {}
+    for m, name in ((0, "base"), (1, "ft")):
+        u2 = primary_MFd[m].double().pow(2).sum(-1).cpu()
+        denom = u2 * sums.sum_f2
+        ok = denom > eps
+        beta = torch.where(ok, sums.fz[m] / denom.clamp_min(eps), torch.nan)
+        b0 = torch.nan_to_num(beta)
+        meat = sums.f2z2[m] - 2 * b0 * u2 * sums.f3z[m] + (b0 * u2) ** 2 * sums.f4
+        se = torch.where(ok, meat.clamp_min(0).sqrt() / denom.clamp_min(eps), torch.nan)
+        out[f"beta_{name}"], out[f"beta_se_{name}"] = beta.numpy(), se.numpy()
     return out
+
+
+BETA_STATES = ("too_few_fires", "absent_both", "absent_base", "absent_ft", "present")
+
+
+def attribution_labels(
+    beta_base: np.ndarray, beta_ft: np.ndarray, se_base: np.ndarray, se_ft: np.ndarray, fires: np.ndarray,
+    cfg: DiffingConfig,
+) -> pd.DataFrame:
+    """``beta_state, shift, shift_se, attribution`` per latent from the primary β.
+
+    States: ``too_few_fires`` (under the evidence floor ``min_fires``: never labelled);
+    ``absent_both`` / ``absent_base`` / ``absent_ft`` (β ≤ 0 in that model: "not there",
+    whose ratio is undefined — shift is NaN, not a huge number); ``present``. For present
+    latents ``shift = log2(β_ft/β_base)`` (|shift| ≤ max_shift) with a delta-method error.
+
+    Labels test against the edge of the unchanged band on the linear scale, where the
+    errors are (nearly) Gaussian and a β near 0 is no problem: amplified when
+    ``β_ft − 2^τ β_base > z·√(se_ft² + 4^τ se_base²)``, suppressed when
+    ``2^−τ β_base − β_ft > z·√(se_ft² + 4^−τ se_base²)``; and the model the latent is
+    claimed to live in must carry it (β > z·se there). A latent absent in the fine-tuned
+    model is suppressed by the same rule, once the base carries it clearly.
+    """
+    b, f = np.asarray(beta_base, np.float64), np.asarray(beta_ft, np.float64)
+    sb, sf = np.asarray(se_base, np.float64), np.asarray(se_ft, np.float64)
+    enough = (np.asarray(fires) >= cfg.min_fires) & np.isfinite(b) & np.isfinite(f)
+    b_pos, f_pos = enough & (b > 0), enough & (f > 0)
+    state = np.full(b.shape, "too_few_fires", dtype=object)
+    state[enough & ~b_pos & ~f_pos] = "absent_both"
+    state[enough & ~b_pos & f_pos] = "absent_base"
+    state[enough & b_pos & ~f_pos] = "absent_ft"
+    both = b_pos & f_pos
+    state[both] = "present"
+    up, down = 2.0**cfg.tau, 2.0**-cfg.tau
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(both, np.clip(np.log2(f / b), -cfg.max_shift, cfg.max_shift), np.nan)
+        shift_se = np.where(both, np.sqrt((sf / f) ** 2 + (sb / b) ** 2) / np.log(2), np.nan)
+        amplified = enough & (f > cfg.z * sf) & (f - up * b > cfg.z * np.sqrt(sf**2 + up**2 * sb**2))
+        suppressed = enough & (b > cfg.z * sb) & (down * b - f > cfg.z * np.sqrt(sf**2 + down**2 * sb**2))
+    label = np.full(b.shape, "unchanged", dtype=object)
+    label[amplified] = "amplified"
+    label[suppressed] = "suppressed"
+    return pd.DataFrame({"beta_state": state, "shift": shift, "shift_se": shift_se, "attribution": label})
+
+
+def primary_probes(W_dec_MFd: torch.Tensor, cfg: DiffingConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """The probe ``u_m,j`` of the primary β (2, F, d) and which kind each latent got.
+
+    The dominant row (the larger norm) for both models when the two rows are aligned
+    (cosine ≥ ``align_min_cos``) or one of them is negligible (the relative-norm bands of
+    a base-only / ft-only latent): then "how much of this direction is in model m" means
+    the same in both. Rows that point different ways are probed each along its own row.
+    """
+    W = W_dec_MFd.float()
+    n_b, n_f = W[0].norm(dim=-1), W[1].norm(dim=-1)
+    rel = n_f / (n_b + n_f).clamp_min(1e-30)
+    cos = (W[0] * W[1]).sum(-1) / (n_b * n_f).clamp_min(1e-30)
+    one_sided = (rel < cfg.base_only_below) | (rel > cfg.ft_only_above)
+    use_dominant = (cos >= cfg.align_min_cos) | one_sided
+    dominant = torch.where((n_b >= n_f)[:, None], W[0], W[1])
+    primary = torch.stack([torch.where(use_dominant[:, None], dominant, W[m]) for m in range(2)])
+    return primary, np.where(use_dominant.cpu().numpy(), "dominant", "own")
 
 
 def latent_table(
@@ -286,6 +374,7 @@ def latent_table(
     W32 = W_dec.float()
     dominant = torch.where((W32[0].norm(dim=-1) >= W32[1].norm(dim=-1))[:, None], W32[0], W32[1])
     probes_PFd = torch.stack([dominant, W32[0], W32[1]])  # dominant, own base, own ft
+    primary_MFd, probe_kind = primary_probes(W_dec, cfg)
 
     batch = max(1, min(cfg.batch_size, _MAX_CODE_ELEMENTS // n_latents))
     total = _n_analysis_tokens(activations, cfg.n_tokens)
@@ -298,7 +387,7 @@ def latent_table(
     try:
         with tqdm(total=total, unit="tok", desc="latent scaling", disable=not progress, dynamic_ncols=True) as bar:
             for x in _iter_batches(activations, batch, cfg.n_tokens):
-                _accumulate(sums, model, x, probes_PFd)
+                _accumulate(sums, model, x, probes_PFd, primary_MFd)
                 bar.update(x.shape[0])
     finally:
         if was_training:
@@ -307,10 +396,17 @@ def latent_table(
     betas = _betas(sums, probes_PFd, W_dec.double(), cfg.eps)
     for name in BETA_COLUMNS:
         table[name] = betas[name]
-    shift, table["nu_err"] = shift_and_ratio(betas["beta_err_base"], betas["beta_err_ft"], cfg)
-    _, table["nu_recon"] = shift_and_ratio(betas["beta_recon_base"], betas["beta_recon_ft"], cfg)
-    table["shift"] = shift
-    table["attribution"] = attribution_labels(shift, table["label_by_norm"].to_numpy(), cfg.tau)
+    table["nu_err"] = beta_ratio(betas["beta_err_base"], betas["beta_err_ft"], cfg.eps)
+    table["nu_recon"] = beta_ratio(betas["beta_recon_base"], betas["beta_recon_ft"], cfg.eps)
+    primary = primary_betas(sums, primary_MFd, cfg.eps)
+    for name, values in primary.items():
+        table[name] = values
+    table["probe"] = probe_kind
+    table["n_fires"] = sums.count.numpy().astype(np.int64)
+    labels = attribution_labels(primary["beta_base"], primary["beta_ft"], primary["beta_se_base"], primary["beta_se_ft"],
+                                table["n_fires"].to_numpy(), cfg)
+    for column in labels.columns:
+        table[column] = labels[column].to_numpy()
     table["freq"] = (sums.count / max(sums.n_tokens, 1)).numpy()
     table["max_act"] = sums.max_act.double().numpy()
     return table
@@ -341,4 +437,5 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         "ft_only": int(norm_counts.get("ft_only", 0)),
         "shared": int(norm_counts.get("shared", 0)),
         "never_fired": int((table["freq"] == 0).sum()),
+        **{f"state_{k}": int((table["beta_state"] == k).sum()) for k in BETA_STATES},
     }

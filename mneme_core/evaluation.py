@@ -215,51 +215,85 @@ def attributed_latents(latents: pd.DataFrame, latent_direction: LatentDirection 
     return latents.loc[keep, ["latent", "shift", "category"]].assign(category=cat[keep].astype(str))
 
 
+def eligible_latents(latents: pd.DataFrame) -> pd.DataFrame:
+    """The pool an attribution is drawn from: categorised latents with enough evidence to
+    be labelled at all (``beta_state`` other than ``too_few_fires``, where the diff stage
+    wrote it)."""
+    cat = latents["category"].astype("string").str.strip()
+    keep = cat.notna() & (cat != "")
+    if "beta_state" in latents.columns:
+        keep &= latents["beta_state"] != "too_few_fires"
+    return latents.loc[keep, ["latent", "category"]].assign(category=cat[keep].astype(str))
+
+
 def category_scores(
     latents: pd.DataFrame,
     mapping: pd.DataFrame | Mapping[str, str],
     benchmark_categories: Sequence[str],
     *,
     latent_direction: LatentDirection = "suppressed",
-    score: Literal["shift", "count"] = "shift",
+    score: Literal["enrichment", "shift", "count"] = "enrichment",
 ) -> pd.DataFrame:
-    """Per benchmark category: ``n_latents, total_shift, score, mneme_categories, latents``.
+    """Per benchmark category: ``n_latents, n_pool, expected, p_value, total_shift, score,
+    mneme_categories, latents``.
 
-    Every benchmark category gets a row (zeros where no latent maps to it). ``latents``
-    lists up to MAX_LATENTS_LISTED ids, largest |shift| first.
+    ``n_pool`` = eligible latents mapped there; ``expected`` = the attributed latents it
+    would hold if attribution ignored meaning (``n · n_pool / N``); ``p_value`` = one-sided
+    hypergeometric test of holding at least ``n_latents``. Every latent counts once, so no
+    single latent can dominate a category. Every benchmark category gets a row (zeros
+    where no latent maps to it). ``latents`` lists up to MAX_LATENTS_LISTED ids, largest
+    |shift| first.
     """
     if isinstance(mapping, pd.DataFrame):
         mapping = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
+    pool = eligible_latents(latents)
+    pool_bench = pool["category"].map(mapping)
     att = attributed_latents(latents, latent_direction)
     att = att.assign(abs_shift=att["shift"].abs().fillna(0.0), benchmark=att["category"].map(mapping))
     unknown = set(att["benchmark"].dropna()) - set(benchmark_categories)
     if unknown:
         raise EvaluationError(f"mapping points to categories not in the benchmark: {sorted(unknown)[:5]}")
     att = att.dropna(subset=["benchmark"]).sort_values(["abs_shift", "latent"], ascending=[False, True])
+    n_total, n_att = int(pool_bench.notna().sum()), int(len(att))
     rows = []
     for bcat in sorted(benchmark_categories):
         sub = att[att["benchmark"] == bcat]
-        rows.append({"category": bcat, "n_latents": int(len(sub)), "total_shift": float(sub["abs_shift"].sum()),
+        n_pool = max(int((pool_bench == bcat).sum()), len(sub))
+        p = float(stats.hypergeom.sf(len(sub) - 1, max(n_total, n_att), n_pool, n_att)) if len(sub) else 1.0
+        rows.append({"category": bcat, "n_latents": int(len(sub)), "n_pool": n_pool,
+                     "expected": n_att * n_pool / n_total if n_total else 0.0, "p_value": p,
+                     "total_shift": float(sub["abs_shift"].sum()),
                      "mneme_categories": sorted(sub["category"].unique().tolist()),
                      "latents": [int(x) for x in sub["latent"].head(MAX_LATENTS_LISTED)]})
-    df = pd.DataFrame(rows, columns=["category", "n_latents", "total_shift", "mneme_categories", "latents"])
-    if score not in ("shift", "count"):
-        raise ValueError(f"predict_score must be 'shift' or 'count', got {score!r}")
+    df = pd.DataFrame(rows, columns=["category", "n_latents", "n_pool", "expected", "p_value", "total_shift",
+                                     "mneme_categories", "latents"])
+    if score not in ("enrichment", "shift", "count"):
+        raise ValueError(f"predict_score must be 'enrichment', 'shift' or 'count', got {score!r}")
+    if score == "enrichment":
+        df.insert(5, "score", -np.log10(df["p_value"].clip(lower=1e-300)))
+        return df
     mass = df["total_shift"] if score == "shift" else df["n_latents"].astype(float)
     total = float(mass.sum())
-    df.insert(3, "score", mass / total if total > 0 else 0.0)
+    df.insert(5, "score", mass / total if total > 0 else 0.0)
     return df
 
 
-def default_predict_threshold(scores: pd.DataFrame) -> float:
-    """The mean share over benchmark categories, 1 / K."""
-    return 1.0 / len(scores) if len(scores) else 0.0
+def default_predict_threshold(scores: pd.DataFrame, score: str = "enrichment", alpha: float = 0.05) -> float:
+    """Enrichment: ``−log10(alpha / K)``, the one-sided test at ``alpha`` Bonferroni-corrected
+    over the K benchmark categories (so a method attributing at random predicts any
+    category with probability ≤ alpha). Shares: the mean share, 1 / K."""
+    if not len(scores):
+        return 0.0
+    if score == "enrichment":
+        return float(-np.log10(alpha / len(scores)))
+    return 1.0 / len(scores)
 
 
-def predict(scores: pd.DataFrame, threshold: float) -> set[str]:
-    """Predicted categories: ``score >= threshold`` and ``score > 0`` (ties are predicted)."""
+def predict(scores: pd.DataFrame, threshold: float, min_latents: int = 1) -> set[str]:
+    """Predicted categories: ``score >= threshold``, ``score > 0`` (ties are predicted) and
+    at least ``min_latents`` attributed latents (one or two latents are an anecdote)."""
     s = scores["score"].to_numpy(np.float64)
-    return set(scores.loc[(s >= threshold) & (s > 0), "category"])
+    return set(scores.loc[(s >= threshold) & (s > 0) & (scores["n_latents"] >= min_latents), "category"])
 
 
 # --------------------------------------------------------------------------- metrics
@@ -303,7 +337,8 @@ def metrics(T: Collection[str], P: Collection[str], universe: Collection[str]) -
     return out
 
 
-def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collection[str] | None = None) -> pd.DataFrame:
+def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collection[str] | None = None,
+                    min_latents: int = 1) -> pd.DataFrame:
     """Metrics for every distinct prediction threshold, from "predict nothing" (a threshold
     just above the largest score) down to the smallest positive score."""
     U = set(scores["category"]) if universe is None else set(universe)
@@ -312,7 +347,7 @@ def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collecti
     top = float(np.nextafter(positive[0], np.inf)) if len(positive) else 0.0
     rows = []
     for thr in [top, *map(float, positive)]:
-        P = predict(scores, thr)
+        P = predict(scores, thr, min_latents)
         m = metrics(T, P, U)
         rows.append({"threshold": thr, "n_predicted": m["n_predicted"], "tp": m["tp"], "fp": m["fp"],
                      **{k: m[k] for k in METRIC_NAMES}})
@@ -366,9 +401,13 @@ def evaluate(
     *,
     mapping: Mapping[str, str] | None = None,
     embedder: Any = None,
+    context_diffs: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Benchmark table with T, and the evaluation record (JSON-able) with P, metrics,
-    baselines, the threshold curve and the category mapping. Pure: no files touched."""
+    baselines, the threshold curve and the category mapping. Pure: no files touched.
+
+    ``context_diffs`` (``mneme_core.actdiff``; labelled contexts with their activation
+    difference) adds the dictionary-free baseline ``activation_diff``."""
     table = degraded_table(benchmark, direction=cfg.direction, threshold=cfg.degrade_threshold, alpha=cfg.significance,
                            test=cfg.significance_test, bootstrap_draws=cfg.bootstrap_draws, seed=cfg.seed)
     universe = sorted(table["category"])
@@ -382,8 +421,9 @@ def evaluate(
                                    "similarity": np.nan})
     mapping = dict(zip(mapping_df["mneme_category"], mapping_df["benchmark_category"]))
     scores = category_scores(latents, mapping, universe, latent_direction=cfg.latent_direction, score=cfg.predict_score)
-    thr = cfg.predict_threshold if cfg.predict_threshold > 0 else default_predict_threshold(scores)
-    P = predict(scores, thr)
+    thr = cfg.predict_threshold if cfg.predict_threshold > 0 else default_predict_threshold(
+        scores, cfg.predict_score, cfg.significance)
+    P = predict(scores, thr, cfg.predict_min_latents)
     methods: dict[str, Any] = {"mneme": {**metrics(T, P, universe), "set": sorted(P)},
                                "random": random_baseline(T, universe, draws=cfg.random_draws, seed=cfg.seed),
                                "oracle": {**metrics(T, T, universe), "set": sorted(T)}}
@@ -392,6 +432,7 @@ def evaluate(
         methods["naive"] = {**metrics(T, naive, universe), "set": naive, "description": cfg.intervention_description}
     else:
         methods["naive"] = {"skipped": "evaluation.intervention_description is empty"}
+    methods["activation_diff"] = _activation_diff_baseline(context_diffs, T, universe, cfg, embedder)
     lat_counts = attributed["category"].value_counts()
     record = {
         "direction": cfg.direction,
@@ -400,18 +441,38 @@ def evaluate(
             "degrade_threshold": cfg.degrade_threshold, "significance": cfg.significance,
             "significance_test": str(table["test"].iloc[0]), "predict_score": cfg.predict_score,
             "predict_threshold": thr,
-            "predict_threshold_rule": "configured" if cfg.predict_threshold > 0 else "mean share (1 / n_categories)",
+            "predict_min_latents": cfg.predict_min_latents,
+            "predict_threshold_rule": "configured" if cfg.predict_threshold > 0 else (
+                "-log10(significance / n_categories): Bonferroni over the benchmark categories"
+                if cfg.predict_score == "enrichment" else "mean share (1 / n_categories)"),
         },
         "universe": universe,
         "T": sorted(T),
         "P": sorted(P),
         "category_scores": scores.assign(predicted=scores["category"].isin(P)).to_dict(orient="records"),
         "metrics": methods,
-        "curve": _records(threshold_curve(scores, T, universe)),
+        "curve": _records(threshold_curve(scores, T, universe, cfg.predict_min_latents)),
         "mapping": _records(mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])),
         "shared_names": shared_names(mneme_cats, universe),
     }
     return table, record
+
+
+def _activation_diff_baseline(diffs: pd.DataFrame | None, T: set[str], universe: list[str], cfg: EvaluationConfig,
+                              embedder: Any) -> dict[str, Any]:
+    """The dictionary-free baseline's metrics and per-category table (or why it is absent)."""
+    from mneme_core.actdiff import predict_from_diffs
+
+    if diffs is None or diffs.empty:
+        return {"skipped": "no context_diffs.parquet: the categories stage writes it when the activation store exists"}
+    cats = sorted(diffs["category"].astype(str).unique().tolist())
+    mapping = category_mapping(cats, universe, embedder)
+    per_cat, P = predict_from_diffs(diffs.assign(category=diffs["category"].astype(str)),
+                                    dict(zip(mapping["mneme_category"], mapping["benchmark_category"])), universe,
+                                    alpha=cfg.significance, min_contexts=cfg.predict_min_latents)
+    return {**metrics(T, P, universe), "set": sorted(P), "n_contexts": int(len(diffs)),
+            "rule": "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories",
+            "per_category": _records(per_cat)}
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -456,8 +517,12 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         raise EvaluationError(f"{run_path} has no latents.parquet; run the diff and categories stages first")
     from mneme_core.embeddings import get_embedder
 
+    from mneme_core.actdiff import CONTEXT_DIFFS_FILE
+
+    diffs_path = run_path / CONTEXT_DIFFS_FILE
     table, record = evaluate(bench, pd.read_parquet(latents_path), cfg.evaluation,
-                             embedder=get_embedder(cfg.interpret.embedding_model))
+                             embedder=get_embedder(cfg.interpret.embedding_model),
+                             context_diffs=pd.read_parquet(diffs_path) if diffs_path.is_file() else None)
     record["benchmark_source"] = source
     write_parquet(run_path / "benchmark.parquet", table)
     atomic_write_json(run_path / "evaluation.json", record)
@@ -468,4 +533,5 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         **{k: m["mneme"][k] for k in ("accuracy", "precision", "recall", "f1", "balanced_accuracy")},
         "random_accuracy_mean": m["random"]["accuracy"]["mean"],
         "naive_accuracy": m["naive"].get("accuracy"),
+        "activation_diff_accuracy": m["activation_diff"].get("accuracy"),
     }

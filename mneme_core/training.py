@@ -16,14 +16,16 @@ Loop, per step (global batch ``B = training.batch_size`` tokens):
 * dead-latent counters (tokens since a latent last fired, in *global* tokens) are
   updated from the all-reduced "fired in this batch" mask, so every rank agrees on the
   dead set the aux loss uses;
-* threshold θ: after ``threshold_warmup_steps`` (at most half the run), an EMA
-  (``threshold_ema``) of the smallest kept score ``f·w`` per batch, averaged over ranks;
+* threshold θ: not estimated during training (BatchTopK needs none); after the last step
+  it is calibrated on the first half of the held-out tokens so the mean L0 there is k
+  (``BatchTopKCrossCoder.calibrate_threshold``), and the metrics are computed on the
+  second half, so the reported ``l0_over_k`` is measured on tokens θ never saw;
 * every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint: a folder
   ``step_XXXXXXXX`` with model, optimizer and trainer tensors as safetensors and a
   ``state.json``, assembled in a temp folder and renamed (atomic). A later call resumes
   from the newest one — same batches (the shuffle is seeded per epoch), same result.
 
-Normalisation: the per-model scale (``BatchTopKCrossCoder.fit_normalization``) comes from
+Normalisation: the shared scale (``BatchTopKCrossCoder.fit_normalization``) comes from
 the first training tokens in shuffled order (≤ 256 MB of them, at least one batch),
 identical on every rank.
 """
@@ -199,7 +201,7 @@ def _plan(data: Activations, tcfg: TrainingConfig, ccfg: CrossCoderConfig, world
     F_ = ccfg.n_latents or ccfg.expansion * d
     if ccfg.k > F_:
         raise ConfigError(f"crosscoder.k ({ccfg.k}) must not exceed the number of latents ({F_})")
-    n_val = max(1, int(round(data.n_tokens * tcfg.val_fraction)))
+    n_val = max(2, int(round(data.n_tokens * tcfg.val_fraction)))  # halves: θ calibration, metrics
     n_train = data.n_tokens - n_val
     B = tcfg.batch_size
     if B % world:
@@ -307,7 +309,12 @@ def train_crosscoder(
     if ckpt_dir is not None and state.step > start_step:
         _save_checkpoint(ckpt_dir, plan, model, optimizer, state, dd)
 
-    metrics = evaluate(model, data, start=plan.n_train, batch_size=local_bs, dd=dd)
+    n_calib = plan.n_val // 2
+    calib = data.iter_batches(local_bs * dd.world, shuffle=False, start=plan.n_train, stop=plan.n_train + n_calib)
+    model.calibrate_threshold(b.to(dd.device) for b in calib)
+    metrics = evaluate(model, data, start=plan.n_train + n_calib, batch_size=local_bs, dd=dd)
+    metrics["l0_over_k"] = metrics["l0"] / plan.k
+    metrics["n_calibration_tokens"] = n_calib
     trained = (state.step - start_step) * plan.batch_size
     metrics.update(
         steps=state.step, total_steps=plan.total_steps, tokens_seen=state.tokens_seen, n_train_tokens=plan.n_train,
@@ -346,18 +353,15 @@ def _train_step(step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: 
     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     optimizer.step()
     with torch.no_grad():
-        # One all-reduce for the fired mask, the threshold statistic and the loss.
-        packed = torch.cat([out.fired_F.float(), out.min_kept_score.reshape(1).float(), out.loss.detach().reshape(1).float()])
+        # One all-reduce for the fired mask and the loss.
+        packed = torch.cat([out.fired_F.float(), out.loss.detach().reshape(1).float()])
         dd.all_reduce(packed)
         fired = packed[: plan.n_latents] > 0
-        min_score, loss = float(packed[-2]) / dd.world, float(packed[-1]) / dd.world
+        loss = float(packed[-1]) / dd.world
         state.since_fired_F = torch.where(fired, 0, state.since_fired_F + plan.batch_size)
         state.step += 1
         state.tokens_seen += plan.batch_size
         state.last_loss = loss
-        if state.step > min(tcfg.threshold_warmup_steps, plan.total_steps // 2):  # short runs get a θ too
-            theta = float(model.threshold)
-            model.threshold.fill_(min_score if theta < 0 else tcfg.threshold_ema * theta + (1 - tcfg.threshold_ema) * min_score)
 
 
 def _progress_bar(plan: _Plan, state: _State, enabled: bool):

@@ -48,9 +48,12 @@ def test_store_holds_both_models_residuals_of_kept_tokens(study):
     x = torch.from_numpy(np.stack([c.input_ids for c in contexts]))
     m = torch.from_numpy(np.stack([c.attention_mask for c in contexts]))
     keep = torch.from_numpy(np.stack([c.keep for c in contexts]))
+    keep &= torch.cumsum(keep.long(), 1) > 1  # the first kept token (attention sink) is dropped by default
     with torch.inference_mode():
         expected = torch.stack([truncated_forward(model, x, m, LAYER)[keep] for model in (pair.base, pair.ft)], dim=1)
     ids = x[keep].numpy()
+    assert metrics["excluded_massive_tokens"] == 0  # a tiny random model has no massive activations
+    assert metrics["excluded_first_tokens"] == len(contexts)
     assert store.n_tokens == metrics["n_tokens"] == len(expected) and store.d_model == 32 and store.layer == LAYER
     # shards interleave in context order here (one rank), so rows line up with the corpus
     torch.testing.assert_close(store.read(), expected.half().float())
@@ -63,7 +66,7 @@ def test_excluded_tokens_absent_and_metadata_consistent(study):
     cfg, _, store = study
     tok = tiny_tokenizer()
     assert not np.isin(store.token_ids, excluded_token_ids(tok, True)).any()
-    assert store.positions.min() >= 1  # position 0 is BOS, never stored
+    assert store.positions.min() >= 2  # position 0 is BOS, the first text token (a sink) is dropped too
     assert store.positions.max() < cfg.corpus.context_length
     assert len(store.doc_ids) == len(store.context_ids) == store.n_tokens
     assert (np.diff(store.context_ids) >= 0).all()
@@ -203,6 +206,10 @@ def test_reuse_base_halves_from_an_earlier_collection(study, tmp_path):
     x, ref = store.read(), reference.read()
     assert metrics["reused_base_tokens"] == store.n_tokens == reference.n_tokens
     assert torch.equal(x[:, 0], ref[:, 0]) and torch.equal(x[:, 1], x[:, 0])
+    # the real fine-tuned model on the donor's tokens: exactly the first collection
+    metrics = collect(cfg.models, cfg.corpus, act, tmp_path / "again", progress=False)
+    assert metrics["reused_base_tokens"] == reference.n_tokens
+    assert torch.equal(ActivationStore(tmp_path / "again").read(), ref)
     other_layer = dataclasses.replace(same, layer=1)
     with pytest.raises(StoreError, match="different base model, corpus, layer or settings \\(models differ\\)"):
         collect(other_layer, cfg.corpus, act, tmp_path / "third", progress=False)
@@ -242,3 +249,34 @@ def test_torchrun_two_ranks_collect_the_same_activations(study, tmp_path):
     assert {s["rank"] for s in store.shards} == {0, 1} and store.n_tokens == reference.n_tokens
     order = lambda s: np.argsort(s.context_ids * 10_000 + s.positions, kind="stable")  # noqa: E731
     assert torch.equal(store.read()[order(store)], reference.read()[order(reference)])
+
+
+def test_massive_activation_tokens_are_dropped_by_the_base_norm_and_counted(study, tmp_path):
+    """A token whose base residual is ~1000× the others (an attention sink, planted by
+    blowing up its embedding in both models) never reaches the store; the count is in
+    the index and the stage metrics; a fine-tune that grows a token's norm is kept."""
+    from mneme_core.activations import massive_token_mask
+
+    cfg, _, reference = study
+    tok = tiny_tokenizer()
+    pair = load_model_pair(cfg.models)
+    sink = int(np.bincount(reference.token_ids).argmax())  # a frequent token
+    for model, name in ((pair.base, "base"), (pair.ft, "ft")):
+        with torch.no_grad():
+            model.get_input_embeddings().weight[sink] *= 1000.0
+        save_model(model, tok, tmp_path / name)
+    models = dataclasses.replace(cfg.models, base=dataclasses.replace(cfg.models.base, path=str(tmp_path / "base")),
+                                 ft=dataclasses.replace(cfg.models.ft, path=str(tmp_path / "ft")))
+    metrics = collect(models, cfg.corpus, cfg.activations, tmp_path / "acts", progress=False)
+    store = ActivationStore(tmp_path / "acts")
+    n_sink = int((reference.token_ids == sink).sum())
+    assert n_sink > 0 and not (store.token_ids == sink).any()
+    assert metrics["excluded_massive_tokens"] == store.index["excluded_tokens"]["massive"] >= n_sink
+    assert store.n_tokens == reference.n_tokens - metrics["excluded_massive_tokens"]
+    # the rule: first kept positions, then base norm > m × median; the fine-tuned norm is never read
+    norms = torch.tensor([[1.0, 1.0, 50.0, 1.0, 1.0, 1.0]])
+    keep = torch.tensor([[False, True, True, True, True, True]])
+    drop, counts = massive_token_mask(norms, keep, skip_first=1, multiple=10.0)
+    assert drop.tolist() == [[False, True, True, False, False, False]] and counts == {"first": 1, "massive": 1}
+    drop, counts = massive_token_mask(norms, keep, skip_first=0, multiple=0.0)
+    assert not drop.any() and counts == {"first": 0, "massive": 0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,7 +135,10 @@ def test_threshold_encode_keeps_scores_above_theta_and_decode_inverts_normalisat
     m = _model(dtype=torch.float32)
     x = torch.randn(50, 2, 8) * torch.tensor([2.0, 0.5])[None, :, None]
     m.fit_normalization(x)
-    assert torch.allclose(m.normalize(x).pow(2).sum(-1).mean(0), torch.tensor([8.0, 8.0]), rtol=1e-4)
+    sq = m.normalize(x).pow(2).sum(-1).mean(0)
+    # one scale for both models: pooled E‖x‖² = d, and the fine-tuned model stays 4× smaller in energy
+    assert float(sq.mean()) == pytest.approx(8.0, rel=1e-4)
+    assert float(sq[0] / sq[1]) == pytest.approx(float(x[:, 0].pow(2).sum(-1).mean() / x[:, 1].pow(2).sum(-1).mean()), rel=1e-4)
     with torch.no_grad():
         m.threshold.fill_(0.3)
         f = m.encode(x)
@@ -190,3 +194,39 @@ def test_missing_or_corrupt_files_give_clear_errors(tmp_path):
     cfg_path.write_text("{not json")
     with pytest.raises(CrossCoderFileError, match="not valid JSON"):
         BatchTopKCrossCoder.from_pretrained(tmp_path / "cc")
+
+
+def test_identical_init_starts_every_latent_shared_with_the_pre_activation_size_kept():
+    """Step 0: both halves of encoder and decoder are one draw (cosine 1, relative norm
+    0.5), and on paired inputs x_base = x_ft the pre-activation has the variance of one
+    kaiming draw over 2d inputs (the 1/√2 scaling)."""
+    from mneme_core.diffing import decoder_metrics
+
+    m = BatchTopKCrossCoder(64, 512, 8, seed=3)
+    table = decoder_metrics(m.W_dec)
+    np.testing.assert_allclose(table["dec_cos"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(table["rel_norm"], 0.5, atol=1e-7)
+    assert (table["label_by_norm"] == "shared").all()
+    torch.testing.assert_close(m.W_enc[0], m.W_enc[1])
+    torch.testing.assert_close(m.W_dec[0], m.W_enc[0].t())
+    x = torch.randn(4096, 1, 64).expand(4096, 2, 64)
+    with torch.no_grad():
+        pre = m._pre(x)
+    # kaiming-uniform over fan-in d: Var(w) = 1/(3d); pre = 2·Σ_d x w with w scaled 1/√2 → Var = 2/3
+    assert float(pre.var()) == pytest.approx(2 / 3, rel=0.1)
+
+
+def test_threshold_calibration_hits_k_per_token_on_held_out_tokens():
+    """θ from one set of tokens gives mean L0 = k on another set from the same source,
+    and exactly k·N on the calibration tokens themselves."""
+    m = BatchTopKCrossCoder(16, 96, 6, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    calib = torch.randn(3000, 2, 16, generator=gen)
+    held = torch.randn(3000, 2, 16, generator=gen)
+    m.fit_normalization(calib)
+    theta = m.calibrate_threshold(calib.split(512))
+    assert theta > 0 and float(m.threshold) == pytest.approx(theta)
+    with torch.no_grad():
+        assert int((m.encode(calib) > 0).sum()) == 6 * 3000
+        l0_held = float((m.encode(held) > 0).sum(1).float().mean())
+    assert l0_held == pytest.approx(6, rel=0.05)

@@ -22,8 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # features recovered" a coin toss unrelated to distribution. test_training covers them.
 DATA = {"n_tokens": 12_000, "d": 32, "n_features": 20, "seed": 5, "mean_active": 2.0,
         "kind_fractions": {"shared": 1, "base_only": 1, "ft_only": 1, "suppressed": 1}}
-TRAIN = {"batch_size": 256, "n_tokens": 256 * 160, "lr": 3e-3, "warmup_steps": 10, "threshold_warmup_steps": 10,
-         "threshold_ema": 0.99, "dead_tokens": 4_096, "val_fraction": 0.1, "checkpoint_every": 50}
+TRAIN = {"batch_size": 256, "n_tokens": 256 * 160, "lr": 3e-3, "warmup_steps": 10, "dead_tokens": 4_096, "val_fraction": 0.1, "checkpoint_every": 50}
 CC = {"n_latents": 64, "k": 3}
 
 WORKER = textwrap.dedent("""

@@ -9,7 +9,9 @@ import torch
 
 from mneme_core.config import DiffingConfig
 from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.diffing import BETA_COLUMNS, attribution_labels, decoder_metrics, latent_table, shift_and_ratio
+from mneme_core.diffing import (
+    BETA_COLUMNS, attribution_labels, beta_ratio, decoder_metrics, latent_table, primary_probes,
+)
 
 D, F, N = 12, 40, 600
 
@@ -107,21 +109,59 @@ def test_decoder_metrics_and_norm_labels():
     assert custom["label_by_norm"][3] == "shared"
 
 
-def test_shift_guards_and_labels():
-    cfg = DiffingConfig(tau=0.5, max_shift=10.0)
-    beta_base = np.array([1.0, 1.0, 1.0, 0.0, -0.2, 0.0, np.nan, 1.0])
-    beta_ft = np.array([2.0, 0.3, 1.1, 1.0, 1.0, 0.0, np.nan, -0.5])
-    shift, nu = shift_and_ratio(beta_base, beta_ft, cfg)
-    np.testing.assert_allclose(shift[:3], np.log2([2.0, 0.3, 1.1]))
-    assert shift[3] == 10.0 and shift[4] == 10.0  # base ~0 or negative: capped, finite
-    assert shift[7] == -10.0
-    assert np.isnan(shift[5]) and np.isnan(shift[6])  # no evidence in either model
-    np.testing.assert_allclose(nu[[0, 1, 4]], [0.5, 1 / 0.3, -0.2])
-    assert np.isnan(nu[5]) and nu[3] == 0.0
-    norm = np.array(["shared"] * 5 + ["base_only", "ft_only", "shared"], dtype=object)
-    labels = attribution_labels(shift, norm, cfg.tau)
-    assert list(labels) == ["amplified", "suppressed", "unchanged", "amplified", "amplified",
-                            "suppressed", "amplified", "suppressed"]
+def test_beta_states_shift_and_labels():
+    """Each state and label from (β, se, fires): significance against the band's edge,
+    β ≤ 0 as "absent" (no huge ratio), the evidence floor."""
+    cfg = DiffingConfig()  # the defaults: tau 0.5, z 3, min_fires 50
+    b = np.array([1.0, 1.0, 1.0, 0.0, -0.2, 0.0, np.nan, 1.0, 1.0, 1.0, 1.0])
+    f = np.array([2.0, 0.3, 1.1, 1.0, 1.0, 0.0, np.nan, -0.5, 2.0, 2.0, 1.5])
+    se = np.array([0.01] * 8 + [1.0, 0.01, 0.2])
+    fires = np.array([500] * 9 + [10, 500])
+    out = attribution_labels(b, f, se, se, fires, cfg)
+    assert list(out["beta_state"]) == ["present", "present", "present", "absent_base", "absent_base", "absent_both",
+                                       "too_few_fires", "absent_ft", "present", "too_few_fires", "present"]
+    assert list(out["attribution"]) == ["amplified", "suppressed", "unchanged", "amplified", "amplified", "unchanged",
+                                        "unchanged", "suppressed", "unchanged", "unchanged", "unchanged"]
+    np.testing.assert_allclose(out["shift"][[0, 1, 2]], np.log2([2.0, 0.3, 1.1]))
+    assert out["shift"][[3, 4, 5, 6, 7]].isna().all()  # absent: undefined, not ±max_shift
+    # delta method: se(log2 f/b) = sqrt((se_f/f)² + (se_b/b)²) / ln 2
+    assert out["shift_se"][8] == pytest.approx(np.sqrt(0.25 + 1.0) / np.log(2))
+    # 1.5× with se 0.2: beyond τ (1.41×) but not by 3 se of the difference: unchanged
+    assert out["attribution"][10] == "unchanged"
+    np.testing.assert_allclose(beta_ratio(b, f, 1e-8)[[0, 1, 4]], [0.5, 1 / 0.3, -0.2])
+    assert np.isnan(beta_ratio(b, f, 1e-8)[5])
+
+
+def test_beta_standard_error_equals_brute_force_token_clustered_fit():
+    """The one-pass standard error of the primary β equals a float64 least-squares fit per
+    latent with the sandwich (token-clustered) variance, for the probe each latent got."""
+    cc, x = _crosscoder()
+    table = latent_table(cc, x, DiffingConfig(batch_size=128, min_fires=1))
+    primary, kind = primary_probes(cc.W_dec.detach(), DiffingConfig())
+    assert {"dominant", "own"} >= set(kind) and (table["probe"] == kind).all()
+    with torch.no_grad():
+        f = cc.encode(x, use_threshold=True).double()
+        xn = cc.normalize(x.double())
+        xhat = cc.decode(f.float(), normalized=True).double()
+    W = cc.W_dec.detach().double()
+    checked = 0
+    for j in range(F):
+        on = f[:, j] > 0
+        if on.sum() < 3:
+            continue
+        for m, name in ((0, "base"), (1, "ft")):
+            u = primary[m, j].double()
+            fj = f[on, j]
+            y = (xn[on, m] - xhat[on, m] + fj[:, None] * W[m, j])  # (n, d)
+            X = fj[:, None] * u[None, :]  # (n, d): one regressor, observed d times per token
+            beta = float((X * y).sum() / (X * X).sum())
+            resid = y - beta * X
+            score = (X * resid).sum(1)  # per-token score
+            se = float(score.pow(2).sum().sqrt() / (X * X).sum())
+            assert table[f"beta_{name}"][j] == pytest.approx(beta, rel=1e-4, abs=1e-6)
+            assert table[f"beta_se_{name}"][j] == pytest.approx(se, rel=1e-3, abs=1e-7)
+            checked += 1
+    assert checked >= 2 * (F - 4)
 
 
 def test_planted_attribution_on_a_known_crosscoder():
@@ -170,8 +210,7 @@ def test_planted_features_trained_crosscoder_gets_every_label_right():
     x, truth = planted_activations(10_000, 32, 20, seed=0, mean_active=3.0)
     model, _ = train_crosscoder(
         x,
-        TrainingConfig(batch_size=512, n_tokens=80_000, lr=1e-2, warmup_steps=20, threshold_warmup_steps=20,
-                       dead_tokens=20_000),
+        TrainingConfig(batch_size=512, n_tokens=80_000, lr=1e-2, warmup_steps=20, dead_tokens=20_000),
         CrossCoderConfig(n_latents=40, k=4),
         progress=False,
     )

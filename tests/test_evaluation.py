@@ -95,16 +95,18 @@ def test_sets_outside_the_universe_are_refused():
 
 
 def test_predict_ties_and_zero_scores():
-    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0]})
+    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [3, 2, 5, 0]})
     assert predict(scores, 0.25) == {"a", "b", "c"}  # a tie with the threshold is predicted
     assert predict(scores, 0.0) == {"a", "b", "c"}  # no attributed latent -> never predicted
     assert predict(scores, 0.5) == {"c"}
     assert predict(scores, 0.51) == set()
-    assert default_predict_threshold(scores) == 0.25  # mean share
+    assert predict(scores, 0.25, min_latents=3) == {"a", "c"}  # two latents are an anecdote
+    assert default_predict_threshold(scores, "shift") == 0.25  # mean share
+    assert default_predict_threshold(scores) == pytest.approx(-np.log10(0.05 / 4))  # Bonferroni over 4
 
 
 def test_threshold_curve_walks_every_distinct_score():
-    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0]})
+    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [1, 1, 1, 0]})
     curve = threshold_curve(scores, {"c", "d"})
     assert list(curve["n_predicted"]) == [0, 1, 3]
     assert curve["threshold"].iloc[0] > 0.5 and list(curve["threshold"].iloc[1:]) == [0.5, 0.25]
@@ -200,7 +202,7 @@ def _latents() -> pd.DataFrame:
 def test_category_scores_aggregate_attributed_latents(appendix_c):
     universe = appendix_c["category"].tolist()
     mapping = {c: c.replace(" ", "_") for c in _latents()["category"].dropna()}
-    scores = category_scores(_latents(), mapping, universe).set_index("category")
+    scores = category_scores(_latents(), mapping, universe, score="shift").set_index("category")
     total = 3 + 2 + 1 + 2 + 2 + 2.5 + 1.5 + 1 + 2 + 1.2 + 0.3  # suppressed, categorised latents only
     assert scores.loc["professional_medicine", "n_latents"] == 3
     assert scores.loc["professional_medicine", "total_shift"] == pytest.approx(6.0)
@@ -210,12 +212,38 @@ def test_category_scores_aggregate_attributed_latents(appendix_c):
     assert scores.loc["professional_law", "n_latents"] == 0
     assert scores["score"].sum() == pytest.approx(1.0)
     # the default threshold 1/16 keeps exactly the six heavy categories
-    assert predict(scores.reset_index(), default_predict_threshold(scores)) == P_GIVEN
+    assert predict(scores.reset_index(), default_predict_threshold(scores, "shift")) == P_GIVEN
     # amplified direction: only marketing carries latents
-    amp = category_scores(_latents(), mapping, universe, latent_direction="amplified")
-    assert predict(amp, default_predict_threshold(amp)) == {"marketing"}
+    amp = category_scores(_latents(), mapping, universe, latent_direction="amplified", score="shift")
+    assert predict(amp, default_predict_threshold(amp, "shift")) == {"marketing"}
     counts = category_scores(_latents(), mapping, universe, score="count").set_index("category")
     assert counts.loc["virology", "score"] == pytest.approx(2 / 11)
+
+
+def test_enrichment_p_value_equals_the_hypergeometric_sum_and_ignores_base_rates():
+    """A category holding many latents of every kind is not predicted for its size; one
+    whose share of the attributed latents exceeds its share of the pool is, and its
+    p-value is the exact tail sum  Σ_{x ≥ n} C(K, x) C(N−K, m−x) / C(N, m)."""
+    from math import comb
+
+    rows = []
+    plan = {"big": (40, 4), "focused": (10, 6), "other": (10, 0)}  # (eligible latents, of them suppressed)
+    i = 0
+    for cat, (n_pool, n_sup) in plan.items():
+        for j in range(n_pool):
+            rows.append({"latent": i, "category": cat, "shift": -1.0 if j < n_sup else 0.0,
+                         "attribution": "suppressed" if j < n_sup else "unchanged", "beta_state": "present"})
+            i += 1
+    rows.append({"latent": i, "category": "big", "shift": np.nan, "attribution": "unchanged",
+                 "beta_state": "too_few_fires"})  # outside the pool
+    latents = pd.DataFrame(rows)
+    scores = category_scores(latents, {c: c for c in plan}, list(plan)).set_index("category")
+    N, m = 60, 10
+    for cat, (K, n) in plan.items():
+        tail = sum(comb(K, x) * comb(N - K, m - x) for x in range(n, min(K, m) + 1)) / comb(N, m) if n else 1.0
+        assert scores.loc[cat, "p_value"] == pytest.approx(tail, rel=1e-9)
+        assert scores.loc[cat, "n_pool"] == K and scores.loc[cat, "expected"] == pytest.approx(m * K / N)
+    assert predict(scores.reset_index(), default_predict_threshold(scores), 3) == {"focused"}
 
 
 def test_categories_map_to_subjects_by_embedding(appendix_c, embedder):
@@ -227,7 +255,7 @@ def test_categories_map_to_subjects_by_embedding(appendix_c, embedder):
     assert (mapping["similarity"] > 0.3).all()
     # through evaluate(): the record carries the mapping, and no name is a benchmark name
     latents = pd.DataFrame({"latent": range(4), "attribution": "suppressed", "shift": -1.0, "category": names})
-    cfg = _cfg(Path("unused")).evaluation
+    cfg = _cfg(Path("unused"), predict_score="shift", predict_min_latents=1).evaluation
     _, record = evaluate(appendix_c, latents, cfg, embedder=embedder)
     assert {m["mneme_category"]: m["benchmark_category"] for m in record["mapping"]} == mapping["benchmark_category"].to_dict()
     assert record["shared_names"] == []
@@ -256,8 +284,10 @@ def _study(tmp_path: Path, **evaluation) -> tuple:
 
 
 def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
+    # the share rule (the fixture has no unattributed pool for the default enrichment test)
+    share = {"predict_score": "shift", "predict_min_latents": 1}
     cfg, run_path = _study(tmp_path, benchmark=str(APPENDIX_C),
-                           intervention_description="unlearned hazardous biology knowledge")
+                           intervention_description="unlearned hazardous biology knowledge", **share)
     summary = run_stage(cfg, run_path, progress=False)
     assert summary["n_degraded"] == 8 and summary["n_predicted"] == 6
     assert summary["accuracy"] == 0.5 and summary["f1"] == pytest.approx(8 / 14)
@@ -288,7 +318,8 @@ def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
     assert {"degraded", "score", "predicted", "latents"} <= set(table.columns)
 
     # rerun with no benchmark given: the run's own benchmark.parquet is the source
-    cfg2 = _cfg(tmp_path, intervention_description="unlearned hazardous biology knowledge")
+    assert "skipped" in ev["metrics"]["activation_diff"]  # no activation store: said, not faked
+    cfg2 = _cfg(tmp_path, intervention_description="unlearned hazardous biology knowledge", **share)
     again = run_stage(cfg2, run_path, progress=False)
     assert again == summary
 

@@ -40,11 +40,11 @@ INTERVENTION_DESCRIPTION = "unlearned biology and medicine knowledge (RMU)"
 
 @dataclass(frozen=True)
 class DemoSizes:
-    corpus_tokens: int = 120_000
+    corpus_tokens: int = 200_000
     context_length: int = 128
     expansion: int = 4
     k: int = 32
-    train_tokens: int = 480_000
+    train_tokens: int = 1_200_000
     train_batch: int = 2048
     questions_per_subject: int = 100
     screen_questions: int = 100  # per subject, for the base-accuracy screen

@@ -1,0 +1,84 @@
+"""The dictionary-free baseline: where did the activations change, by topic of the text?
+
+MNEME's prediction goes through a dictionary (cross-coder latents, their attribution and
+categories). The obvious rival needs none: measure the activation difference itself on
+the same neutral tokens and ask which topics of text it is largest on (the idea behind
+activation-difference lenses). If MNEME cannot beat this, the dictionary adds nothing.
+
+* ``context_diffs``: per packed context of the activation store, the mean over its tokens
+  of ``‖a_ft − a_base‖ / ‖a_base‖`` (relative, so a model-wide growth of the stream does
+  not favour long-norm contexts), and the context's text.
+* The categories stage labels each context's text with the same taxonomy and embedder as
+  the latents (``context_diffs.parquet`` in the run); the evaluation maps those labels to
+  the benchmark with the same mapping.
+* ``predict_from_diffs``: per benchmark category, a one-sided Mann–Whitney test of "the
+  contexts of this category changed more than the other contexts", predicted at the
+  same Bonferroni-corrected level as MNEME's enrichment test. Two identical models give
+  a difference of exactly zero everywhere, hence no prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+CONTEXT_DIFFS_FILE = "context_diffs.parquet"
+TEXT_CHARS = 2000  # of each context's text kept for embedding and display
+
+
+@torch.no_grad()
+def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progress: bool = False) -> pd.DataFrame:
+    """``context_id, n_tokens, rel_diff, text`` for every context of an ActivationStore."""
+    ctx = store.context_ids
+    n_ctx = int(ctx.max()) + 1 if len(ctx) else 0
+    sums = np.zeros(n_ctx, np.float64)
+    start = 0
+    with tqdm(total=store.n_tokens, unit="tok", desc="activation difference", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for x in store.iter_batches(batch_size, shuffle=False):
+            x = x.double()
+            rel = (x[:, 1] - x[:, 0]).norm(dim=-1) / x[:, 0].norm(dim=-1).clamp_min(1e-12)
+            np.add.at(sums, ctx[start : start + len(x)], rel.numpy())
+            start += len(x)
+            bar.update(len(x))
+    counts = np.bincount(ctx, minlength=n_ctx)
+    present = np.flatnonzero(counts)
+    order = np.argsort(ctx, kind="stable")
+    bounds = np.searchsorted(ctx[order], np.arange(n_ctx + 1))
+    token_ids = store.token_ids[order]
+    texts = [tokenizer.decode(token_ids[bounds[c] : bounds[c + 1]].tolist())[:TEXT_CHARS] for c in present]
+    return pd.DataFrame({"context_id": present.astype(np.int64), "n_tokens": counts[present].astype(np.int64),
+                         "rel_diff": sums[present] / counts[present], "text": texts})
+
+
+def predict_from_diffs(
+    diffs: pd.DataFrame, mapping: Mapping[str, str], benchmark_categories: Sequence[str], *, alpha: float = 0.05,
+    min_contexts: int = 3,
+) -> tuple[pd.DataFrame, set[str]]:
+    """Per benchmark category ``n_contexts, mean_rel_diff, p_value, score`` and the predicted set.
+
+    ``diffs`` needs ``rel_diff`` and ``category`` (a taxonomy label, mapped through
+    ``mapping``). Predicted: ``p < alpha / K`` and at least ``min_contexts`` contexts.
+    """
+    bench = diffs["category"].map(mapping)
+    values = diffs["rel_diff"].to_numpy(np.float64)
+    K = len(benchmark_categories)
+    rows, predicted = [], set()
+    for cat in sorted(benchmark_categories):
+        inside = (bench == cat).to_numpy()
+        n_in = int(inside.sum())
+        p = 1.0
+        if 0 < n_in < len(values) and np.ptp(values) > 0:
+            p = float(stats.mannwhitneyu(values[inside], values[~inside], alternative="greater").pvalue)
+        rows.append({"category": cat, "n_contexts": n_in,
+                     "mean_rel_diff": float(values[inside].mean()) if n_in else float("nan"),
+                     "p_value": p, "score": float(-np.log10(max(p, 1e-300)))})
+        if K and p < alpha / K and n_in >= min_contexts:
+            predicted.add(cat)
+    return pd.DataFrame(rows), predicted
