@@ -238,7 +238,7 @@ def category_scores(
     mneme_categories, latents``.
 
     ``n_pool`` = eligible latents mapped there; ``expected`` = the attributed latents it
-    would hold if attribution ignored meaning (``n · n_pool / N``); ``p_value`` = one-sided
+    would hold if attribution ignored meaning (``n · n_pool / N``); ``enrichment_p`` = one-sided
     hypergeometric test of holding at least ``n_latents``. Every latent counts once, so no
     single latent can dominate a category. Every benchmark category gets a row (zeros
     where no latent maps to it). ``latents`` lists up to MAX_LATENTS_LISTED ids, largest
@@ -261,16 +261,16 @@ def category_scores(
         n_pool = max(int((pool_bench == bcat).sum()), len(sub))
         p = float(stats.hypergeom.sf(len(sub) - 1, max(n_total, n_att), n_pool, n_att)) if len(sub) else 1.0
         rows.append({"category": bcat, "n_latents": int(len(sub)), "n_pool": n_pool,
-                     "expected": n_att * n_pool / n_total if n_total else 0.0, "p_value": p,
+                     "expected": n_att * n_pool / n_total if n_total else 0.0, "enrichment_p": p,
                      "total_shift": float(sub["abs_shift"].sum()),
                      "mneme_categories": sorted(sub["category"].unique().tolist()),
                      "latents": [int(x) for x in sub["latent"].head(MAX_LATENTS_LISTED)]})
-    df = pd.DataFrame(rows, columns=["category", "n_latents", "n_pool", "expected", "p_value", "total_shift",
+    df = pd.DataFrame(rows, columns=["category", "n_latents", "n_pool", "expected", "enrichment_p", "total_shift",
                                      "mneme_categories", "latents"])
     if score not in ("enrichment", "shift", "count"):
         raise ValueError(f"predict_score must be 'enrichment', 'shift' or 'count', got {score!r}")
     if score == "enrichment":
-        df.insert(5, "score", -np.log10(df["p_value"].clip(lower=1e-300)))
+        df.insert(5, "score", -np.log10(df["enrichment_p"].clip(lower=1e-300)))
         return df
     mass = df["total_shift"] if score == "shift" else df["n_latents"].astype(float)
     total = float(mass.sum())

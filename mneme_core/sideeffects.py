@@ -15,6 +15,7 @@ import pandas as pd
 from mneme_core import evaluation as ev
 
 SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
+DICTIONARY_FREE = "activation diff (no dictionary)"
 
 
 def live_prediction(per_category: pd.DataFrame, record: dict[str, Any], threshold: float) -> tuple[pd.DataFrame, dict]:
@@ -23,7 +24,7 @@ def live_prediction(per_category: pd.DataFrame, record: dict[str, Any], threshol
     ``per_category`` is :func:`mneme_core.evaluation.per_category_table`; the metrics dict
     maps method -> metric -> value (random: its mean over draws).
     """
-    predicted = ev.predict(per_category, threshold)
+    predicted = ev.predict(per_category, threshold, int(record.get("thresholds", {}).get("predict_min_latents", 1)))
     table = per_category.assign(predicted=per_category["category"].isin(predicted))
     universe = record.get("universe") or table["category"].tolist()
     T = set(record.get("T", []))
@@ -33,6 +34,8 @@ def live_prediction(per_category: pd.DataFrame, record: dict[str, Any], threshol
         methods["random"] = {k: (recorded["random"].get(k) or {}).get("mean") for k in SHOWN_METRICS}
     if "accuracy" in recorded.get("naive", {}):
         methods["naive (run's threshold)"] = _pick(recorded["naive"])
+    if "accuracy" in recorded.get("activation_diff", {}):
+        methods[DICTIONARY_FREE] = _pick(recorded["activation_diff"])
     methods["oracle"] = _pick(ev.metrics(T, T, universe))
     return table, methods
 
@@ -42,7 +45,8 @@ def _pick(m: dict[str, Any]) -> dict[str, float | None]:
 
 
 def headline(record: dict[str, Any]) -> dict[str, Any]:
-    """The overview's one-line result: MNEME accuracy / precision / F1 vs random."""
+    """The overview's one-line result: MNEME accuracy / precision / F1 vs random and the
+    dictionary-free baseline."""
     m = record.get("metrics", {})
     mneme, rnd = m.get("mneme", {}), m.get("random", {})
     return {
@@ -50,6 +54,7 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         "predicted": len(record.get("P", [])),
         "accuracy (MNEME)": mneme.get("accuracy"),
         "accuracy (random)": (rnd.get("accuracy") or {}).get("mean"),
+        "accuracy (activation diff)": m.get("activation_diff", {}).get("accuracy"),
         "precision": mneme.get("precision"),
         "F1": mneme.get("f1"),
     }

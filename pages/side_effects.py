@@ -22,13 +22,20 @@ top = float(per_cat["score"].max()) if "score" in per_cat.columns and len(per_ca
 c1, c2 = st.columns([3, 2])
 hi = max(top, thr0) * 1.05 or 1.0
 _ui.fit_value("f_threshold", 0.0, hi, thr0)
-threshold = c1.slider("Prediction threshold (share of attributed latents a category needs)", 0.0, hi,
+enrichment = record.get("thresholds", {}).get("predict_score", "enrichment") == "enrichment"
+label = ("Prediction threshold (−log10 p of the category's enrichment in attributed latents)" if enrichment
+         else "Prediction threshold (share of attributed latents a category needs)")
+threshold = c1.slider(label, 0.0, hi,
                       step=max(top, thr0) / 200 or 0.005, format="%.4f", key="f_threshold")
 c2.caption(f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
            f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
            f"p < {record.get('thresholds', {}).get('significance', '?')} "
            f"({record.get('thresholds', {}).get('significance_test', '?')}).")
 table, methods = sideeffects.live_prediction(per_cat, record, threshold)
+if run.manifest.get("null_control"):
+    st.info("This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
+            "method's own noise; the right answer is nothing.")
+baseline = record.get("metrics", {}).get("activation_diff", {})
 
 cols = st.columns(4)
 mneme = methods["MNEME"]
@@ -45,20 +52,29 @@ with right:
     st.markdown("**MNEME vs baselines**")
     st.dataframe(sideeffects.metrics_frame(methods), column_config={
         k: st.column_config.NumberColumn(k.replace("_", " "), format="%.3f") for k in sideeffects.SHOWN_METRICS})
+    if "set" in baseline:
+        st.caption(f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
+                   f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts.")
+    elif baseline:
+        st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
     curve = record.get("curve")
     if curve:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
 shown = [c for c in ("category", "score_before", "score_after", "drop", "p_value", "degraded", "predicted", "score",
-                     "n_latents", "mneme_categories", "latents") if c in table.columns]
+                     "n_latents", "expected", "enrichment_p", "mneme_categories", "latents") if c in table.columns]
 st.dataframe(table[shown], hide_index=True, key="per_category", column_config={
     "score_before": st.column_config.NumberColumn("before", format="%.3f"),
     "score_after": st.column_config.NumberColumn("after", format="%.3f"),
     "drop": st.column_config.NumberColumn("drop", format="%.3f"),
     "p_value": st.column_config.NumberColumn("p", format="%.2g"),
     "score": st.column_config.NumberColumn("MNEME score", format="%.4f",
-                                           help="share of attributed latents (by |shift|) mapped to the category"),
+                                           help="−log10 p of the enrichment test" if enrichment
+                                           else "share of attributed latents (by |shift|) mapped to the category"),
+    "expected": st.column_config.NumberColumn("expected", format="%.1f",
+                                              help="attributed latents the category would hold by its share of the pool"),
+    "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
     "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
 })
 focus = st.selectbox("Latents behind a category", table["category"].tolist(), key="f_focus_cat")

@@ -76,7 +76,9 @@ def test_explorer_count_follows_filters(run_copy):
     assert showing(at) == (len(expected), len(lat))
     shown = at.dataframe[0].value
     assert set(shown["latent"]) == set(expected["latent"])
-    assert shown["shift"].is_monotonic_increasing  # default sort: shift ascending
+    shifts = shown["shift"]
+    assert shifts.dropna().is_monotonic_increasing  # default sort: shift ascending,
+    assert shifts.isna().cumsum().iloc[-1] == shifts.isna().sum() == shifts.iloc[shifts.notna().sum():].isna().sum()  # undefined last
     word = str(lat["description"].dropna().iloc[0]).split()[0]
     at.text_input(key="f_text").set_value(word).run()
     both = expected[expected["description"].fillna("").str.contains(word, case=False, regex=False)]

@@ -92,7 +92,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert dd["world_size"] == 2 and dd["steps"] == single_metrics["steps"] == steps
     assert dd["tokens_seen"] == single_metrics["tokens_seen"] == steps * TRAIN["batch_size"]
     assert r0["train_tokens"] == r1["train_tokens"] == steps * TRAIN["batch_size"] // 2
-    assert dd["n_val_tokens"] == single_metrics["n_val_tokens"] == 1_200
+    assert dd["n_val_tokens"] == single_metrics["n_val_tokens"] == 600  # the other 600 calibrated θ
     # Same quality: FVE within one point, the same planted features recovered.
     for name in ("fve_base", "fve_ft"):
         assert dd[name] == pytest.approx(single_metrics[name], abs=0.01), name

@@ -241,7 +241,7 @@ def test_enrichment_p_value_equals_the_hypergeometric_sum_and_ignores_base_rates
     N, m = 60, 10
     for cat, (K, n) in plan.items():
         tail = sum(comb(K, x) * comb(N - K, m - x) for x in range(n, min(K, m) + 1)) / comb(N, m) if n else 1.0
-        assert scores.loc[cat, "p_value"] == pytest.approx(tail, rel=1e-9)
+        assert scores.loc[cat, "enrichment_p"] == pytest.approx(tail, rel=1e-9)
         assert scores.loc[cat, "n_pool"] == K and scores.loc[cat, "expected"] == pytest.approx(m * K / N)
     assert predict(scores.reset_index(), default_predict_threshold(scores), 3) == {"focused"}
 

@@ -182,3 +182,28 @@ def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):
     assert cli.main(["dashboard", str(tmp_path / "nope")]) == 2
     assert "no run or folder" in capsys.readouterr().err
+
+
+def test_null_control_identical_models_attribute_nothing_and_predict_nothing(tmp_path, tiny_model_dirs, tiny_corpus):
+    """The whole pipeline at its defaults on a model against itself: no latent amplified
+    or suppressed, every latent shared by its decoder norms, an empty prediction from
+    MNEME and from the dictionary-free baseline alike."""
+    import numpy as np
+
+    from mneme_core.config import load_config
+
+    base, _ = tiny_model_dirs
+    bench = tmp_path / "bench.csv"
+    lines = TINY_BENCHMARK.strip().splitlines()
+    bench.write_text("\n".join([lines[0]] + [",".join([r.split(",")[0], r.split(",")[1], r.split(",")[1], r.split(",")[3]])
+                                             for r in lines[1:]]) + "\n")  # score_after = score_before
+    cfg = load_config(tiny_study_dict(base, base, tiny_corpus, tmp_path / "run", bench))
+    run = open_run(run_study(cfg, progress=False))
+    latents = run.latents
+    assert (latents["attribution"] == "unchanged").all(), latents["attribution"].value_counts()
+    fired = latents["n_fires"] > 0
+    np.testing.assert_allclose(latents.loc[fired, "rel_norm"], 0.5, atol=1e-3)
+    assert run.stage_metrics("collect")["computed_tokens"] > 0
+    ev = run.evaluation
+    assert ev["T"] == [] and ev["P"] == [] and ev["metrics"]["mneme"]["n_predicted"] == 0
+    assert ev["metrics"]["activation_diff"]["set"] == []

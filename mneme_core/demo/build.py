@@ -39,7 +39,9 @@ from mneme_core.config import ModelSpec, load_config
 from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
 from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
-from mneme_core.demo.study import BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, SPLIT, DemoSizes, scaled, study_config
+from mneme_core.demo.study import (
+    BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, scaled, study_config,
+)
 from mneme_core.demo.subjects import FORGET_SUBJECTS, subject_index
 from mneme_core.store import add_provenance, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet
 
@@ -144,7 +146,8 @@ def make_delta(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: An
 
 
 def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: bool) -> Path:
-    """Step 4: per-subject scores before/after with the MC runner → ``work/scores/<name>.csv``."""
+    """Step 4: per-subject scores before/after with the MC runner → ``work/scores/<name>.csv``.
+    The null control scores the base against itself (every answer from the cache)."""
     from mneme_core.benchmarks.mc_runner import score_pair
     from mneme_core.models import apply_delta
 
@@ -153,8 +156,10 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
         return path
     import copy
 
-    ft = copy.deepcopy(base)
-    apply_delta(ft, work / "deltas" / f"{name}.safetensors")
+    ft = base
+    if name != NULL_RUN:
+        ft = copy.deepcopy(base)
+        apply_delta(ft, work / "deltas" / f"{name}.safetensors")
     questions = pd.read_parquet(work / "text" / "questions.parquet")
     table = score_pair((base, tokenizer), (ft, tokenizer), to_mc_items(questions), cache_dir=work / "benchmark_cache",
                        progress=progress)
@@ -168,13 +173,24 @@ def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progre
 
     run_dir = work / "runs" / name
     reuse = work / "runs" / first / "activations" if first and first != name else None
+    null = name == NULL_RUN
     cfg = load_config(study_config(
-        name, run_dir=run_dir, delta=work / "deltas" / f"{name}.safetensors", corpus=work / "text" / "neutral.jsonl",
-        benchmark=work / "scores" / f"{name}.csv", sizes=sizes, reuse_base_from=reuse,
+        name, run_dir=run_dir, delta=None if null else work / "deltas" / f"{name}.safetensors",
+        corpus=work / "text" / "neutral.jsonl", benchmark=work / "scores" / f"{name}.csv", sizes=sizes,
+        reuse_base_from=reuse,
     ))
     run_study(cfg, progress=progress)
-    rmu_info = json.loads((work / "deltas" / f"{name}.json").read_text())
     split = json.loads((work / "text" / "split.json").read_text())
+    if null:
+        def edit_null(m: dict[str, Any]) -> None:
+            m["null_control"] = True
+            m["demo"] = {"intervention": None, "split": split, "sizes": asdict(sizes)}
+
+        add_provenance(run_dir, [*sources.provenance(), {"kind": "control", "name": NULL_RUN,
+                                                         "what": "the base model compared with itself"}])
+        update_manifest(run_dir, edit_null)
+        return run_dir
+    rmu_info = json.loads((work / "deltas" / f"{name}.json").read_text())
     add_provenance(run_dir, [*sources.provenance(), {
         "kind": "intervention", "name": name, "method": rmu_info["method"], "config": rmu_info["config"],
         "steering_coef": rmu_info["steering_coef"], "tensors": rmu_info["tensors"],
@@ -198,8 +214,9 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
     for sub in ("deltas", "benchmark"):
         (out / sub).mkdir(exist_ok=True)
     for name in names:
-        shutil.copy2(work / "deltas" / f"{name}.safetensors", out / "deltas" / f"{name}.safetensors")
-        shutil.copy2(work / "deltas" / f"{name}.json", out / "deltas" / f"{name}.json")
+        if name != NULL_RUN:
+            shutil.copy2(work / "deltas" / f"{name}.safetensors", out / "deltas" / f"{name}.safetensors")
+            shutil.copy2(work / "deltas" / f"{name}.json", out / "deltas" / f"{name}.json")
         shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,9 +235,11 @@ def _relocate_manifest(run_dir: Path, name: str, out: Path) -> None:
     except ValueError:
         delta = str((out / "deltas" / f"{name}.safetensors").resolve())
 
+    null = name == NULL_RUN
+
     def edit(m: dict[str, Any]) -> None:
         for holder in (m.get("models", {}), m.get("config", {}).get("models", {})):
-            if "ft" in holder:
+            if "ft" in holder and not null:
                 holder["ft"]["path"] = delta
         m["config"]["run_dir"] = str(out / name)
         m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
@@ -232,7 +251,8 @@ def _relocate_manifest(run_dir: Path, name: str, out: Path) -> None:
         import yaml
 
         data = yaml.safe_load(cfg_yaml.read_text())
-        data["models"]["ft"]["path"] = delta
+        if not null:
+            data["models"]["ft"]["path"] = delta
         data["run_dir"] = str(out / name)
         atomic_write_bytes(cfg_yaml, yaml.safe_dump(data, sort_keys=False).encode())
 
@@ -260,8 +280,9 @@ def _check_work_dir(work: Path, sizes: DemoSizes) -> None:
 
 
 def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | None = None,
-            names: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings."""
+            names: list[str] | None = None, null_control: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
+    ``null_control`` adds the base-vs-base study (``NULL_RUN``)."""
     from mneme_core.models import load_model
 
     work = Path(work or default_work_dir())
@@ -284,9 +305,12 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     for name in names:
         steps.append((f"rmu:{name}", lambda n=name: make_delta(work, n, sizes, *base_pair(), progress)))
         steps.append((f"score:{name}", lambda n=name: score_models(work, n, *base_pair(), progress)))
-    for name in names:
+    if null_control:
+        steps.append((f"score:{NULL_RUN}", lambda: score_models(work, NULL_RUN, *base_pair(), progress)))
+    studies = [*names, NULL_RUN] if null_control else names
+    for name in studies:
         steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress)))
-    steps.append(("publish", lambda: publish(work, out, names)))
+    steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()
     bar = tqdm(steps, desc="demo rebuild", unit="step", disable=not progress, dynamic_ncols=True)
@@ -299,7 +323,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     summary = {
         "seconds_total": round(time.perf_counter() - t_all, 1), "seconds": timings, "sizes": asdict(sizes),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "runs": names, "work_dir": str(work),
+        "runs": studies,
     }
     atomic_write_json(out / "build.json", summary)
     return summary

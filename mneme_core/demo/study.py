@@ -79,9 +79,16 @@ def scaled(cfg: RMUConfig, sizes: DemoSizes) -> RMUConfig:
     return replace(cfg, steps=max(2, round(cfg.steps * sizes.rmu_steps_scale)))
 
 
-def study_config(name: str, *, run_dir: Path, delta: Path, corpus: Path, benchmark: Path, sizes: DemoSizes,
+# The null control: the base model against itself, through the same pipeline. It must
+# attribute (almost) nothing and predict no side effect; its activations cost nothing
+# (both halves are the first run's base halves).
+NULL_RUN = "null-control"
+
+
+def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, benchmark: Path, sizes: DemoSizes,
                  reuse_base_from: Path | None = None) -> dict[str, Any]:
-    """The MNEME study for one intervention, as a config mapping (``config.load_config``).
+    """The MNEME study for one intervention (``delta=None``: the null control), as a config
+    mapping (``config.load_config``).
 
     The benchmark file holds scores already measured by the MC runner (base scored once
     for both interventions); categories come from the MMLU + safety taxonomies, never from
@@ -93,7 +100,8 @@ def study_config(name: str, *, run_dir: Path, delta: Path, corpus: Path, benchma
         "seed": 0,
         "models": {
             "base": {"source": "named", "path": BASE_MODEL, "dtype": "float32"},
-            "ft": {"source": "delta", "path": str(delta), "dtype": "float32"},
+            "ft": ({"source": "delta", "path": str(delta), "dtype": "float32"} if delta is not None
+                   else {"source": "named", "path": BASE_MODEL, "dtype": "float32"}),
             "layer": MNEME_LAYER,
             "device": "cpu",
         },
@@ -109,5 +117,6 @@ def study_config(name: str, *, run_dir: Path, delta: Path, corpus: Path, benchma
         "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
         "categories": {"labeler": "taxonomy", "taxonomies": ["mmlu", "safety"]},
         "evaluation": {"benchmark": str(benchmark), "direction": "drop", "latent_direction": "suppressed",
-                       "intervention_description": INTERVENTION_DESCRIPTION},
+                       "intervention_description": INTERVENTION_DESCRIPTION if delta is not None else
+                       "no change: the base model compared with itself (null control)"},
     }
