@@ -30,14 +30,18 @@ A per-model normalisation scale would otherwise multiply every β_m by that mode
 scale and bias every ratio, while the decoder-norm view would be unaffected — the two
 views must measure the same thing to be compared.
 
-**Ratios and labels.** ``ν = β_base / β_ft`` per target (NaN where ``|β_ft| ≤ eps``).
-``shift = log2(β_ft / β_base)`` on the error target with the dominant probe; to keep it
-finite when one model's β is ~0 or negative, both β are floored at
-``max(β_base, β_ft) · 2^-max_shift`` (so ``|shift| ≤ max_shift``), and shift is NaN when
-neither β is positive (no evidence in either model). Attribution: amplified if
-``shift > τ``, suppressed if ``shift < −τ``, else unchanged; a latent with no evidence
-(never fired on the analysis tokens) falls back to its decoder-norm label
-(base_only → suppressed, ft_only → amplified, otherwise unchanged).
+**The primary β and when to believe it.** The shift and the label come from one
+variant, chosen per latent before the pass: the error target, probed along the dominant
+row when the two decoder rows are aligned (cosine ≥ ``align_min_cos``) or one of them is
+negligible, and along each model's own row otherwise (probing one model along the other
+model's row means nothing when the rows point different ways). The same pass accumulates
+``Σ f z``, ``Σ f² z²``, ``Σ f³ z`` and ``Σ f⁴`` (``z = ⟨u, y⟩``), which give β's
+token-clustered standard error exactly (``primary_betas``). Then (``attribution_labels``):
+a latent under the evidence floor (``min_fires`` analysis tokens) is never labelled;
+β ≤ 0 in a model is the state "absent" there (``beta_state``), not a huge ratio; a label
+needs the shift to clear the unchanged band ±τ by ``z`` standard errors. ``shift =
+log2(β_ft/β_base)`` where both β are positive (NaN otherwise); ``ν = β_base/β_ft`` per
+target as diagnostics. How the defaults were chosen: docs/DIFFING.md.
 """
 
 from __future__ import annotations
