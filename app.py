@@ -1,11 +1,12 @@
-"""MNEME dashboard entry point: `streamlit run app.py [-- RUNS_FOLDER_OR_RUN ...]`.
+"""MNEME dashboard from a source checkout: `streamlit run app.py [-- RUNS_FOLDER_OR_RUN ...]`.
 
-Runs are looked up in the folders given after ``--``, in ``$MNEME_RUNS``
-(os.pathsep-separated), then in ``data/demo`` and ``runs/``. The open run travels in
-every URL (``?run=...``), so any page can be shared as a link. Pages live in ``pages/``;
-the navigation, run picker and caches are in ``pages/_ui.py``.
+The dashboard lives in the package (``mneme_dashboard/``: entry script, pages, shared UI
+code, Streamlit config) so that an installed MNEME serves it with ``mneme dashboard``;
+this file runs that packaged entry script.
 """
 
-from pages import _ui
+import runpy
 
-_ui.setup().run()
+from mneme_dashboard import ENTRY
+
+runpy.run_path(str(ENTRY))

@@ -186,22 +186,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def project_root() -> Path:
-    """The folder holding app.py (an editable install or a source checkout)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    app = project_root() / "app.py"
-    if not app.is_file():
-        raise FileNotFoundError(f"dashboard app not found at {app}; install MNEME from a source checkout (pip install -e .)")
-    target = []
+    from mneme_dashboard import streamlit_command
+
+    roots = []
     if args.run:
         if not Path(args.run).exists():
             raise FileNotFoundError(f"no run or folder at {args.run}")
-        target = ["--", str(Path(args.run).resolve())]
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *target]
-    return subprocess.call(cmd, cwd=project_root(), env=os.environ.copy())
+        roots = [Path(args.run).resolve()]
+    return subprocess.call(streamlit_command(roots))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -20,8 +20,8 @@ from mneme_core import evaluation as ev
 from mneme_core import explore, open_run
 from mneme_core.store import init_run, set_stage
 from mneme_core.triage import TriageStore
+from mneme_dashboard import ENTRY as APP
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 TIMEOUT = 120
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from mneme_core.demo import build
-from mneme_core.demo.build import default_demo_dir, project_root
+from mneme_core.demo.build import default_demo_dir
 from mneme_core.demo.study import INTERVENTIONS
 
 __all__ = ["main", "build", "default_demo_dir"]
@@ -35,6 +35,6 @@ def main(rebuild: bool = False) -> int:
         print(f"no demo run in {demo_dir}; build it with `mneme demo --rebuild` (about an hour on 2 CPU cores)",
               file=sys.stderr)
         return 1
-    app = project_root() / "app.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--", str(demo_dir)]
-    return subprocess.call(cmd, cwd=project_root())
+    from mneme_dashboard import streamlit_command
+
+    return subprocess.call(streamlit_command([demo_dir]))

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mneme_core import explore, promptlab, render
-from pages import _ui
+from mneme_dashboard import _ui
 
 run = _ui.current_run()
 _ui.require(run, "train", what="The prompt lab")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mneme_core import plots
-from pages import _ui
+from mneme_dashboard import _ui
 
 run = _ui.current_run()
 _ui.require(run, "diff", what="The diff distributions")

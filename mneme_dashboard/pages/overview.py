@@ -4,7 +4,7 @@ import streamlit as st
 
 from mneme_core import explore, plots
 from mneme_core.store import STAGES
-from pages import _ui
+from mneme_dashboard import _ui
 
 run = _ui.current_run()
 m = run.manifest

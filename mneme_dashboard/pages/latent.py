@@ -6,7 +6,7 @@ import streamlit as st
 
 from mneme_core import explore, plots, render
 from mneme_core.triage import MARKS, TriageStore
-from pages import _ui
+from mneme_dashboard import _ui
 
 run = _ui.current_run()
 _ui.require(run, "diff", what="The latent page")

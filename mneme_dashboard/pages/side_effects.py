@@ -5,7 +5,7 @@ import streamlit as st
 
 from mneme_core import evaluation as ev
 from mneme_core import explore, plots, sideeffects
-from pages import _ui
+from mneme_dashboard import _ui
 
 run = _ui.current_run()
 _ui.require(run, "evaluate", what="The side-effects page")

@@ -22,12 +22,15 @@ from mneme_core import Run, RunError, open_run, render
 from mneme_core.store import MANIFEST, STAGES
 
 APP_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_ROOTS = (APP_DIR / "data" / "demo", APP_DIR / "runs")
-PAGE_FILES = {
-    "overview": "pages/overview.py", "explorer": "pages/explorer.py", "latent": "pages/latent.py",
-    "distributions": "pages/distributions.py", "categories": "pages/category_map.py",
-    "side_effects": "pages/side_effects.py", "triage": "pages/triage.py", "prompt_lab": "pages/prompt_lab.py",
-}
+# A checkout's demo (a wheel ships none), and runs/ where `mneme run` writes by default.
+DEFAULT_ROOTS = (APP_DIR / "data" / "demo", Path("runs"))
+# Absolute, so the same pages serve the packaged entry script and a checkout's app.py.
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+PAGE_FILES = {key: str(PAGES_DIR / f"{stem}.py") for key, stem in {
+    "overview": "overview", "explorer": "explorer", "latent": "latent",
+    "distributions": "distributions", "categories": "category_map",
+    "side_effects": "side_effects", "triage": "triage", "prompt_lab": "prompt_lab",
+}.items()}
 # What fills each stage; the pipeline resumes, so one command fills whatever is missing.
 STAGE_HINT = {
     "collect": "paired activations", "train": "the cross-coder", "diff": "decoder norms, β and attribution labels",
@@ -235,7 +238,7 @@ def current_run() -> Run:
     if path is None:
         st.title("No run to show")
         st.info("No MNEME run was found. Build one with `mneme run STUDY.yaml` (see `examples/`), then start the "
-                "dashboard with `MNEME_RUNS=runs streamlit run app.py` or `streamlit run app.py -- runs/NAME`.")
+                "dashboard with `mneme dashboard runs` or `mneme dashboard runs/NAME`.")
         st.stop()
     try:
         return _open(path, _mtime(path))
