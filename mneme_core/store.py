@@ -23,7 +23,6 @@ only after the stage's files are in place.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -35,12 +34,14 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock
 
 from mneme_core.lookup import LatentLookup, order_contexts
 
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
 MANIFEST = "run.json"
+LOCK_FILE = ".lock"
 
 
 class RunError(RuntimeError):
@@ -135,13 +136,11 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 @contextlib.contextmanager
 def _locked(run_path: Path) -> Iterator[None]:
+    """Exclusive across processes (torchrun ranks, a CLI beside the dashboard) and
+    platforms: the manifest's read-modify-write must not interleave."""
     run_path.mkdir(parents=True, exist_ok=True)
-    with open(run_path / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(run_path / LOCK_FILE):
+        yield
 
 
 def read_manifest(run_path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 
 import pandas as pd
@@ -15,6 +16,7 @@ from mneme_core.store import (
     init_run,
     merge_latent_columns,
     set_stage,
+    update_manifest,
     write_parquet,
 )
 
@@ -37,6 +39,26 @@ def test_rerun_with_other_config_is_refused(tmp_path):
     init_run(tmp_path, {**CFG, "run_dir": "elsewhere"})  # run_dir alone may differ
     with pytest.raises(RunError, match="different config.*corpus"):
         init_run(tmp_path, {**CFG, "corpus": {"files": ["b.txt"]}})
+
+
+def _count_up(run_path: str, times: int) -> None:
+    def bump(m: dict) -> None:
+        m["count"] = m.get("count", 0) + 1
+
+    for _ in range(times):
+        update_manifest(run_path, bump)
+
+
+def test_manifest_updates_from_several_processes_are_never_lost(tmp_path):
+    """The lock serialises each read-modify-write (torchrun ranks, a CLI beside the dashboard)."""
+    init_run(tmp_path, CFG)
+    procs = [multiprocessing.Process(target=_count_up, args=(str(tmp_path), 25)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    assert open_run(tmp_path).manifest["count"] == 100
 
 
 def test_merge_latent_columns_keeps_other_stages_columns(tmp_path):
