@@ -213,7 +213,7 @@ class InterpretConfig:
     n_examples: int = 10
     scorer: Literal["embedding", "detection", "fuzzing", "none"] = "embedding"
     embedding_model: str = ""  # "" = the offline all-MiniLM-L6-v2 package
-    retry_backoff_s: float = 1.0  # first retry waits ~this, doubling each time
+    retry_backoff_s: float = 1.0  # an answer without text is retried after ~this, doubling (HTTP: the client's backoff)
     device: str = "cpu"  # transformers explainer device
     max_new_tokens: int = 120  # LLM answer budget per call
     n_score_examples: int = 10  # activating (and as many non-activating) examples per score

@@ -248,11 +248,33 @@ def test_rejected_key_stops_at_once_and_exhausted_retries_name_the_cache(planted
         with pytest.raises(FatalLLMError, match="HTTP 401"):
             interp.run_stage(llm_cfg(run_path, server.url, model="other-model", concurrency=1), run_path, progress=False)
     assert len(server.requests) == 1
-    client = OpenAIChatClient(server.url, "m", max_retries=2, backoff_s=0.01, timeout_s=0.5)
-    with ChatServer(["500"] * 3) as server:
-        client.url = server.url + "/chat/completions"
-        with pytest.raises(LLMError, match="gave up after 3 attempts"):
-            client.chat([{"role": "user", "content": "hi"}])
+    for faults in (["500"] * 3, ["timeout", "500", "malformed"], ["garbage"] * 3):
+        with ChatServer(faults) as server:
+            client = OpenAIChatClient(server.url, "m", max_retries=2, backoff_s=0.01, timeout_s=0.5)
+            with pytest.raises(LLMError, match="gave up after 3 attempts") as failed:
+                client.chat([{"role": "user", "content": "hi"}])
+        assert not isinstance(failed.value, FatalLLMError)
+        assert len(server.requests) == 3  # one budget for HTTP failures, timeouts and bodies without an answer
+
+
+def test_latents_the_endpoint_fails_on_lose_no_finished_description(planted):
+    """A latent whose every attempt fails fails the stage, naming the cache; the answers
+    that did arrive are kept, and the rerun asks only for the one that is missing."""
+    run_path, _, (tok, x, src, cc, names) = planted
+    model = "flaky-model"
+    faults = [None] * 3 + ["500", "timeout", "malformed"]  # the fourth latent exhausts its 2 retries
+    with ChatServer(faults) as server:
+        cfg = llm_cfg(run_path, server.url, model=model, concurrency=1, max_retries=2)
+        with pytest.raises(LLMError, match=r"1 of \d+ latents got no description.*finished answers are cached"):
+            interp.run_stage(cfg, run_path, progress=False)
+        first = [concept_of(p) for p in server.answered]
+    assert len(first) == len(names) - 1
+    with ChatServer() as server:
+        metrics = interp.run_stage(llm_cfg(run_path, server.url, model=model, concurrency=1), run_path, progress=False)
+        second = [concept_of(p) for p in server.answered]
+    assert len(second) == 1 and second[0] not in first and metrics["cache_hits"] == len(names) - 1
+    lat = open_run(run_path).latents.set_index("latent")
+    assert (lat.loc[list(range(len(names))), "explainer"] == f"openai:{model}").all()
 
 
 RUN_SCRIPT = """

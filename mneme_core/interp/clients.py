@@ -1,27 +1,32 @@
-"""Chat backends: an OpenAI-compatible HTTP endpoint and a local transformers model.
+"""Chat backends: an OpenAI-compatible endpoint and a local transformers model.
 
-Both answer ``chat(messages) -> ChatResult``. The HTTP client is what vLLM, Ollama,
-llama.cpp's server and OpenAI all speak (``POST {base_url}/chat/completions``). Endpoints
-fail in practice — overloaded 5xx, hung connections, truncated or non-JSON bodies — so
-every call has a timeout and is retried with exponential backoff; only errors a retry
-cannot fix (bad key, unknown model: 4xx) stop at once. A semaphore caps requests in
-flight however many threads call it.
+Both answer ``chat(messages) -> ChatResult``. The endpoint is spoken to with the
+``openai`` client, which every OpenAI-compatible server accepts (vLLM, Ollama, llama.cpp's
+server, OpenAI itself). Endpoints fail in practice — overloaded 5xx, hung connections,
+truncated or non-JSON bodies — so every call has a timeout and is retried: the client
+retries HTTP failures and timeouts with its own backoff (honouring ``Retry-After``); an
+answer that arrives but carries no text is retried here, from the same budget of
+``max_retries``. Only errors a retry cannot fix (bad key, unknown model: 4xx) stop at
+once, as :class:`FatalLLMError`. A semaphore caps requests in flight however many threads
+call it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import openai
 
 Messages = list[dict[str, str]]
+# Statuses a retry can fix (the openai client retries exactly these and connection errors).
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Local servers ask for no key, but the client refuses to start without one.
+NO_KEY = "not-needed"
 
 
 class LLMError(RuntimeError):
@@ -46,12 +51,21 @@ class ChatBackend(Protocol):
     def chat(self, messages: Messages, max_tokens: int = 200) -> ChatResult: ...
 
 
-class _Retryable(Exception):
-    pass
-
-
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
+
+
+def _answer(raw: Any) -> tuple[Any, str]:
+    """The parsed completion and its text; ValueError when the body carries no text."""
+    body = raw.http_response.text[:200]
+    try:
+        completion = raw.parse()
+        text = completion.choices[0].message.content
+    except (ValueError, AttributeError, IndexError, TypeError, openai.APIResponseValidationError) as exc:
+        raise ValueError(f"malformed response body ({type(exc).__name__}: {exc}): {body!r}") from exc
+    if not isinstance(text, str):
+        raise ValueError(f"malformed response body (no message content): {body!r}")
+    return completion, text
 
 
 class OpenAIChatClient:
@@ -73,18 +87,16 @@ class OpenAIChatClient:
             raise ValueError("interpret.base_url is empty: give the endpoint, e.g. http://127.0.0.1:8000/v1")
         if not model:
             raise ValueError("interpret.model is empty: give the model name the endpoint serves")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"openai:{model}"
-        self.api_key = api_key
-        self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.concurrency = max(1, concurrency)
         self.temperature = temperature
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout_s,
+                                     max_retries=max_retries)
         self._slots = threading.Semaphore(self.concurrency)
-        self.requests_sent = 0  # every HTTP attempt, retries included (cost accounting)
-        self._count_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, icfg) -> OpenAIChatClient:
@@ -96,55 +108,45 @@ class OpenAIChatClient:
         )
 
     def chat(self, messages: Messages, max_tokens: int = 200) -> ChatResult:
-        payload = json.dumps({
-            "model": self.model, "messages": messages, "max_tokens": max_tokens,
-            "temperature": self.temperature,
-        }).encode()
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
+        attempts, last = 0, "no attempt made"
+        while attempts <= self.max_retries:
+            if attempts:  # only an empty answer comes back here; the client spaced out its own retries
+                delay = self.backoff_s * 2 ** (attempts - 1)
                 time.sleep(delay * (0.5 + random.random() / 2))
+            retries_left = self.max_retries - attempts
             try:
                 with self._slots:
-                    return self._post(payload, messages)
-            except _Retryable as exc:
+                    raw = self._client.with_options(max_retries=retries_left).chat.completions.with_raw_response.create(
+                        model=self.model, messages=messages, max_tokens=max_tokens, temperature=self.temperature)
+            except openai.APIStatusError as exc:
+                if exc.status_code < 500 and exc.status_code not in RETRYABLE_STATUS:
+                    raise FatalLLMError(
+                        f"{self.base_url} answered HTTP {exc.status_code}: {exc.response.text[:300]}. Check "
+                        f"interpret.base_url, interpret.model and the API key variable interpret.api_key_env."
+                    ) from exc
+                raise self._gave_up(f"HTTP {exc.status_code}: {exc.response.text[:300]}") from exc
+            except openai.APIConnectionError as exc:  # timeouts included
+                raise self._gave_up(f"connection error: {exc}") from exc
+            attempts += raw.retries_taken + 1
+            try:
+                completion, text = _answer(raw)
+            except ValueError as exc:
                 last = str(exc)
-        raise LLMError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+                continue
+            return self._result(completion, messages, text)
+        raise self._gave_up(last)
 
-    def _post(self, payload: bytes, messages: Messages) -> ChatResult:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
-        with self._count_lock:
-            self.requests_sent += 1
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
-            if exc.code >= 500 or exc.code in (408, 409, 429):
-                raise _Retryable(f"HTTP {exc.code}: {detail}") from exc
-            raise FatalLLMError(
-                f"{self.url} answered HTTP {exc.code}: {detail}. Check interpret.base_url, interpret.model "
-                f"and the API key variable interpret.api_key_env."
-            ) from exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-            raise _Retryable(f"connection error: {exc}") from exc
-        try:
-            data = json.loads(body)
-            text = data["choices"][0]["message"]["content"]
-            if not isinstance(text, str):
-                raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _Retryable(f"malformed response body ({exc}): {body[:200]!r}") from exc
-        usage = data.get("usage") or {}
+    def _gave_up(self, last: str) -> LLMError:
+        return LLMError(f"{self.base_url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    @staticmethod
+    def _result(completion: Any, messages: Messages, text: str) -> ChatResult:
+        usage = completion.usage
         prompt_text = "".join(m["content"] for m in messages)
         return ChatResult(
             text,
-            int(usage.get("prompt_tokens") or _estimate_tokens(prompt_text)),
-            int(usage.get("completion_tokens") or _estimate_tokens(text)),
+            int(getattr(usage, "prompt_tokens", 0) or _estimate_tokens(prompt_text)),
+            int(getattr(usage, "completion_tokens", 0) or _estimate_tokens(text)),
         )
 
 
