@@ -8,6 +8,7 @@ hour of activation collection.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -403,11 +404,59 @@ def build(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Where a config names files or folders (``corpus.files`` is a list of them).
+PATH_KEYS = (("run_dir",), ("models", "base", "path"), ("models", "ft", "path"), ("corpus", "files"),
+             ("activations", "reuse_base_from"), ("evaluation", "benchmark"))
+# ``evaluation.benchmark`` may name its files after one of these (see EvaluationConfig).
+RUNNER_PREFIX, LM_EVAL_PREFIX = "runner:", "lm_eval:"
+
+
+def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str, Any]:
+    """A copy of the config mapping ``data`` with each relative path that names something
+    from ``run_path`` resolved against it.
+
+    A study config's relative paths start at the working folder, as the user typed them.
+    A published run (the demo in ``data/demo``) names the files it ships with from its own
+    folder instead (``.`` is the run itself, ``../deltas/rmu.safetensors`` the delta beside
+    it), so it opens from any working folder and after a move. A path that names nothing
+    from the run folder is left as written: a hub id, a model name, a path from the
+    working folder.
+    """
+    run_path = Path(run_path)
+
+    def resolve(path: str) -> str:
+        if not path or Path(path).is_absolute() or not (run_path / path).exists():
+            return path
+        return str((run_path / path).resolve())
+
+    def resolve_benchmark(spec: str) -> str:
+        prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
+        return prefix + ",".join(resolve(part) for part in spec[len(prefix):].split(","))
+
+    out = copy.deepcopy(data)
+    for keys in PATH_KEYS:
+        holder = out
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder.get(key), dict) else {}
+        value = holder.get(keys[-1])
+        if isinstance(value, str):
+            holder[keys[-1]] = resolve_benchmark(value) if keys == ("evaluation", "benchmark") else resolve(value)
+        elif isinstance(value, list):
+            holder[keys[-1]] = [resolve(v) if isinstance(v, str) else v for v in value]
+    return out
+
+
 def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
-    """Read and validate a study config from a YAML path or a mapping."""
+    """Read and validate a study config from a YAML path or a mapping.
+
+    A run's own ``config.yaml`` (a run manifest beside it) may name files from the run's
+    folder: see :func:`resolve_run_relative`.
+    """
     if isinstance(source, dict):
         data = source
     else:
+        from mneme_core.store import MANIFEST
+
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -417,6 +466,8 @@ def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
+        if (path.parent / MANIFEST).is_file():
+            data = resolve_run_relative(data, path.parent)
     cfg = build(StudyConfig, data)
     cfg.validate()
     return cfg

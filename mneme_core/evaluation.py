@@ -64,13 +64,12 @@ import pandas as pd
 from scipy import stats
 
 from mneme_core.benchmarks.loaders import PAIRED_COLUMNS, BenchmarkError, load_benchmark, validate_benchmark
-from mneme_core.config import EvaluationConfig, StudyConfig
+from mneme_core.config import RUNNER_PREFIX, EvaluationConfig, StudyConfig
 from mneme_core.store import Run, add_provenance, atomic_write_json, write_parquet
 
 Direction = Literal["drop", "rise"]
 LatentDirection = Literal["suppressed", "amplified", "both"]
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
-RUNNER_PREFIX = "runner:"
 MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest |shift| first)
 _Z95 = 1.959963984540054
 

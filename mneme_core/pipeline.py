@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mneme_core.config import StudyConfig, build, dump_config, load_config
+from mneme_core.config import StudyConfig, build, dump_config, load_config, resolve_run_relative
 from mneme_core.store import STAGES, RunError, atomic_write_bytes, init_run, read_manifest, set_stage, update_manifest
 
 STAGE_MODULES = {
@@ -170,9 +170,10 @@ def _mark_later_stale(run_path: Path, stage: str) -> None:
 
 
 def run_config(run_path: str | Path) -> StudyConfig:
-    """The validated config a run was made with (from its manifest)."""
+    """The validated config a run was made with (from its manifest), its files found from
+    the run folder where it names them from there (a published or moved run)."""
     run_path = Path(run_path)
-    config = dict(read_manifest(run_path).get("config", {}))
+    config = resolve_run_relative(read_manifest(run_path).get("config", {}), run_path)
     config["run_dir"] = str(run_path)
     return load_config(config)
 

@@ -38,11 +38,11 @@ def load_lab(run_path: str | Path, manifest: dict[str, Any], device: str = "cpu"
     if not (folder / "model.safetensors").is_file():
         raise LabError(f"no trained cross-coder in {folder} (the train stage writes it)")
     try:
-        from mneme_core.config import load_config
+        from mneme_core.config import load_config, resolve_run_relative
         from mneme_core.crosscoder import BatchTopKCrossCoder
         from mneme_core.models import load_model_pair
 
-        cfg = load_config(manifest.get("config", {}))
+        cfg = load_config(resolve_run_relative(manifest.get("config", {}), run_path))
         pair = load_model_pair(cfg.models, device=device)
         crosscoder = BatchTopKCrossCoder.from_pretrained(folder).to(device).eval()
     except LabError:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
+from mneme_core.config import resolve_run_relative
 from mneme_core.lookup import LatentLookup, order_contexts
 
 SCHEMA_VERSION = 1
@@ -182,8 +183,9 @@ def init_run(run_path: str | Path, config: dict[str, Any], provenance: list[dict
         path = run_path / MANIFEST
         if path.is_file():
             manifest = read_manifest(run_path)
-            old = {k: v for k, v in manifest.get("config", {}).items() if k != "run_dir"}
-            new = {k: v for k, v in config.items() if k != "run_dir"}
+            # the same files, whether named from the run folder or the working folder
+            old, new = (resolve_run_relative(c, run_path) for c in (manifest.get("config", {}), config))
+            old, new = ({k: v for k, v in c.items() if k != "run_dir"} for c in (old, new))
             if old != new:
                 raise RunError(
                     f"{run_path} already holds a run with a different config (sections differ: "

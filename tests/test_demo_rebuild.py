@@ -8,8 +8,11 @@ recomputing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_demo_run import check_demo_dir  # tests/ is on sys.path
+from test_portable import machine_paths_in
 
 from mneme_core.demo.build import rebuild
 from mneme_core.demo.study import INTERVENTIONS, REDUCED
@@ -22,6 +25,7 @@ def test_reduced_rebuild_end_to_end(tmp_path):
     summary = rebuild(sizes=REDUCED, work=work, out=out, names=names, progress=False)
     assert set(summary["seconds"]) >= {"text", "screen", "publish"} | {f"study:{n}" for n in names}
     check_demo_dir(out, names, min_subjects=1, min_questions=REDUCED.questions_per_subject)
+    assert machine_paths_in(out, [str(tmp_path), str(Path.home())]) == {}  # publish names no path of this machine
     # the second intervention reused the first one's base activations
     from mneme_core import open_run
 

@@ -13,6 +13,7 @@ import pytest
 from safetensors import safe_open
 
 from mneme_core import open_run
+from mneme_core.config import resolve_run_relative
 from mneme_core.demo.build import default_demo_dir
 from mneme_core.demo.study import INTERVENTIONS
 from mneme_core.evaluation import metrics
@@ -31,8 +32,9 @@ def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, 
     assert m["schema_version"] == SCHEMA_VERSION
     assert run.missing_stages() == [], run.missing_stages()
     # the published run points at its committed delta; the delta holds only RMU's tensors
-    delta_rel = m["config"]["models"]["ft"]["path"]
-    delta = (Path(delta_rel) if Path(delta_rel).is_absolute() else demo_dir.parents[1] / delta_rel)
+    delta = Path(resolve_run_relative(m["config"], run_dir)["models"]["ft"]["path"])
+    if not delta.is_absolute():  # published before runs named their files from their own folder
+        delta = demo_dir.parents[1] / delta
     assert delta.resolve() == (demo_dir / "deltas" / f"{name}.safetensors").resolve()
     rmu = INTERVENTIONS[name]
     with safe_open(str(delta), framework="pt") as fh:

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mneme_core.config import LM_EVAL_PREFIX
+
 BENCHMARK_COLUMNS = ("category", "score_before", "score_after", "n_questions")
 PAIRED_COLUMNS = ("n_lost", "n_gained")  # optional: exact paired counts from per-question results
 # optional: 95% intervals of each score (our runner writes Wilson intervals)
 SCORE_CI_COLUMNS = ("ci_before_low", "ci_before_high", "ci_after_low", "ci_after_high")
-LM_EVAL_PREFIX = "lm_eval:"
 # Task-name prefixes stripped to give the subject name (new harness, MMLU-Pro, harness < 0.4).
 _TASK_PREFIXES = ("mmlu_pro_", "mmlu_", "hendrycksTest-")
 

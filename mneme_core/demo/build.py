@@ -15,7 +15,8 @@ Steps (each resumable; a killed rebuild continues where it stopped):
    only its own half.
 6. ``publish``: copy what the dashboard needs into ``data/demo/`` — every run file except
    the activation store and training checkpoints (hundreds of MB, rebuilt in minutes), plus
-   the deltas, the questions and the base-accuracy screen.
+   the deltas, the questions and the base-accuracy screen. The published files name no
+   path of the building machine (``portable``), so the folder opens wherever it is.
 
 The work folder (default ``~/.cache/mneme/demo-build``) keeps the big intermediate files.
 """
@@ -25,7 +26,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from tqdm.auto import tqdm
 
 from mneme_core.config import ModelSpec, load_config
@@ -43,11 +47,14 @@ from mneme_core.demo.study import (
     BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, scaled, study_config,
 )
 from mneme_core.demo.subjects import FORGET_SUBJECTS, subject_index
-from mneme_core.store import add_provenance, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet
+from mneme_core.store import (
+    LOCK_FILE, add_provenance, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet,
+)
 
 CHANCE = 0.25
 CHARS_PER_TOKEN = 4.0  # rough, only to size the neutral file with headroom
-PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", ".lock")
+PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", LOCK_FILE)
+BENCHMARK_FILES = ("questions.parquet", "base_accuracy.csv", "split.json")
 
 
 def project_root() -> Path:
@@ -221,40 +228,68 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*PUBLISH_SKIP, ".*.tmp"))
-        _relocate_manifest(tmp, name, out)
+        _relocate_run(tmp, name, work, out)
         shutil.rmtree(out / name, ignore_errors=True)
         tmp.rename(out / name)
-    for file in ("questions.parquet", "base_accuracy.csv", "split.json"):
+    for file in BENCHMARK_FILES:
         shutil.copy2(work / "text" / file, out / "benchmark" / file)
 
 
-def _relocate_manifest(run_dir: Path, name: str, out: Path) -> None:
-    """Point the published run at the published delta, and say what was left out."""
-    try:
-        delta = str((out / "deltas" / f"{name}.safetensors").resolve().relative_to(project_root()))
-    except ValueError:
-        delta = str((out / "deltas" / f"{name}.safetensors").resolve())
+def _portable_names(work: Path, out: Path, name: str) -> list[tuple[str, str]]:
+    """(machine path, portable name) pairs for run ``name``, longest path first.
 
-    null = name == NULL_RUN
+    What the demo ships with is named from the published run's folder (``.``, ``../deltas/
+    ...``), which ``config.resolve_run_relative`` finds again wherever the folder is; what
+    stays behind in the work folder, the Python environment or the home folder gets a
+    provenance name (``$MNEME_DEMO_WORK/text/neutral.jsonl``, ``~/.cache/...``).
+    """
+    run = out / name
+    published = {work / "runs" / name: run,
+                 work / "deltas" / f"{name}.safetensors": out / "deltas" / f"{name}.safetensors",
+                 work / "deltas" / f"{name}.json": out / "deltas" / f"{name}.json",
+                 work / "scores" / f"{name}.csv": out / "benchmark" / f"scores-{name}.csv",
+                 **{work / "text" / f: out / "benchmark" / f for f in BENCHMARK_FILES}, run: run, out: out}
+    pairs = {str(src): os.path.relpath(dst, run) for src, dst in published.items()}
+    left_behind = {work: "$MNEME_DEMO_WORK", Path(sysconfig.get_paths()["purelib"]): "$SITE_PACKAGES",
+                   Path(sysconfig.get_paths()["platlib"]): "$SITE_PACKAGES", Path.home(): "~"}
+    for place, label in left_behind.items():
+        if len(place.parts) > 1:  # a home folder of "/" names nothing
+            pairs.setdefault(str(place), label)
+    return sorted(pairs.items(), key=lambda pair: -len(pair[0]))
+
+
+def portable(obj: Any, names: list[tuple[str, str]]) -> Any:
+    """``obj`` (JSON-like) with each machine path in ``names`` replaced by its portable
+    name wherever a string holds it (config values, provenance, messages). Matched only
+    as a whole path prefix, so ``runs/rmu`` never rewrites ``runs/rmu-strong``."""
+    if isinstance(obj, dict):
+        return {k: portable(v, names) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, names) for v in obj]
+    if isinstance(obj, str):
+        for path, name in names:
+            obj = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", lambda _, n=name: n, obj)
+    return obj
+
+
+def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
+    """Name every path in the published run portably, and say what was left out."""
+    names = _portable_names(work.resolve(), out.resolve(), name)  # the runs record absolute paths (rebuild)
 
     def edit(m: dict[str, Any]) -> None:
-        for holder in (m.get("models", {}), m.get("config", {}).get("models", {})):
-            if "ft" in holder and not null:
-                holder["ft"]["path"] = delta
-        m["config"]["run_dir"] = str(out / name)
+        m.update(portable(m, names))
         m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
                                       "benchmark_cache/"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     update_manifest(run_dir, edit)
+    (run_dir / LOCK_FILE).unlink(missing_ok=True)  # the edit's lock; a published run holds none
     cfg_yaml = run_dir / "config.yaml"
     if cfg_yaml.is_file():
-        import yaml
-
-        data = yaml.safe_load(cfg_yaml.read_text())
-        if not null:
-            data["models"]["ft"]["path"] = delta
-        data["run_dir"] = str(out / name)
+        data = portable(yaml.safe_load(cfg_yaml.read_text()), names)
         atomic_write_bytes(cfg_yaml, yaml.safe_dump(data, sort_keys=False).encode())
+    evaluation = run_dir / "evaluation.json"
+    if evaluation.is_file():
+        atomic_write_json(evaluation, portable(json.loads(evaluation.read_text()), names))
 
 
 # --------------------------------------------------------------------------- driver
@@ -285,8 +320,9 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     ``null_control`` adds the base-vs-base study (``NULL_RUN``)."""
     from mneme_core.models import load_model
 
-    work = Path(work or default_work_dir())
-    out = Path(out or default_demo_dir())
+    # absolute, so every path the runs record is one publish can name portably
+    work = Path(work or default_work_dir()).resolve()
+    out = Path(out or default_demo_dir()).resolve()
     names = list(names or INTERVENTIONS)
     work.mkdir(parents=True, exist_ok=True)
     _check_work_dir(work, sizes)
