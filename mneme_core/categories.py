@@ -128,7 +128,8 @@ def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder:
     return {c: str(sims.columns[int(np.argmax(sims.loc[c].to_numpy()))]) for c in uniq}
 
 
-def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: int, embedder: Embedder) -> np.ndarray:
+def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: int, embedder: Embedder,
+                   progress: bool = False) -> np.ndarray:
     """One unit vector per latent: the mean of its top ``n_windows`` window embeddings,
     weighted by each window's peak activation (zeros for a latent without windows).
 
@@ -138,7 +139,7 @@ def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: in
     top = top[top["latent"].isin(set(int(x) for x in latents))]
     texts = ["".join(map(str, toks)).strip() for toks in top["tokens"]]
     unique = list(dict.fromkeys(texts))
-    vecs = embedder.encode(unique) if unique else np.zeros((0, embedder.dim), np.float32)
+    vecs = embedder.encode(unique, progress=progress, desc="categories: embed windows")
     row_of = {t: i for i, t in enumerate(unique)}
     out = np.zeros((len(latents), embedder.dim), np.float64)
     index = {int(lat): i for i, lat in enumerate(latents)}
@@ -191,7 +192,7 @@ def _llm_labels(cfg: StudyConfig, run_path: Path, latents: Sequence[int], descri
 # --------------------------------------------------------------------------- map + search index
 
 
-def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0, progress: bool = False) -> np.ndarray:
     """2-D coordinates. UMAP's neighbour graph means little on a dozen points (and its
     JIT warm-up costs tens of seconds), so below ``UMAP_MIN_POINTS`` the top principal
     axes (or zeros) give a map that is still honest about the geometry."""
@@ -209,8 +210,10 @@ def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.nd
         return out
     import umap
 
+    # its epochs are the slow part on a big study; UMAP's own bar, with rate and ETA added
+    bar = {"desc": "categories: umap", "disable": not progress, "bar_format": "{l_bar}{bar}{r_bar}"}
     reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), metric="cosine",
-                        random_state=seed, n_jobs=1)
+                        random_state=seed, n_jobs=1, tqdm_kwds=bar)
     return reducer.fit_transform(vecs).astype(np.float32)
 
 
@@ -252,8 +255,8 @@ def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, p
     if not (run_path / "activations" / INDEX).is_file():
         return None
     diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress)
-    labels, sims = nearest_labels(embedder.encode(diffs["text"].tolist()), load_taxonomies(cfg.categories.taxonomies),
-                                  embedder)
+    vecs = embedder.encode(diffs["text"].tolist(), progress=progress, desc="categories: embed contexts")
+    labels, sims = nearest_labels(vecs, load_taxonomies(cfg.categories.taxonomies), embedder)
     diffs["category"], diffs["category_similarity"] = labels, sims.astype(np.float64)
     write_parquet(run_path / CONTEXT_DIFFS_FILE, diffs)
     return int(len(diffs))
@@ -269,7 +272,8 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     described = latents[latents["description"].notna() & (latents["description"].astype(str) != "")]
     described = described[["latent", "description"]].reset_index(drop=True)
     embedder = get_embedder(cfg.interpret.embedding_model)
-    vecs = embedder.encode(described["description"].astype(str).tolist())
+    vecs = embedder.encode(described["description"].astype(str).tolist(), progress=progress,
+                           desc="categories: embed descriptions")
     if ccfg.labeler == "llm":
         cats = _llm_labels(cfg, run_path, described["latent"].tolist(), described["description"].tolist(), progress)
         sims = np.full(len(cats), np.nan)
@@ -277,14 +281,14 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         contexts = open_run(run_path).contexts()
         if contexts.empty:
             raise ValueError(f"{run_path}: no contexts.parquet; run the contexts stage (or set categories.source: description)")
-        win = window_vectors(contexts, described["latent"].tolist(), ccfg.context_windows, embedder)
+        win = window_vectors(contexts, described["latent"].tolist(), ccfg.context_windows, embedder, progress)
         has = np.linalg.norm(win, axis=1) > 0
         cats, sims = nearest_labels(win[has], load_taxonomies(ccfg.taxonomies), embedder)
         described = described[has].reset_index(drop=True)
         vecs = vecs[has]
     else:
         cats, sims = nearest_labels(vecs, load_taxonomies(ccfg.taxonomies), embedder)
-    xy = umap_coords(vecs, ccfg.umap_neighbors, ccfg.seed)
+    xy = umap_coords(vecs, ccfg.umap_neighbors, ccfg.seed, progress)
     described["category"] = pd.Series(cats, dtype="string")
     described["category_similarity"] = sims.astype(np.float64)
     described["umap_x"], described["umap_y"] = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)

@@ -85,7 +85,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     if not len(latents):
         raise FileNotFoundError(f"{run_path}/latents.parquet is empty or missing: run the diff stage first")
     ids = select_latents(latents, icfg.latents, icfg.max_latents)
-    records = load_records(run_path, ids, n_negatives=icfg.n_score_examples, seed=cfg.seed)
+    records = load_records(run_path, ids, n_negatives=icfg.n_score_examples, seed=cfg.seed, progress=progress)
     recs = list(records.values())
     backend = make_backend(icfg)
     explainer = make_explainer(cfg, run_path, backend)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,13 @@ def _examples(df: pd.DataFrame) -> list[Example]:
     return [Example(tuple(t), tuple(float(a) for a in acts)) for t, acts in zip(df["tokens"], df["acts"])]
 
 
-def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int = 10, seed: int = 0) -> dict[int, LatentRecord]:
+def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int = 10, seed: int = 0,
+                 progress: bool = False) -> dict[int, LatentRecord]:
     """Records for ``latents`` (those with no contexts are left out).
 
     Negatives are random windows in which the latent never fired, drawn from the pool
     the contexts stage kept; the same pool serves every latent, so a scorer embeds it once.
+    ``progress`` shows a bar: a study's 131k latents take minutes to gather.
     """
     run_path = Path(run_path)
     path = run_path / "contexts.parquet"
@@ -67,7 +70,9 @@ def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int 
     )
     df = table.to_pandas().sort_values(["latent", "kind", "rank"], kind="stable")
     records: dict[int, LatentRecord] = {}
-    for latent, group in df.groupby("latent", sort=False):
+    groups = df.groupby("latent", sort=False)
+    for latent, group in tqdm(groups, total=groups.ngroups, desc="interpret: read contexts", unit="latent",
+                              disable=not progress, dynamic_ncols=True):
         rec = LatentRecord(int(latent))
         rec.top = _examples(group[group["kind"] == "top"])
         rec.quantile = _examples(group[group["kind"] == "quantile"])
@@ -78,7 +83,8 @@ def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int 
         pool_examples = [Example(tuple(t), tuple(0.0 for _ in t)) for t in pool["tokens"]]
         active = [set(np.asarray(a).tolist()) for a in pool["active_latents"]]
         rng = np.random.default_rng(seed)
-        for rec in records.values():
+        for rec in tqdm(records.values(), desc="interpret: draw negatives", unit="latent", disable=not progress,
+                        dynamic_ncols=True):
             for i in rng.permutation(len(pool_examples)):
                 if rec.latent not in active[i]:
                     rec.negatives.append(pool_examples[i])

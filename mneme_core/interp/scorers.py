@@ -15,7 +15,6 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mneme_core.interp.cache import AnswerCache, prompt_hash
 from mneme_core.interp.clients import ChatBackend, FatalLLMError
@@ -47,10 +46,9 @@ def scoring_examples(rec: LatentRecord, n: int) -> tuple[list[Example], list[Exa
 class EmbeddingScorer:
     name = "embedding"
 
-    def __init__(self, embedder, n_examples: int = 10, batch_size: int = 256):
+    def __init__(self, embedder, n_examples: int = 10):
         self.embedder = embedder
         self.n_examples = n_examples
-        self.batch_size = batch_size
 
     def score(self, records: Sequence[LatentRecord], descriptions: dict[int, str], *, progress: bool = True) -> dict[int, float]:
         index: dict[str, int] = {}
@@ -61,11 +59,7 @@ class EmbeddingScorer:
             pos, neg = scoring_examples(rec, self.n_examples)
             ids = [index.setdefault(t, len(index)) for t in [descriptions[rec.latent]] + [e.text for e in pos + neg]]
             plan.append((rec.latent, ids[0], ids[1:1 + len(pos)], ids[1 + len(pos):]))
-        texts = list(index)
-        vecs = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
-        for start in tqdm(range(0, len(texts), self.batch_size), desc="score (embedding)", unit="batch",
-                          disable=not progress, dynamic_ncols=True):
-            vecs[start:start + self.batch_size] = self.embedder.encode(texts[start:start + self.batch_size])
+        vecs = self.embedder.encode(list(index), progress=progress, desc="score (embedding)")
         out = {}
         for latent, d, pos, neg in plan:
             sims_pos = vecs[pos] @ vecs[d]
