@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,14 +186,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from mneme_dashboard import streamlit_command
+    from mneme_dashboard import serve
 
     roots = []
     if args.run:
         if not Path(args.run).exists():
             raise FileNotFoundError(f"no run or folder at {args.run}")
         roots = [Path(args.run).resolve()]
-    return subprocess.call(streamlit_command(roots))
+    serve(roots)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

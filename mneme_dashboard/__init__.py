@@ -11,14 +11,21 @@ Streamlit reads beside the entry script (localhost only, no telemetry, no file w
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 ENTRY = Path(__file__).resolve().with_name("app.py")
 
 
-def streamlit_command(roots: Sequence[str | Path] = ()) -> list[str]:
-    """The ``streamlit run`` command line serving the dashboard on runs (or folders of runs)."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY)]
-    return cmd + (["--", *map(str, roots)] if roots else [])
+def serve(roots: Sequence[str | Path] = ()) -> NoReturn:
+    """Become ``streamlit run`` of the dashboard on runs (or folders of runs).
+
+    The process is replaced rather than waited on, so a stop signal (a service manager, a
+    test) reaches Streamlit itself and never leaves it running without its parent.
+    """
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY), *(["--", *map(str, roots)] if roots else [])]
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)

@@ -14,7 +14,6 @@ packaged base model (``build.rebuild``). Parts:
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from mneme_core.demo import build
@@ -35,6 +34,6 @@ def main(rebuild: bool = False) -> int:
         print(f"no demo run in {demo_dir}; build it with `mneme demo --rebuild` (about an hour on 2 CPU cores)",
               file=sys.stderr)
         return 1
-    from mneme_dashboard import streamlit_command
+    from mneme_dashboard import serve
 
-    return subprocess.call(streamlit_command([demo_dir]))
+    serve([demo_dir])
