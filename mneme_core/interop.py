@@ -25,7 +25,8 @@ The maths is MNEME's own: ``f = relu(Σ_m x_m W[m] + b)``; a latent is kept when
 b_dec[m]``. ``encode`` returns the unscaled ``f`` in both.
 
 Activation normalisation is where they differ. MNEME multiplies raw activations by
-``norm_scale`` (one factor per model) before encoding and divides after decoding. Newer
+``norm_scale`` (one entry per model; MNEME's own training sets both to one shared factor, so
+a change of scale between the models is kept) before encoding and divides after decoding. Newer
 dictionary_learning releases carry a normaliser: ``x_n = (x − activation_mean) ·
 activation_global_scale`` (the "keep relative variance" mode, ``global_scale = target_rms /
 sqrt(Σ std² + 1e-8)``), undone after decoding. Older releases carry none: the model works
