@@ -7,6 +7,10 @@
     mneme evaluate RUN --benchmark SPEC
     mneme dashboard [RUN_OR_FOLDER]
     mneme demo [--rebuild]
+    mneme import-crosscoder SRC RUN_OR_STUDY [--revision REV] [--force]   (skip training)
+    mneme export-crosscoder RUN DEST [--legacy]      dictionary_learning's layout
+    mneme push RUN REPO_ID [--crosscoder] [--private]    share on the Hugging Face hub
+    mneme pull REPO_ID DEST [--revision REV]
 
 User errors (bad config, missing or damaged files, a run that is not a run) print one
 line to stderr and exit with status 2; ``--traceback`` shows where they came from.
@@ -20,10 +24,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mneme_core.config import ConfigError, load_config
 from mneme_core.store import STAGES, RunError, open_run
+
+if TYPE_CHECKING:
+    from mneme_core.interop import Hub
 
 USER_ERRORS = (ConfigError, RunError, FileNotFoundError, NotADirectoryError, PermissionError)
 PER_STAGE_COMMANDS = ("collect", "train", "diff", "contexts")
@@ -203,6 +210,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
+def _hub(args: argparse.Namespace) -> Hub:
+    from mneme_core.interop import Hub
+
+    return Hub(endpoint=args.endpoint)
+
+
+def cmd_import_crosscoder(args: argparse.Namespace) -> int:
+    from mneme_core.interop import import_crosscoder
+
+    path = import_crosscoder(args.src, args.target, revision=args.revision, force=args.force, hub=_hub(args))
+    metrics = open_run(path).stage_metrics("train")
+    print(f"imported {metrics['format']} cross-coder ({metrics['n_latents']} latents, k {metrics['k']}) into {path}; "
+          "`mneme run STUDY.yaml` goes on from the diff stage")
+    if not metrics["threshold_calibrated"]:
+        print("note: its threshold is not calibrated, so encoding keeps the top k·batch latents of each batch")
+    return 0
+
+
+def cmd_export_crosscoder(args: argparse.Namespace) -> int:
+    from mneme_core.interop import export_crosscoder
+
+    dest = export_crosscoder(args.run, args.dest, legacy=args.legacy)
+    print(f"dictionary_learning cross-coder written: {dest}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    if args.crosscoder:
+        from mneme_core.interop import read_crosscoder
+
+        model, _ = read_crosscoder(Path(args.run) / "crosscoder")
+        url = model.push_to_hub(args.repo_id, private=args.private or None, hub=_hub(args))
+    else:
+        url = open_run(args.run).push_to_hub(args.repo_id, private=args.private or None, hub=_hub(args))
+    print(f"pushed: {url}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from mneme_core.interop import pull_run
+
+    path = pull_run(args.repo_id, args.dest, revision=args.revision, hub=_hub(args))
+    print(f"run ready: {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -254,6 +307,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="open the bundled demo study; --rebuild reproduces it")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo study from nothing (CPU, ~1 h)")
     p.set_defaults(fn=cmd_demo)
+
+    endpoint = argparse.ArgumentParser(add_help=False)
+    endpoint.add_argument("--endpoint", default=None, help="hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+
+    p = sub.add_parser("import-crosscoder", parents=[endpoint],
+                       help="use a trained cross-coder (MNEME or dictionary_learning) instead of training one")
+    p.add_argument("src", help="folder, .safetensors file or hub repo id (owner/name)")
+    p.add_argument("target", help="run directory or study YAML (its run is created)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    p.add_argument("--force", action="store_true", help="replace the run's cross-coder")
+    p.set_defaults(fn=cmd_import_crosscoder)
+
+    p = sub.add_parser("export-crosscoder", help="write a run's cross-coder in dictionary_learning's layout")
+    p.add_argument("run", help="run directory (or a cross-coder folder)")
+    p.add_argument("dest", help="folder to write model.safetensors + config.json into")
+    p.add_argument("--legacy", action="store_true",
+                   help="fold the activation scale into the weights (releases without an activation normaliser)")
+    p.set_defaults(fn=cmd_export_crosscoder)
+
+    p = sub.add_parser("push", parents=[endpoint], help="share a run (dataset repo) or its cross-coder (model repo) on the hub")
+    p.add_argument("run", help="run directory")
+    p.add_argument("repo_id", help="owner/name")
+    p.add_argument("--crosscoder", action="store_true", help="push only the cross-coder, to a model repo")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(fn=cmd_push)
+
+    p = sub.add_parser("pull", parents=[endpoint], help="download a run shared on the hub into a folder")
+    p.add_argument("repo_id", help="owner/name of the dataset repo")
+    p.add_argument("dest", help="folder for the run")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    p.set_defaults(fn=cmd_pull)
     return parser
 
 

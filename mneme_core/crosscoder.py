@@ -43,21 +43,26 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as Fn
 from torch import nn
+
+if TYPE_CHECKING:
+    from mneme_core.interop import Hub
 
 FORMAT = "mneme-batchtopk-crosscoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "norm_scale")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a hub repo id, owner/name
 
 
 class CrossCoderFileError(RuntimeError):
@@ -437,13 +442,27 @@ class BatchTopKCrossCoder(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "BatchTopKCrossCoder":
-        """Load a folder written by ``save`` (safetensors only; never pickle)."""
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", *, revision: str | None = None, hub: Hub | None = None
+    ) -> "BatchTopKCrossCoder":
+        """Load a folder written by ``save`` (safetensors only; never pickle), or a hub model
+        repo pushed by ``push_to_hub`` when ``directory`` is a string like ``owner/name`` that
+        is no local path (``revision``; ``hub``: an ``interop.Hub`` for endpoint, token, cache)."""
+        if isinstance(directory, str) and not Path(directory).exists() and REPO_ID.fullmatch(directory):
+            from mneme_core.interop import Hub
+
+            directory = (hub or Hub()).download(directory, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE])
         directory = Path(directory)
         cfg = read_config(directory)
         model = cls(cfg["d_model"], cfg["n_latents"], cfg["k"], cfg.get("selection_norm", "l2"), seed=None)
         model.load_tensors(read_weights(directory / WEIGHTS_FILE), source=str(directory / WEIGHTS_FILE))
         return model.to(device)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, hub: Hub | None = None) -> str:
+        """Push this cross-coder with a model card to a hub model repo; returns the commit URL."""
+        from mneme_core.interop import push_crosscoder
+
+        return push_crosscoder(self, repo_id, private=private, hub=hub)
 
 
 def read_config(directory: Path) -> dict[str, Any]:

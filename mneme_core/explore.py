@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 # Columns offered as label filters / range sliders, when the run has them.
-LABEL_COLUMNS = ("attribution", "label_by_norm", "category", "mark")
-RANGE_COLUMNS = ("rel_norm", "shift", "nu_err", "nu_recon", "dec_cos", "freq", "max_act", "explanation_score")
+LABEL_COLUMNS = ("attribution", "beta_state", "label_by_norm", "category", "mark")
+RANGE_COLUMNS = ("rel_norm", "shift", "nu_err", "nu_recon", "dec_cos", "freq", "n_fires", "max_act", "explanation_score")
 # What the explorer shows by default, in this order (others are one click away).
 DEFAULT_COLUMNS = ("latent", "description", "category", "attribution", "label_by_norm", "rel_norm", "shift",
                    "dec_cos", "freq", "max_act", "explanation_score", "mark")

@@ -9,7 +9,8 @@ Stages form a line (``store.STAGES``): each needs every stage before it. Running
 (``stages=[...]``, the per-stage CLI commands for people who run collection on one
 machine and training on another) therefore checks that the earlier stages are complete,
 and forcing a stage re-runs it *and every later selected stage*, because their inputs
-changed.
+changed. An imported cross-coder (``mneme import-crosscoder``) is the one exception: it does
+not come from the stages before it, so it stays complete when they re-run.
 
 Under ``torchrun`` every rank calls the stage (collection and training are distributed);
 only rank 0 writes stage status.
@@ -141,7 +142,9 @@ def run_study(
     if not isinstance(cfg, StudyConfig):
         cfg = load_config(cfg)
     selected = _select(stages)
+    force = force if isinstance(force, bool) else list(force)
     forced = _forced(selected, force)
+    named = set(selected) if force is True else set(force or ())  # forced by name, not as a later stage
     run_path = cfg.run_path
     init_run(run_path, cfg.to_dict())
     if _is_main_process():
@@ -150,21 +153,33 @@ def run_study(
         return run_path
     _check_prerequisites(run_path, selected)
     for stage in selected:
-        if stage not in forced and _status(run_path, stage) == "complete":
+        keep = stage not in forced or (stage not in named and _imported(run_path, stage))
+        if keep and _status(run_path, stage) == "complete":
             continue
-        _mark_later_stale(run_path, stage)
+        mark_later_stale(run_path, stage)
         _run_one(cfg, run_path, stage, progress)
     return run_path
 
 
-def _mark_later_stale(run_path: Path, stage: str) -> None:
+def _imported(run_path: Path, stage: str) -> bool:
+    """Whether a stage's output came from outside the run (``mneme import-crosscoder``).
+
+    Such an output does not depend on the earlier stages, so re-running them neither
+    makes it stale nor redoes it; only forcing that stage by name replaces it.
+    """
+    entry = read_manifest(run_path).get("stages", {}).get(stage, {})
+    return (entry.get("metrics") or {}).get("imported") is True
+
+
+def mark_later_stale(run_path: Path, stage: str) -> None:
     """A stage about to (re)run makes every later finished stage stale: their outputs were
     built on what is about to change. Stale is not complete, so `mneme run` redoes them and
-    the dashboard says so, instead of showing, say, a prediction from old categories."""
+    the dashboard says so, instead of showing, say, a prediction from old categories.
+    Imported outputs stay complete (``_imported``)."""
     if not _is_main_process():
         return
     for later in STAGES[STAGES.index(stage) + 1:]:
-        if _status(run_path, later) == "complete":
+        if _status(run_path, later) == "complete" and not _imported(run_path, later):
             set_stage(run_path, later, "stale",
                       info={"reason": f"'{stage}' re-ran after it; `mneme run STUDY.yaml` brings it up to date"})
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -38,6 +38,9 @@ from filelock import FileLock
 
 from mneme_core.config import resolve_run_relative
 from mneme_core.lookup import LatentLookup, order_contexts
+
+if TYPE_CHECKING:
+    from mneme_core.interop import Hub
 
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
@@ -276,6 +279,23 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, revision: str | None = None, hub: Hub | None = None) -> Run:
+        """A run folder, or a run pushed to a hub dataset repo (``owner/name``, read from
+        huggingface_hub's cache; ``mneme pull`` makes a copy of one's own)."""
+        from mneme_core.interop import REPO_ID, fetch_run
+
+        if isinstance(source, str) and not Path(source).exists() and REPO_ID.fullmatch(source):
+            return cls(fetch_run(source, revision, hub))
+        return cls(source)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, hub: Hub | None = None) -> str:
+        """Push the run's tables, manifest and cross-coder to a hub dataset repo (not its
+        activation shards); returns the commit URL."""
+        from mneme_core.interop import push_run
+
+        return push_run(self.path, repo_id, private=private, hub=hub)
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -68,8 +68,12 @@ def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, 
     assert len(bench) >= min_subjects and (bench["n_questions"] >= min_questions).all()
     assert ev["metrics"]["mneme"] | metrics(ev["T"], ev["P"], ev["universe"]) == ev["metrics"]["mneme"]
     assert ev["metrics"]["oracle"]["set"] == ev["T"]
-    for method in ("random", "naive", "oracle"):
+    for method in ("random", "naive", "oracle", "activation_diff"):
         assert method in ev["metrics"] and "skipped" not in ev["metrics"][method]
+    train = m["stages"]["train"]["metrics"]
+    assert {"fve_base", "fve_ft", "dead_fraction", "l0_over_k"} <= set(train)
+    assert 0.8 <= train["l0_over_k"] <= 1.25  # θ calibrated on held-out tokens
+    assert m["stages"]["collect"]["metrics"]["excluded_first_tokens"] > 0  # sink tokens were dropped, and counted
     scores = pd.read_csv(demo_dir / "benchmark" / f"scores-{name}.csv")
     merged = bench.merge(scores, on="category", suffixes=("", "_file"))
     assert len(merged) == len(bench)
@@ -117,3 +121,16 @@ def test_committed_data_fits_the_budget(demo_dir):
     data = demo_dir.parent
     total = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     assert total <= MAX_DATA_BYTES, f"data/ holds {total / 2**20:.1f} MB (budget 100 MB)"
+
+
+def test_null_control_run_predicts_nothing(demo_dir):
+    """The base model against itself, through the same pipeline: (almost) no latent
+    attributed, an empty prediction from MNEME and from the dictionary-free baseline."""
+    from mneme_core.demo.study import NULL_RUN
+
+    run = open_run(demo_dir / NULL_RUN)
+    assert run.manifest["null_control"] is True and run.missing_stages() == []
+    lat = run.latents
+    assert (lat["attribution"] != "unchanged").mean() <= 0.01
+    ev = run.evaluation
+    assert ev["T"] == [] and ev["P"] == [] and ev["metrics"]["activation_diff"]["set"] == []

@@ -75,6 +75,13 @@ with left:
         columns=["β base", "β fine-tuned", "ν = β_base/β_ft"],
     )
     st.table(beta)
+    if val("beta_base") is not None and val("beta_state") is not None:
+        st.markdown(
+            f"**Primary β** (what the label uses; {md(val('probe') or '?')}-row probe): base "
+            f"{explore.fmt(val('beta_base'), 4)} ± {explore.fmt(val('beta_se_base'), 4)} · fine-tuned "
+            f"{explore.fmt(val('beta_ft'), 4)} ± {explore.fmt(val('beta_se_ft'), 4)} · shift "
+            f"{explore.fmt(val('shift'), 3)} ± {explore.fmt(val('shift_se'), 3)} · state **{md(val('beta_state'))}** · "
+            f"{explore.fmt(val('n_fires'), 0)} firing tokens")
     st.caption(f"max activation {explore.fmt(val('max_act'), 4)}")
 with right:
     hist = _ui.histogram(path, mtime, latent)

@@ -1,0 +1,58 @@
+"""Print the demo's results table (README "The demo study") from the committed runs.
+
+Per run: cross-coder quality (held-out FVE per model, dead fraction, L0/k, median decoder
+cosine of the shared latents), attribution counts, and the prediction with its controls
+(MNEME, the dictionary-free activation-difference baseline, random, naive, oracle).
+Run: ``python bench/demo_results.py [data/demo]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mneme_core.store import open_run
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def main(demo: Path) -> None:
+    runs = sorted(p.parent for p in demo.glob("*/run.json"))
+    print("| run | FVE base / ft | dead | L0/k | median cos (shared) | amplified | suppressed | predicted P |")
+    print("|---|---|---|---|---|---|---|---|")
+    records = {}
+    for path in runs:
+        run = open_run(path)
+        tm = run.stage_metrics("train")
+        lat = run.latents
+        shared = lat["label_by_norm"] == "shared"
+        counts = lat["attribution"].value_counts()
+        ev = run.evaluation or {}
+        records[path.name] = ev
+        print(f"| {path.name} | {tm.get('fve_base', float('nan')):.3f} / {tm.get('fve_ft', float('nan')):.3f} "
+              f"| {tm.get('dead_fraction', float('nan')):.1%} | {tm.get('l0_over_k', float('nan')):.2f} "
+              f"| {float(np.median(lat.loc[shared, 'dec_cos'])) if shared.any() else float('nan'):.3f} "
+              f"| {int(counts.get('amplified', 0))} | {int(counts.get('suppressed', 0))} "
+              f"| {', '.join(ev.get('P', [])) or '∅'} |")
+    print()
+    print("| run | method | accuracy | precision | F1 | balanced acc. | set |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ev in records.items():
+        m = ev.get("metrics", {})
+        print(f"| {name} | T | | | | | {', '.join(ev.get('T', [])) or '∅'} |")
+        for method in ("mneme", "activation_diff", "naive", "random", "oracle"):
+            r = m.get(method, {})
+            if "skipped" in r or not r:
+                continue
+            get = (lambda k: (r.get(k) or {}).get("mean")) if method == "random" else r.get
+            shown = ", ".join(r.get("set", [])) if method != "random" else "Bernoulli(0.5)"
+            print(f"| {name} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} | {_fmt(get('f1'))} "
+                  f"| {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "data/demo"))
