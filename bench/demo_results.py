@@ -39,6 +39,19 @@ def main(demo: Path) -> None:
               f"| {int(counts.get('amplified', 0))} | {int(counts.get('suppressed', 0))} "
               f"| {', '.join(ev.get('P', [])) or '∅'} |")
     print()
+    benches = {name: open_run(demo / name).benchmark for name in records if open_run(demo / name).benchmark is not None}
+    if benches:
+        names = list(benches)
+        first = benches[names[0]].set_index("category")
+        changed = sorted(set().union(*(set(b.loc[b["degraded"], "category"]) for b in benches.values())))
+        print("| subject | base | " + " | ".join(names) + " | degraded in |")
+        print("|---|---|" + "---|" * len(names) + "---|")
+        for cat in changed:
+            after = [f"{benches[n].set_index('category').loc[cat, 'score_after']:.2f}" for n in names]
+            where = [n for n in names if bool(benches[n].set_index("category").loc[cat, "degraded"])]
+            print(f"| {cat} | {first.loc[cat, 'score_before']:.2f} | " + " | ".join(after) + f" | {', '.join(where)} |")
+        print(f"| {len(first) - len(changed)} other subjects | |" + " |" * len(names) + " none |")
+        print()
     print("| run | method | accuracy | precision | F1 | balanced acc. | set |")
     print("|---|---|---|---|---|---|---|")
     for name, ev in records.items():
