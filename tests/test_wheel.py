@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _serve import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "mneme_core", "mneme_dashboard")
@@ -130,11 +131,7 @@ def dashboard(venv, tmp_path):
                 time.sleep(0.2)  # polling while the server starts
         yield url, run, tmp_path / "streamlit.log"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 

@@ -227,7 +227,10 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*PUBLISH_SKIP, ".*.tmp"))
+        # the null control's cross-coder (21 MB) is left out to keep data/ within its budget:
+        # its tables are what the dashboard shows, and the rebuild reproduces the weights
+        skip = (*PUBLISH_SKIP, "model.safetensors") if name == NULL_RUN else PUBLISH_SKIP
+        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*skip, ".*.tmp"))
         _relocate_run(tmp, name, work, out)
         shutil.rmtree(out / name, ignore_errors=True)
         tmp.rename(out / name)
@@ -278,8 +281,10 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
 
     def edit(m: dict[str, Any]) -> None:
         m.update(portable(m, names))
-        m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
-                                      "benchmark_cache/"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        omitted = ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/", "benchmark_cache/"]
+        if name == NULL_RUN:
+            omitted.append("crosscoder/model.safetensors (rebuild: mneme demo --rebuild)")
+        m["published"] = {"omitted": omitted, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     update_manifest(run_dir, edit)
     (run_dir / LOCK_FILE).unlink(missing_ok=True)  # the edit's lock; a published run holds none
