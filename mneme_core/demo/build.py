@@ -47,8 +47,9 @@ from mneme_core.demo.study import (
     BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, scaled, study_config,
 )
 from mneme_core.demo.subjects import FORGET_SUBJECTS, subject_index
+from mneme_core.crosscoder import WEIGHTS_FILE
 from mneme_core.store import (
-    LOCK_FILE, add_provenance, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet,
+    LOCK_FILE, add_provenance, atomic_path, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet,
 )
 
 CHANCE = 0.25
@@ -227,15 +228,24 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        # the null control's cross-coder (21 MB) is left out to keep data/ within its budget:
-        # its tables are what the dashboard shows, and the rebuild reproduces the weights
-        skip = (*PUBLISH_SKIP, "model.safetensors") if name == NULL_RUN else PUBLISH_SKIP
-        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*skip, ".*.tmp"))
+        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*PUBLISH_SKIP, ".*.tmp"))
+        _half_precision_weights(tmp / "crosscoder" / WEIGHTS_FILE)
         _relocate_run(tmp, name, work, out)
         shutil.rmtree(out / name, ignore_errors=True)
         tmp.rename(out / name)
     for file in BENCHMARK_FILES:
         shutil.copy2(work / "text" / file, out / "benchmark" / file)
+
+
+def _half_precision_weights(path: Path) -> None:
+    """Store a published cross-coder's weights as float16: half the bytes (each file stays
+    under 20 MB, data/ under its budget), and ``BatchTopKCrossCoder.from_pretrained`` casts
+    them back into its float32 parameters."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _portable_names(work: Path, out: Path, name: str) -> list[tuple[str, str]]:
@@ -281,10 +291,9 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
 
     def edit(m: dict[str, Any]) -> None:
         m.update(portable(m, names))
-        omitted = ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/", "benchmark_cache/"]
-        if name == NULL_RUN:
-            omitted.append("crosscoder/model.safetensors (rebuild: mneme demo --rebuild)")
-        m["published"] = {"omitted": omitted, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
+                                      "benchmark_cache/"], "crosscoder_weights": "float16 (loaded as float32)",
+                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     update_manifest(run_dir, edit)
     (run_dir / LOCK_FILE).unlink(missing_ok=True)  # the edit's lock; a published run holds none
