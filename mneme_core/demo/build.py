@@ -44,9 +44,9 @@ from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
 from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
 from mneme_core.demo.study import (
-    BASE_MODEL, BENCHMARK, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, scaled, study_config,
+    BASE_MODEL, BENCHMARK, DEMO, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, Scenario, scaled, study_config,
 )
-from mneme_core.demo.subjects import FORGET_SUBJECTS, subject_index
+from mneme_core.demo.subjects import subject_index
 from mneme_core.crosscoder import WEIGHTS_FILE
 from mneme_core.store import (
     LOCK_FILE, add_provenance, atomic_path, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet,
@@ -75,7 +75,7 @@ def default_work_dir() -> Path:
 # --------------------------------------------------------------------------- steps
 
 
-def prepare_text(work: Path, sizes: DemoSizes) -> dict[str, Any]:
+def prepare_text(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> dict[str, Any]:
     """Step 1: questions + the disjoint text split, written under ``work/text``."""
     out = work / "text"
     summary_path = out / "split.json"
@@ -84,7 +84,7 @@ def prepare_text(work: Path, sizes: DemoSizes) -> dict[str, Any]:
     wn = sources.read_wordnet()
     subjects = subject_index(wn)
     questions = make_questions(wn, subjects, BENCHMARK)
-    split = split_items(all_items(wn, subjects), questions["item_key"], SPLIT)
+    split = split_items(all_items(wn, subjects), questions["item_key"], SPLIT, scenario.forget_subjects)
     write_parquet(out / "questions_all.parquet", questions)
     write_jsonl(out / "forget.jsonl", documents(split.forget, seed=SPLIT.seed))
     write_jsonl(out / "retain.jsonl", documents(split.retain, seed=SPLIT.seed))
@@ -100,8 +100,8 @@ def prepare_text(work: Path, sizes: DemoSizes) -> dict[str, Any]:
         "items": {name: len(items) for name, items in split.sets().items()} | {"benchmark": len(split.benchmark_keys)},
         "neutral_docs_written": len(neutral),
         "neutral_forget_domain_share": round(
-            sum(d["domain"] in FORGET_SUBJECTS for d in neutral) / max(1, len(neutral)), 4),
-        "forget_subjects": sorted(FORGET_SUBJECTS),
+            sum(d["domain"] in scenario.forget_subjects for d in neutral) / max(1, len(neutral)), 4),
+        "scenario": scenario.name, "forget_subjects": sorted(scenario.forget_subjects),
         "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
     }
     atomic_write_json(summary_path, summary)
@@ -175,7 +175,8 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
     return path
 
 
-def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool) -> Path:
+def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool,
+              scenario: Scenario = DEMO) -> Path:
     """Step 5: the MNEME study for one intervention (resumable by the pipeline itself)."""
     from mneme_core.pipeline import run_study
 
@@ -185,7 +186,7 @@ def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progre
     cfg = load_config(study_config(
         name, run_dir=run_dir, delta=None if null else work / "deltas" / f"{name}.safetensors",
         corpus=work / "text" / "neutral.jsonl", benchmark=work / "scores" / f"{name}.csv", sizes=sizes,
-        reuse_base_from=reuse,
+        reuse_base_from=reuse, scenario=scenario,
     ))
     run_study(cfg, progress=progress)
     split = json.loads((work / "text" / "split.json").read_text())
@@ -313,10 +314,11 @@ class DemoBuildError(RuntimeError):
     """The work folder holds a build with other settings; the message says how to start over."""
 
 
-def _check_work_dir(work: Path, sizes: DemoSizes) -> None:
+def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> None:
     """Refuse to resume a work folder built with other sizes or settings (no silent mix)."""
     key = json.loads(json.dumps({"sizes": asdict(sizes), "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
-                                 "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()}}))
+                                 "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()},
+                                 "scenario": {"name": scenario.name, "forget": sorted(scenario.forget_subjects)}}))
     path = work / "build_key.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -329,9 +331,11 @@ def _check_work_dir(work: Path, sizes: DemoSizes) -> None:
 
 
 def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | None = None,
-            names: list[str] | None = None, null_control: bool = True, progress: bool = True) -> dict[str, Any]:
+            names: list[str] | None = None, null_control: bool = True, progress: bool = True,
+            scenario: Scenario = DEMO) -> dict[str, Any]:
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
-    ``null_control`` adds the base-vs-base study (``NULL_RUN``)."""
+    ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``scenario`` picks what is
+    unlearned (the development scenario uses the same steps on another forget set)."""
     from mneme_core.models import load_model
 
     # absolute, so every path the runs record is one publish can name portably
@@ -339,7 +343,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     out = Path(out or default_demo_dir()).resolve()
     names = list(names or INTERVENTIONS)
     work.mkdir(parents=True, exist_ok=True)
-    _check_work_dir(work, sizes)
+    _check_work_dir(work, sizes, scenario)
     timings: dict[str, float] = {}
     state: dict[str, Any] = {}
 
@@ -349,7 +353,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
         return state["base"]
 
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("text", lambda: prepare_text(work, sizes)),
+        ("text", lambda: prepare_text(work, sizes, scenario)),
         ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
     ]
     for name in names:
@@ -359,7 +363,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
         steps.append((f"score:{NULL_RUN}", lambda: score_models(work, NULL_RUN, *base_pair(), progress)))
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
-        steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress)))
+        steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress, scenario)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()

@@ -1,7 +1,8 @@
 """Split the demo text once, by item, into disjoint forget / retain / neutral / benchmark sets.
 
 - *benchmark*: the question synsets (benchmark.py) — in no text set at all;
-- *forget*: part of the forget domain's synsets (biology & medicine), what RMU unlearns;
+- *forget*: part of the forget domain's synsets (biology & medicine for the demo), what RMU
+  unlearns;
 - *retain*: part of everything else (other WordNet synsets, KJV verses, Devil's Dictionary
   entries), what RMU must keep (the paper's WikiText);
 - *neutral*: the rest of every domain, the forget domain included (like the Pile, which holds
@@ -68,7 +69,8 @@ def all_items(wn: WordNet, subjects: SubjectIndex) -> list[TextItem]:
     return items
 
 
-def split_items(items: Iterable[TextItem], benchmark_keys: Iterable[str], spec: SplitSpec = SplitSpec()) -> DemoSplit:
+def split_items(items: Iterable[TextItem], benchmark_keys: Iterable[str], spec: SplitSpec = SplitSpec(),
+                forget_subjects: frozenset[str] = FORGET_SUBJECTS) -> DemoSplit:
     """Assign every non-benchmark item to exactly one of forget / retain / neutral."""
     bench = frozenset(benchmark_keys)
     forget, retain, neutral = [], [], []
@@ -76,7 +78,7 @@ def split_items(items: Iterable[TextItem], benchmark_keys: Iterable[str], spec: 
         if item.key in bench:
             continue
         u = _unit(spec.seed, item.key)
-        if item.source == "wordnet" and item.domain in FORGET_SUBJECTS:
+        if item.source == "wordnet" and item.domain in forget_subjects:
             (forget if u < spec.forget_fraction else neutral).append(item)
         else:
             (retain if u < spec.retain_fraction else neutral).append(item)

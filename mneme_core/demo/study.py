@@ -29,13 +29,30 @@ from typing import Any
 
 from mneme_core.demo.benchmark import BenchmarkSpec
 from mneme_core.demo.split import SplitSpec
+from mneme_core.demo.subjects import FORGET_SUBJECTS
 from mneme_core.interventions.rmu import RMUConfig
 
 # pinned to the packaged (GGUF-converted) weights: the committed RMU deltas are made
 # against them, and a machine with a hub must not silently swap in the hub weights
 BASE_MODEL = "smollm2-135m-instruct@package"
 MNEME_LAYER = 15
-INTERVENTION_DESCRIPTION = "unlearned biology and medicine knowledge (RMU)"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What is unlearned: the forget subjects (WordNet subjects, ``subjects.py``) and the
+    one-line description the naive baseline reads. The demo is one scenario; the
+    development scenario (``DEV``) unlearns another domain with the same machinery, so
+    settings can be chosen on it without looking at the demo's benchmark."""
+
+    name: str
+    forget_subjects: frozenset[str]
+    description: str
+
+
+DEMO = Scenario("demo", FORGET_SUBJECTS, "unlearned biology and medicine knowledge (RMU)")
+DEV = Scenario("dev-physical-science", frozenset({"chemistry", "physics", "materials", "weather"}),
+               "unlearned chemistry and physical-science knowledge (RMU)")
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ NULL_RUN = "null-control"
 
 
 def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, benchmark: Path, sizes: DemoSizes,
-                 reuse_base_from: Path | None = None) -> dict[str, Any]:
+                 reuse_base_from: Path | None = None, scenario: Scenario = DEMO) -> dict[str, Any]:
     """The MNEME study for one intervention (``delta=None``: the null control), as a config
     mapping (``config.load_config``).
 
@@ -117,6 +134,6 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
         "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
         "categories": {"labeler": "taxonomy", "taxonomies": ["mmlu", "safety"]},
         "evaluation": {"benchmark": str(benchmark), "direction": "drop", "latent_direction": "suppressed",
-                       "intervention_description": INTERVENTION_DESCRIPTION if delta is not None else
+                       "intervention_description": scenario.description if delta is not None else
                        "no change: the base model compared with itself (null control)"},
     }

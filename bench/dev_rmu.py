@@ -1,0 +1,88 @@
+"""Development scenario 2: RMU on another forget set, built with the demo's machinery.
+
+The demo unlearns biology and medicine and its benchmark is a test set. This scenario
+unlearns the physical sciences instead (``demo.study.DEV``: chemistry, physics,
+materials, weather) with the same text sources, split rule, RMU settings, sizes and
+MNEME pipeline, and then asks the two questions the demo left open:
+
+- **which latents to read for unlearning**: suppressed (the paper's reading), amplified
+  (RMU adds a steering direction on forget-domain text, which a cross-coder can show as
+  latents the fine-tuned model carries more of), or both;
+- **which taxonomy** to categorise latents with: the MMLU subject list (what the demo
+  used) or MNEME's own topic list (the project default), each with the safety behaviours.
+
+Every combination relabels the same trained run (the categories and evaluation stages
+re-run; nothing upstream changes) and prints MNEME's metrics beside the random, naive and
+dictionary-free baselines of the same run. The choice is made here and then fixed for
+the demo. Run from the project root (about 45 minutes on 2 quiet cores; resumable):
+
+    python bench/dev_rmu.py [--work ~/.cache/mneme/dev-rmu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mneme_core.demo.build import rebuild
+from mneme_core.demo.study import DEV, FULL
+from mneme_core.models import cache_root
+from mneme_core.pipeline import override_section, run_study
+
+TAXONOMIES = {"mmlu+safety": ["mmlu", "safety"], "topics+safety": ["topics", "safety"]}
+DIRECTIONS = ("suppressed", "amplified", "both")
+
+
+def _fmt(x: float | None) -> str:
+    return "   —" if x is None else f"{x:4.2f}"
+
+
+def grid(run: Path) -> list[dict]:
+    """MNEME and baselines for every (taxonomy, latent direction) on one trained run."""
+    rows = []
+    for tax_name, taxonomies in TAXONOMIES.items():
+        override_section(run, "categories", {"taxonomies": taxonomies})
+        for direction in DIRECTIONS:
+            cfg = override_section(run, "evaluation", {"latent_direction": direction})
+            stages = ["categories", "evaluate"] if direction == DIRECTIONS[0] else ["evaluate"]
+            run_study(cfg, stages=stages, force=True, progress=False)
+            ev = json.loads((run / "evaluation.json").read_text())
+            m = ev["metrics"]
+            rows.append({"taxonomy": tax_name, "direction": direction, "T": ev["T"], "P": ev["P"],
+                         "mneme": {k: m["mneme"][k] for k in ("accuracy", "precision", "f1")},
+                         "actdiff": {k: m["activation_diff"][k] for k in ("accuracy", "precision", "f1")},
+                         "actdiff_set": m["activation_diff"]["set"], "naive_set": m["naive"]["set"],
+                         "naive_f1": m["naive"]["f1"], "random_acc": m["random"]["accuracy"]["mean"],
+                         "random_f1": m["random"]["f1"]["mean"]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
+    args = ap.parse_args()
+    summary = rebuild(sizes=FULL, work=args.work, out=args.work / "published", names=["rmu"], null_control=False,
+                      scenario=DEV)
+    run = args.work.resolve() / "runs" / "rmu"
+    study = json.loads((run / "run.json").read_text())["stages"]
+    print(f"scenario {DEV.name}: forget {sorted(DEV.forget_subjects)}; build {summary['seconds_total']:.0f} s")
+    for stage in ("train", "diff"):
+        print(f"  {stage}: " + json.dumps({k: v for k, v in study[stage]["metrics"].items()
+                                          if not isinstance(v, (dict, list))})[:400])
+    rows = grid(run)
+    print(f"T = {rows[0]['T']}")
+    print(f"{'taxonomy':14s} {'direction':10s} | MNEME acc prec   F1 | act-diff acc prec  F1 | "
+          f"random acc F1 | naive F1 | P")
+    for r in rows:
+        mn, ad = r["mneme"], r["actdiff"]
+        print(f"{r['taxonomy']:14s} {r['direction']:10s} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} "
+              f"{_fmt(mn['f1'])} |     {_fmt(ad['accuracy'])} {_fmt(ad['precision'])} {_fmt(ad['f1'])} | "
+              f"   {_fmt(r['random_acc'])} {_fmt(r['random_f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}")
+    for r in rows[:: len(DIRECTIONS)]:
+        print(f"{r['taxonomy']}: activation-diff set {r['actdiff_set']}; naive set {r['naive_set']}")
+    (args.work / "grid.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
