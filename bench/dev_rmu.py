@@ -13,8 +13,10 @@ MNEME pipeline, and then asks the two questions the demo left open:
 
 Every combination relabels the same trained run (the categories and evaluation stages
 re-run; nothing upstream changes) and prints MNEME's metrics beside the random, naive and
-dictionary-free baselines of the same run. The choice is made here and then fixed for
-the demo. Run from the project root (about 45 minutes on 2 quiet cores; resumable):
+dictionary-free baselines of the same run. The rule, written before the first run of
+this scenario: take the combination with the highest MNEME F1 here; on a tie the higher
+precision; on a further tie the project's defaults (topics taxonomy, suppressed). That
+choice is then fixed for the demo, whatever the demo gives. Run from the project root (about 45 minutes on 2 quiet cores; resumable):
 
     python bench/dev_rmu.py [--work ~/.cache/mneme/dev-rmu]
 """

@@ -246,15 +246,21 @@ def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, p
     """The dictionary-free baseline's input: per-context activation differences, each
     context labelled from its text with the study's taxonomies (the same vocabulary and
     embedder the latents get, so the two predictions are compared on equal terms).
-    Needs the activation store; a run published without it keeps its earlier file."""
+    The differences come from the activation store; a run published without it relabels
+    the texts its earlier file kept (so a new taxonomy reaches the baseline too)."""
     from mneme_core.actdiff import CONTEXT_DIFFS_FILE, context_diffs
     from mneme_core.activations import INDEX, ActivationStore
     from mneme_core.models import load_tokenizer
     from mneme_core.store import write_parquet
 
-    if not (run_path / "activations" / INDEX).is_file():
+    if (run_path / "activations" / INDEX).is_file():
+        diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base),
+                              progress=progress)
+    elif (run_path / CONTEXT_DIFFS_FILE).is_file():
+        diffs = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE).drop(columns=["category", "category_similarity"],
+                                                                    errors="ignore")
+    else:
         return None
-    diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress)
     vecs = embedder.encode(diffs["text"].tolist(), progress=progress, desc="categories: embed contexts")
     labels, sims = nearest_labels(vecs, load_taxonomies(cfg.categories.taxonomies), embedder)
     diffs["category"], diffs["category_similarity"] = labels, sims.astype(np.float64)

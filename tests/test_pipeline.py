@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_BENCHMARK, tiny_study_dict
 
 from mneme_core import cli, open_run
-from mneme_core.pipeline import run_config, run_study
+from mneme_core.pipeline import override_section, run_config, run_study
 from mneme_core.store import STAGES, RunError, read_manifest
 
 LATENT_COLUMNS = [
@@ -207,3 +208,20 @@ def test_null_control_identical_models_attribute_nothing_and_predict_nothing(tmp
     ev = run.evaluation
     assert ev["T"] == [] and ev["P"] == [] and ev["metrics"]["mneme"]["n_predicted"] == 0
     assert ev["metrics"]["activation_diff"]["set"] == []
+
+
+def test_published_run_relabels_its_context_diffs_with_a_new_taxonomy(run_copy, tmp_path):
+    """A run without its activation store (a published demo run) still moves the
+    dictionary-free baseline to a new taxonomy: the kept context texts are relabelled,
+    their measured differences unchanged."""
+    from mneme_core.actdiff import CONTEXT_DIFFS_FILE
+
+    before = pd.read_parquet(run_copy / CONTEXT_DIFFS_FILE)
+    shutil.rmtree(run_copy / "activations")
+    labels = tmp_path / "two.txt"
+    labels.write_text("astronomy: stars, planets, space\ncooking: recipes, kitchens, food\n")
+    cfg = override_section(run_copy, "categories", {"taxonomies": [str(labels)]})
+    run_study(cfg, stages=["categories"], force=True, progress=False)
+    after = pd.read_parquet(run_copy / CONTEXT_DIFFS_FILE)
+    assert set(after["category"]) <= {"astronomy", "cooking"} and not set(before["category"]) <= {"astronomy", "cooking"}
+    assert after["rel_diff"].tolist() == before["rel_diff"].tolist() and after["text"].tolist() == before["text"].tolist()
