@@ -6,7 +6,7 @@
     mneme interpret RUN [--explainer offline|openai|transformers] [--latents ...]
     mneme evaluate RUN --benchmark SPEC
     mneme dashboard [RUN_OR_FOLDER]
-    mneme demo [--rebuild]
+    mneme demo [--rebuild | --refresh]
     mneme import-crosscoder SRC RUN_OR_STUDY [--revision REV] [--force]   (skip training)
     mneme export-crosscoder RUN DEST [--legacy]      dictionary_learning's layout
     mneme push RUN REPO_ID [--crosscoder] [--private]    share on the Hugging Face hub
@@ -206,7 +206,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mneme_core import demo
 
-    result = demo.main(rebuild=args.rebuild)
+    result = demo.main(rebuild=args.rebuild, refresh=args.refresh)
     return int(result) if isinstance(result, int) else 0
 
 
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="open the bundled demo study; --rebuild reproduces it")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo study from nothing (CPU, ~1 h)")
+    p.add_argument("--refresh", action="store_true",
+                   help="re-run only the categories and evaluation stages of the committed runs with the current "
+                        "demo settings (minutes, no model)")
     p.set_defaults(fn=cmd_demo)
 
     endpoint = argparse.ArgumentParser(add_help=False)

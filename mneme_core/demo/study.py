@@ -111,7 +111,7 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
     for both interventions); categories come from the MMLU + safety taxonomies, never from
     the benchmark's subject names, so no benchmark information reaches discovery.
     """
-    return {
+    config: dict[str, Any] = {
         "name": f"demo-{name}",
         "run_dir": str(run_dir),
         "seed": 0,
@@ -132,8 +132,19 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
         "diffing": {},
         "contexts": {"top_n": sizes.top_n, "window": sizes.window, "n_quantiles": 4, "per_quantile": 2},
         "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
+        **reading_settings(null=delta is None, scenario=scenario),
+    }
+    config["evaluation"]["benchmark"] = str(benchmark)
+    return config
+
+
+def reading_settings(*, null: bool, scenario: Scenario = DEMO) -> dict[str, dict[str, Any]]:
+    """The ``categories`` and ``evaluation`` sections (less the benchmark file): how a
+    trained run is read. Kept apart because ``build.refresh`` re-applies exactly these to
+    the published runs."""
+    return {
         "categories": {"labeler": "taxonomy", "taxonomies": ["mmlu", "safety"]},
-        "evaluation": {"benchmark": str(benchmark), "direction": "drop", "latent_direction": "suppressed",
-                       "intervention_description": scenario.description if delta is not None else
-                       "no change: the base model compared with itself (null control)"},
+        "evaluation": {"direction": "drop", "latent_direction": "suppressed",
+                       "intervention_description": "no change: the base model compared with itself (null control)"
+                       if null else scenario.description},
     }
