@@ -34,10 +34,13 @@ class ModelSpec:
     - ``hf``: a hub id or a local transformers folder in ``path``;
     - ``gguf``: a GGUF file in ``path`` (converted once to safetensors in the cache);
     - ``named``: a name MNEME knows how to resolve offline (e.g. ``smollm2-135m-instruct``);
-    - ``delta``: ``base`` model plus a safetensors file ``path`` holding only changed tensors.
+    - ``delta``: ``base`` model plus a safetensors file ``path`` holding only changed tensors;
+    - ``adapter``: ``base`` model plus a PEFT (LoRA) adapter folder ``path``
+      (``adapter_config.json`` + ``adapter_model.safetensors``), merged into the weights at
+      load, so every stage sees an ordinary model.
     """
 
-    source: Literal["hf", "gguf", "named", "delta"] = "hf"
+    source: Literal["hf", "gguf", "named", "delta", "adapter"] = "hf"
     path: str = ""
     gguf_file: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

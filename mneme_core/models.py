@@ -306,14 +306,50 @@ def load_model_config(spec: ModelSpec, base_spec: ModelSpec | None = None) -> An
         raise ModelError(f"could not read the model config of {folder!r}: {exc}") from exc
 
 
+ON_BASE = ("delta", "adapter")  # sources that are a change applied to models.base
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
 def _own_or_base(spec: ModelSpec, base_spec: ModelSpec | None) -> ModelSpec:
-    if spec.source != "delta":
+    if spec.source not in ON_BASE:
         return spec
     if base_spec is None:
-        raise ModelError("a 'delta' model needs a base model spec (models.base) to apply its tensors to")
-    if base_spec.source == "delta":
-        raise ModelError("the base of a 'delta' model cannot itself be a delta")
+        raise ModelError(f"a {spec.source!r} model needs a base model spec (models.base) to apply its change to")
+    if base_spec.source in ON_BASE:
+        raise ModelError(f"the base of a {spec.source!r} model cannot itself be a {base_spec.source!r} model")
     return base_spec
+
+
+def check_adapter(path: str | Path) -> dict[str, Any]:
+    """The adapter's config, after checking the folder holds safetensors weights.
+
+    PEFT would also read ``adapter_model.bin``, which is a pickle: a folder with only that
+    is refused rather than unpickled."""
+    folder = Path(path)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"{folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG}); give the folder "
+                         f"`save_pretrained` wrote")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"{folder} has no {ADAPTER_WEIGHTS} (pickled adapter weights are not loaded); re-save "
+                         f"it with `save_pretrained(..., safe_serialization=True)`")
+    check_safetensors(folder / ADAPTER_WEIGHTS)
+    return json.loads((folder / ADAPTER_CONFIG).read_text())
+
+
+def merge_adapter(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """``model`` with the PEFT adapter at ``path`` merged into its weights (W + scale·B·A).
+
+    Merged rather than wrapped: hooks on decoder layers, the truncated forward and the
+    delta machinery then treat the adapted model like any other, at no extra cost per
+    forward."""
+    from peft import PeftModel
+
+    check_adapter(path)
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except Exception as exc:
+        raise ModelError(f"could not apply the adapter in {path} to its base model: {exc}") from exc
+    return wrapped.merge_and_unload()
 
 
 def load_model(spec: ModelSpec, base_spec: ModelSpec | None = None, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
@@ -335,6 +371,8 @@ def load_model(spec: ModelSpec, base_spec: ModelSpec | None = None, device: str 
         raise ModelError(f"could not load model weights from {folder!r}: {exc}") from exc
     if spec.source == "delta":
         apply_delta(model, spec.path)
+    elif spec.source == "adapter":
+        model = merge_adapter(model, spec.path)
     model.to(resolve_device(device)).eval()
     return model, load_tokenizer(spec, base_spec)
 
@@ -346,6 +384,8 @@ def load_model_pair(models_cfg: ModelsConfig, device: str | None = None) -> Mode
     tok_base = load_tokenizer(models_cfg.base)
     tok_ft = load_tokenizer(models_cfg.ft, models_cfg.base)
     layer = validate_pair(base_cfg, ft_cfg, tok_base, tok_ft, models_cfg.layer)
+    if models_cfg.ft.source == "adapter":
+        check_adapter(models_cfg.ft.path)
     dev = device or models_cfg.device
     base, _ = load_model(models_cfg.base, device=dev)
     ft, _ = load_model(models_cfg.ft, models_cfg.base, device=dev)
@@ -355,6 +395,10 @@ def load_model_pair(models_cfg: ModelsConfig, device: str | None = None) -> Mode
 def model_provenance(spec: ModelSpec, role: str) -> dict[str, Any]:
     """Where a model's weights came from, for the run manifest (GGUF origin included)."""
     item: dict[str, Any] = {"kind": "model", "role": role, "source": spec.source, "path": spec.path, "dtype": spec.dtype}
+    if spec.source == "adapter":
+        adapter = check_adapter(spec.path)
+        item["adapter"] = {k: adapter.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules")}
+        item["sha256"] = hashlib.sha256((Path(spec.path) / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
     if spec.source in ("named", "gguf"):
         folder = Path(resolve_folder(spec))
         item["resolved"] = str(folder)

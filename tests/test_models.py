@@ -162,3 +162,39 @@ def test_named_smollm2_converts_once_and_generates(tmp_path, monkeypatch):
                                   add_generation_prompt=True, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def _save_lora(base_dir: Path, folder: Path) -> torch.nn.Module:
+    """A LoRA on the tiny base with nonzero B (PEFT's default init leaves it a no-op),
+    saved as safetensors; returns the unmerged PEFT model for reference logits."""
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = load_model(ModelSpec(path=str(base_dir)))
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))
+    lora.save_pretrained(str(folder), safe_serialization=True)
+    return lora.eval()
+
+
+def test_adapter_source_merges_a_lora_and_gives_the_peft_models_logits(pair_dirs, tmp_path):
+    base_spec = ModelSpec(path=str(pair_dirs[0]))
+    reference = _save_lora(pair_dirs[0], tmp_path / "lora")
+    merged, tok = load_model(ModelSpec(source="adapter", path=str(tmp_path / "lora")), base_spec)
+    plain, _ = load_model(base_spec)
+    ids, mask = _batch(tok)
+    with torch.inference_mode():
+        want = reference(input_ids=ids, attention_mask=mask).logits
+        got = merged(input_ids=ids, attention_mask=mask).logits
+        untouched = plain(input_ids=ids, attention_mask=mask).logits
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # an ordinary model after the merge
+    assert (want - untouched).abs().max() > 1e-3  # the adapter changes the model ...
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # ... and the merge is that change
+
+
+def test_adapter_folder_without_safetensors_weights_is_refused(pair_dirs, tmp_path):
+    _save_lora(pair_dirs[0], tmp_path / "lora")
+    (tmp_path / "lora" / "adapter_model.safetensors").rename(tmp_path / "lora" / "adapter_model.bin")
+    with pytest.raises(ModelError, match="pickled adapter weights are not loaded"):
+        load_model(ModelSpec(source="adapter", path=str(tmp_path / "lora")), ModelSpec(path=str(pair_dirs[0])))
+    with pytest.raises(ModelError, match="needs a base model spec"):
+        load_model(ModelSpec(source="adapter", path=str(tmp_path / "lora")))
