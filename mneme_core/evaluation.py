@@ -414,7 +414,10 @@ def evaluate(
     attributed = attributed_latents(latents, cfg.latent_direction)
     mneme_cats = sorted(attributed["category"].unique().tolist())
     if mapping is None:
-        mapping_df = category_mapping(mneme_cats, universe, embedder)
+        # every category of the eligible pool, not only the attributed ones: the enrichment
+        # test compares a category's attributed latents with its share of the whole pool
+        mapping_df = category_mapping(sorted(set(eligible_latents(latents)["category"]) | set(mneme_cats)), universe,
+                                      embedder)
     else:
         mapping_df = pd.DataFrame({"mneme_category": list(mapping), "benchmark_category": list(mapping.values()),
                                    "similarity": np.nan})

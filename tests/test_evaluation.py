@@ -375,3 +375,22 @@ def test_run_stage_with_the_runner_scores_both_models(tmp_path):
     cols = ["category", "score_before", "score_after", "n_questions", "n_lost", "n_gained"]
     pd.testing.assert_frame_equal(bench[cols], want[cols])
     assert len([p for p in (cfg.run_path / "benchmark_cache").iterdir() if p.is_dir()]) == 2  # one per model
+
+
+def test_attribution_concentrated_in_one_category_is_tested_against_the_whole_pool(appendix_c, embedder):
+    """Every attributed latent in one category: the enrichment test must still compare it
+    with the whole eligible pool (mapping only the attributed categories left a pool of
+    that category alone, p = 1, and nothing predicted)."""
+    from math import comb
+
+    cats = ["viruses and infections"] * 10 + ["stars and planets"] * 30 + ["genes and heredity"] * 20
+    latents = pd.DataFrame({"latent": range(60), "category": cats, "beta_state": "present",
+                            "attribution": ["suppressed"] * 6 + ["unchanged"] * 54,
+                            "shift": [-1.0] * 6 + [0.0] * 54})
+    cfg = _cfg(Path("unused")).evaluation
+    _, record = evaluate(appendix_c, latents, cfg, embedder=embedder)
+    virology = next(s for s in record["category_scores"] if s["category"] == "virology")
+    assert virology["n_latents"] == 6 and virology["n_pool"] == 10
+    assert virology["enrichment_p"] == pytest.approx(comb(10, 6) / comb(60, 6), rel=1e-9)
+    assert "virology" in record["P"]
+    assert {m["mneme_category"] for m in record["mapping"]} == set(cats)
