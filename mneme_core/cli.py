@@ -5,6 +5,7 @@
     mneme info RUN [--json]
     mneme interpret RUN [--explainer offline|openai|transformers] [--latents ...]
     mneme evaluate RUN --benchmark SPEC
+    mneme confirm RUN [--categories ...] [--max-latents N] [--controls N]   causal test by ablation
     mneme dashboard [RUN_OR_FOLDER]
     mneme demo [--rebuild | --refresh]
     mneme import-crosscoder SRC RUN_OR_STUDY [--revision REV] [--force]   (skip training)
@@ -192,6 +193,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _category_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("--categories is empty")
+    return names
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from mneme_core.confirmation import ConfirmSettings, run_confirmation
+    from mneme_core.confirmation_view import CONFIRMATION_FILE, summary
+
+    settings = ConfirmSettings(
+        categories=args.categories or (), max_latents=args.max_latents, controls=args.controls, others=args.others,
+        questions=args.questions or "", limit_per_category=args.limit_per_category, z=args.z,
+        min_effect=args.min_effect, batch_size=args.batch_size, device=args.device)
+    table = run_confirmation(args.run, settings, progress=not args.quiet)
+    print(summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written: {Path(args.run) / CONFIRMATION_FILE}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from mneme_dashboard import serve
 
@@ -299,6 +331,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV/JSON file, 'lm_eval:BEFORE.json,AFTER.json' or 'runner:FILE'")
     p.add_argument("--description", default=None, help="one-line description of the intervention (naive baseline)")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("confirm", help="test predicted side effects by ablating their latents at layer L",
+                       description="Ablate each tested category's latents in the base model (and restore them in the "
+                                   "fine-tuned one) with a hook at the study's layer, re-score its benchmark questions, "
+                                   "and compare with random latent sets of the same activation mass. Resumable; writes "
+                                   "confirmation.parquet in the run.")
+    p.add_argument("run", help="run directory (with an evaluation)")
+    p.add_argument("--categories", type=_category_list, default=None,
+                   help="comma-separated benchmark categories (default: predicted ones plus contrasts)")
+    p.add_argument("--max-latents", type=_count, default=32, help="test at most this many latents per category (0 = all listed)")
+    p.add_argument("--controls", type=_count, default=5, help="random mass-matched latent sets per category (>= 2 to decide)")
+    p.add_argument("--others", type=_count, default=2, help="unchanged categories also scored under each ablation")
+    p.add_argument("--questions", default=None,
+                   help="multiple-choice question file(s) (default: the run's 'runner:FILE' benchmark)")
+    p.add_argument("--limit-per-category", type=_count, default=None, help="score at most this many questions per category")
+    p.add_argument("--z", type=float, default=2.0, help="control SDs the effect must clear (default 2)")
+    p.add_argument("--min-effect", type=float, default=None,
+                   help="smallest score change that counts (default: the evaluation's degrade_threshold)")
+    p.add_argument("--batch-size", type=_count, default=None, help="questions per forward (default: the run's runner_batch_size)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's models.device)")
+    p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser("dashboard", help="open the dashboard (streamlit)")
     p.add_argument("run", nargs="?", default=None, help="a run directory or a folder of runs")

@@ -549,12 +549,15 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ModelError(f"cannot find the {n} decoder layers of a {type(model).__name__}")
 
 
-def truncated_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int) -> torch.Tensor:
+def truncated_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
+                      **forward_kwargs: Any) -> torch.Tensor:
     """Residual stream after decoder layer ``layer`` (0-based; -1 = middle), shape (B, T, d).
 
     Runs the body only up to that layer: a forward hook captures the layer's output and
     stops the pass, so later layers and the LM head never run. Does not switch off
     autograd (RMU trains through it); wrap it in ``torch.inference_mode`` to collect.
+    ``forward_kwargs`` (e.g. ``position_ids``) go to the body as they are, so a caller
+    replaying another forward (packed rows with their own positions) sees the same stream.
     """
     layers = decoder_layers(model)
     layer = resolve_layer(layer, len(layers))
@@ -568,7 +571,7 @@ def truncated_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention
     handle = layers[layer].register_forward_hook(hook)
     try:
         with contextlib.suppress(_Stop):
-            body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
     finally:
         handle.remove()
     if not captured:

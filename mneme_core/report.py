@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mneme_core import explore, plots
+from mneme_core import confirmation_view, explore, plots
 from mneme_core.store import STAGES, Run
 
 MAX_SCATTER_POINTS = 20_000  # the report stays a few MB even for 131k latents
@@ -78,6 +78,7 @@ def build_report(run: Run, marks: pd.DataFrame, side_effects: pd.DataFrame | Non
     if side_effects is not None and len(side_effects):
         parts += ["<h3>Per category</h3>", _table(side_effects)]
         figures.append(plots.benchmark_bars(side_effects))
+    parts += _confirmation_section(run, figures)
     parts.append("<h2>Audited latents</h2>")
     if marks.empty:
         parts.append("<p>No latents have been marked yet.</p>")
@@ -96,3 +97,17 @@ def build_report(run: Run, marks: pd.DataFrame, side_effects: pd.DataFrame | Non
     parts += [_figure(fig, i == 0) for i, fig in enumerate(figures)]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _confirmation_section(run: Run, figures: list[go.Figure]) -> list[str]:
+    """The causal test of the predictions (``mneme confirm``), or the command that fills it."""
+    head = "<h2>Causal confirmation</h2>"
+    try:
+        table = confirmation_view.load(run.path)
+    except confirmation_view.ConfirmationFileError as exc:
+        return [head, f"<p>{html.escape(str(exc))}</p>"]
+    if table is None:
+        return [head, f"<p>Not run. <code>{html.escape(confirmation_view.command(run))}</code> tests each predicted "
+                      "category by ablating its latents.</p>"]
+    figures.append(confirmation_view.figure(table))
+    return [head, f"<p>{html.escape(confirmation_view.RULE_TEXT)}</p>", _table(confirmation_view.summary(table))]

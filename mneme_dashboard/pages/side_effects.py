@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from mneme_core import confirmation_view as cv
 from mneme_core import evaluation as ev
 from mneme_core import explore, plots, sideeffects
 from mneme_dashboard import _ui
@@ -32,6 +33,11 @@ c2.caption(f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get(
            f"p < {record.get('thresholds', {}).get('significance', '?')} "
            f"({record.get('thresholds', {}).get('significance_test', '?')}).")
 table, methods = sideeffects.live_prediction(per_cat, record, threshold)
+try:
+    confirmation, confirmation_problem = cv.load(run.path), None
+except cv.ConfirmationFileError as exc:
+    confirmation, confirmation_problem = None, str(exc)
+table = table.assign(confirmation=cv.statuses(table["category"], confirmation))
 if run.manifest.get("null_control"):
     st.info("This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
             "method's own noise; the right answer is nothing.")
@@ -62,8 +68,8 @@ with right:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
-shown = [c for c in ("category", "score_before", "score_after", "drop", "p_value", "degraded", "predicted", "score",
-                     "n_latents", "expected", "enrichment_p", "mneme_categories", "latents") if c in table.columns]
+shown = [c for c in ("category", "score_before", "score_after", "drop", "p_value", "degraded", "predicted", "confirmation",
+                     "score", "n_latents", "expected", "enrichment_p", "mneme_categories", "latents") if c in table.columns]
 st.dataframe(table[shown], hide_index=True, key="per_category", column_config={
     "score_before": st.column_config.NumberColumn("before", format="%.3f"),
     "score_after": st.column_config.NumberColumn("after", format="%.3f"),
@@ -76,6 +82,7 @@ st.dataframe(table[shown], hide_index=True, key="per_category", column_config={
                                               help="attributed latents the category would hold by its share of the pool"),
     "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
     "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
+    "confirmation": st.column_config.TextColumn("confirmation", help=cv.RULE_TEXT),
 })
 focus = st.selectbox("Latents behind a category", table["category"].tolist(), key="f_focus_cat")
 ids = next(iter(table.loc[table["category"] == focus, "latents"]), None)
@@ -89,3 +96,15 @@ if ids is not None and len(ids):
         "shift": st.column_config.NumberColumn(format="%.2f")})
 else:
     st.caption(f"No attributed latents map to {focus}.")
+
+st.subheader("Causal confirmation")
+if confirmation_problem:
+    st.warning(confirmation_problem, icon=":material/error:")
+elif confirmation is None:
+    st.info(f"Not run yet. `{cv.command(run)}` ablates each predicted category's latents at the study's layer and "
+            "compares the score change with random latents of the same activation mass.",
+            icon=":material/hourglass_empty:")
+else:
+    st.dataframe(cv.summary(confirmation), hide_index=True, key="confirmation_summary")
+    st.plotly_chart(cv.figure(confirmation), key="confirmation_figure")
+    st.caption(cv.RULE_TEXT)
