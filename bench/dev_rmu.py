@@ -28,12 +28,13 @@ import json
 from pathlib import Path
 
 from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
+from mneme_core.demo.study import DEV, FULL, reading_settings
 from mneme_core.models import cache_root
 from mneme_core.pipeline import override_section, run_study
 
-TAXONOMIES = {"mmlu+safety": ["mmlu", "safety"], "topics+safety": ["topics", "safety"]}
-DIRECTIONS = ("suppressed", "amplified", "both")
+# the demo's own reading (mmlu + safety, suppressed) last: the run ends as it was built
+TAXONOMIES = {"topics+safety": ["topics", "safety"], "mmlu+safety": ["mmlu", "safety"]}
+DIRECTIONS = ("amplified", "both", "suppressed")
 
 
 def _fmt(x: float | None) -> str:
@@ -41,7 +42,22 @@ def _fmt(x: float | None) -> str:
 
 
 def grid(run: Path) -> list[dict]:
-    """MNEME and baselines for every (taxonomy, latent direction) on one trained run."""
+    """MNEME and baselines for every (taxonomy, latent direction) on one trained run. The
+    last combination is the run's own setting (the demo's), so the run ends as built and
+    the build can resume it."""
+    try:
+        return _relabel_each(run)
+    finally:
+        restore(run)
+
+
+def restore(run: Path) -> None:
+    """The run's config back to the scenario's reading settings (what the build wrote)."""
+    for section, changes in reading_settings(null=False, scenario=DEV).items():
+        override_section(run, section, changes)
+
+
+def _relabel_each(run: Path) -> list[dict]:
     rows = []
     for tax_name, taxonomies in TAXONOMIES.items():
         override_section(run, "categories", {"taxonomies": taxonomies})
@@ -64,9 +80,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
     args = ap.parse_args()
+    run = args.work.resolve() / "runs" / "rmu"
+    if (run / "run.json").is_file():
+        restore(run)  # an interrupted grid leaves another reading in the config
     summary = rebuild(sizes=FULL, work=args.work, out=args.work / "published", names=["rmu"], null_control=False,
                       scenario=DEV)
-    run = args.work.resolve() / "runs" / "rmu"
     study = json.loads((run / "run.json").read_text())["stages"]
     print(f"scenario {DEV.name}: forget {sorted(DEV.forget_subjects)}; build {summary['seconds_total']:.0f} s")
     for stage in ("train", "diff"):
