@@ -32,9 +32,9 @@ from mneme_core.demo.study import DEV, FULL, reading_settings
 from mneme_core.models import cache_root
 from mneme_core.pipeline import override_section, run_study
 
-# the demo's own reading (mmlu + safety, suppressed) last: the run ends as it was built
-TAXONOMIES = {"topics+safety": ["topics", "safety"], "mmlu+safety": ["mmlu", "safety"]}
-DIRECTIONS = ("amplified", "both", "suppressed")
+# the chosen reading (topics + safety, both; study.reading_settings) last: the run ends as built
+TAXONOMIES = {"mmlu+safety": ["mmlu", "safety"], "topics+safety": ["topics", "safety"]}
+DIRECTIONS = ("suppressed", "amplified", "both")
 
 
 def _fmt(x: float | None) -> str:

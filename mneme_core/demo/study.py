@@ -108,8 +108,8 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
     mapping (``config.load_config``).
 
     The benchmark file holds scores already measured by the MC runner (base scored once
-    for both interventions); categories come from the MMLU + safety taxonomies, never from
-    the benchmark's subject names, so no benchmark information reaches discovery.
+    for both interventions); categories come from MNEME's topic list + the safety behaviours, never
+    from the benchmark's subject names, so no benchmark information reaches discovery.
     """
     config: dict[str, Any] = {
         "name": f"demo-{name}",
@@ -142,9 +142,12 @@ def reading_settings(*, null: bool, scenario: Scenario = DEMO) -> dict[str, dict
     """The ``categories`` and ``evaluation`` sections (less the benchmark file): how a
     trained run is read. Kept apart because ``build.refresh`` re-applies exactly these to
     the published runs."""
+    # chosen on the development scenario (bench/dev_rmu.py, docs/DIFFING.md), then fixed:
+    # MNEME's own topics (not MMLU's subject list), latents of both directions (RMU shows
+    # mostly as amplified latents on forget-domain text)
     return {
-        "categories": {"labeler": "taxonomy", "taxonomies": ["mmlu", "safety"]},
-        "evaluation": {"direction": "drop", "latent_direction": "suppressed",
+        "categories": {"labeler": "taxonomy", "taxonomies": ["topics", "safety"]},
+        "evaluation": {"direction": "drop", "latent_direction": "both",
                        "intervention_description": "no change: the base model compared with itself (null control)"
                        if null else scenario.description},
     }
