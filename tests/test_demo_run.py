@@ -70,6 +70,13 @@ def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, 
     assert ev["metrics"]["oracle"]["set"] == ev["T"]
     for method in ("random", "naive", "oracle", "activation_diff"):
         assert method in ev["metrics"] and "skipped" not in ev["metrics"][method]
+    # causal confirmation of the prediction: every predicted category tested, a verdict per target row
+    conf = pd.read_parquet(run_dir / "confirmation.parquet")
+    assert {"category", "control", "confirmed", "status", "control_mean", "effect"} <= set(conf.columns)
+    target = conf[(conf["set"] == "target") & (conf["scored_category"] == conf["category"])]
+    assert set(ev["P"]) <= set(target["category"]) and target["status"].ne("").all()
+    assert conf["control"].any()  # mass-matched random sets were scored beside each target
+    assert not (run_dir / "confirmation_cache").exists() and not (run_dir / "benchmark_cache").exists()
     train = m["stages"]["train"]["metrics"]
     assert {"fve_base", "fve_ft", "dead_fraction", "l0_over_k"} <= set(train)
     assert 0.8 <= train["l0_over_k"] <= 1.25  # θ calibrated on held-out tokens

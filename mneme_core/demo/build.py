@@ -13,7 +13,9 @@ Steps (each resumable; a killed rebuild continues where it stopped):
 5. ``study:<name>``: the MNEME pipeline (``pipeline.run_study``); the second intervention
    reuses the first one's base activations (``activations.reuse_base_from``), so it costs
    only its own half.
-6. ``publish``: copy what the dashboard needs into ``data/demo/`` — every run file except
+6. ``confirm:<name>``: causal confirmation of each unlearning run's prediction
+   (``mneme confirm`` at its defaults; about 20 minutes per run on 2 cores).
+7. ``publish``: copy what the dashboard needs into ``data/demo/`` — every run file except
    the activation store and training checkpoints (hundreds of MB, rebuilt in minutes), plus
    the deltas, the questions and the base-accuracy screen. The published files name no
    path of the building machine (``portable``), so the folder opens wherever it is.
@@ -54,7 +56,7 @@ from mneme_core.store import (
 
 CHANCE = 0.25
 CHARS_PER_TOKEN = 4.0  # rough, only to size the neutral file with headroom
-PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", LOCK_FILE)
+PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", "confirmation_cache", "confirmation_parts", LOCK_FILE)
 BENCHMARK_FILES = ("questions.parquet", "base_accuracy.csv", "split.json")
 
 
@@ -217,8 +219,18 @@ def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progre
     return run_dir
 
 
+def confirm_run(work: Path, name: str, progress: bool) -> Path:
+    """Step 6: ``mneme confirm`` at its defaults on one unlearning run (resumable per
+    category), scored on the demo's questions."""
+    from mneme_core.confirmation import ConfirmSettings, run_confirmation
+
+    run_dir = work / "runs" / name
+    run_confirmation(run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress)
+    return run_dir
+
+
 def publish(work: Path, out: Path, names: list[str]) -> None:
-    """Step 6: copy the dashboard's files into ``out`` (atomically per run)."""
+    """Step 7: copy the dashboard's files into ``out`` (atomically per run)."""
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("deltas", "benchmark"):
         (out / sub).mkdir(exist_ok=True)
@@ -390,6 +402,8 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
         steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress, scenario)))
+    for name in names:  # causal confirmation of each unlearning run's prediction (mneme confirm)
+        steps.append((f"confirm:{name}", lambda n=name: confirm_run(work, n, progress)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()
