@@ -16,7 +16,8 @@ re-run; nothing upstream changes) and prints MNEME's metrics beside the random, 
 dictionary-free baselines of the same run. The rule, written before the first run of
 this scenario: take the combination with the highest MNEME F1 here; on a tie the higher
 precision; on a further tie the project's defaults (topics taxonomy, suppressed). That
-choice is then fixed for the demo, whatever the demo gives. Run from the project root (about 45 minutes on 2 quiet cores; resumable):
+choice is then fixed for the demo, whatever the demo gives. Run from the project root
+(about 35 minutes on 2 cores; resumable):
 
     python bench/dev_rmu.py [--work ~/.cache/mneme/dev-rmu]
 """
@@ -27,8 +28,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL, reading_settings
+from mneme_core.demo.build import apply_reading_settings, rebuild
+from mneme_core.demo.study import DEV, FULL
 from mneme_core.models import cache_root
 from mneme_core.pipeline import override_section, run_study
 
@@ -53,8 +54,7 @@ def grid(run: Path) -> list[dict]:
 
 def restore(run: Path) -> None:
     """The run's config back to the scenario's reading settings (what the build wrote)."""
-    for section, changes in reading_settings(null=False, scenario=DEV).items():
-        override_section(run, section, changes)
+    apply_reading_settings(run, null=False, scenario=DEV)
 
 
 def _relabel_each(run: Path) -> list[dict]:

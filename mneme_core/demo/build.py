@@ -46,7 +46,8 @@ from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
 from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
 from mneme_core.demo.study import (
-    BASE_MODEL, BENCHMARK, DEMO, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, Scenario, reading_settings, scaled, study_config,
+    BASE_MODEL, BENCHMARK, DEMO, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, Scenario, reading_settings, scaled,
+    study_config,
 )
 from mneme_core.demo.subjects import subject_index
 from mneme_core.crosscoder import WEIGHTS_FILE
@@ -319,9 +320,18 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
         atomic_write_json(evaluation, portable(json.loads(evaluation.read_text()), names))
 
 
+def apply_reading_settings(run_dir: Path, *, null: bool, scenario: Scenario = DEMO) -> None:
+    """Write ``study.reading_settings`` into an existing run's config (validated), so its
+    categories and evaluation stages read it the way a fresh build would."""
+    from mneme_core.pipeline import override_section
+
+    for section, changes in reading_settings(null=null, scenario=scenario).items():
+        override_section(run_dir, section, changes)
+
+
 def refresh(out: Path | None = None, names: list[str] | None = None, progress: bool = True) -> dict[str, float]:
     """Re-run the categories and evaluation stages of the published runs with the demo's
-    current settings (``study_config``), in place; returns seconds per run.
+    current reading settings (``study.reading_settings``), in place; returns seconds per run.
 
     Why: those two stages read only what a published run keeps (context windows,
     descriptions, the kept context texts of the dictionary-free baseline, benchmark
@@ -329,7 +339,7 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
     committed runs without the hour of a rebuild, and gives what a rebuild would: the
     stages before them are deterministic and untouched. No model is needed.
     """
-    from mneme_core.pipeline import override_section, run_config, run_study
+    from mneme_core.pipeline import run_config, run_study
 
     out = Path(out or default_demo_dir()).resolve()
     names = names or [p.name for p in sorted(out.iterdir()) if (p / "run.json").is_file()]
@@ -337,8 +347,7 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
     for name in names:
         t0 = time.perf_counter()
         run_dir = out / name
-        for section, changes in reading_settings(null=name == NULL_RUN).items():
-            override_section(run_dir, section, changes)
+        apply_reading_settings(run_dir, null=name == NULL_RUN)
         run_study(run_config(run_dir), stages=["categories", "evaluate"], force=True, progress=progress)
         _relocate_run(run_dir, name, default_work_dir().resolve(), out)
         seconds[name] = round(time.perf_counter() - t0, 1)

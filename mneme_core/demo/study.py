@@ -108,8 +108,9 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
     mapping (``config.load_config``).
 
     The benchmark file holds scores already measured by the MC runner (base scored once
-    for both interventions); categories come from MNEME's topic list + the safety behaviours, never
-    from the benchmark's subject names, so no benchmark information reaches discovery.
+    for both interventions); categories come from MNEME's topic list + the safety
+    behaviours, never from the benchmark's subject names, so no benchmark information
+    reaches discovery.
     """
     config: dict[str, Any] = {
         "name": f"demo-{name}",
