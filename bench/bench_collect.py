@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from mneme_core.config import ModelSpec
-from mneme_core.models import load_model, truncated_forward
+from mneme_core.collect.models import load_model, truncated_forward
+from mneme_core.common.config import ModelSpec
 
 
 def _rate(fn, n_tokens: int, reps: int) -> tuple[float, float, float]:

@@ -81,7 +81,8 @@ def main() -> None:
 
     import numpy as np
 
-    from mneme_core import explore, open_run
+    from mneme_core import open_run
+    from mneme_core.views import explore
 
     r = open_run(run)
     n = len(r.latents)

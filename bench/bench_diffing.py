@@ -1,6 +1,6 @@
 """Latent scaling for all latents vs one encode pass over the same tokens.
 
-DESIGN §4: closed-form latent scaling needs no per-latent pass — per batch it is the
+Closed-form latent scaling needs no per-latent pass — per batch it is the
 encode, a sparse decode, and one sparse scatter of f_ij·y_i (O(N·k·d)). Target: the whole
 of latent scaling (which includes its own encode) costs ≤ 2× one encode pass.
 
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from mneme_core.config import DiffingConfig
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.diffing import latent_table
+from mneme_core.analysis.diffing import latent_table
+from mneme_core.common.config import DiffingConfig
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
 
 def _model(d: int, n_latents: int, k: int, x_N2d: torch.Tensor) -> BatchTopKCrossCoder:

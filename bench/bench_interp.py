@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from mneme_core.embeddings import get_embedder
+from mneme_core.common.embeddings import get_embedder
 from mneme_core.interp.examples import Example, LatentRecord
 from mneme_core.interp.explainers import OfflineExplainer
 from mneme_core.interp.scorers import EmbeddingScorer

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from mneme_core.benchmarks.mc_runner import MCItem, score_questions
-from mneme_core.config import ModelSpec
-from mneme_core.models import load_model
+from mneme_core.collect.models import load_model
+from mneme_core.common.config import ModelSpec
 
 GLOSSES = [
     "a domesticated carnivorous mammal that typically has a long snout and an acute sense of smell",

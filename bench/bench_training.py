@@ -1,4 +1,4 @@
-"""Cross-coder training speed on this machine, against the matmul FLOP limit (DESIGN §3).
+"""Cross-coder training speed on this machine, against the matmul FLOP limit (docs/DIFFING.md).
 
 Prints, for d=576, k=100, batch 2,048 and F = 4,608 and 18,432:
 - the fp32 (and bf16) matmul rate measured now, at the encoder's shape;
@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from mneme_core.config import CrossCoderConfig, TrainingConfig
-from mneme_core.synthetic import planted_activations
-from mneme_core.training import train_crosscoder
+from mneme_core.common.config import CrossCoderConfig, TrainingConfig
+from mneme_core.dictionary.synthetic import planted_activations
+from mneme_core.dictionary.training import train_crosscoder
 
 D, K, B = 576, 100, 2048
 TARGETS = {4608: 3000, 18432: 900}  # tokens/s asked for on the 2-core CPU

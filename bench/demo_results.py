@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mneme_core.store import open_run
+from mneme_core.run.reader import open_run
 
 
 def _fmt(x) -> str:

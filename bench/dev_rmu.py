@@ -28,10 +28,10 @@ import argparse
 import json
 from pathlib import Path
 
+from mneme_core.collect.models import cache_root
 from mneme_core.demo.build import apply_reading_settings, rebuild
 from mneme_core.demo.study import DEV, FULL
-from mneme_core.models import cache_root
-from mneme_core.pipeline import override_section, run_study
+from mneme_core.run.pipeline import override_section, run_study
 
 # the chosen reading (topics + safety, both; study.reading_settings) last: the run ends as built
 TAXONOMIES = {"mmlu+safety": ["mmlu", "safety"], "topics+safety": ["topics", "safety"]}

@@ -30,10 +30,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from mneme_core.config import CrossCoderConfig, DiffingConfig, TrainingConfig
-from mneme_core.diffing import attribution_labels, latent_table
-from mneme_core.synthetic import EXPECTED, match_features, planted_activations
-from mneme_core.training import train_crosscoder
+from mneme_core.analysis.diffing import attribution_labels, latent_table
+from mneme_core.common.config import CrossCoderConfig, DiffingConfig, TrainingConfig
+from mneme_core.dictionary.synthetic import (
+    EXPECTED,
+    match_features,
+    planted_activations,
+)
+from mneme_core.dictionary.training import train_crosscoder
 
 FRACTIONS = {"shared": 0.8, "base_only": 0.04, "ft_only": 0.04, "amplified": 0.06, "suppressed": 0.06}
 GRID = {"tau": (0.25, 0.5, 1.0), "z": (0.0, 2.0, 3.0, 5.0), "min_fires": (1, 20, 50, 200)}

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mneme_core.store import atomic_path, atomic_write_json, init_run, merge_latent_columns, set_stage, write_parquet
+from mneme_core.common.atomic import atomic_path, atomic_write_json, write_parquet
+from mneme_core.run.store import init_run, merge_latent_columns, set_stage
 
 CATEGORIES = (
     "biology", "chemistry", "medicine", "virology", "physics", "law", "history",
@@ -43,7 +44,7 @@ ROW_GROUP = 8192
 
 
 def latents_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
-    """One row per latent with every column the stages write (DESIGN §6)."""
+    """One row per latent with every column the stages write (docs/ARCHITECTURE.md lists them)."""
     kind = rng.choice(4, size=n, p=[0.06, 0.04, 0.8, 0.1])  # base-only, ft-only, shared, other
     rel = np.where(kind == 0, rng.uniform(0.0, 0.1, n),
           np.where(kind == 1, rng.uniform(0.9, 1.0, n),
@@ -128,8 +129,8 @@ def histograms_table(n: int, bins: int, rng: np.random.Generator) -> pd.DataFram
 def benchmark_and_evaluation(lat: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, dict]:
     """A benchmark where the suppressed categories really dropped, scored by the real
     evaluation code (categories map to themselves, so no embedder is needed)."""
-    from mneme_core.config import EvaluationConfig
-    from mneme_core.evaluation import evaluate
+    from mneme_core.common.config import EvaluationConfig
+    from mneme_core.evaluation.evaluate import evaluate
 
     before = rng.uniform(0.5, 0.9, len(CATEGORIES))
     hit = np.isin(np.arange(len(CATEGORIES)), [0, 1, 2, 3])

@@ -27,11 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mneme_core.config import ConfigError, load_config
-from mneme_core.store import STAGES, RunError, open_run
+from mneme_core.common.config import ConfigError, load_config
+from mneme_core.common.errors import RunError
+from mneme_core.run.reader import open_run
+from mneme_core.run.store import STAGES
 
 if TYPE_CHECKING:
-    from mneme_core.interop import Hub
+    from mneme_core.common.hub import Hub
 
 USER_ERRORS = (ConfigError, RunError, FileNotFoundError, NotADirectoryError, PermissionError)
 PER_STAGE_COMMANDS = ("collect", "train", "diff", "contexts")
@@ -49,7 +51,7 @@ def _stage_list(text: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mneme_core.pipeline import run_study
+    from mneme_core.run.pipeline import run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=args.stages, force=args.force or False, progress=not args.quiet)
@@ -58,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from mneme_core.pipeline import run_study
+    from mneme_core.run.pipeline import run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=[args.command], force=args.force, progress=not args.quiet)
@@ -168,7 +170,7 @@ def _latents_spec(text: str) -> str:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
-    from mneme_core.pipeline import override_section, run_study
+    from mneme_core.run.pipeline import override_section, run_study
 
     changes = {k: v for k, v in (("explainer", args.explainer), ("latents", args.latents),
                                  ("max_latents", args.max_latents), ("base_url", args.base_url),
@@ -181,7 +183,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mneme_core.pipeline import override_section, run_study
+    from mneme_core.run.pipeline import override_section, run_study
 
     changes: dict[str, Any] = {"benchmark": args.benchmark}
     if args.description is not None:
@@ -211,8 +213,8 @@ def _count(text: str) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from mneme_core.confirmation import ConfirmSettings, run_confirmation
-    from mneme_core.confirmation_view import CONFIRMATION_FILE, summary
+    from mneme_core.evaluation.confirmation import ConfirmSettings, run_confirmation
+    from mneme_core.evaluation.confirmation_view import CONFIRMATION_FILE, summary
 
     settings = ConfirmSettings(
         categories=args.categories or (), max_latents=args.max_latents, controls=args.controls, others=args.others,
@@ -243,13 +245,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> Hub:
-    from mneme_core.interop import Hub
+    from mneme_core.common.hub import Hub
 
     return Hub(endpoint=args.endpoint)
 
 
 def cmd_import_crosscoder(args: argparse.Namespace) -> int:
-    from mneme_core.interop import import_crosscoder
+    from mneme_core.dictionary.interop import import_crosscoder
 
     path = import_crosscoder(args.src, args.target, revision=args.revision, force=args.force, hub=_hub(args))
     metrics = open_run(path).stage_metrics("train")
@@ -261,7 +263,7 @@ def cmd_import_crosscoder(args: argparse.Namespace) -> int:
 
 
 def cmd_export_crosscoder(args: argparse.Namespace) -> int:
-    from mneme_core.interop import export_crosscoder
+    from mneme_core.dictionary.interop import export_crosscoder
 
     dest = export_crosscoder(args.run, args.dest, legacy=args.legacy)
     print(f"dictionary_learning cross-coder written: {dest}")
@@ -270,7 +272,7 @@ def cmd_export_crosscoder(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     if args.crosscoder:
-        from mneme_core.interop import read_crosscoder
+        from mneme_core.dictionary.interop import read_crosscoder
 
         model, _ = read_crosscoder(Path(args.run) / "crosscoder")
         url = model.push_to_hub(args.repo_id, private=args.private or None, hub=_hub(args))
@@ -281,7 +283,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from mneme_core.interop import pull_run
+    from mneme_core.run.sharing import pull_run
 
     path = pull_run(args.repo_id, args.dest, revision=args.revision, hub=_hub(args))
     print(f"run ready: {path}")

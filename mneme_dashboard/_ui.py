@@ -18,8 +18,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from mneme_core import Run, RunError, open_run, render
-from mneme_core.store import MANIFEST, STAGES
+from mneme_core import Run, RunError, open_run
+from mneme_core.common.config import MANIFEST
+from mneme_core.run.store import STAGES
+from mneme_core.views import render
 
 APP_DIR = Path(__file__).resolve().parent.parent
 # A checkout's demo (a wheel ships none), and runs/ where `mneme run` writes by default.
@@ -186,7 +188,7 @@ def same_base_model(a: str, b: str) -> bool:
 @st.cache_data(max_entries=32, show_spinner=False)
 def cached_figure(kind: str, path: str, mtime: float, *args: Any) -> Any:
     """Figures over the whole latents table (the expensive ones), per run version."""
-    from mneme_core import plots
+    from mneme_core.views import plots
 
     builder = {"beta_scatter": plots.beta_scatter, "category_map": plots.category_map}[kind]
     return builder(_open(path, mtime).latents, *args)
@@ -302,7 +304,7 @@ def note_missing(run: Run, *stages: str, what: str = "") -> bool:
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _lookup(path: str, mtime: float, table: str) -> Any:
-    from mneme_core.lookup import LatentLookup
+    from mneme_core.common.lookup import LatentLookup
 
     file = Path(path) / f"{table}.parquet"
     return LatentLookup(file) if file.is_file() else None
@@ -310,8 +312,8 @@ def _lookup(path: str, mtime: float, table: str) -> Any:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def contexts(path: str, mtime: float, latent: int) -> pd.DataFrame:
-    """One latent's contexts (row-group pruned read; see mneme_core.lookup)."""
-    from mneme_core.lookup import order_contexts
+    """One latent's contexts (row-group pruned read; see mneme_core.common.lookup)."""
+    from mneme_core.common.lookup import order_contexts
 
     lookup = _lookup(path, mtime, "contexts")
     return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
@@ -326,7 +328,7 @@ def histogram(path: str, mtime: float, latent: int) -> pd.DataFrame:
 @st.cache_data(max_entries=8, show_spinner=False)
 def filter_choices(path: str, mtime: float) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
     """Label values and numeric bounds of a run's latents (fixed per run version)."""
-    from mneme_core import explore
+    from mneme_core.views import explore
 
     latents = _open(path, mtime).latents
     return explore.label_options(latents), explore.range_bounds(latents)
@@ -334,14 +336,14 @@ def filter_choices(path: str, mtime: float) -> tuple[dict[str, list[str]], dict[
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def per_category(path: str, mtime: float) -> pd.DataFrame:
-    from mneme_core.evaluation import per_category_table
+    from mneme_core.evaluation.evaluate import per_category_table
 
     return per_category_table(_open(path, mtime))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def decoder_rows(path: str, mtime: float) -> Any:
-    from mneme_core.explore import decoder_rows as load
+    from mneme_core.views.explore import decoder_rows as load
 
     return load(path)
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from mneme_core.crosscoder import BatchTopKCrossCoder
 from tiny import save_model, tiny_tokenizer
+
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
 D = 64
 N_DECOYS = 12  # of each kind (shared, base-only)
@@ -178,9 +178,10 @@ def latents_table(n_latents: int) -> pd.DataFrame:
 def build_causal_run(root: Path) -> Path:
     """The run folder ``root / "run"`` (models, questions and cross-coder beside it)."""
     from mneme_core.benchmarks.mc_runner import load_mc_items, score_pair
-    from mneme_core.config import EvaluationConfig, load_config
-    from mneme_core.evaluation import evaluate
-    from mneme_core.store import STAGES, atomic_write_json, init_run, set_stage, write_parquet
+    from mneme_core.common.atomic import atomic_write_json, write_parquet
+    from mneme_core.common.config import EvaluationConfig, load_config
+    from mneme_core.evaluation.evaluate import evaluate
+    from mneme_core.run.store import STAGES, init_run, set_stage
 
     tok, dirs = world_tokenizer(), directions()
     base = save_model(world_model(tok, dirs), tok, root / "base")

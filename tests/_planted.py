@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from mneme_core.config import load_config
-from mneme_core.contexts import TokenSource, collect_run_contexts
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.store import init_run, merge_latent_columns
 from tiny import tiny_tokenizer
+
+from mneme_core.analysis.contexts import TokenSource, collect_run_contexts
+from mneme_core.common.config import load_config
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+from mneme_core.run.store import init_run, merge_latent_columns
 
 CONCEPTS = {
     "virus": ["virus", "infection", "bacteria", "pathogen", "vaccine"],
@@ -127,10 +127,10 @@ def write_planted_store_run(run_path: Path, **sections):
     store's format, indexed by ``activations.finalize``), a saved cross-coder and a base
     model folder carrying the planted tokenizer — what ``contexts.run_stage`` reads."""
     from safetensors.torch import save_file
-
-    from mneme_core.activations import finalize
-    from mneme_core.store import atomic_write_json
     from tiny import save_model, tiny_llama
+
+    from mneme_core.collect.activations import finalize
+    from mneme_core.common.atomic import atomic_write_json
 
     tok, x, src, cc, names = planted_arrays()
     base = save_model(tiny_llama(tok, hidden_size=16, n_layers=2), tok, run_path.parent / "base_model")

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny_pair, write_tiny_corpus  # tests/ is on sys.path (rootdir conftest)
+from tiny import (  # tests/ is on sys.path (rootdir conftest)
+    save_tiny_pair,
+    write_tiny_corpus,
+)
 
 # Per-subject before/after scores for the tiny study's evaluate stage (MMLU subject
 # names, like the categories taxonomy); the numbers only need to be well-formed.
@@ -95,7 +98,7 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_study(tiny_model_dirs, tiny_corpus, tiny_benchmark, tmp_path_factory):
-    from mneme_core.config import load_config
+    from mneme_core.common.config import load_config
 
     base, ft = tiny_model_dirs
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
@@ -104,6 +107,6 @@ def tiny_study(tiny_model_dirs, tiny_corpus, tiny_benchmark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_study) -> Path:
-    from mneme_core.pipeline import run_study
+    from mneme_core.run.pipeline import run_study
 
     return run_study(tiny_study, progress=False)

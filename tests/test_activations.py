@@ -9,13 +9,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from mneme_core.activations import ActivationStore, StoreError, collect, run_stage
-from mneme_core.config import load_config
-from mneme_core.corpus import excluded_token_ids, iter_contexts
-from mneme_core.models import ModelError, load_model_pair, truncated_forward
-from mneme_core.store import init_run, read_manifest
 from tiny import save_model, tiny_llama, tiny_tokenizer
+
+from mneme_core.collect.activations import (
+    ActivationStore,
+    StoreError,
+    collect,
+    run_stage,
+)
+from mneme_core.collect.corpus import excluded_token_ids, iter_contexts
+from mneme_core.collect.models import ModelError, load_model_pair, truncated_forward
+from mneme_core.common.config import load_config
+from mneme_core.run.store import init_run, read_manifest
 
 LAYER = 2
 
@@ -218,9 +223,9 @@ def test_reuse_base_halves_from_an_earlier_collection(study, tmp_path):
 TORCHRUN_SCRIPT = """
 import json, sys
 import torch.distributed as dist
-from mneme_core.activations import run_stage
-from mneme_core.config import load_config
-from mneme_core.store import init_run
+from mneme_core.collect.activations import run_stage
+from mneme_core.common.config import load_config
+from mneme_core.run.store import init_run
 dist.init_process_group("gloo")
 cfg = load_config(json.loads(sys.argv[1]))
 if dist.get_rank() == 0:
@@ -255,7 +260,7 @@ def test_massive_activation_tokens_are_dropped_by_the_base_norm_and_counted(stud
     """A token whose base residual is ~1000× the others (an attention sink, planted by
     blowing up its embedding in both models) never reaches the store; the count is in
     the index and the stage metrics; a fine-tune that grows a token's norm is kept."""
-    from mneme_core.activations import massive_token_mask
+    from mneme_core.collect.activations import massive_token_mask
 
     cfg, _, reference = study
     tok = tiny_tokenizer()

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mneme_core import evaluation as ev
-from mneme_core import explore, open_run
-from mneme_core.store import init_run, set_stage
-from mneme_core.triage import TriageStore
+from mneme_core import open_run
+from mneme_core.evaluation import evaluate as ev
+from mneme_core.run.store import init_run, set_stage
+from mneme_core.views import explore
+from mneme_core.views.triage import TriageStore
 from mneme_dashboard import ENTRY as APP
 
 TIMEOUT = 120

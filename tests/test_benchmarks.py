@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import perturbed_copy, tiny_llama, tiny_tokenizer
 
 from mneme_core.benchmarks import (
     BenchmarkError,
@@ -26,7 +27,6 @@ from mneme_core.benchmarks.mc_runner import (
     score_questions,
     wilson_interval,
 )
-from tiny import perturbed_copy, tiny_llama, tiny_tokenizer
 
 # --------------------------------------------------------------------------- user tables
 

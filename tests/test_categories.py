@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from mneme_core import categories, interp
-from mneme_core.categories import load_taxonomies, load_taxonomy, map_categories, umap_coords
-from mneme_core.embeddings import get_embedder
-from mneme_core.store import open_run
-
 from _planted import build_planted_run
+
+from mneme_core import interp
+from mneme_core.common.embeddings import get_embedder
+from mneme_core.interp import categories
+from mneme_core.interp.categories import (
+    load_taxonomies,
+    load_taxonomy,
+    map_categories,
+    umap_coords,
+)
+from mneme_core.run.reader import open_run
 
 BIO = ["viruses infecting host cells", "gene expression and DNA replication", "cell membranes and mitochondria",
        "bacteria and the immune response"]

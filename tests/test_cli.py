@@ -12,8 +12,8 @@ from conftest import tiny_study_dict
 from tiny import save_model, tiny_llama, tiny_tokenizer
 
 from mneme_core import cli
-from mneme_core.config import load_config
-from mneme_core.store import read_manifest
+from mneme_core.common.config import load_config
+from mneme_core.run.store import read_manifest
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

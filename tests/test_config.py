@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mneme_core.config import ConfigError, StudyConfig, dump_config, load_config
+from mneme_core.common.config import ConfigError, StudyConfig, dump_config, load_config
 
 GOOD = {
     "name": "t",

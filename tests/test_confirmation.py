@@ -18,10 +18,10 @@ from _causal import N_QUESTIONS, PLANTED, WRONG, build_causal_run
 from test_cli import _fails_cleanly  # one line on stderr, exit 2, no traceback
 
 from mneme_core import cli, open_run
-from mneme_core import confirmation as cf
-from mneme_core import confirmation_view as cv
-from mneme_core.report import build_report
-from mneme_core.store import init_run
+from mneme_core.evaluation import confirmation as cf
+from mneme_core.evaluation import confirmation_view as cv
+from mneme_core.run.store import init_run
+from mneme_core.views.report import build_report
 
 
 @pytest.fixture(scope="module")

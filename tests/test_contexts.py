@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from mneme_core.contexts import DoublingHistogram, SlotTable
-from mneme_core.store import open_run
-
 from _planted import BOS_LATENT, CONCEPTS, build_planted_run
+
+from mneme_core.analysis.contexts import DoublingHistogram, SlotTable
+from mneme_core.run.reader import open_run
 
 
 def test_slot_table_keeps_the_k_largest_per_row_across_batches():
@@ -138,9 +137,9 @@ def test_random_windows_list_every_latent_active_in_them(planted):
 
 
 def test_run_stage_reads_the_store_and_gives_the_same_contexts(planted, tmp_path):
-    from mneme_core import contexts
-
     from _planted import write_planted_store_run
+
+    from mneme_core.analysis import contexts
 
     run_path, cfg_mem, _, _ = planted
     cfg, arrays = write_planted_store_run(tmp_path / "run", contexts={"batch_size": 200})

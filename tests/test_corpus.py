@@ -7,10 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from mneme_core.config import CorpusConfig
-from mneme_core.corpus import CorpusError, corpus_provenance, excluded_token_ids, iter_contexts
 from tiny import tiny_tokenizer, write_tiny_corpus
+
+from mneme_core.collect.corpus import (
+    CorpusError,
+    corpus_provenance,
+    excluded_token_ids,
+    iter_contexts,
+)
+from mneme_core.common.config import CorpusConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mneme_core.crosscoder import BatchTopKCrossCoder, CrossCoderFileError, batch_topk_indices
-
+from mneme_core.dictionary.crosscoder import (
+    BatchTopKCrossCoder,
+    CrossCoderFileError,
+    batch_topk_indices,
+)
 
 
 def _model(d=8, F=32, k=3, selection_norm="l2", seed=1, dtype=torch.float64):
@@ -104,7 +107,7 @@ def test_aux_loss_revives_latents_that_batchtopk_starved():
     """Latents with tiny decoder rows never win BatchTopK, so the main loss never trains
     them. With aux-k their rows learn the residual and they fire again; without it they
     stay dead."""
-    from mneme_core.synthetic import planted_activations
+    from mneme_core.dictionary.synthetic import planted_activations
 
     x, _ = planted_activations(4096, 16, 48, seed=2, mean_active=4)
     starved = torch.arange(16, 32)
@@ -200,7 +203,7 @@ def test_identical_init_starts_every_latent_shared_with_the_pre_activation_size_
     """Step 0: both halves of encoder and decoder are one draw (cosine 1, relative norm
     0.5), and on paired inputs x_base = x_ft the pre-activation has the variance of one
     kaiming draw over 2d inputs (the 1/√2 scaling)."""
-    from mneme_core.diffing import decoder_metrics
+    from mneme_core.analysis.diffing import decoder_metrics
 
     m = BatchTopKCrossCoder(64, 512, 8, seed=3)
     table = decoder_metrics(m.W_dec)

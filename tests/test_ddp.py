@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mneme_core.config import CrossCoderConfig, TrainingConfig
-from mneme_core.synthetic import match_features, planted_activations
-from mneme_core.training import train_crosscoder
+from mneme_core.common.config import CrossCoderConfig, TrainingConfig
+from mneme_core.dictionary.synthetic import match_features, planted_activations
+from mneme_core.dictionary.training import train_crosscoder
 
 REPO = Path(__file__).resolve().parents[1]
 # Amplified features are left out here: in so small a study BatchTopK often shares one
@@ -31,9 +31,9 @@ WORKER = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    from mneme_core.config import CrossCoderConfig, TrainingConfig
-    from mneme_core.synthetic import match_features, planted_activations
-    from mneme_core.training import InMemoryActivations, train_crosscoder
+    from mneme_core.common.config import CrossCoderConfig, TrainingConfig
+    from mneme_core.dictionary.synthetic import match_features, planted_activations
+    from mneme_core.dictionary.training import InMemoryActivations, train_crosscoder
 
     out = Path(sys.argv[1])
     spec = json.loads(sys.argv[2])

@@ -13,11 +13,11 @@ import pytest
 from safetensors import safe_open
 
 from mneme_core import open_run
-from mneme_core.config import resolve_run_relative
+from mneme_core.common.config import resolve_run_relative
 from mneme_core.demo.build import default_demo_dir
 from mneme_core.demo.study import INTERVENTIONS
-from mneme_core.evaluation import metrics
-from mneme_core.store import SCHEMA_VERSION
+from mneme_core.evaluation.evaluate import metrics
+from mneme_core.run.store import SCHEMA_VERSION
 
 LATENT_COLUMNS = ("latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
                   "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft", "nu_err", "nu_recon",

@@ -7,11 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-from mneme_core.config import DiffingConfig
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.diffing import (
-    BETA_COLUMNS, attribution_labels, beta_ratio, decoder_metrics, latent_table, primary_probes,
+from mneme_core.analysis.diffing import (
+    BETA_COLUMNS,
+    attribution_labels,
+    beta_ratio,
+    decoder_metrics,
+    latent_table,
+    primary_probes,
 )
+from mneme_core.common.config import DiffingConfig
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
 D, F, N = 12, 40, 600
 
@@ -203,9 +208,13 @@ def test_planted_attribution_on_a_known_crosscoder():
 def test_planted_features_trained_crosscoder_gets_every_label_right():
     """synthetic dictionary → real training → latent_table: each recovered planted feature
     (best decoder cosine ≥ 0.9) carries its kind's norm label and attribution."""
-    from mneme_core.config import CrossCoderConfig, TrainingConfig
-    from mneme_core.synthetic import EXPECTED, match_features, planted_activations
-    from mneme_core.training import train_crosscoder
+    from mneme_core.common.config import CrossCoderConfig, TrainingConfig
+    from mneme_core.dictionary.synthetic import (
+        EXPECTED,
+        match_features,
+        planted_activations,
+    )
+    from mneme_core.dictionary.training import train_crosscoder
 
     x, truth = planted_activations(10_000, 32, 20, seed=0, mean_active=3.0)
     model, _ = train_crosscoder(
@@ -234,9 +243,9 @@ def test_planted_features_trained_crosscoder_gets_every_label_right():
 def test_identical_pair_trained_at_the_defaults_labels_nothing():
     """The planted dictionary rendered identically in both "models": training and latent
     scaling at their defaults must leave every latent unchanged (the null control)."""
-    from mneme_core.config import CrossCoderConfig, TrainingConfig
-    from mneme_core.synthetic import planted_activations
-    from mneme_core.training import train_crosscoder
+    from mneme_core.common.config import CrossCoderConfig, TrainingConfig
+    from mneme_core.dictionary.synthetic import planted_activations
+    from mneme_core.dictionary.training import train_crosscoder
 
     x, _ = planted_activations(10_000, 32, 20, seed=0, mean_active=3.0)
     x[:, 1] = x[:, 0]

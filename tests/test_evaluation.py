@@ -14,16 +14,17 @@ import pandas as pd
 import pytest
 
 from mneme_core.benchmarks import load_benchmark_table
-from mneme_core.config import ConfigError, load_config
-from mneme_core.embeddings import get_embedder
-from mneme_core.evaluation import (
+from mneme_core.common.atomic import write_parquet
+from mneme_core.common.config import ConfigError, load_config
+from mneme_core.common.embeddings import get_embedder
+from mneme_core.evaluation.evaluate import (
     EvaluationError,
+    category_mapping,
     category_scores,
     default_predict_threshold,
     degraded_set,
     degraded_table,
     evaluate,
-    category_mapping,
     metrics,
     naive_baseline,
     per_category_table,
@@ -32,7 +33,8 @@ from mneme_core.evaluation import (
     run_stage,
     threshold_curve,
 )
-from mneme_core.store import init_run, open_run, write_parquet
+from mneme_core.run.reader import open_run
+from mneme_core.run.store import init_run
 
 APPENDIX_C = Path(__file__).parent / "data" / "appendix_c_llama3_8b.csv"
 PAPER_TOP10 = ["professional_medicine", "medical_genetics", "virology", "college_medicine", "human_aging",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mneme_core import explore
+from mneme_core.views import explore
 
 
 @pytest.fixture

@@ -16,10 +16,17 @@ from conftest import tiny_study_dict
 from safetensors.torch import save_file
 
 from mneme_core import cli
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.interop import Hub, InteropError, export_crosscoder, read_crosscoder, write_dictionary_learning
-from mneme_core.pipeline import run_config, run_study
-from mneme_core.store import Run, open_run, read_manifest
+from mneme_core.common.errors import InteropError
+from mneme_core.common.hub import Hub
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+from mneme_core.dictionary.interop import (
+    export_crosscoder,
+    read_crosscoder,
+    write_dictionary_learning,
+)
+from mneme_core.run.pipeline import run_config, run_study
+from mneme_core.run.reader import Run, open_run
+from mneme_core.run.store import read_manifest
 
 D, F, K = 8, 32, 3
 

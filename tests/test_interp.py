@@ -18,19 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _planted import CONCEPTS, build_planted_run
 
 from mneme_core import interp
-from mneme_core.config import load_config
+from mneme_core.common.config import load_config
+from mneme_core.common.embeddings import get_embedder
 from mneme_core.interp.clients import FatalLLMError, LLMError, OpenAIChatClient
 from mneme_core.interp.examples import Example, load_records
 from mneme_core.interp.explainers import OFFLINE_LABEL
 from mneme_core.interp.prompts import mark, parse_binary_list, parse_description
 from mneme_core.interp.scorers import EmbeddingScorer, auroc
 from mneme_core.interp.selection import select_latents
-from mneme_core.embeddings import get_embedder
-from mneme_core.store import open_run
-
-from _planted import CONCEPTS, build_planted_run
+from mneme_core.run.reader import open_run
 
 ALL_WORDS = {w: name for name, ws in CONCEPTS.items() for w in ws}
 
@@ -281,7 +280,7 @@ RUN_SCRIPT = """
 import json, sys
 from pathlib import Path
 from mneme_core import interp
-from mneme_core.config import load_config
+from mneme_core.common.config import load_config
 interp.run_stage(load_config(json.loads(sys.argv[2])), Path(sys.argv[1]), progress=False)
 """
 
@@ -327,7 +326,7 @@ def test_llm_scorers_give_balanced_accuracy(planted, scorer):
 
 
 def test_config_rejects_llm_scorer_without_llm():
-    from mneme_core.config import ConfigError
+    from mneme_core.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs an LLM"):
         load_config({"models": {"base": {"path": "a"}, "ft": {"path": "b"}}, "corpus": {"files": ["x"]},

@@ -7,10 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.latent_edit import LatentEdit, code_mass, edit_mask, intervene, paired_codes
-from mneme_core.models import decoder_layers, load_model, truncated_forward
-from mneme_core.config import ModelSpec
+from mneme_core.analysis.latent_edit import (
+    LatentEdit,
+    code_mass,
+    edit_mask,
+    intervene,
+    paired_codes,
+)
+from mneme_core.collect.models import decoder_layers, load_model, truncated_forward
+from mneme_core.common.config import ModelSpec
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
 LAYER = 2
 

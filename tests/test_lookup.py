@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from mneme_core import open_run
-from mneme_core.lookup import LatentLookup, order_contexts
-from mneme_core.store import init_run, write_parquet
+from mneme_core.common.atomic import write_parquet
+from mneme_core.common.lookup import LatentLookup, order_contexts
+from mneme_core.run.store import init_run
 
 
 @pytest.fixture

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import perturbed_copy, save_model, tiny_llama, tiny_tokenizer
 
-from mneme_core.config import ModelsConfig, ModelSpec
-from mneme_core.models import (
-    ModelError, apply_delta, load_model, load_model_pair, resolve_named_model, save_delta, truncated_forward,
+from mneme_core.collect.models import (
+    ModelError,
+    apply_delta,
+    load_model,
+    load_model_pair,
+    resolve_named_model,
+    save_delta,
+    truncated_forward,
     validate_pair,
 )
-from tiny import perturbed_copy, save_model, tiny_llama, tiny_tokenizer
+from mneme_core.common.config import ModelsConfig, ModelSpec
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ import yaml
 from conftest import TINY_BENCHMARK, tiny_study_dict
 
 from mneme_core import cli, open_run
-from mneme_core.pipeline import override_section, run_config, run_study
-from mneme_core.store import STAGES, RunError, read_manifest
+from mneme_core.common.errors import RunError
+from mneme_core.run.pipeline import override_section, run_config, run_study
+from mneme_core.run.store import STAGES, read_manifest
 
 LATENT_COLUMNS = [
     "latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
@@ -144,7 +145,7 @@ def test_unknown_stage_and_different_config_are_refused(run_copy, tiny_study):
         run_study(run_config(run_copy), stages=["trian"])
     changed = run_config(run_copy).to_dict()
     changed["crosscoder"]["k"] = 5
-    from mneme_core.config import load_config
+    from mneme_core.common.config import load_config
 
     with pytest.raises(RunError, match="different config.*crosscoder"):
         run_study(load_config(changed))
@@ -191,7 +192,7 @@ def test_null_control_identical_models_attribute_nothing_and_predict_nothing(tmp
     MNEME and from the dictionary-free baseline alike."""
     import numpy as np
 
-    from mneme_core.config import load_config
+    from mneme_core.common.config import load_config
 
     base, _ = tiny_model_dirs
     bench = tmp_path / "bench.csv"
@@ -214,7 +215,7 @@ def test_published_run_relabels_its_context_diffs_with_a_new_taxonomy(run_copy, 
     """A run without its activation store (a published demo run) still moves the
     dictionary-free baseline to a new taxonomy: the kept context texts are relabelled,
     their measured differences unchanged."""
-    from mneme_core.actdiff import CONTEXT_DIFFS_FILE
+    from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE
 
     before = pd.read_parquet(run_copy / CONTEXT_DIFFS_FILE)
     shutil.rmtree(run_copy / "activations")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mneme_core import plots
+from mneme_core.views import plots
 
 
 @pytest.fixture

@@ -18,10 +18,11 @@ import pandas as pd
 import yaml
 
 from mneme_core import open_run
-from mneme_core.config import load_config
+from mneme_core.common.atomic import atomic_write_json
+from mneme_core.common.config import load_config
 from mneme_core.demo.build import BENCHMARK_FILES, publish
-from mneme_core.pipeline import run_config
-from mneme_core.store import atomic_write_json, init_run, update_manifest
+from mneme_core.run.pipeline import run_config
+from mneme_core.run.store import init_run, update_manifest
 
 
 def machine_paths_in(folder: Path, paths: list[str]) -> dict[str, list[str]]:
@@ -145,7 +146,7 @@ def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(tiny_run
 
 
 def test_relative_paths_that_name_nothing_in_the_run_are_left_as_written(tmp_path):
-    from mneme_core.config import resolve_run_relative
+    from mneme_core.common.config import resolve_run_relative
 
     (tmp_path / "here.csv").write_text("")
     data = {"run_dir": "runs/x", "models": {"base": {"path": "org/model"}, "ft": {"path": "/abs/ft"}},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from mneme_core import open_run
-from mneme_core import promptlab as pl
-from mneme_core.models import truncated_forward
+from mneme_core.analysis import promptlab as pl
+from mneme_core.collect.models import truncated_forward
 
 
 def test_typed_text_follows_a_bos_like_the_collected_corpus(tiny_run):

@@ -7,7 +7,13 @@ from html.parser import HTMLParser
 
 import pytest
 
-from mneme_core.render import NEWLINE, SPACE, contexts_html, highlight_html, readable_token
+from mneme_core.views.render import (
+    NEWLINE,
+    SPACE,
+    contexts_html,
+    highlight_html,
+    readable_token,
+)
 
 EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\" onmouseover=\"alert(1)", "&amp;"]
 
@@ -99,7 +105,7 @@ def test_mismatched_lengths_are_an_error():
 
 
 def test_markdown_escaping_keeps_links_and_images_as_text():
-    from mneme_core.render import escape_markdown
+    from mneme_core.views.render import escape_markdown
 
     out = escape_markdown("see [x](http://a) ![i](u) <b>*bold*</b>")
     assert "](" not in out.replace("\\]\\(", "") and "\\!\\[" in out and "\\<b\\>" in out and "\\*bold\\*" in out

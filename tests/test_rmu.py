@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 from tiny import TINY_SENTENCES, tiny_llama, tiny_tokenizer
 
+from mneme_core.collect.models import apply_delta
 from mneme_core.interventions.rmu import (
     RMUConfig,
     RMUError,
@@ -15,7 +16,6 @@ from mneme_core.interventions.rmu import (
     rmu_unlearn,
     save_rmu_delta,
 )
-from mneme_core.models import apply_delta
 
 FORGET = [s for s in TINY_SENTENCES if any(w in s for w in ("doctor", "plants", "birds", "farmer", "dog"))]
 RETAIN = [s for s in TINY_SENTENCES if s not in FORGET]

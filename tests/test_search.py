@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from mneme_core import categories, interp
-from mneme_core.store import RunError, open_run
-
 from _planted import build_planted_run
+
+from mneme_core import interp
+from mneme_core.common.errors import RunError
+from mneme_core.interp import categories
+from mneme_core.run.reader import open_run
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 
 from mneme_core import RunError, open_run
-from mneme_core.store import (
+from mneme_core.common.atomic import atomic_path, write_parquet
+from mneme_core.run.store import (
     SCHEMA_VERSION,
-    atomic_path,
     init_run,
     merge_latent_columns,
     set_stage,
     update_manifest,
-    write_parquet,
 )
 
 CFG = {"name": "s", "models": {"layer": 3}, "corpus": {"files": ["a.txt"]}}

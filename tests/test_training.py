@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from mneme_core.config import ConfigError, CrossCoderConfig, TrainingConfig, load_config
-from mneme_core.crosscoder import BatchTopKCrossCoder
-from mneme_core.synthetic import EXPECTED, KINDS, match_features, planted_activations
-from mneme_core.training import evaluate, train_crosscoder
+from mneme_core.common.config import (
+    ConfigError,
+    CrossCoderConfig,
+    TrainingConfig,
+    load_config,
+)
+from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+from mneme_core.dictionary.synthetic import (
+    EXPECTED,
+    KINDS,
+    match_features,
+    planted_activations,
+)
+from mneme_core.dictionary.training import evaluate, train_crosscoder
 
 # Planted study: 40 features (8 per kind) in d=64, 128 latents, ~4.3 features per token
 # and k=4: with slack in k, BatchTopK happily splits a feature over two latents.
@@ -143,8 +153,9 @@ def test_run_stage_trains_from_the_run_store_and_resumes(tiny_study, tmp_path):
     """The pipeline's train stage on a real (tiny-model) activation store."""
     import dataclasses
 
-    from mneme_core import activations, training
-    from mneme_core.store import init_run
+    from mneme_core.collect import activations
+    from mneme_core.dictionary import training
+    from mneme_core.run.store import init_run
 
     cfg = dataclasses.replace(tiny_study, run_dir=str(tmp_path / "run"))
     init_run(cfg.run_path, cfg.to_dict())

@@ -10,7 +10,13 @@ import textwrap
 import pandas as pd
 import pytest
 
-from mneme_core.triage import MARKS, TriageError, TriageStore, export_csv, with_marks
+from mneme_core.views.triage import (
+    MARKS,
+    TriageError,
+    TriageStore,
+    export_csv,
+    with_marks,
+)
 
 
 def test_set_replace_clear_and_history(tmp_path):
@@ -63,7 +69,7 @@ def test_two_concurrent_writers_then_restart_lose_nothing(tmp_path):
         assert p.exitcode == 0
     # "restart": a fresh interpreter opens the folder and reads every mark back
     code = textwrap.dedent(f"""
-        from mneme_core.triage import TriageStore
+        from mneme_core.views.triage import TriageStore
         m = TriageStore({str(tmp_path)!r}).marks()
         print(len(m), sorted(m.latent.tolist()) == list(range({n})) + list(range(1000, {1000 + n})))
     """)
@@ -75,8 +81,8 @@ def test_two_concurrent_writers_then_restart_lose_nothing(tmp_path):
 
 def test_stakeholder_report_escapes_run_text_and_embeds_figures(tmp_path):
     from mneme_core import open_run
-    from mneme_core.report import build_report
-    from mneme_core.store import init_run, merge_latent_columns
+    from mneme_core.run.store import init_run, merge_latent_columns
+    from mneme_core.views.report import build_report
 
     init_run(tmp_path, {"name": "<script>alert(1)</script>", "models": {"layer": 1}})
     merge_latent_columns(tmp_path, pd.DataFrame({

@@ -3,7 +3,7 @@
 Every source ends as one *benchmark table* (one row per category):
 ``category, score_before, score_after, n_questions`` plus optional paired counts
 ``n_lost`` / ``n_gained`` (questions right before and wrong after, and the reverse) when
-per-question results exist. ``mneme_core.evaluation`` turns it into the degraded set.
+per-question results exist. ``mneme_core.evaluation.evaluate`` turns it into the degraded set.
 """
 
 from mneme_core.benchmarks.loaders import (

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mneme_core.config import LM_EVAL_PREFIX
+from mneme_core.common.config import LM_EVAL_PREFIX
 
 BENCHMARK_COLUMNS = ("category", "score_before", "score_after", "n_questions")
 PAIRED_COLUMNS = ("n_lost", "n_gained")  # optional: exact paired counts from per-question results

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mneme_core.benchmarks.loaders import BenchmarkError, validate_benchmark
-from mneme_core.store import atomic_write_json
+from mneme_core.common.atomic import atomic_write_json
 
 Style = Literal["cloze", "letters"]
 Packing = Literal["auto", "tree", "plain"]

@@ -41,19 +41,33 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from mneme_core.config import ModelSpec, load_config
+from mneme_core.common.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    write_parquet,
+)
+from mneme_core.common.config import ModelSpec, load_config
 from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
 from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
 from mneme_core.demo.study import (
-    BASE_MODEL, BENCHMARK, DEMO, FULL, INTERVENTIONS, NULL_RUN, SPLIT, DemoSizes, Scenario, reading_settings, scaled,
+    BASE_MODEL,
+    BENCHMARK,
+    DEMO,
+    FULL,
+    INTERVENTIONS,
+    NULL_RUN,
+    SPLIT,
+    DemoSizes,
+    Scenario,
+    reading_settings,
+    scaled,
     study_config,
 )
 from mneme_core.demo.subjects import subject_index
-from mneme_core.crosscoder import WEIGHTS_FILE
-from mneme_core.store import (
-    LOCK_FILE, add_provenance, atomic_path, atomic_write_bytes, atomic_write_json, update_manifest, write_parquet,
-)
+from mneme_core.dictionary.crosscoder import WEIGHTS_FILE
+from mneme_core.run.store import LOCK_FILE, add_provenance, update_manifest
 
 CHANCE = 0.25
 CHARS_PER_TOKEN = 4.0  # rough, only to size the neutral file with headroom
@@ -70,7 +84,7 @@ def default_demo_dir() -> Path:
 
 
 def default_work_dir() -> Path:
-    from mneme_core.models import cache_root
+    from mneme_core.collect.models import cache_root
 
     return Path(os.environ.get("MNEME_DEMO_WORK", cache_root() / "demo-build"))
 
@@ -134,7 +148,11 @@ def screen_subjects(work: Path, sizes: DemoSizes, base: Any, tokenizer: Any, pro
 
 def make_delta(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: Any, progress: bool) -> dict[str, Any]:
     """Step 3: RMU → ``work/deltas/<name>.safetensors`` + metrics (checkpointed)."""
-    from mneme_core.interventions.rmu import activation_report, rmu_unlearn, save_rmu_delta
+    from mneme_core.interventions.rmu import (
+        activation_report,
+        rmu_unlearn,
+        save_rmu_delta,
+    )
 
     delta = work / "deltas" / f"{name}.safetensors"
     info_path = work / "deltas" / f"{name}.json"
@@ -160,7 +178,7 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
     """Step 4: per-subject scores before/after with the MC runner → ``work/scores/<name>.csv``.
     The null control scores the base against itself (every answer from the cache)."""
     from mneme_core.benchmarks.mc_runner import score_pair
-    from mneme_core.models import apply_delta
+    from mneme_core.collect.models import apply_delta
 
     path = work / "scores" / f"{name}.csv"
     if path.is_file():
@@ -181,7 +199,7 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
 def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool,
               scenario: Scenario = DEMO) -> Path:
     """Step 5: the MNEME study for one intervention (resumable by the pipeline itself)."""
-    from mneme_core.pipeline import run_study
+    from mneme_core.run.pipeline import run_study
 
     run_dir = work / "runs" / name
     reuse = work / "runs" / first / "activations" if first and first != name else None
@@ -223,7 +241,7 @@ def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progre
 def confirm_run(work: Path, name: str, progress: bool) -> Path:
     """Step 6: ``mneme confirm`` at its defaults on one unlearning run (resumable per
     category), scored on the demo's questions."""
-    from mneme_core.confirmation import ConfirmSettings, run_confirmation
+    from mneme_core.evaluation.confirmation import ConfirmSettings, run_confirmation
 
     run_dir = work / "runs" / name
     run_confirmation(run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress)
@@ -323,7 +341,7 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
 def apply_reading_settings(run_dir: Path, *, null: bool, scenario: Scenario = DEMO) -> None:
     """Write ``study.reading_settings`` into an existing run's config (validated), so its
     categories and evaluation stages read it the way a fresh build would."""
-    from mneme_core.pipeline import override_section
+    from mneme_core.run.pipeline import override_section
 
     for section, changes in reading_settings(null=null, scenario=scenario).items():
         override_section(run_dir, section, changes)
@@ -339,7 +357,7 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
     committed runs without the hour of a rebuild, and gives what a rebuild would: the
     stages before them are deterministic and untouched. No model is needed.
     """
-    from mneme_core.pipeline import run_config, run_study
+    from mneme_core.run.pipeline import run_config, run_study
 
     out = Path(out or default_demo_dir()).resolve()
     names = names or [p.name for p in sorted(out.iterdir()) if (p / "run.json").is_file()]
@@ -383,7 +401,7 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
     ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``scenario`` picks what is
     unlearned (the development scenario uses the same steps on another forget set)."""
-    from mneme_core.models import load_model
+    from mneme_core.collect.models import load_model
 
     # absolute, so every path the runs record is one publish can name portably
     work = Path(work or default_work_dir()).resolve()

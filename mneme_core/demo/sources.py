@@ -1,6 +1,6 @@
 """Offline, permissively licensed text for the demo study, read from Debian packages.
 
-Three sources, all installed on these machines (DESIGN §8):
+Three sources, each a Debian package (`.ci/run` installs them):
 
 - ``wordnet-base``: every synset with its lexicographer file (``noun.animal`` ...), its
   lemmas, gloss, hypernyms and topic domains (``;c`` pointers). WordNet 3.0 licence.

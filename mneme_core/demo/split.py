@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mneme_core.common.atomic import atomic_write_bytes
 from mneme_core.demo.sources import WordNet, read_bible, read_devil
 from mneme_core.demo.subjects import FORGET_SUBJECTS, SubjectIndex
-from mneme_core.store import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,23 @@ from typing import Any
 
 import pandas as pd
 
-from mneme_core.config import StudyConfig
-from mneme_core.embeddings import get_embedder
+from mneme_core.common.atomic import write_parquet
+from mneme_core.common.config import StudyConfig
+from mneme_core.common.embeddings import get_embedder
 from mneme_core.interp.cache import AnswerCache
 from mneme_core.interp.clients import make_backend
 from mneme_core.interp.examples import load_records
-from mneme_core.interp.explainers import OFFLINE_LABEL, Explainer, LLMExplainer, OfflineExplainer, norm_token
+from mneme_core.interp.explainers import (
+    OFFLINE_LABEL,
+    Explainer,
+    LLMExplainer,
+    OfflineExplainer,
+    norm_token,
+)
 from mneme_core.interp.scorers import EmbeddingScorer, LLMJudgeScorer
 from mneme_core.interp.selection import select_latents
-from mneme_core.store import merge_latent_columns, open_run, write_parquet
+from mneme_core.run.reader import open_run
+from mneme_core.run.store import merge_latent_columns
 
 __all__ = ["run_stage", "select_latents", "OFFLINE_LABEL", "load_corpus_counts", "make_explainer"]
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mneme_core.store import atomic_write_json
+from mneme_core.common.atomic import atomic_write_json
 
 
 def prompt_hash(obj: Any) -> str:

@@ -186,12 +186,12 @@ class TransformersChat:
 
 def _resolve_model_path(model: str) -> str:
     """A folder or hub id as given; a MNEME-known name (e.g. ``smollm2-135m-instruct``)
-    resolved offline by ``mneme_core.models``."""
+    resolved offline by ``mneme_core.collect.models``."""
     if not model:
         raise ValueError("interpret.model is empty: give an instruct model folder, hub id or known name")
     if os.path.exists(model) or "/" in model:
         return model
-    from mneme_core.models import resolve_named_model
+    from mneme_core.collect.models import resolve_named_model
 
     return str(resolve_named_model(model))
 

@@ -19,7 +19,14 @@ import numpy as np
 from mneme_core.interp.cache import AnswerCache, prompt_hash
 from mneme_core.interp.clients import ChatBackend, FatalLLMError
 from mneme_core.interp.examples import Example, LatentRecord
-from mneme_core.interp.prompts import DETECT_SYSTEM, FUZZ_SYSTEM, judge_messages, mark, mark_positions, parse_binary_list
+from mneme_core.interp.prompts import (
+    DETECT_SYSTEM,
+    FUZZ_SYSTEM,
+    judge_messages,
+    mark,
+    mark_positions,
+    parse_binary_list,
+)
 from mneme_core.interp.runner import Meter, run_jobs
 
 

@@ -42,8 +42,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mneme_core.models import decoder_layers, resolve_layer, save_delta, truncated_forward
-from mneme_core.store import atomic_path
+from mneme_core.collect.models import (
+    decoder_layers,
+    resolve_layer,
+    save_delta,
+    truncated_forward,
+)
+from mneme_core.common.atomic import atomic_path
 
 
 class RMUError(ValueError):

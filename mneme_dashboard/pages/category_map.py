@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mneme_core import explore, plots
+from mneme_core.views import explore, plots
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mneme_core import plots
+from mneme_core.views import plots
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from mneme_core import explore
-from mneme_core.triage import MARKS, TriageStore, with_marks
+from mneme_core.views import explore
+from mneme_core.views.triage import MARKS, TriageStore, with_marks
 from mneme_dashboard import _ui
 
 PAGE_ROWS = 500  # rows sent to the browser at once; the CSV holds every filtered row

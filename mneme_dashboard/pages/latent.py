@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mneme_core import explore, plots, render
-from mneme_core.triage import MARKS, TriageStore
+from mneme_core.views import explore, plots, render
+from mneme_core.views.triage import MARKS, TriageStore
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from mneme_core import explore, plots
-from mneme_core.store import STAGES
+from mneme_core.run.store import STAGES
+from mneme_core.views import explore, plots
 from mneme_dashboard import _ui
 
 run = _ui.current_run()
@@ -53,7 +53,7 @@ with right:
 st.subheader("Side effects")
 evaluation = run.evaluation
 if evaluation and run.stage_status("evaluate") == "complete":
-    from mneme_core.sideeffects import headline
+    from mneme_core.evaluation.sideeffects import headline
 
     numbers = headline(evaluation)
     cols = st.columns(len(numbers))

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from mneme_core import explore, promptlab, render
+from mneme_core.analysis import promptlab
+from mneme_core.views import explore, render
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

@@ -3,9 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from mneme_core import confirmation_view as cv
-from mneme_core import evaluation as ev
-from mneme_core import explore, plots, sideeffects
+from mneme_core.evaluation import confirmation_view as cv
+from mneme_core.evaluation import evaluate as ev
+from mneme_core.evaluation import sideeffects
+from mneme_core.views import explore, plots
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from mneme_core import evaluation as ev
-from mneme_core import explore, report, sideeffects
-from mneme_core.triage import MARKS, TriageStore, export_csv
+from mneme_core.evaluation import evaluate as ev
+from mneme_core.evaluation import sideeffects
+from mneme_core.views import explore, report
+from mneme_core.views.triage import MARKS, TriageStore, export_csv
 from mneme_dashboard import _ui
 
 run = _ui.current_run()

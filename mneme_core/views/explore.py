@@ -211,7 +211,7 @@ def decoder_rows(run_path: str | Path) -> np.ndarray | None:
     folder = Path(run_path) / "crosscoder"
     if not (folder / "model.safetensors").is_file():
         return None
-    from mneme_core.crosscoder import BatchTopKCrossCoder
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
     model = BatchTopKCrossCoder.from_pretrained(folder)
     W_dec_MFD = model.W_dec.detach().float().cpu().numpy()

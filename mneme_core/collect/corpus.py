@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mneme_core.config import CorpusConfig
+from mneme_core.common.config import CorpusConfig
 
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _TOKENIZE_BATCH = 256

@@ -38,9 +38,9 @@ def load_lab(run_path: str | Path, manifest: dict[str, Any], device: str = "cpu"
     if not (folder / "model.safetensors").is_file():
         raise LabError(f"no trained cross-coder in {folder} (the train stage writes it)")
     try:
-        from mneme_core.config import load_config, resolve_run_relative
-        from mneme_core.crosscoder import BatchTopKCrossCoder
-        from mneme_core.models import load_model_pair
+        from mneme_core.collect.models import load_model_pair
+        from mneme_core.common.config import load_config, resolve_run_relative
+        from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
         cfg = load_config(resolve_run_relative(manifest.get("config", {}), run_path))
         pair = load_model_pair(cfg.models, device=device)
@@ -65,7 +65,7 @@ class Analysis:
 
 def analyse(lab: Lab, text: str, max_tokens: int = 256) -> Analysis:
     """Encode ``text`` with both models up to the run's layer and through the cross-coder."""
-    from mneme_core.models import truncated_forward
+    from mneme_core.collect.models import truncated_forward
 
     if not text.strip():
         raise LabError("type some text first")

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+MANIFEST = "run.json"  # a run directory's manifest; here because a run's own config.yaml resolves against it
+
 
 class ConfigError(ValueError):
     """A study configuration is invalid; the message names the key and the fix."""
@@ -458,8 +460,6 @@ def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
     if isinstance(source, dict):
         data = source
     else:
-        from mneme_core.store import MANIFEST
-
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

@@ -45,10 +45,10 @@ on raw activations (the training scale was folded into the biases). So:
 
 Every file is safetensors; pickled ``.pt`` checkpoints are refused, never unpickled.
 
-**The hub.** ``Hub`` wraps huggingface_hub's ``snapshot_download`` and ``create_commit`` for
+**The hub.** ``common.hub.Hub`` wraps huggingface_hub's ``snapshot_download`` and ``create_commit`` for
 MNEME's cross-coders (model repos, ``BatchTopKCrossCoder.from_pretrained`` /
 ``push_to_hub``) and runs (dataset repos, ``Run.from_pretrained`` / ``push_to_hub``,
-``pull_run``). A pushed run carries its tables, manifest and cross-coder, not its
+``run.sharing``). A pushed run carries its tables, manifest and cross-coder, not its
 activation shards (large, and the models reproduce them) nor the auditors' triage marks.
 """
 
@@ -59,41 +59,29 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mneme_core.crosscoder import (
+from mneme_core.common.atomic import atomic_path, atomic_write_json
+from mneme_core.common.config import MANIFEST
+from mneme_core.common.errors import InteropError
+from mneme_core.common.hub import REPO_ID, Hub
+from mneme_core.dictionary.crosscoder import (
     CONFIG_FILE,
     FORMAT,
-    REPO_ID,
     WEIGHTS_FILE,
     BatchTopKCrossCoder,
     CrossCoderFileError,
     read_weights,
 )
-from mneme_core.store import (
-    MANIFEST,
-    RunError,
-    add_provenance,
-    atomic_path,
-    atomic_write_json,
-    read_manifest,
-    set_stage,
-)
+from mneme_core.run.store import add_provenance, read_manifest, set_stage
 
 DL_FORMAT = "dictionary_learning"
 DL_CROSSCODER_NORM = 1  # CodeNormalization.CROSSCODER: the selection weight Σ_m ‖W_dec[m, j]‖
 DL_NORMALISER = ("activation_mean", "activation_std", "activation_global_scale", "target_rms")
-# Left out of a pushed run: activation shards (large; the models reproduce them),
-# training checkpoints, the auditors' triage marks and the lock file.
-_NOT_PUSHED = ("activations", "crosscoder/checkpoints", "triage.sqlite", ".lock")
 
-
-class InteropError(RunError):
-    """A cross-coder or run cannot be read, converted, imported, exported or fetched."""
 
 
 # --------------------------------------------------------------------------- dictionary_learning
@@ -288,7 +276,7 @@ def _target_run(target: str | Path) -> Path:
         read_manifest(target)  # a clear error when the folder is not a run
         return target
     if target.is_file():
-        from mneme_core.pipeline import run_study
+        from mneme_core.run.pipeline import run_study
 
         return run_study(target, stages=[], progress=False)  # creates the run and its manifest only
     raise InteropError(f"{target} is neither a run directory nor a study YAML file")
@@ -303,7 +291,7 @@ def import_crosscoder(source: str | Path, target: str | Path, *, revision: str |
     ``pipeline``). A run that already has a cross-coder needs ``force``; later stages built
     on the old one then turn stale. Returns the run folder.
     """
-    from mneme_core.pipeline import mark_later_stale
+    from mneme_core.run.pipeline import mark_later_stale
 
     run_path = _target_run(target)
     model, record = read_crosscoder(source, revision, hub)
@@ -343,124 +331,3 @@ def export_crosscoder(source: str | Path, dest: str | Path, legacy: bool = False
 # --------------------------------------------------------------------------- the hub
 
 
-@dataclass(frozen=True)
-class Hub:
-    """How to reach a Hugging Face hub. ``None`` fields keep huggingface_hub's own defaults
-    (``HF_ENDPOINT``, the saved token, ``HF_HUB_CACHE``); ``local_files_only`` reads the cache
-    and never the network (as ``HF_HUB_OFFLINE=1`` does)."""
-
-    endpoint: str | None = None
-    token: str | bool | None = None
-    cache_dir: str | Path | None = None
-    local_files_only: bool = False
-
-    def download(self, repo_id: str, *, repo_type: str = "model", revision: str | None = None,
-                 allow_patterns: list[str] | None = None, local_dir: str | Path | None = None) -> Path:
-        """The repo's files on disk (huggingface_hub's cache, or ``local_dir``)."""
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(
-                repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-                cache_dir=self.cache_dir, local_dir=local_dir, endpoint=self.endpoint, token=self.token,
-                local_files_only=self.local_files_only,
-            ))
-        except Exception as exc:  # any failure of the hub client (HTTP, network, cache) is one line
-            raise InteropError(f"cannot fetch {repo_type} repo {repo_id!r} from the hub: {_first_line(exc)}") from exc
-
-    def upload(self, repo_id: str, files: dict[str, Path | bytes], *, repo_type: str, message: str,
-               private: bool | None = None) -> str:
-        """Create the repo if needed and commit ``files`` (path in repo → file or bytes) at
-        once; returns the commit's URL."""
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        api = HfApi(endpoint=self.endpoint, token=self.token)
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
-                      for name, content in sorted(files.items())]
-        try:
-            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-            return str(api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type).commit_url)
-        except Exception as exc:  # as in download
-            raise InteropError(f"cannot push to {repo_type} repo {repo_id!r}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def crosscoder_card(model: BatchTopKCrossCoder, repo_id: str) -> str:
-    """README.md of a pushed cross-coder: what it is and the one line that loads it."""
-    theta = float(model.threshold)
-    return (
-        "---\nlibrary_name: mneme\ntags:\n- crosscoder\n- sparse-autoencoder\n- model-diffing\n---\n\n"
-        f"# {repo_id}\n\nA BatchTopK cross-coder over a base and a fine-tuned model's activations, written by MNEME: "
-        f"d_model {model.d_model}, {model.n_latents} latents, k {model.k}, threshold "
-        f"{f'{theta:.6g}' if theta >= 0 else 'not calibrated'}.\n\n```python\n"
-        f"from mneme_core.crosscoder import BatchTopKCrossCoder\n\nmodel = BatchTopKCrossCoder.from_pretrained({repo_id!r})\n```\n"
-    )
-
-
-def push_crosscoder(model: BatchTopKCrossCoder, repo_id: str, *, private: bool | None = None,
-                    message: str = "Upload MNEME cross-coder", hub: Hub | None = None) -> str:
-    """Save ``model`` and push it with a model card to a model repo; returns the commit URL."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = model.save(tmp)
-        files: dict[str, Path | bytes] = {name: folder / name for name in (WEIGHTS_FILE, CONFIG_FILE)}
-        files["README.md"] = crosscoder_card(model, repo_id).encode()
-        return (hub or Hub()).upload(repo_id, files, repo_type="model", message=message, private=private)
-
-
-def run_files(run_path: str | Path) -> dict[str, Path]:
-    """What a pushed run carries: every file but activations, checkpoints, triage marks,
-    the lock and hidden temp files (path in repo → file)."""
-    run_path = Path(run_path)
-    files = {}
-    for path in sorted(run_path.rglob("*")):
-        rel = path.relative_to(run_path).as_posix()
-        hidden = any(part.startswith(".") for part in rel.split("/"))
-        if path.is_file() and not hidden and not any(rel == x or rel.startswith(x + "/") for x in _NOT_PUSHED):
-            files[rel] = path
-    return files
-
-
-def run_card(run_path: Path, repo_id: str) -> str:
-    """README.md of a pushed run: the study in one paragraph and how to open it."""
-    m = read_manifest(run_path)
-    models = m.get("models", {})
-    name = lambda role: (models.get(role) or {}).get("path", "?") if isinstance(models.get(role), dict) else "?"  # noqa: E731
-    stages = ", ".join(f"{s} {e.get('status', 'missing')}" for s, e in m.get("stages", {}).items())
-    return (
-        "---\ntags:\n- mneme\n- model-diffing\n---\n\n"
-        f"# {m.get('name', repo_id)}\n\nA MNEME study: base `{name('base')}` against fine-tuned `{name('ft')}`, "
-        f"layer {m.get('layer', '?')}. Stages: {stages}. Activation shards are not included.\n\n"
-        f"```bash\nmneme pull {repo_id} ./{repo_id.split('/')[-1]} && mneme dashboard ./{repo_id.split('/')[-1]}\n```\n"
-    )
-
-
-def push_run(run_path: str | Path, repo_id: str, *, private: bool | None = None,
-             message: str = "Upload MNEME run", hub: Hub | None = None) -> str:
-    """Push a run's tables, manifest and cross-coder to a dataset repo; returns the commit URL."""
-    run_path = Path(run_path)
-    read_manifest(run_path)
-    files: dict[str, Path | bytes] = dict(run_files(run_path))
-    files["README.md"] = run_card(run_path, repo_id).encode()
-    return (hub or Hub()).upload(repo_id, files, repo_type="dataset", message=message, private=private)
-
-
-def fetch_run(repo_id: str, revision: str | None = None, hub: Hub | None = None) -> Path:
-    """A pushed run in huggingface_hub's cache (read-only: open it, do not run stages in it)."""
-    path = (hub or Hub()).download(repo_id, repo_type="dataset", revision=revision)
-    read_manifest(path)
-    return path
-
-
-def pull_run(repo_id: str, dest: str | Path, revision: str | None = None, hub: Hub | None = None) -> Path:
-    """A pushed run copied into ``dest`` (a folder of its own), its manifest noting where from."""
-    dest = Path(dest)
-    (hub or Hub()).download(repo_id, repo_type="dataset", revision=revision, local_dir=dest)
-    read_manifest(dest)
-    add_provenance(dest, [{"kind": "hub_run", "repo_id": repo_id, "revision": revision or "main"}])
-    return dest

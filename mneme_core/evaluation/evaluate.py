@@ -26,7 +26,7 @@ pushed over it by float error) *and* its one-sided p-value is ``< significance``
 **Predicted set P.** Latents attributed in ``latent_direction`` (``suppressed`` for
 unlearning, ``amplified`` for misalignment / harmful compliance, or ``both``) are grouped
 by their MNEME category; each MNEME category maps to its nearest benchmark category by
-embedding similarity (``mneme_core.categories.map_categories``, run here, after the
+embedding similarity (``mneme_core.interp.categories.map_categories``, run here, after the
 categories stage, on the final names only). ``shared_names`` in the record lists MNEME
 labels that already *are* benchmark names — the sign that categories were labelled from
 the benchmark's own taxonomy, which makes P less than independent. Per benchmark category: ``n_latents``, ``total_shift``
@@ -63,9 +63,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mneme_core.benchmarks.loaders import PAIRED_COLUMNS, BenchmarkError, load_benchmark, validate_benchmark
-from mneme_core.config import RUNNER_PREFIX, EvaluationConfig, StudyConfig
-from mneme_core.store import Run, add_provenance, atomic_write_json, write_parquet
+from mneme_core.benchmarks.loaders import (
+    PAIRED_COLUMNS,
+    BenchmarkError,
+    load_benchmark,
+    validate_benchmark,
+)
+from mneme_core.common.atomic import atomic_write_json, write_parquet
+from mneme_core.common.config import RUNNER_PREFIX, EvaluationConfig, StudyConfig
+from mneme_core.run.reader import Run
+from mneme_core.run.store import add_provenance
 
 Direction = Literal["drop", "rise"]
 LatentDirection = Literal["suppressed", "amplified", "both"]
@@ -171,11 +178,11 @@ def humanize(category: str) -> str:
 
 def category_mapping(mneme_categories: Sequence[str], benchmark_categories: Sequence[str], embedder: Any = None) -> pd.DataFrame:
     """``mneme_category, benchmark_category, similarity``: each MNEME category's nearest
-    benchmark category (``mneme_core.categories.map_categories``; ties to the first by name).
+    benchmark category (``mneme_core.interp.categories.map_categories``; ties to the first by name).
 
     Called only after the categories stage is final, so the benchmark never shapes the labels.
     """
-    from mneme_core.categories import category_subject_similarity, map_categories
+    from mneme_core.interp.categories import category_subject_similarity, map_categories
 
     mneme = sorted({str(c) for c in mneme_categories})
     bench = sorted({str(c) for c in benchmark_categories})
@@ -382,7 +389,7 @@ def naive_baseline(description: str, universe: Collection[str], k: int, embedder
     if k <= 0 or not cats:
         return []
     if embedder is None:
-        from mneme_core.embeddings import get_embedder
+        from mneme_core.common.embeddings import get_embedder
 
         embedder = get_embedder()
     sim = embedder.encode([humanize(c) for c in cats]) @ embedder.encode([description])[0]
@@ -405,7 +412,7 @@ def evaluate(
     """Benchmark table with T, and the evaluation record (JSON-able) with P, metrics,
     baselines, the threshold curve and the category mapping. Pure: no files touched.
 
-    ``context_diffs`` (``mneme_core.actdiff``; labelled contexts with their activation
+    ``context_diffs`` (``mneme_core.analysis.actdiff``; labelled contexts with their activation
     difference) adds the dictionary-free baseline ``activation_diff``."""
     table = degraded_table(benchmark, direction=cfg.direction, threshold=cfg.degrade_threshold, alpha=cfg.significance,
                            test=cfg.significance_test, bootstrap_draws=cfg.bootstrap_draws, seed=cfg.seed)
@@ -463,7 +470,7 @@ def evaluate(
 def _activation_diff_baseline(diffs: pd.DataFrame | None, T: set[str], universe: list[str], cfg: EvaluationConfig,
                               embedder: Any) -> dict[str, Any]:
     """The dictionary-free baseline's metrics and per-category table (or why it is absent)."""
-    from mneme_core.actdiff import predict_from_diffs
+    from mneme_core.analysis.actdiff import predict_from_diffs
 
     if diffs is None or diffs.empty:
         return {"skipped": "no context_diffs.parquet: the categories stage writes it when the activation store exists"}
@@ -497,7 +504,7 @@ def per_category_table(run: Run | str | Path) -> pd.DataFrame:
 def _runner_benchmark(cfg: StudyConfig, run_path: Path, questions: str, progress: bool) -> pd.DataFrame:
     """Score both models of the study on a local MC file (resumable via the run's cache)."""
     from mneme_core.benchmarks.mc_runner import load_mc_items, score_pair
-    from mneme_core.models import load_model_pair
+    from mneme_core.collect.models import load_model_pair
 
     ev = cfg.evaluation
     items = load_mc_items(questions, limit_per_category=ev.runner_limit_per_category)
@@ -517,9 +524,8 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     latents_path = run_path / "latents.parquet"
     if not latents_path.is_file():
         raise EvaluationError(f"{run_path} has no latents.parquet; run the diff and categories stages first")
-    from mneme_core.embeddings import get_embedder
-
-    from mneme_core.actdiff import CONTEXT_DIFFS_FILE
+    from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE
+    from mneme_core.common.embeddings import get_embedder
 
     diffs_path = run_path / CONTEXT_DIFFS_FILE
     table, record = evaluate(bench, pd.read_parquet(latents_path), cfg.evaluation,

@@ -1,6 +1,6 @@
 """The run directory: the contract between the engine and the dashboard.
 
-Layout (DESIGN §6)::
+Layout (docs/ARCHITECTURE.md describes it as the contract between the stages)::
 
     run.json            manifest: schema version, models, layer, corpus, configs,
                         stage status + metrics, provenance of every data source
@@ -24,110 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from filelock import FileLock
 
-from mneme_core.config import resolve_run_relative
-from mneme_core.lookup import LatentLookup, order_contexts
-
-if TYPE_CHECKING:
-    from mneme_core.interop import Hub
+from mneme_core.common.atomic import atomic_write_json, write_parquet
+from mneme_core.common.config import MANIFEST, resolve_run_relative
+from mneme_core.common.errors import RunError
 
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
-MANIFEST = "run.json"
 LOCK_FILE = ".lock"
-
-
-class RunError(RuntimeError):
-    """A run directory is missing, broken or from an incompatible schema version."""
-
-
-# --------------------------------------------------------------------------- atomic io
-
-
-def _mkstemp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to ``path`` with the permissions a plain ``open()`` would give.
-
-    mkstemp makes files 0600, and a rename keeps that: a run written by one user would be
-    unreadable to an auditor or a dashboard running as another.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
-
-
-def fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = _mkstemp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode())
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (Path, set, frozenset)):
-        return str(obj) if isinstance(obj, Path) else sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds.
-
-    For writers that want a filename (safetensors, parquet writers).
-    """
-    path = Path(path)
-    fd, tmp = _mkstemp_beside(path)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fsync_file(tmp)  # on disk before the rename: a power cut never leaves a short file under the real name
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def write_parquet(path: str | Path, df: pd.DataFrame, row_group_size: int | None = None) -> None:
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -264,99 +175,3 @@ def merge_latent_columns(run_path: str | Path, df: pd.DataFrame) -> None:
             merged = df.copy()
         merged = merged.sort_values("latent").reset_index(drop=True)
         write_parquet(path, merged)
-
-
-class Run:
-    """Read-only view of a run directory; what the dashboard and users open."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise RunError(f"no run directory at {self.path}")
-        self._manifest = read_manifest(self.path)
-        self._latents: pd.DataFrame | None = None
-        self._lookups: dict[str, LatentLookup | None] = {}
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
-
-    @classmethod
-    def from_pretrained(cls, source: str | Path, *, revision: str | None = None, hub: Hub | None = None) -> Run:
-        """A run folder, or a run pushed to a hub dataset repo (``owner/name``, read from
-        huggingface_hub's cache; ``mneme pull`` makes a copy of one's own)."""
-        from mneme_core.interop import REPO_ID, fetch_run
-
-        if isinstance(source, str) and not Path(source).exists() and REPO_ID.fullmatch(source):
-            return cls(fetch_run(source, revision, hub))
-        return cls(source)
-
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, hub: Hub | None = None) -> str:
-        """Push the run's tables, manifest and cross-coder to a hub dataset repo (not its
-        activation shards); returns the commit URL."""
-        from mneme_core.interop import push_run
-
-        return push_run(self.path, repo_id, private=private, hub=hub)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self._manifest
-
-    @property
-    def name(self) -> str:
-        return str(self._manifest.get("name", self.path.name))
-
-    def stage_status(self, stage: str) -> str:
-        return self._manifest.get("stages", {}).get(stage, {}).get("status", "missing")
-
-    def stage_metrics(self, stage: str) -> dict[str, Any]:
-        return self._manifest.get("stages", {}).get(stage, {}).get("metrics", {}) or {}
-
-    def missing_stages(self) -> list[str]:
-        return [s for s in STAGES if self.stage_status(s) != "complete"]
-
-    @property
-    def latents(self) -> pd.DataFrame:
-        if self._latents is None:
-            path = self.path / "latents.parquet"
-            self._latents = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
-        return self._latents
-
-    def _lookup(self, name: str) -> LatentLookup | None:
-        """Per-latent reader of a table, opened once per Run (it keeps the footer)."""
-        if name not in self._lookups:
-            path = self.path / f"{name}.parquet"
-            self._lookups[name] = LatentLookup(path) if path.is_file() else None
-        return self._lookups[name]
-
-    def contexts(self, latent: int | None = None) -> pd.DataFrame:
-        """Contexts of one latent (top first, then quantile samples), or all of them."""
-        if latent is None:
-            path = self.path / "contexts.parquet"
-            return order_contexts(pd.read_parquet(path)) if path.is_file() else pd.DataFrame()
-        lookup = self._lookup("contexts")
-        return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
-
-    def histogram(self, latent: int) -> pd.DataFrame:
-        lookup = self._lookup("histograms")
-        return lookup.frame(latent) if lookup is not None else pd.DataFrame()
-
-    @property
-    def benchmark(self) -> pd.DataFrame | None:
-        path = self.path / "benchmark.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
-
-    @property
-    def evaluation(self) -> dict[str, Any] | None:
-        path = self.path / "evaluation.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def search(self, query: str, k: int = 20) -> pd.DataFrame:
-        """Latents whose descriptions are nearest to ``query`` (needs the interpret stage)."""
-        from mneme_core.search import search_descriptions
-
-        return search_descriptions(self.path, query, k=k)
-
-
-def open_run(path: str | Path) -> Run:
-    """Open a run directory read-only. Raises RunError with a readable message."""
-    return Run(path)

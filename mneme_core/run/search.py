@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mneme_core.categories import LANCE_TABLE, import_lancedb
-from mneme_core.embeddings import get_embedder
-from mneme_core.store import RunError, read_manifest
+from mneme_core.common.embeddings import get_embedder
+from mneme_core.common.errors import RunError
+from mneme_core.common.lance import LANCE_TABLE, import_lancedb
+from mneme_core.run.store import read_manifest
 
 COLUMNS = ["latent", "description", "category", "distance"]
 

@@ -9,7 +9,6 @@ Scatter traces use WebGL (``Scattergl``) because a paper-size run has 131,072 po
 from __future__ import annotations
 
 import html
-
 from collections.abc import Mapping, Sequence
 
 import numpy as np

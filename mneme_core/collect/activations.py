@@ -45,12 +45,30 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mneme_core.config import ActivationsConfig, CorpusConfig, ModelsConfig, StudyConfig
-from mneme_core.corpus import PackedContext, corpus_provenance, iter_contexts, n_contexts
-from mneme_core.models import (
-    DTYPES, ModelPair, load_model_config, load_model_pair, load_tokenizer, model_provenance, truncated_forward, validate_pair,
+from mneme_core.collect.corpus import (
+    PackedContext,
+    corpus_provenance,
+    iter_contexts,
+    n_contexts,
 )
-from mneme_core.store import add_provenance, atomic_path, atomic_write_json, differing_keys
+from mneme_core.collect.models import (
+    DTYPES,
+    ModelPair,
+    load_model_config,
+    load_model_pair,
+    load_tokenizer,
+    model_provenance,
+    truncated_forward,
+    validate_pair,
+)
+from mneme_core.common.atomic import atomic_path, atomic_write_json
+from mneme_core.common.config import (
+    ActivationsConfig,
+    CorpusConfig,
+    ModelsConfig,
+    StudyConfig,
+)
+from mneme_core.run.store import add_provenance, differing_keys
 
 FORMAT = "mneme-activations-1"
 INDEX = "index.json"

@@ -1,6 +1,6 @@
 """Reading ``confirmation.parquet`` for the dashboard and the report (no torch here).
 
-``mneme confirm`` (``mneme_core.confirmation``, where the rule is stated) writes one row
+``mneme confirm`` (``mneme_core.evaluation.confirmation``, where the rule is stated) writes one row
 per (category, intervention, latent set, scored category). The dashboard and the report
 need less: one verdict per category, a short summary table, and a figure of the target
 set's ablation effect against the spread of its mass-matched random controls.

@@ -37,8 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mneme_core.config import ModelsConfig, ModelSpec
-from mneme_core.store import atomic_path
+from mneme_core.common.atomic import atomic_path
+from mneme_core.common.config import ModelsConfig, ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DELTA_FORMAT = "mneme-delta-1"

@@ -18,7 +18,6 @@ about the benchmark leaks into the labels.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -29,16 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mneme_core.config import StudyConfig
-from mneme_core.embeddings import Embedder, get_embedder
-from mneme_core.store import merge_latent_columns, open_run
+from mneme_core.common.config import StudyConfig
+from mneme_core.common.embeddings import Embedder, get_embedder
+from mneme_core.common.lance import LANCE_TABLE, import_lancedb
+from mneme_core.run.reader import open_run
+from mneme_core.run.store import merge_latent_columns
 
 BUILTIN_TAXONOMIES = {
     "topics": "topics.txt",
     "safety": "safety_behaviours.txt",
     "mmlu": "mmlu_subjects.txt",
 }
-LANCE_TABLE = "descriptions"
 UMAP_MIN_POINTS = 12
 
 
@@ -116,7 +116,7 @@ def category_subject_similarity(categories: Sequence[str], subjects: Sequence[st
 def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None) -> dict[str, str]:
     """Each category name → the benchmark subject nearest to it by embedding similarity.
 
-    Call it only once categories are final (DESIGN §5: no leakage from the benchmark
+    Call it only once categories are final (no leakage from the benchmark
     into the labels). Subject names may use underscores (``high_school_biology``).
     """
     if not len(subjects):
@@ -233,25 +233,16 @@ def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
     db.create_table(LANCE_TABLE, table, mode="overwrite")
 
 
-def import_lancedb():
-    """lancedb, with its Rust logger quiet unless the user asked for it (it warns on every
-    first write that no dataset existed yet)."""
-    os.environ.setdefault("LANCE_LOG", "error")
-    import lancedb
-
-    return lancedb
-
-
 def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, progress: bool) -> int | None:
     """The dictionary-free baseline's input: per-context activation differences, each
     context labelled from its text with the study's taxonomies (the same vocabulary and
     embedder the latents get, so the two predictions are compared on equal terms).
     The differences come from the activation store; a run published without it relabels
     the texts its earlier file kept (so a new taxonomy reaches the baseline too)."""
-    from mneme_core.actdiff import CONTEXT_DIFFS_FILE, context_diffs
-    from mneme_core.activations import INDEX, ActivationStore
-    from mneme_core.models import load_tokenizer
-    from mneme_core.store import write_parquet
+    from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE, context_diffs
+    from mneme_core.collect.activations import INDEX, ActivationStore
+    from mneme_core.collect.models import load_tokenizer
+    from mneme_core.common.atomic import write_parquet
 
     if (run_path / "activations" / INDEX).is_file():
         diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base),

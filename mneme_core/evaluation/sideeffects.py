@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from mneme_core import evaluation as ev
+from mneme_core.evaluation import evaluate as ev
 
 SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
 DICTIONARY_FREE = "activation diff (no dictionary)"
@@ -21,7 +21,7 @@ DICTIONARY_FREE = "activation diff (no dictionary)"
 def live_prediction(per_category: pd.DataFrame, record: dict[str, Any], threshold: float) -> tuple[pd.DataFrame, dict]:
     """Per-category table with ``predicted`` at ``threshold``, and metrics per method.
 
-    ``per_category`` is :func:`mneme_core.evaluation.per_category_table`; the metrics dict
+    ``per_category`` is :func:`mneme_core.evaluation.evaluate.per_category_table`; the metrics dict
     maps method -> metric -> value (random: its mean over draws).
     """
     predicted = ev.predict(per_category, threshold, int(record.get("thresholds", {}).get("predict_min_latents", 1)))

@@ -1,4 +1,4 @@
-"""The BatchTopK cross-coder (DESIGN §3): one sparse code for two models' activations.
+"""The BatchTopK cross-coder (docs/DIFFING.md): one sparse code for two models' activations.
 
 Shapes: batch ``B``, models ``M = 2`` (0 base, 1 fine-tuned), width ``d``, latents ``F``.
 
@@ -43,26 +43,25 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-if TYPE_CHECKING:
-    from mneme_core.interop import Hub
+from mneme_core.common.atomic import atomic_path, atomic_write_json
+from mneme_core.common.hub import REPO_ID, Hub
 
 FORMAT = "mneme-batchtopk-crosscoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "norm_scale")
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a hub repo id, owner/name
 
 
 class CrossCoderFileError(RuntimeError):
@@ -384,7 +383,7 @@ class BatchTopKCrossCoder(nn.Module):
         return x_hat, idx % self.n_latents
 
     def _aux_loss(self, x_BD: torch.Tensor, e_BD: torch.Tensor, dead_idx: torch.Tensor, k_aux: int) -> torch.Tensor:
-        """Aux-k (DESIGN §3): revive dead latents by having them explain the residual.
+        """Aux-k: revive dead latents by having them explain the residual.
 
         Per token, the top ``k_aux`` dead latents by pre-activation, decoded *without*
         ``b_dec`` (the residual ``e = x − x̂`` already accounts for it), regress the
@@ -432,8 +431,6 @@ class BatchTopKCrossCoder(nn.Module):
         """Write ``model.safetensors`` + ``config.json`` atomically into ``directory``."""
         from safetensors.torch import save_file
 
-        from mneme_core.store import atomic_path, atomic_write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
@@ -447,10 +444,8 @@ class BatchTopKCrossCoder(nn.Module):
     ) -> "BatchTopKCrossCoder":
         """Load a folder written by ``save`` (safetensors only; never pickle), or a hub model
         repo pushed by ``push_to_hub`` when ``directory`` is a string like ``owner/name`` that
-        is no local path (``revision``; ``hub``: an ``interop.Hub`` for endpoint, token, cache)."""
+        is no local path (``revision``; ``hub``: a ``common.hub.Hub`` for endpoint, token, cache)."""
         if isinstance(directory, str) and not Path(directory).exists() and REPO_ID.fullmatch(directory):
-            from mneme_core.interop import Hub
-
             directory = (hub or Hub()).download(directory, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE])
         directory = Path(directory)
         cfg = read_config(directory)
@@ -460,8 +455,6 @@ class BatchTopKCrossCoder(nn.Module):
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, hub: Hub | None = None) -> str:
         """Push this cross-coder with a model card to a hub model repo; returns the commit URL."""
-        from mneme_core.interop import push_crosscoder
-
         return push_crosscoder(self, repo_id, private=private, hub=hub)
 
 
@@ -503,3 +496,25 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CrossCoderFileError(
             f"{path} is not a readable safetensors file ({exc}); it is damaged or truncated — retrain or restore it."
         ) from exc
+
+
+def crosscoder_card(model: BatchTopKCrossCoder, repo_id: str) -> str:
+    """README.md of a pushed cross-coder: what it is and the one line that loads it."""
+    theta = float(model.threshold)
+    return (
+        "---\nlibrary_name: mneme\ntags:\n- crosscoder\n- sparse-autoencoder\n- model-diffing\n---\n\n"
+        f"# {repo_id}\n\nA BatchTopK cross-coder over a base and a fine-tuned model's activations, written by MNEME: "
+        f"d_model {model.d_model}, {model.n_latents} latents, k {model.k}, threshold "
+        f"{f'{theta:.6g}' if theta >= 0 else 'not calibrated'}.\n\n```python\n"
+        f"from mneme_core import BatchTopKCrossCoder\n\nmodel = BatchTopKCrossCoder.from_pretrained({repo_id!r})\n```\n"
+    )
+
+
+def push_crosscoder(model: BatchTopKCrossCoder, repo_id: str, *, private: bool | None = None,
+                    message: str = "Upload MNEME cross-coder", hub: Hub | None = None) -> str:
+    """Save ``model`` and push it with a model card to a model repo; returns the commit URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(tmp)
+        files: dict[str, Path | bytes] = {name: folder / name for name in (WEIGHTS_FILE, CONFIG_FILE)}
+        files["README.md"] = crosscoder_card(model, repo_id).encode()
+        return (hub or Hub()).upload(repo_id, files, repo_type="model", message=message, private=private)

@@ -24,7 +24,7 @@ control tokens (the tokenizer's special tokens) never count: not as maxima, not 
 density. The store already leaves them out of the activations it keeps when
 ``corpus.exclude_control_tokens`` is set; the filter here covers stores made without it.
 
-Outputs: ``contexts.parquet`` and ``histograms.parquet`` (DESIGN §6), ``token_counts.parquet``
+Outputs: ``contexts.parquet`` and ``histograms.parquet`` (the run directory: docs/ARCHITECTURE.md), ``token_counts.parquet``
 (corpus frequency of every token, for the offline explainer), ``random_contexts.parquet``
 (random windows with the latents active in them: non-activating examples for scorers),
 and latents columns ``freq`` (density) and ``max_act``.
@@ -46,8 +46,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from mneme_core.config import ContextsConfig, StudyConfig
-from mneme_core.store import atomic_path, merge_latent_columns, write_parquet
+from mneme_core.common.atomic import atomic_path, write_parquet
+from mneme_core.common.config import ContextsConfig, StudyConfig
+from mneme_core.run.store import merge_latent_columns
 
 ROW_GROUP = 8192
 
@@ -513,9 +514,9 @@ def default_batch_size(n_latents: int, window: int) -> int:
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
-    from mneme_core.activations import ActivationStore
-    from mneme_core.crosscoder import BatchTopKCrossCoder
-    from mneme_core.models import load_tokenizer, resolve_device
+    from mneme_core.collect.activations import ActivationStore
+    from mneme_core.collect.models import load_tokenizer, resolve_device
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
     run_path = Path(run_path)
     ccfg = cfg.contexts

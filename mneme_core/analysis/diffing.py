@@ -1,4 +1,4 @@
-"""Per-latent attribution: decoder norms, closed-form latent scaling, labels (DESIGN §4).
+"""Per-latent attribution: decoder norms, closed-form latent scaling, labels (docs/DIFFING.md).
 
 Two views of "how much does latent j live in each model":
 
@@ -46,11 +46,10 @@ target as diagnostics. How the defaults were chosen: docs/DIFFING.md.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -58,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mneme_core.config import DiffingConfig, StudyConfig
-from mneme_core.store import merge_latent_columns
+from mneme_core.common.config import DiffingConfig, StudyConfig
+from mneme_core.run.store import merge_latent_columns
 
 # Dense codes f (batch × latents) are the biggest tensor per batch; cap their size so a
 # 131k-latent cross-coder streams in smaller batches rather than exhausting memory.
@@ -421,8 +420,8 @@ def latent_table(
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Diff stage: the latents table from the trained cross-coder and the activation store."""
-    from mneme_core.activations import ActivationStore
-    from mneme_core.crosscoder import BatchTopKCrossCoder
+    from mneme_core.collect.activations import ActivationStore
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
     run_path = Path(run_path)
     model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")

@@ -14,8 +14,10 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mneme_core import confirmation_view, explore, plots
-from mneme_core.store import STAGES, Run
+from mneme_core.evaluation import confirmation_view
+from mneme_core.run.reader import Run
+from mneme_core.run.store import STAGES
+from mneme_core.views import explore, plots
 
 MAX_SCATTER_POINTS = 20_000  # the report stays a few MB even for 131k latents
 

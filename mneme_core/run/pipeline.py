@@ -26,17 +26,31 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mneme_core.config import StudyConfig, build, dump_config, load_config, resolve_run_relative
-from mneme_core.store import STAGES, RunError, atomic_write_bytes, init_run, read_manifest, set_stage, update_manifest
+from mneme_core.common.atomic import atomic_write_bytes
+from mneme_core.common.config import (
+    StudyConfig,
+    build,
+    dump_config,
+    load_config,
+    resolve_run_relative,
+)
+from mneme_core.common.errors import RunError
+from mneme_core.run.store import (
+    STAGES,
+    init_run,
+    read_manifest,
+    set_stage,
+    update_manifest,
+)
 
 STAGE_MODULES = {
-    "collect": "mneme_core.activations",
-    "train": "mneme_core.training",
-    "diff": "mneme_core.diffing",
-    "contexts": "mneme_core.contexts",
+    "collect": "mneme_core.collect.activations",
+    "train": "mneme_core.dictionary.training",
+    "diff": "mneme_core.analysis.diffing",
+    "contexts": "mneme_core.analysis.contexts",
     "interpret": "mneme_core.interp",
-    "categories": "mneme_core.categories",
-    "evaluate": "mneme_core.evaluation",
+    "categories": "mneme_core.interp.categories",
+    "evaluate": "mneme_core.evaluation.evaluate",
 }
 
 

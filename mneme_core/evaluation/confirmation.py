@@ -3,7 +3,7 @@
 A prediction reads "benchmark category c degraded because its latents S_c were
 suppressed". S_c is the attributed latents mapped to c, as ``evaluation.json`` lists them
 (``category_scores``, largest |shift| first), at most ``max_latents``. Interventions at the
-study's layer L, each one forward hook (``mneme_core.latent_edit``), test it:
+study's layer L, each one forward hook (``mneme_core.analysis.latent_edit``), test it:
 
 * **ablate**: in the base model remove S_c's contribution,
   ``x_base ← x_base − Σ_{j∈S_c} f_j d_base,j / s`` (``s`` the cross-coder's activation
@@ -86,11 +86,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mneme_core.benchmarks.mc_runner import MCItem, encode_item, load_mc_items, model_fingerprint, score_questions
-from mneme_core.config import RUNNER_PREFIX, StudyConfig, load_config, resolve_run_relative
-from mneme_core.confirmation_view import CONFIRMATION_FILE, CONFIRMED, NOT_CONFIRMED
-from mneme_core.latent_edit import LatentEdit, code_mass, intervene
-from mneme_core.store import RunError, add_provenance, open_run, write_parquet
+from mneme_core.analysis.latent_edit import LatentEdit, code_mass, intervene
+from mneme_core.benchmarks.mc_runner import (
+    MCItem,
+    encode_item,
+    load_mc_items,
+    model_fingerprint,
+    score_questions,
+)
+from mneme_core.common.atomic import write_parquet
+from mneme_core.common.config import (
+    RUNNER_PREFIX,
+    StudyConfig,
+    load_config,
+    resolve_run_relative,
+)
+from mneme_core.common.errors import RunError
+from mneme_core.evaluation.confirmation_view import (
+    CONFIRMATION_FILE,
+    CONFIRMED,
+    NOT_CONFIRMED,
+)
+from mneme_core.run.reader import open_run
+from mneme_core.run.store import add_provenance
 
 PARTS_DIR = "confirmation_parts"
 CACHE_DIR = "confirmation_cache"
@@ -350,7 +368,7 @@ class _Lab:
 
 def intervention_rows(crosscoder: Any, latents_table: pd.DataFrame, diffing_cfg: Any) -> dict[str, torch.Tensor]:
     """Raw-space vector each intervention adds per unit of f_j, per latent (module docstring)."""
-    from mneme_core.diffing import primary_probes
+    from mneme_core.analysis.diffing import primary_probes
 
     W = crosscoder.W_dec.detach().float()
     s = crosscoder.norm_scale.detach().float()
@@ -367,8 +385,8 @@ def intervention_rows(crosscoder: Any, latents_table: pd.DataFrame, diffing_cfg:
 
 
 def _load_lab(inputs: _Inputs, device: str | None) -> _Lab:
-    from mneme_core.crosscoder import BatchTopKCrossCoder
-    from mneme_core.models import load_model_pair
+    from mneme_core.collect.models import load_model_pair
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
     try:
         pair = load_model_pair(inputs.cfg.models, device=device)

@@ -1,6 +1,6 @@
 """One forward hook at layer L that adds chosen latents' contributions to the residual stream.
 
-Causal confirmation (``mneme_core.confirmation``) asks whether the latents behind a
+Causal confirmation (``mneme_core.evaluation.confirmation``) asks whether the latents behind a
 prediction cause the side effect by editing the residual stream at the study's layer L
 (the output of decoder layer L, as everywhere in MNEME: ``models.py``) and re-scoring the
 benchmark questions. On every edited token the hook does::
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from mneme_core.models import decoder_layers, resolve_layer, truncated_forward
+from mneme_core.collect.models import decoder_layers, resolve_layer, truncated_forward
 
 
 @dataclass(frozen=True)

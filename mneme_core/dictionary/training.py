@@ -1,4 +1,4 @@
-"""Training loop for the BatchTopK cross-coder (DESIGN §3): one process or many (DDP).
+"""Training loop for the BatchTopK cross-coder (docs/DIFFING.md): one process or many (DDP).
 
 ``train_crosscoder(activations, config)`` trains on an in-memory ``(N, 2, d)`` tensor or
 an ``ActivationStore``. The last ``val_fraction`` of tokens is held out; metrics are
@@ -46,9 +46,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mneme_core.config import ConfigError, CrossCoderConfig, StudyConfig, TrainingConfig
-from mneme_core.crosscoder import BatchTopKCrossCoder, CrossCoderFileError, LossOutput, read_weights
-from mneme_core.store import atomic_write_json, fsync_file
+from mneme_core.common.atomic import atomic_write_json, fsync_file
+from mneme_core.common.config import (
+    ConfigError,
+    CrossCoderConfig,
+    StudyConfig,
+    TrainingConfig,
+)
+from mneme_core.dictionary.crosscoder import (
+    BatchTopKCrossCoder,
+    CrossCoderFileError,
+    LossOutput,
+    read_weights,
+)
 
 CHECKPOINT_PREFIX = "step_"
 KEEP_CHECKPOINTS = 2
@@ -500,7 +510,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     Resumes from ``crosscoder/checkpoints``; a run whose training finished but whose model
     was not yet saved only re-evaluates. Returns the validation metrics.
     """
-    from mneme_core.activations import ActivationStore
+    from mneme_core.collect.activations import ActivationStore
 
     run_path = Path(run_path)
     out_dir = run_path / "crosscoder"
