@@ -41,8 +41,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} layer {args.layer}; "
-          f"batch {args.batch} x {args.ctx} tokens; median of {args.reps} (min-max)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} layer {args.layer}; "
+        f"batch {args.batch} x {args.ctx} tokens; median of {args.reps} (min-max)"
+    )
     for dtype in args.dtypes.split(","):
         model, tok = load_model(ModelSpec(source="named", path=args.model, dtype=dtype))
         ids = torch.randint(0, len(tok), (args.batch, args.ctx), generator=torch.Generator().manual_seed(0))
@@ -50,10 +52,15 @@ def main() -> None:
         n = ids.numel()
         with torch.inference_mode():
             trunc = _rate(lambda: truncated_forward(model, ids, mask, args.layer), n, args.reps)
-            full = _rate(lambda: model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False), n, args.reps)
-        print(f"{dtype:>9}: truncated {trunc[0]:8.0f} tok/s ({trunc[1]:.0f}-{trunc[2]:.0f})   "
-              f"full {full[0]:8.0f} tok/s ({full[1]:.0f}-{full[2]:.0f})   ratio {trunc[0] / full[0]:.2f}x")
-        del model
+            full = _rate(
+                lambda: model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False),
+                n,
+                args.reps,
+            )
+        print(
+            f"{dtype:>9}: truncated {trunc[0]:8.0f} tok/s ({trunc[1]:.0f}-{trunc[2]:.0f})   "
+            f"full {full[0]:8.0f} tok/s ({full[1]:.0f}-{full[2]:.0f})   ratio {trunc[0] / full[0]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,9 @@ def main() -> None:
     report("core: open run + read latents", [timed(lambda: open_run(run).latents) for _ in range(args.repeats)])
     ids = rng.integers(0, n, args.repeats)
     report("core: contexts of one latent", [timed(lambda i=i: r.contexts(int(i))) for i in ids])
-    spec = explore.FilterSpec(labels={"attribution": ["suppressed"]}, ranges={"rel_norm": (0.0, 0.3)}, text="virus",
-                              sort_by="shift")
+    spec = explore.FilterSpec(
+        labels={"attribution": ["suppressed"]}, ranges={"rel_norm": (0.0, 0.3)}, text="virus", sort_by="shift"
+    )
     report("core: apply_filters", [timed(lambda: explore.apply_filters(r.latents, spec)) for _ in range(args.repeats)])
 
     # ---- pages through AppTest. One AppTest per page, warmed once: a new AppTest pays
@@ -139,6 +140,7 @@ def main() -> None:
         check(at)
         assert at.title[0].value == f"Latent {int(i)}", at.title[0].value
     report("latent page", latent_times)
+
 
 if __name__ == "__main__":
     main()

@@ -70,11 +70,15 @@ def main() -> None:
     with torch.no_grad():
         l0 = float((model.encode(x[: args.batch], use_threshold=True) > 0).sum(1).float().mean())
 
-    print(f"latent scaling bench: d={args.d} latents={args.latents} k={args.k} (measured L0 {l0:.0f}) "
-          f"tokens={args.tokens} batch={args.batch} threads={torch.get_num_threads()}")
+    print(
+        f"latent scaling bench: d={args.d} latents={args.latents} k={args.k} (measured L0 {l0:.0f}) "
+        f"tokens={args.tokens} batch={args.batch} threads={torch.get_num_threads()}"
+    )
     print(f"  one encode pass          {t_encode:8.3f} s  ({args.tokens / t_encode:,.0f} tok/s)")
-    print(f"  latent scaling, all {args.latents} latents, 8 betas "
-          f"{t_scaling:8.3f} s  ({args.tokens / t_scaling:,.0f} tok/s)")
+    print(
+        f"  latent scaling, all {args.latents} latents, 8 betas "
+        f"{t_scaling:8.3f} s  ({args.tokens / t_scaling:,.0f} tok/s)"
+    )
     print(f"  ratio scaling / encode   {t_scaling / t_encode:8.2f}x   (target <= 2x)")
 
 

@@ -41,8 +41,11 @@ def synthetic_records(n_latents: int, n_examples: int, seed: int = 0) -> tuple[l
             examples.append(Example(tuple(toks), tuple(acts)))
         for w in words:
             counts[w] = counts.get(w, 0) + 3
-        records.append(LatentRecord(j, top=examples[:n_examples], quantile=examples[n_examples:],
-                                    negatives=rng.sample(pool, n_examples)))
+        records.append(
+            LatentRecord(
+                j, top=examples[:n_examples], quantile=examples[n_examples:], negatives=rng.sample(pool, n_examples)
+            )
+        )
     return records, counts
 
 

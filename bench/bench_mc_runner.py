@@ -33,8 +33,22 @@ GLOSSES = [
     "a sweet edible fruit with red or green skin that grows on a tree",
     "a written account of events that happened in the past",
 ]
-WORDS = ["dog", "sea", "running", "thermometer", "church", "biology", "apple", "history", "table", "river bank",
-         "cold weather", "old musical instrument", "red car", "small town"]
+WORDS = [
+    "dog",
+    "sea",
+    "running",
+    "thermometer",
+    "church",
+    "biology",
+    "apple",
+    "history",
+    "table",
+    "river bank",
+    "cold weather",
+    "old musical instrument",
+    "red car",
+    "small town",
+]
 
 
 def make_items(n: int, seed: int = 0) -> list[MCItem]:
@@ -45,7 +59,9 @@ def make_items(n: int, seed: int = 0) -> list[MCItem]:
         distractors = rng.sample([w for j, w in enumerate(WORDS) if j != g], 3)
         choices = [WORDS[g], *distractors]
         rng.shuffle(choices)
-        items.append(MCItem(f"Which word is defined as: {GLOSSES[g]}?", tuple(choices), choices.index(WORDS[g]), f"c{i % 4}"))
+        items.append(
+            MCItem(f"Which word is defined as: {GLOSSES[g]}?", tuple(choices), choices.index(WORDS[g]), f"c{i % 4}")
+        )
     return items
 
 
@@ -60,20 +76,28 @@ def main() -> None:
     items = make_items(args.questions)
     results = {}
     for packing in ("plain", "tree"):
-        score_questions(model, tok, items[: args.batch], batch_size=args.batch, packing=packing, progress=False)  # warm-up
+        score_questions(
+            model, tok, items[: args.batch], batch_size=args.batch, packing=packing, progress=False
+        )  # warm-up
         times, out = [], None
         for _ in range(args.reps):
             t = time.perf_counter()
             out = score_questions(model, tok, items, batch_size=args.batch, packing=packing, progress=False)
             times.append(time.perf_counter() - t)
         results[packing] = (statistics.median(times), out)
-        print(f"{packing:>5}: {args.questions / results[packing][0]:7.1f} questions/s "
-              f"(median of {args.reps}, {args.dtype}, batch {args.batch})")
+        print(
+            f"{packing:>5}: {args.questions / results[packing][0]:7.1f} questions/s "
+            f"(median of {args.reps}, {args.dtype}, batch {args.batch})"
+        )
     same = (results["plain"][1]["pred"].to_numpy() == results["tree"][1]["pred"].to_numpy()).mean()
-    diff = max(np.max(np.abs(np.array(a) - np.array(b)))
-               for a, b in zip(results["plain"][1]["logliks"], results["tree"][1]["logliks"]))
-    print(f"speed-up packed / plain: {results['plain'][0] / results['tree'][0]:.2f}x; "
-          f"same answers on {same:.0%} of questions; max |Δ loglik| {diff:.2e}")
+    diff = max(
+        np.max(np.abs(np.array(a) - np.array(b)))
+        for a, b in zip(results["plain"][1]["logliks"], results["tree"][1]["logliks"])
+    )
+    print(
+        f"speed-up packed / plain: {results['plain'][0] / results['tree'][0]:.2f}x; "
+        f"same answers on {same:.0%} of questions; max |Δ loglik| {diff:.2e}"
+    )
     print(f"accuracy (random words would give 25%): {results['tree'][1]['correct'].mean():.0%}")
 
 

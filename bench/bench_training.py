@@ -44,7 +44,15 @@ def matmul_gflops(F: int, dtype: torch.dtype, repeats: int = 3, rows: int = B) -
 
 
 def train(x: torch.Tensor, F: int, steps: int, sparse: bool, dtype: str) -> dict:
-    cfg = TrainingConfig(batch_size=B, n_tokens=B * steps, warmup_steps=2, val_fraction=0.1, dead_tokens=10_000_000, sparse=sparse, dtype=dtype)
+    cfg = TrainingConfig(
+        batch_size=B,
+        n_tokens=B * steps,
+        warmup_steps=2,
+        val_fraction=0.1,
+        dead_tokens=10_000_000,
+        sparse=sparse,
+        dtype=dtype,
+    )
     _, metrics = train_crosscoder(x, cfg, CrossCoderConfig(n_latents=F, k=K), progress=False, device="cpu")
     return metrics
 
@@ -59,8 +67,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     n_val = int(B * args.steps / 9) + 1
     x, _ = planted_activations(B * args.steps + n_val, D, 1024, seed=0, mean_active=48)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D} k={K} batch={B}, "
-          f"{args.steps} steps per run on planted activations (1,024 features)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D} k={K} batch={B}, "
+        f"{args.steps} steps per run on planted activations (1,024 features)"
+    )
     print("timings are from a shared CPU unless you made sure it was quiet\n")
     for F in (int(s) for s in args.shapes.split(",")):
         fp32 = matmul_gflops(F, torch.float32)
@@ -71,15 +81,23 @@ def main() -> None:
         lim_dense = fp32 * 1e9 / (20 * D * F)
         print(f"F = {F:,}")
         print(f"  matmul fp32 {fp32:7.1f} GFLOP/s   bf16 {bf16:7.1f} GFLOP/s (encoder shape)")
-        print(f"  sparse path {sparse['tokens_per_s']:8,.0f} tokens/s = {sparse['tokens_per_s'] / lim_sparse:5.1%} of its "
-              f"limit {lim_sparse:,.0f} (4dF)   target {TARGETS.get(F, 0):,}  reference {REFERENCE.get(F, 0):,}")
-        print(f"  dense path  {dense['tokens_per_s']:8,.0f} tokens/s = {dense['tokens_per_s'] / lim_dense:5.1%} of its "
-              f"limit {lim_dense:,.0f} (20dF)   speed-up sparse/dense {sparse['tokens_per_s'] / dense['tokens_per_s']:.2f}x")
-        print(f"  FVE after {sparse['tokens_seen']:,} tokens: sparse base {sparse['fve_base']:.4f} ft {sparse['fve_ft']:.4f}"
-              f" | dense base {dense['fve_base']:.4f} ft {dense['fve_ft']:.4f}")
+        print(
+            f"  sparse path {sparse['tokens_per_s']:8,.0f} tokens/s = {sparse['tokens_per_s'] / lim_sparse:5.1%} of its "
+            f"limit {lim_sparse:,.0f} (4dF)   target {TARGETS.get(F, 0):,}  reference {REFERENCE.get(F, 0):,}"
+        )
+        print(
+            f"  dense path  {dense['tokens_per_s']:8,.0f} tokens/s = {dense['tokens_per_s'] / lim_dense:5.1%} of its "
+            f"limit {lim_dense:,.0f} (20dF)   speed-up sparse/dense {sparse['tokens_per_s'] / dense['tokens_per_s']:.2f}x"
+        )
+        print(
+            f"  FVE after {sparse['tokens_seen']:,} tokens: sparse base {sparse['fve_base']:.4f} ft {sparse['fve_ft']:.4f}"
+            f" | dense base {dense['fve_base']:.4f} ft {dense['fve_ft']:.4f}"
+        )
         if bf16 > 1.2 * fp32:
             low = train(x, F, args.steps, sparse=True, dtype="bfloat16")
-            print(f"  bf16 encoder {low['tokens_per_s']:8,.0f} tokens/s, FVE base {low['fve_base']:.4f} ft {low['fve_ft']:.4f}")
+            print(
+                f"  bf16 encoder {low['tokens_per_s']:8,.0f} tokens/s, FVE base {low['fve_base']:.4f} ft {low['fve_ft']:.4f}"
+            )
         else:
             print(f"  bf16 not used: its matmul is {bf16 / fp32:.2f}x fp32 here (no native bf16 on this CPU)")
         print()

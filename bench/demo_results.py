@@ -33,11 +33,13 @@ def main(demo: Path) -> None:
         counts = lat["attribution"].value_counts()
         ev = run.evaluation or {}
         records[path.name] = ev
-        print(f"| {path.name} | {tm.get('fve_base', float('nan')):.3f} / {tm.get('fve_ft', float('nan')):.3f} "
-              f"| {tm.get('dead_fraction', float('nan')):.1%} | {tm.get('l0_over_k', float('nan')):.2f} "
-              f"| {float(np.median(lat.loc[shared, 'dec_cos'])) if shared.any() else float('nan'):.3f} "
-              f"| {int(counts.get('amplified', 0))} | {int(counts.get('suppressed', 0))} "
-              f"| {', '.join(ev.get('P', [])) or '∅'} |")
+        print(
+            f"| {path.name} | {tm.get('fve_base', float('nan')):.3f} / {tm.get('fve_ft', float('nan')):.3f} "
+            f"| {tm.get('dead_fraction', float('nan')):.1%} | {tm.get('l0_over_k', float('nan')):.2f} "
+            f"| {float(np.median(lat.loc[shared, 'dec_cos'])) if shared.any() else float('nan'):.3f} "
+            f"| {int(counts.get('amplified', 0))} | {int(counts.get('suppressed', 0))} "
+            f"| {', '.join(ev.get('P', [])) or '∅'} |"
+        )
     print()
     benches = {name: open_run(demo / name).benchmark for name in records if open_run(demo / name).benchmark is not None}
     if benches:
@@ -63,8 +65,10 @@ def main(demo: Path) -> None:
                 continue
             get = (lambda k: (r.get(k) or {}).get("mean")) if method == "random" else r.get
             shown = ", ".join(r.get("set", [])) if method != "random" else "Bernoulli(0.5)"
-            print(f"| {name} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} | {_fmt(get('f1'))} "
-                  f"| {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |")
+            print(
+                f"| {name} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} | {_fmt(get('f1'))} "
+                f"| {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |"
+            )
 
 
 if __name__ == "__main__":

@@ -67,12 +67,21 @@ def _relabel_each(run: Path) -> list[dict]:
             run_study(cfg, stages=stages, force=True, progress=False)
             ev = json.loads((run / "evaluation.json").read_text())
             m = ev["metrics"]
-            rows.append({"taxonomy": tax_name, "direction": direction, "T": ev["T"], "P": ev["P"],
-                         "mneme": {k: m["mneme"][k] for k in ("accuracy", "precision", "f1")},
-                         "actdiff": {k: m["activation_diff"][k] for k in ("accuracy", "precision", "f1")},
-                         "actdiff_set": m["activation_diff"]["set"], "naive_set": m["naive"]["set"],
-                         "naive_f1": m["naive"]["f1"], "random_acc": m["random"]["accuracy"]["mean"],
-                         "random_f1": m["random"]["f1"]["mean"]})
+            rows.append(
+                {
+                    "taxonomy": tax_name,
+                    "direction": direction,
+                    "T": ev["T"],
+                    "P": ev["P"],
+                    "mneme": {k: m["mneme"][k] for k in ("accuracy", "precision", "f1")},
+                    "actdiff": {k: m["activation_diff"][k] for k in ("accuracy", "precision", "f1")},
+                    "actdiff_set": m["activation_diff"]["set"],
+                    "naive_set": m["naive"]["set"],
+                    "naive_f1": m["naive"]["f1"],
+                    "random_acc": m["random"]["accuracy"]["mean"],
+                    "random_f1": m["random"]["f1"]["mean"],
+                }
+            )
     return rows
 
 
@@ -83,22 +92,29 @@ def main() -> None:
     run = args.work.resolve() / "runs" / "rmu"
     if (run / "run.json").is_file():
         restore(run)  # an interrupted grid leaves another reading in the config
-    summary = rebuild(sizes=FULL, work=args.work, out=args.work / "published", names=["rmu"], null_control=False,
-                      scenario=DEV)
+    summary = rebuild(
+        sizes=FULL, work=args.work, out=args.work / "published", names=["rmu"], null_control=False, scenario=DEV
+    )
     study = json.loads((run / "run.json").read_text())["stages"]
     print(f"scenario {DEV.name}: forget {sorted(DEV.forget_subjects)}; build {summary['seconds_total']:.0f} s")
     for stage in ("train", "diff"):
-        print(f"  {stage}: " + json.dumps({k: v for k, v in study[stage]["metrics"].items()
-                                          if not isinstance(v, (dict, list))})[:400])
+        print(
+            f"  {stage}: "
+            + json.dumps({k: v for k, v in study[stage]["metrics"].items() if not isinstance(v, (dict, list))})[:400]
+        )
     rows = grid(run)
     print(f"T = {rows[0]['T']}")
-    print(f"{'taxonomy':14s} {'direction':10s} | MNEME acc prec   F1 | act-diff acc prec  F1 | "
-          f"random acc F1 | naive F1 | P")
+    print(
+        f"{'taxonomy':14s} {'direction':10s} | MNEME acc prec   F1 | act-diff acc prec  F1 | "
+        f"random acc F1 | naive F1 | P"
+    )
     for r in rows:
         mn, ad = r["mneme"], r["actdiff"]
-        print(f"{r['taxonomy']:14s} {r['direction']:10s} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} "
-              f"{_fmt(mn['f1'])} |     {_fmt(ad['accuracy'])} {_fmt(ad['precision'])} {_fmt(ad['f1'])} | "
-              f"   {_fmt(r['random_acc'])} {_fmt(r['random_f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}")
+        print(
+            f"{r['taxonomy']:14s} {r['direction']:10s} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} "
+            f"{_fmt(mn['f1'])} |     {_fmt(ad['accuracy'])} {_fmt(ad['precision'])} {_fmt(ad['f1'])} | "
+            f"   {_fmt(r['random_acc'])} {_fmt(r['random_f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
+        )
     for r in rows[:: len(DIRECTIONS)]:
         print(f"{r['taxonomy']}: activation-diff set {r['actdiff_set']}; naive set {r['naive_set']}")
     (args.work / "grid.json").write_text(json.dumps(rows, indent=1))

@@ -51,14 +51,18 @@ def scenario(null: str = "", seed: int = 0, n_tokens: int = 60_000, extra_noise:
         gen = torch.Generator().manual_seed(seed + 1)
         x[:, 1] += (extra_noise / np.sqrt(x.shape[-1])) * torch.randn(x[:, 1].shape, generator=gen)
     model, metrics = train_crosscoder(
-        x, TrainingConfig(batch_size=1024, n_tokens=900_000, lr=3e-3, warmup_steps=50, dead_tokens=60_000),
-        CrossCoderConfig(n_latents=600, k=6), progress=False)
+        x,
+        TrainingConfig(batch_size=1024, n_tokens=900_000, lr=3e-3, warmup_steps=50, dead_tokens=60_000),
+        CrossCoderConfig(n_latents=600, k=6),
+        progress=False,
+    )
     return x, truth, model, metrics
 
 
 def relabel(table, cfg: DiffingConfig):
-    return attribution_labels(table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"],
-                              table["n_fires"], cfg)["attribution"].to_numpy()
+    return attribution_labels(
+        table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], cfg
+    )["attribution"].to_numpy()
 
 
 def main() -> None:
@@ -75,12 +79,18 @@ def main() -> None:
     noisy_table = latent_table(noisy_model, xq)
     xh, _, hard_model, _ = scenario("noisy", n_tokens=8_000, extra_noise=1.0)
     hard_table = latent_table(hard_model, xh)
-    print(f"planted: FVE {metrics['fve_base']:.3f}/{metrics['fve_ft']:.3f}, L0/k {metrics['l0_over_k']:.2f}, "
-          f"dead {metrics['dead_fraction']:.1%}, recovered {recovered.mean():.1%} of 300 features (cos >= 0.8)")
-    print(f"null:    FVE {null_metrics['fve_base']:.3f}, L0/k {null_metrics['l0_over_k']:.2f}, "
-          f"median decoder cosine {float(np.median(null_table['dec_cos'])):.4f}")
-    print(f"noisy:   FVE {noisy_metrics['fve_base']:.3f}/{noisy_metrics['fve_ft']:.3f}, "
-          f"median decoder cosine {float(np.median(noisy_table['dec_cos'])):.4f}")
+    print(
+        f"planted: FVE {metrics['fve_base']:.3f}/{metrics['fve_ft']:.3f}, L0/k {metrics['l0_over_k']:.2f}, "
+        f"dead {metrics['dead_fraction']:.1%}, recovered {recovered.mean():.1%} of 300 features (cos >= 0.8)"
+    )
+    print(
+        f"null:    FVE {null_metrics['fve_base']:.3f}, L0/k {null_metrics['l0_over_k']:.2f}, "
+        f"median decoder cosine {float(np.median(null_table['dec_cos'])):.4f}"
+    )
+    print(
+        f"noisy:   FVE {noisy_metrics['fve_base']:.3f}/{noisy_metrics['fve_ft']:.3f}, "
+        f"median decoder cosine {float(np.median(noisy_table['dec_cos'])):.4f}"
+    )
     print(f"{'tau':>5} {'z':>4} {'min_fires':>9} | {'recall':>6} {'false':>5} {'null':>4} {'noisy':>5} {'hard':>4}")
     for tau, z, mf in itertools.product(*GRID.values()):
         cfg = replace(DiffingConfig(), tau=tau, z=z, min_fires=mf)

@@ -28,10 +28,26 @@ from mneme_core.common.atomic import atomic_path, atomic_write_json, write_parqu
 from mneme_core.run.store import init_run, merge_latent_columns, set_stage
 
 CATEGORIES = (
-    "biology", "chemistry", "medicine", "virology", "physics", "law", "history",
-    "mathematics", "computer science", "economics", "philosophy", "religion",
-    "geography", "literature", "sports", "cooking", "harmful advice", "deception",
-    "formatting", "syntax",
+    "biology",
+    "chemistry",
+    "medicine",
+    "virology",
+    "physics",
+    "law",
+    "history",
+    "mathematics",
+    "computer science",
+    "economics",
+    "philosophy",
+    "religion",
+    "geography",
+    "literature",
+    "sports",
+    "cooking",
+    "harmful advice",
+    "deception",
+    "formatting",
+    "syntax",
 )
 WORDS = (
     "the of and to in is was for on that with as by at from his her are be this which "
@@ -46,9 +62,15 @@ ROW_GROUP = 8192
 def latents_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
     """One row per latent with every column the stages write (docs/ARCHITECTURE.md lists them)."""
     kind = rng.choice(4, size=n, p=[0.06, 0.04, 0.8, 0.1])  # base-only, ft-only, shared, other
-    rel = np.where(kind == 0, rng.uniform(0.0, 0.1, n),
-          np.where(kind == 1, rng.uniform(0.9, 1.0, n),
-          np.where(kind == 2, np.clip(rng.normal(0.5, 0.04, n), 0.4, 0.6), rng.uniform(0.1, 0.9, n))))
+    rel = np.where(
+        kind == 0,
+        rng.uniform(0.0, 0.1, n),
+        np.where(
+            kind == 1,
+            rng.uniform(0.9, 1.0, n),
+            np.where(kind == 2, np.clip(rng.normal(0.5, 0.04, n), 0.4, 0.6), rng.uniform(0.1, 0.9, n)),
+        ),
+    )
     total = rng.lognormal(0.0, 0.3, n)
     n_ft, n_b = rel * total, (1 - rel) * total
     cat_idx = rng.integers(0, len(CATEGORIES), n)
@@ -59,44 +81,68 @@ def latents_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
     shift = np.log2(np.maximum(beta_f, 1e-8) / np.maximum(beta_b, 1e-8))
     tau = 1.0
     attribution = np.where(shift > tau, "amplified", np.where(shift < -tau, "suppressed", "unchanged"))
-    label = np.where(rel < 0.1, "base_only", np.where(rel > 0.9, "ft_only",
-            np.where((rel >= 0.4) & (rel <= 0.6), "shared", "other")))
+    label = np.where(
+        rel < 0.1, "base_only", np.where(rel > 0.9, "ft_only", np.where((rel >= 0.4) & (rel <= 0.6), "shared", "other"))
+    )
     words = np.array(WORDS[:-5])
     w = rng.integers(0, len(words), (n, 3))
-    description = np.char.add(np.char.add(np.char.add("mentions of ", words[w[:, 0]]), np.char.add(" and ", words[w[:, 1]])),
-                              np.char.add(" near ", words[w[:, 2]]))
+    description = np.char.add(
+        np.char.add(np.char.add("mentions of ", words[w[:, 0]]), np.char.add(" and ", words[w[:, 1]])),
+        np.char.add(" near ", words[w[:, 2]]),
+    )
     centres = rng.normal(0, 6, (len(CATEGORIES), 2))
     umap = centres[cat_idx] + rng.normal(0, 1.0, (n, 2))
-    return pd.DataFrame({
-        "latent": np.arange(n, dtype=np.int64),
-        "dec_norm_base": n_b, "dec_norm_ft": n_ft, "rel_norm": rel,
-        "dec_cos": np.clip(rng.normal(0.9, 0.1, n), -1, 1),
-        "label_by_norm": label,
-        "beta_err_base": beta_b, "beta_err_ft": beta_f,
-        "beta_recon_base": beta_b * rng.uniform(0.9, 1.1, n), "beta_recon_ft": beta_f * rng.uniform(0.9, 1.1, n),
-        "beta_err_own_base": beta_b * rng.uniform(0.95, 1.05, n), "beta_err_own_ft": beta_f * rng.uniform(0.95, 1.05, n),
-        "beta_recon_own_base": beta_b, "beta_recon_own_ft": beta_f,
-        "nu_err": beta_b / np.maximum(beta_f, 1e-8), "nu_recon": beta_b / np.maximum(beta_f, 1e-8),
-        "shift": shift, "attribution": attribution,
-        "freq": 10 ** rng.uniform(-5, -1, n), "max_act": rng.gamma(2.0, 2.0, n),
-        "description": description.astype(object), "explainer": "offline",
-        "explanation_score": rng.uniform(0.4, 1.0, n),
-        "category": np.array(CATEGORIES, dtype=object)[cat_idx],
-        "umap_x": umap[:, 0].astype(np.float32), "umap_y": umap[:, 1].astype(np.float32),
-    })
+    return pd.DataFrame(
+        {
+            "latent": np.arange(n, dtype=np.int64),
+            "dec_norm_base": n_b,
+            "dec_norm_ft": n_ft,
+            "rel_norm": rel,
+            "dec_cos": np.clip(rng.normal(0.9, 0.1, n), -1, 1),
+            "label_by_norm": label,
+            "beta_err_base": beta_b,
+            "beta_err_ft": beta_f,
+            "beta_recon_base": beta_b * rng.uniform(0.9, 1.1, n),
+            "beta_recon_ft": beta_f * rng.uniform(0.9, 1.1, n),
+            "beta_err_own_base": beta_b * rng.uniform(0.95, 1.05, n),
+            "beta_err_own_ft": beta_f * rng.uniform(0.95, 1.05, n),
+            "beta_recon_own_base": beta_b,
+            "beta_recon_own_ft": beta_f,
+            "nu_err": beta_b / np.maximum(beta_f, 1e-8),
+            "nu_recon": beta_b / np.maximum(beta_f, 1e-8),
+            "shift": shift,
+            "attribution": attribution,
+            "freq": 10 ** rng.uniform(-5, -1, n),
+            "max_act": rng.gamma(2.0, 2.0, n),
+            "description": description.astype(object),
+            "explainer": "offline",
+            "explanation_score": rng.uniform(0.4, 1.0, n),
+            "category": np.array(CATEGORIES, dtype=object)[cat_idx],
+            "umap_x": umap[:, 0].astype(np.float32),
+            "umap_y": umap[:, 1].astype(np.float32),
+        }
+    )
 
 
-def write_contexts(path: Path, n_latents: int, per_latent: int, window: int, rng: np.random.Generator,
-                   progress: bool = True) -> None:
+def write_contexts(
+    path: Path, n_latents: int, per_latent: int, window: int, rng: np.random.Generator, progress: bool = True
+) -> None:
     """Stream contexts.parquet: sorted by latent, top ranks then quantile samples."""
     n_top = max(1, per_latent * 3 // 4)
     vocab = pa.array(["Ġ" + w if i % 3 else w for i, w in enumerate(WORDS)] + ["Ċ", "ĠĠ", "â\u0122\u013b"])
     latents_per_group = max(1, ROW_GROUP // per_latent)
-    schema = pa.schema([
-        ("latent", pa.int64()), ("kind", pa.string()), ("rank", pa.int32()),
-        ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())),
-        ("acts", pa.list_(pa.float32())), ("max_act", pa.float32()), ("source", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("latent", pa.int64()),
+            ("kind", pa.string()),
+            ("rank", pa.int32()),
+            ("tokens", pa.list_(pa.string())),
+            ("token_ids", pa.list_(pa.int32())),
+            ("acts", pa.list_(pa.float32())),
+            ("max_act", pa.float32()),
+            ("source", pa.string()),
+        ]
+    )
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for start in tqdm(range(0, n_latents, latents_per_group), desc="contexts", unit="group", disable=not progress):
             lat = np.arange(start, min(n_latents, start + latents_per_group))
@@ -109,14 +155,19 @@ def write_contexts(path: Path, n_latents: int, per_latent: int, window: int, rng
             scale = np.where(kind == "top", 8.0 - 0.2 * rank, 2.0).astype(np.float32)
             acts[np.arange(rows) * window + peak] = scale
             offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * window)
-            table = pa.table({
-                "latent": np.repeat(lat, per_latent), "kind": kind, "rank": rank.astype(np.int32),
-                "tokens": pa.ListArray.from_arrays(offsets, vocab.take(pa.array(ids))),
-                "token_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
-                "acts": pa.ListArray.from_arrays(offsets, pa.array(acts)),
-                "max_act": acts.reshape(rows, window).max(axis=1),
-                "source": np.full(rows, "synthetic"),
-            }, schema=schema)
+            table = pa.table(
+                {
+                    "latent": np.repeat(lat, per_latent),
+                    "kind": kind,
+                    "rank": rank.astype(np.int32),
+                    "tokens": pa.ListArray.from_arrays(offsets, vocab.take(pa.array(ids))),
+                    "token_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
+                    "acts": pa.ListArray.from_arrays(offsets, pa.array(acts)),
+                    "max_act": acts.reshape(rows, window).max(axis=1),
+                    "source": np.full(rows, "synthetic"),
+                },
+                schema=schema,
+            )
             writer.write_table(table, row_group_size=ROW_GROUP)
 
 
@@ -135,26 +186,48 @@ def benchmark_and_evaluation(lat: pd.DataFrame, rng: np.random.Generator) -> tup
     before = rng.uniform(0.5, 0.9, len(CATEGORIES))
     hit = np.isin(np.arange(len(CATEGORIES)), [0, 1, 2, 3])
     drop = np.where(hit, rng.uniform(0.08, 0.3, len(CATEGORIES)), rng.uniform(-0.02, 0.03, len(CATEGORIES)))
-    bench = pd.DataFrame({"category": CATEGORIES, "score_before": before, "score_after": before - drop,
-                          "n_questions": rng.integers(150, 300, len(CATEGORIES))})
+    bench = pd.DataFrame(
+        {
+            "category": CATEGORIES,
+            "score_before": before,
+            "score_after": before - drop,
+            "n_questions": rng.integers(150, 300, len(CATEGORIES)),
+        }
+    )
     mapping = {c: c for c in CATEGORIES}
     return evaluate(bench, lat, EvaluationConfig(random_draws=200), mapping=mapping)
 
 
-def build(run_path: str | Path, n_latents: int = 131_072, per_latent: int = 20, window: int = 24,
-          seed: int = 0, progress: bool = True) -> Path:
+def build(
+    run_path: str | Path,
+    n_latents: int = 131_072,
+    per_latent: int = 20,
+    window: int = 24,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write a complete synthetic run at ``run_path`` and return it."""
     run_path = Path(run_path)
     rng = np.random.default_rng(seed)
     d_model = 64
-    config = {"name": run_path.name, "models": {"base": {"source": "hf", "path": "synthetic/base"},
-              "ft": {"source": "hf", "path": "synthetic/ft"}, "layer": 8},
-              "corpus": {"files": ["synthetic.txt"], "n_tokens": 1_000_000},
-              "crosscoder": {"n_latents": n_latents, "k": 100}}
+    config = {
+        "name": run_path.name,
+        "models": {
+            "base": {"source": "hf", "path": "synthetic/base"},
+            "ft": {"source": "hf", "path": "synthetic/ft"},
+            "layer": 8,
+        },
+        "corpus": {"files": ["synthetic.txt"], "n_tokens": 1_000_000},
+        "crosscoder": {"n_latents": n_latents, "k": 100},
+    }
     init_run(run_path, config, provenance=[{"name": "synthetic", "licence": "generated"}])
     set_stage(run_path, "collect", "complete", metrics={"n_tokens": 1_000_000, "d_model": d_model})
-    set_stage(run_path, "train", "complete", metrics={"fve_base": 0.91, "fve_ft": 0.9, "dead_fraction": 0.07,
-                                                     "l0": 98.5, "n_latents": n_latents, "k": 100})
+    set_stage(
+        run_path,
+        "train",
+        "complete",
+        metrics={"fve_base": 0.91, "fve_ft": 0.9, "dead_fraction": 0.07, "l0": 98.5, "n_latents": n_latents, "k": 100},
+    )
     lat = latents_table(n_latents, rng)
     merge_latent_columns(run_path, lat)
     set_stage(run_path, "diff", "complete", metrics={"n_latents": n_latents})

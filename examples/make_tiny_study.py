@@ -31,7 +31,18 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the tiny-model builders the te
 from tiny import save_model, tiny_llama, tiny_tokenizer  # noqa: E402
 
 TOPICS = {
-    "medicine": ["doctor", "patient", "fever", "medicine", "hospital", "nurse", "virus", "vaccine", "surgery", "infection"],
+    "medicine": [
+        "doctor",
+        "patient",
+        "fever",
+        "medicine",
+        "hospital",
+        "nurse",
+        "virus",
+        "vaccine",
+        "surgery",
+        "infection",
+    ],
     "music": ["guitar", "melody", "piano", "concert", "song", "drum", "singer", "orchestra", "rhythm", "violin"],
     "law": ["court", "judge", "statute", "lawyer", "trial", "contract", "verdict", "jury", "crime", "appeal"],
     "cooking": ["recipe", "oven", "flour", "butter", "soup", "bread", "sugar", "kitchen", "salt", "pan"],

@@ -94,7 +94,9 @@ def run_info(path: str | Path) -> dict[str, Any]:
     stages = {}
     for s in STAGES:
         entry = m.get("stages", {}).get(s, {})
-        stages[s] = {k: entry[k] for k in ("status", "at", "seconds", "error", "reason", "metrics") if entry.get(k) is not None}
+        stages[s] = {
+            k: entry[k] for k in ("status", "at", "seconds", "error", "reason", "metrics") if entry.get(k) is not None
+        }
         stages[s].setdefault("status", "missing")
     return {
         "name": run.name,
@@ -150,7 +152,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name in ("contexts", "histograms", "benchmark"):
         if name in tables:
             print(f"{name:<9}{tables[name]['rows']} rows")
-    print("files    " + ", ".join(f"{k}: {'yes' if tables[k] else 'no'}" for k in ("activations", "crosscoder", "lancedb", "evaluation")))
+    print(
+        "files    "
+        + ", ".join(
+            f"{k}: {'yes' if tables[k] else 'no'}" for k in ("activations", "crosscoder", "lancedb", "evaluation")
+        )
+    )
     return 0
 
 
@@ -172,9 +179,17 @@ def _latents_spec(text: str) -> str:
 def cmd_interpret(args: argparse.Namespace) -> int:
     from mneme_core.run.pipeline import override_section, run_study
 
-    changes = {k: v for k, v in (("explainer", args.explainer), ("latents", args.latents),
-                                 ("max_latents", args.max_latents), ("base_url", args.base_url),
-                                 ("model", args.model)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("explainer", args.explainer),
+            ("latents", args.latents),
+            ("max_latents", args.max_latents),
+            ("base_url", args.base_url),
+            ("model", args.model),
+        )
+        if v is not None
+    }
     cfg = override_section(args.run, "interpret", changes)
     # new descriptions mean new categories, so the prediction is re-made too (skipped without a benchmark)
     run_study(cfg, stages=["interpret", "categories", "evaluate"], force=True, progress=not args.quiet)
@@ -217,9 +232,17 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from mneme_core.evaluation.confirmation_view import CONFIRMATION_FILE, summary
 
     settings = ConfirmSettings(
-        categories=args.categories or (), max_latents=args.max_latents, controls=args.controls, others=args.others,
-        questions=args.questions or "", limit_per_category=args.limit_per_category, z=args.z,
-        min_effect=args.min_effect, batch_size=args.batch_size, device=args.device)
+        categories=args.categories or (),
+        max_latents=args.max_latents,
+        controls=args.controls,
+        others=args.others,
+        questions=args.questions or "",
+        limit_per_category=args.limit_per_category,
+        z=args.z,
+        min_effect=args.min_effect,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     table = run_confirmation(args.run, settings, progress=not args.quiet)
     print(summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"written: {Path(args.run) / CONFIRMATION_FILE}")
@@ -255,8 +278,10 @@ def cmd_import_crosscoder(args: argparse.Namespace) -> int:
 
     path = import_crosscoder(args.src, args.target, revision=args.revision, force=args.force, hub=_hub(args))
     metrics = open_run(path).stage_metrics("train")
-    print(f"imported {metrics['format']} cross-coder ({metrics['n_latents']} latents, k {metrics['k']}) into {path}; "
-          "`mneme run STUDY.yaml` goes on from the diff stage")
+    print(
+        f"imported {metrics['format']} cross-coder ({metrics['n_latents']} latents, k {metrics['k']}) into {path}; "
+        "`mneme run STUDY.yaml` goes on from the diff stage"
+    )
     if not metrics["threshold_calibrated"]:
         print("note: its threshold is not calibrated, so encoding keeps the top k·batch latents of each batch")
     return 0
@@ -294,7 +319,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mneme", description="Find the side effects of fine-tuning by sparse model diffing.")
+    parser = argparse.ArgumentParser(
+        prog="mneme", description="Find the side effects of fine-tuning by sparse model diffing."
+    )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -302,8 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run or resume a study (all stages)")
     p.add_argument("study", help="study YAML file")
     p.add_argument("--stages", type=_stage_list, default=None, help=f"comma-separated subset of: {','.join(STAGES)}")
-    p.add_argument("--force", type=_stage_list, default=None, metavar="STAGE",
-                   help="re-run these stages (and every later one) even if complete")
+    p.add_argument(
+        "--force",
+        type=_stage_list,
+        default=None,
+        metavar="STAGE",
+        help="re-run these stages (and every later one) even if complete",
+    )
     p.set_defaults(fn=cmd_run)
 
     for stage in PER_STAGE_COMMANDS:
@@ -320,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("interpret", help="(re)describe latents of a run, then categorise them")
     p.add_argument("run", help="run directory")
     p.add_argument("--explainer", choices=("offline", "openai", "transformers"), default=None)
-    p.add_argument("--latents", type=_latents_spec, default=None,
-                   help="attributed | all | amplified,suppressed | ids like 3,17,42")
+    p.add_argument(
+        "--latents", type=_latents_spec, default=None, help="attributed | all | amplified,suppressed | ids like 3,17,42"
+    )
     p.add_argument("--max-latents", type=int, default=None, help="explain at most this many (0 = no limit)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", default=None, help="model name (openai) or path (transformers)")
@@ -329,29 +362,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="compare predicted side effects with a benchmark")
     p.add_argument("run", help="run directory")
-    p.add_argument("--benchmark", required=True,
-                   help="CSV/JSON file, 'lm_eval:BEFORE.json,AFTER.json' or 'runner:FILE'")
+    p.add_argument(
+        "--benchmark", required=True, help="CSV/JSON file, 'lm_eval:BEFORE.json,AFTER.json' or 'runner:FILE'"
+    )
     p.add_argument("--description", default=None, help="one-line description of the intervention (naive baseline)")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("confirm", help="test predicted side effects by ablating their latents at layer L",
-                       description="Ablate each tested category's latents in the base model (and restore them in the "
-                                   "fine-tuned one) with a hook at the study's layer, re-score its benchmark questions, "
-                                   "and compare with random latent sets of the same activation mass. Resumable; writes "
-                                   "confirmation.parquet in the run.")
+    p = sub.add_parser(
+        "confirm",
+        help="test predicted side effects by ablating their latents at layer L",
+        description="Ablate each tested category's latents in the base model (and restore them in the "
+        "fine-tuned one) with a hook at the study's layer, re-score its benchmark questions, "
+        "and compare with random latent sets of the same activation mass. Resumable; writes "
+        "confirmation.parquet in the run.",
+    )
     p.add_argument("run", help="run directory (with an evaluation)")
-    p.add_argument("--categories", type=_category_list, default=None,
-                   help="comma-separated benchmark categories (default: predicted ones plus contrasts)")
-    p.add_argument("--max-latents", type=_count, default=32, help="test at most this many latents per category (0 = all listed)")
-    p.add_argument("--controls", type=_count, default=5, help="random mass-matched latent sets per category (>= 2 to decide)")
+    p.add_argument(
+        "--categories",
+        type=_category_list,
+        default=None,
+        help="comma-separated benchmark categories (default: predicted ones plus contrasts)",
+    )
+    p.add_argument(
+        "--max-latents", type=_count, default=32, help="test at most this many latents per category (0 = all listed)"
+    )
+    p.add_argument(
+        "--controls", type=_count, default=5, help="random mass-matched latent sets per category (>= 2 to decide)"
+    )
     p.add_argument("--others", type=_count, default=2, help="unchanged categories also scored under each ablation")
-    p.add_argument("--questions", default=None,
-                   help="multiple-choice question file(s) (default: the run's 'runner:FILE' benchmark)")
-    p.add_argument("--limit-per-category", type=_count, default=None, help="score at most this many questions per category")
+    p.add_argument(
+        "--questions",
+        default=None,
+        help="multiple-choice question file(s) (default: the run's 'runner:FILE' benchmark)",
+    )
+    p.add_argument(
+        "--limit-per-category", type=_count, default=None, help="score at most this many questions per category"
+    )
     p.add_argument("--z", type=float, default=2.0, help="control SDs the effect must clear (default 2)")
-    p.add_argument("--min-effect", type=float, default=None,
-                   help="smallest score change that counts (default: the evaluation's degrade_threshold)")
-    p.add_argument("--batch-size", type=_count, default=None, help="questions per forward (default: the run's runner_batch_size)")
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=None,
+        help="smallest score change that counts (default: the evaluation's degrade_threshold)",
+    )
+    p.add_argument(
+        "--batch-size", type=_count, default=None, help="questions per forward (default: the run's runner_batch_size)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's models.device)")
     p.set_defaults(fn=cmd_confirm)
 
@@ -361,16 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="open the bundled demo study; --rebuild reproduces it")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo study from nothing (CPU, ~1 h)")
-    p.add_argument("--refresh", action="store_true",
-                   help="re-run only the categories and evaluation stages of the committed runs with the current "
-                        "demo settings (minutes, no model)")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-run only the categories and evaluation stages of the committed runs with the current "
+        "demo settings (minutes, no model)",
+    )
     p.set_defaults(fn=cmd_demo)
 
     endpoint = argparse.ArgumentParser(add_help=False)
     endpoint.add_argument("--endpoint", default=None, help="hub endpoint (default: HF_ENDPOINT or huggingface.co)")
 
-    p = sub.add_parser("import-crosscoder", parents=[endpoint],
-                       help="use a trained cross-coder (MNEME or dictionary_learning) instead of training one")
+    p = sub.add_parser(
+        "import-crosscoder",
+        parents=[endpoint],
+        help="use a trained cross-coder (MNEME or dictionary_learning) instead of training one",
+    )
     p.add_argument("src", help="folder, .safetensors file or hub repo id (owner/name)")
     p.add_argument("target", help="run directory or study YAML (its run is created)")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit")
@@ -380,11 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-crosscoder", help="write a run's cross-coder in dictionary_learning's layout")
     p.add_argument("run", help="run directory (or a cross-coder folder)")
     p.add_argument("dest", help="folder to write model.safetensors + config.json into")
-    p.add_argument("--legacy", action="store_true",
-                   help="fold the activation scale into the weights (releases without an activation normaliser)")
+    p.add_argument(
+        "--legacy",
+        action="store_true",
+        help="fold the activation scale into the weights (releases without an activation normaliser)",
+    )
     p.set_defaults(fn=cmd_export_crosscoder)
 
-    p = sub.add_parser("push", parents=[endpoint], help="share a run (dataset repo) or its cross-coder (model repo) on the hub")
+    p = sub.add_parser(
+        "push", parents=[endpoint], help="share a run (dataset repo) or its cross-coder (model repo) on the hub"
+    )
     p.add_argument("run", help="run directory")
     p.add_argument("repo_id", help="owner/name")
     p.add_argument("--crosscoder", action="store_true", help="push only the cross-coder, to a model repo")

@@ -28,16 +28,28 @@ APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_ROOTS = (APP_DIR / "data" / "demo", Path("runs"))
 # Absolute, so the same pages serve the packaged entry script and a checkout's app.py.
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
-PAGE_FILES = {key: str(PAGES_DIR / f"{stem}.py") for key, stem in {
-    "overview": "overview", "explorer": "explorer", "latent": "latent",
-    "distributions": "distributions", "categories": "category_map",
-    "side_effects": "side_effects", "triage": "triage", "prompt_lab": "prompt_lab",
-}.items()}
+PAGE_FILES = {
+    key: str(PAGES_DIR / f"{stem}.py")
+    for key, stem in {
+        "overview": "overview",
+        "explorer": "explorer",
+        "latent": "latent",
+        "distributions": "distributions",
+        "categories": "category_map",
+        "side_effects": "side_effects",
+        "triage": "triage",
+        "prompt_lab": "prompt_lab",
+    }.items()
+}
 # What fills each stage; the pipeline resumes, so one command fills whatever is missing.
 STAGE_HINT = {
-    "collect": "paired activations", "train": "the cross-coder", "diff": "decoder norms, β and attribution labels",
-    "contexts": "top-activating contexts and histograms", "interpret": "descriptions and their scores",
-    "categories": "categories and the UMAP", "evaluate": "benchmark comparison and side-effect metrics",
+    "collect": "paired activations",
+    "train": "the cross-coder",
+    "diff": "decoder norms, β and attribution labels",
+    "contexts": "top-activating contexts and histograms",
+    "interpret": "descriptions and their scores",
+    "categories": "categories and the UMAP",
+    "evaluate": "benchmark comparison and side-effect metrics",
 }
 
 
@@ -57,8 +69,9 @@ def discover_runs(roots: tuple[str, ...]) -> dict[str, str]:
     """Runs under the roots (a root may itself be a run), name -> path, two levels deep."""
     found: dict[str, str] = {}
     for root in map(Path, roots):
-        candidates = [root] + sorted(p for p in root.glob("*") if p.is_dir()) + sorted(
-            p for p in root.glob("*/*") if p.is_dir())
+        candidates = (
+            [root] + sorted(p for p in root.glob("*") if p.is_dir()) + sorted(p for p in root.glob("*/*") if p.is_dir())
+        )
         for path in candidates:
             if (path / MANIFEST).is_file():
                 found.setdefault(_run_label(path), str(path))
@@ -135,8 +148,13 @@ def run_picker() -> None:
         st.markdown("### MNEME")
         if options:
             idx = options.index(current) if current in options else 0
-            choice = st.selectbox("Run", options, index=idx, key="run_picker", help="Runs found under "
-                                  + ", ".join(map(str, run_roots())) + " (set MNEME_RUNS or pass a folder)")
+            choice = st.selectbox(
+                "Run",
+                options,
+                index=idx,
+                key="run_picker",
+                help="Runs found under " + ", ".join(map(str, run_roots())) + " (set MNEME_RUNS or pass a folder)",
+            )
             if choice != current:
                 _switch_run(choice)
         other = st.text_input("Open another run folder", key="run_other", placeholder="/path/to/run")
@@ -199,17 +217,29 @@ def setup() -> Any:
     st.set_page_config(page_title="MNEME", page_icon=":material/compare_arrows:", layout="wide")
     sections = {
         "Study": [("overview", "Overview", "dashboard"), ("side_effects", "Side effects", "warning")],
-        "Latents": [("explorer", "Latent explorer", "table_rows"), ("latent", "Latent", "neurology"),
-                    ("distributions", "Diff distributions", "bar_chart"),
-                    ("categories", "Category map", "scatter_plot")],
+        "Latents": [
+            ("explorer", "Latent explorer", "table_rows"),
+            ("latent", "Latent", "neurology"),
+            ("distributions", "Diff distributions", "bar_chart"),
+            ("categories", "Category map", "scatter_plot"),
+        ],
         "Audit": [("triage", "Triage", "fact_check"), ("prompt_lab", "Prompt lab", "science")],
     }
-    page = st.navigation({
-        section: [st.Page(PAGE_FILES[key], title=title, icon=f":material/{icon}:",
-                          url_path=Path(PAGE_FILES[key]).stem, default=key == "overview")
-                  for key, title, icon in items]
-        for section, items in sections.items()
-    })
+    page = st.navigation(
+        {
+            section: [
+                st.Page(
+                    PAGE_FILES[key],
+                    title=title,
+                    icon=f":material/{icon}:",
+                    url_path=Path(PAGE_FILES[key]).stem,
+                    default=key == "overview",
+                )
+                for key, title, icon in items
+            ]
+            for section, items in sections.items()
+        }
+    )
     keep_filters()
     selected_run_path()
     run_picker()
@@ -239,8 +269,10 @@ def current_run() -> Run:
     path = selected_run_path()
     if path is None:
         st.title("No run to show")
-        st.info("No MNEME run was found. Build one with `mneme run STUDY.yaml` (see `examples/`), then start the "
-                "dashboard with `mneme dashboard runs` or `mneme dashboard runs/NAME`.")
+        st.info(
+            "No MNEME run was found. Build one with `mneme run STUDY.yaml` (see `examples/`), then start the "
+            "dashboard with `mneme dashboard runs` or `mneme dashboard runs/NAME`."
+        )
         st.stop()
     try:
         return _open(path, _mtime(path))
@@ -356,7 +388,9 @@ def link_to(page: str, label: str, run: Run | None = None, icon: str | None = No
 
 def open_latent(latent: int) -> None:
     """Go to a latent's page (from a table selection or a chart click)."""
-    st.switch_page(PAGE_FILES["latent"], query_params={"run": st.session_state.get("run", ""), "latent": str(int(latent))})
+    st.switch_page(
+        PAGE_FILES["latent"], query_params={"run": st.session_state.get("run", ""), "latent": str(int(latent))}
+    )
 
 
 def clicked_latent(event: Any) -> int | None:

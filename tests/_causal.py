@@ -57,22 +57,31 @@ N_QUESTIONS = 8
 
 def directions(seed: int = 0) -> dict[str, torch.Tensor]:
     """Orthonormal directions: v, u, z, question, option, 6 fillers, 2·N_DECOYS decoys."""
-    B = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))[0].T.float()
+    B = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))[
+        0
+    ].T.float()
     names = ["v", "u", "z", "question", "option"] + [f"f{i}" for i in range(len(FILLERS))]
     out = {n: B[i] for i, n in enumerate(names)}
-    out["w"] = B[len(names):len(names) + 2 * N_DECOYS]
+    out["w"] = B[len(names) : len(names) + 2 * N_DECOYS]
     return out
 
 
 def decoy_weights() -> torch.Tensor:
     """How strongly each decoy direction sits in the topic words (masses near the planted one)."""
-    return torch.tensor(random.Random(1).sample(list(np.linspace(0.7, 1.3, 2 * N_DECOYS)), 2 * N_DECOYS),
-                        dtype=torch.float32)
+    return torch.tensor(
+        random.Random(1).sample(list(np.linspace(0.7, 1.3, 2 * N_DECOYS)), 2 * N_DECOYS), dtype=torch.float32
+    )
 
 
 def world_tokenizer():
-    words = ["Question:", "Answer:", *FILLERS, *[t for t in TOPIC.values() if t], *DISTRACTORS,
-             *[w for ws in ANSWERS.values() for w in ws]]
+    words = [
+        "Question:",
+        "Answer:",
+        *FILLERS,
+        *[t for t in TOPIC.values() if t],
+        *DISTRACTORS,
+        *[w for ws in ANSWERS.values() for w in ws],
+    ]
     return tiny_tokenizer([" ".join(words)])
 
 
@@ -113,17 +122,33 @@ def world_model(tok, dirs: dict[str, torch.Tensor], unlearned: bool = False):
     """The hand-set two-layer Llama (see the module docstring)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=2 * D, num_hidden_layers=2,
-                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, rms_norm_eps=1e-6)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+    )
     model = LlamaForCausalLM(cfg).eval()
     eye = torch.eye(D)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(embeddings(tok, dirs, unlearned))
         model.lm_head.weight.copy_(unembedding(tok, dirs))
         first, second = model.model.layers
-        for proj in (first.self_attn.q_proj, first.self_attn.k_proj, first.mlp.down_proj,
-                     second.self_attn.o_proj, second.mlp.down_proj):
+        for proj in (
+            first.self_attn.q_proj,
+            first.self_attn.k_proj,
+            first.mlp.down_proj,
+            second.self_attn.o_proj,
+            second.mlp.down_proj,
+        ):
             proj.weight.zero_()
         first.self_attn.v_proj.weight.copy_(eye)
         first.self_attn.o_proj.weight.copy_(eye)
@@ -143,8 +168,16 @@ def world_crosscoder(dirs: dict[str, torch.Tensor]) -> BatchTopKCrossCoder:
             W_enc[:, :, j] = d / 2
             W_dec[:, j] = d
     cc = BatchTopKCrossCoder(D, F, k=4)
-    cc.load_tensors({"W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": W_dec, "b_dec": torch.zeros(2, D),
-                     "threshold": torch.tensor(0.0), "norm_scale": torch.ones(2)})
+    cc.load_tensors(
+        {
+            "W_enc": W_enc,
+            "b_enc": torch.zeros(F),
+            "W_dec": W_dec,
+            "b_dec": torch.zeros(2, D),
+            "threshold": torch.tensor(0.0),
+            "norm_scale": torch.ones(2),
+        }
+    )
     return cc
 
 
@@ -171,8 +204,14 @@ def latents_table(n_latents: int) -> pd.DataFrame:
     category[PLANTED], category[WRONG] = "planted", "steady"
     shift = np.zeros(n_latents)
     shift[PLANTED], shift[WRONG] = -3.0, -1.0
-    return pd.DataFrame({"latent": np.arange(n_latents, dtype=np.int64), "attribution": attribution,
-                         "shift": shift, "category": category})
+    return pd.DataFrame(
+        {
+            "latent": np.arange(n_latents, dtype=np.int64),
+            "attribution": attribution,
+            "shift": shift,
+            "category": category,
+        }
+    )
 
 
 def build_causal_run(root: Path) -> Path:
@@ -189,21 +228,34 @@ def build_causal_run(root: Path) -> Path:
     qfile = root / "questions.jsonl"
     qfile.write_text("".join(json.dumps(r) + "\n" for r in questions()))
     run = root / "run"
-    evaluation = {"benchmark": f"runner:{qfile}", "predict_score": "count", "predict_threshold": 0.3,
-                  "predict_min_latents": 1, "random_draws": 50}
-    cfg = load_config({"name": "causal", "run_dir": str(run), "corpus": {"files": ["unused.txt"]},
-                       "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": 0, "device": "cpu"},
-                       "evaluation": evaluation})
+    evaluation = {
+        "benchmark": f"runner:{qfile}",
+        "predict_score": "count",
+        "predict_threshold": 0.3,
+        "predict_min_latents": 1,
+        "random_draws": 50,
+    }
+    cfg = load_config(
+        {
+            "name": "causal",
+            "run_dir": str(run),
+            "corpus": {"files": ["unused.txt"]},
+            "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": 0, "device": "cpu"},
+            "evaluation": evaluation,
+        }
+    )
     init_run(run, cfg.to_dict())
     cc = world_crosscoder(dirs)
     cc.save(run / "crosscoder")
     latents = latents_table(cc.n_latents)
     write_parquet(run / "latents.parquet", latents)
     models = [world_model(tok, dirs), world_model(tok, dirs, unlearned=True)]
-    bench = score_pair((models[0], tok), (models[1], tok), load_mc_items(qfile), cache_dir=run / "benchmark_cache",
-                       progress=False)
-    table, record = evaluate(bench, latents, EvaluationConfig(**evaluation),
-                             mapping={"planted": "planted", "steady": "steady"})
+    bench = score_pair(
+        (models[0], tok), (models[1], tok), load_mc_items(qfile), cache_dir=run / "benchmark_cache", progress=False
+    )
+    table, record = evaluate(
+        bench, latents, EvaluationConfig(**evaluation), mapping={"planted": "planted", "steady": "steady"}
+    )
     write_parquet(run / "benchmark.parquet", table)
     atomic_write_json(run / "evaluation.json", record)
     for stage in STAGES:

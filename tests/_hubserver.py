@@ -48,9 +48,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
+        def _send(
+            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+        ) -> None:
             self.send_response(status)
-            for key, value in {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}.items():
+            for key, value in {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                **(headers or {}),
+            }.items():
                 self.send_header(key, value)
             self.end_headers()
             if not head:
@@ -82,15 +88,18 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             repo_type, repo_id, action = match.group(1)[:-1], match.group(2), match.group(3)
             if action == "preupload":
                 files = json.loads(body)["files"]
-                return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                             for f in files]})
+                return self._json(
+                    {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
             if action == "commit":
                 files = dict(hub.files(repo_type, repo_id))
                 for line in body.splitlines():
                     item = json.loads(line)
                     if item["key"] == "file":
                         files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                sha = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()).hexdigest()
+                sha = hashlib.sha1(
+                    json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()
+                ).hexdigest()
                 hub.repos[(repo_type, repo_id)].append((sha, files))
                 return self._json({"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha})
             return self._json({"error": "not supported"}, 400)
@@ -109,8 +118,16 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if match.group(4) not in files:
                     return self._send(404, b"{}", {"X-Repo-Commit": sha, "X-Error-Code": "EntryNotFound"}, head)
                 data = files[match.group(4)]
-                return self._send(200, data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha,
-                                              "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}, head)
+                return self._send(
+                    200,
+                    data,
+                    {
+                        "Content-Type": "application/octet-stream",
+                        "X-Repo-Commit": sha,
+                        "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                    },
+                    head,
+                )
             match = _API.match(path)
             key = (match.group(1)[:-1], match.group(2)) if match else None
             if key not in hub.repos:
@@ -120,8 +137,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             except StopIteration:
                 return self._json({"error": "Invalid rev id"}, 404)
             if match.group(3) == "tree":
-                return self._json([{"type": "file", "path": p, "size": len(v), "oid": hashlib.sha1(v).hexdigest()}
-                                   for p, v in sorted(files.items())])
+                return self._json(
+                    [
+                        {"type": "file", "path": p, "size": len(v), "oid": hashlib.sha1(v).hexdigest()}
+                        for p, v in sorted(files.items())
+                    ]
+                )
             return self._json({"id": key[1], "sha": sha, "siblings": [{"rfilename": p} for p in sorted(files)]})
 
         def do_HEAD(self) -> None:  # noqa: N802

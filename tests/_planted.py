@@ -80,17 +80,24 @@ def planted_arrays(d_model: int = 128, n_docs: int = 120, seed: int = 0):
         W_enc[:, :, j] = col * 0.5
     W_enc[:, :, BOS_LATENT] += E[tok.bos_token_id] * 0.5
     cc = BatchTopKCrossCoder(d_model, F, k=2)
-    cc.load_tensors({
-        "W_enc": W_enc, "b_enc": torch.full((F,), -0.4), "W_dec": W_enc.permute(0, 2, 1).contiguous(),
-        "b_dec": torch.zeros(2, d_model), "threshold": torch.tensor(0.0), "norm_scale": torch.ones(2),
-    })
+    cc.load_tensors(
+        {
+            "W_enc": W_enc,
+            "b_enc": torch.full((F,), -0.4),
+            "W_dec": W_enc.permute(0, 2, 1).contiguous(),
+            "b_dec": torch.zeros(2, d_model),
+            "threshold": torch.tensor(0.0),
+            "norm_scale": torch.ones(2),
+        }
+    )
     src = TokenSource(np.asarray(ids, np.int64), np.asarray(doc_ids, np.int64), np.asarray(positions, np.int64))
     return tok, x_N2d, src, cc, names
 
 
 def study_config(run_path: Path, **sections):
     data = {
-        "name": "planted", "run_dir": str(run_path),
+        "name": "planted",
+        "run_dir": str(run_path),
         "models": {"base": {"path": "unused-base"}, "ft": {"path": "unused-ft"}},
         "corpus": {"files": ["planted.txt"]},
         "contexts": {"top_n": 8, "window": 12, "n_quantiles": 3, "per_quantile": 2, "hist_bins": 10, "n_random": 64},
@@ -107,16 +114,28 @@ def build_planted_run(run_path: Path, batch_size: int = 256, **sections):
     init_run(run_path, cfg.to_dict())
     tok, x, src, cc, names = planted_arrays()
     F = cc.n_latents
-    merge_latent_columns(run_path, pd.DataFrame({
-        "latent": np.arange(F, dtype=np.int64),
-        "attribution": ["suppressed", "amplified"] + ["unchanged"] * (F - 2),
-        "shift": np.r_[-2.0, 1.5, np.zeros(F - 2)],
-        "label_by_norm": ["shared"] * F,
-        "rel_norm": np.full(F, 0.5),
-    }))
+    merge_latent_columns(
+        run_path,
+        pd.DataFrame(
+            {
+                "latent": np.arange(F, dtype=np.int64),
+                "attribution": ["suppressed", "amplified"] + ["unchanged"] * (F - 2),
+                "shift": np.r_[-2.0, 1.5, np.zeros(F - 2)],
+                "label_by_norm": ["shared"] * F,
+                "rel_norm": np.full(F, 0.5),
+            }
+        ),
+    )
     batches = (x[s : s + batch_size] for s in range(0, len(x), batch_size))
     metrics = collect_run_contexts(
-        lambda b: cc.encode(b, use_threshold=True), batches, src, F, len(x), tok, run_path, cfg.contexts,
+        lambda b: cc.encode(b, use_threshold=True),
+        batches,
+        src,
+        F,
+        len(x),
+        tok,
+        run_path,
+        cfg.contexts,
         progress=False,
     )
     return cfg, metrics, (tok, x, src, cc, names)
@@ -141,14 +160,20 @@ def write_planted_store_run(run_path: Path, **sections):
     names_written = []
     for seq, (a, b) in enumerate([(0, 1500), (1500, len(x))]):  # two shards: batches cross a shard edge
         xs = x[a:b].double()
-        save_file({
-            "acts": x[a:b].to(torch.float32).contiguous(),
-            "token_ids": torch.from_numpy(src.token_ids[a:b].astype(np.int32)),
-            "doc_ids": torch.from_numpy(src.doc_ids[a:b]),
-            "positions": torch.from_numpy(src.positions[a:b].astype(np.int32)),
-            "context_ids": torch.from_numpy(src.doc_ids[a:b].copy()),
-            "stats_sum": xs.sum(0), "stats_sumsq": (xs * xs).sum(0), "stats_norm_sum": xs.norm(dim=-1).sum(0),
-        }, str(out / f"shard-r0-{seq:05d}.safetensors"), metadata={"n_tokens": str(b - a)})
+        save_file(
+            {
+                "acts": x[a:b].to(torch.float32).contiguous(),
+                "token_ids": torch.from_numpy(src.token_ids[a:b].astype(np.int32)),
+                "doc_ids": torch.from_numpy(src.doc_ids[a:b]),
+                "positions": torch.from_numpy(src.positions[a:b].astype(np.int32)),
+                "context_ids": torch.from_numpy(src.doc_ids[a:b].copy()),
+                "stats_sum": xs.sum(0),
+                "stats_sumsq": (xs * xs).sum(0),
+                "stats_norm_sum": xs.norm(dim=-1).sum(0),
+            },
+            str(out / f"shard-r0-{seq:05d}.safetensors"),
+            metadata={"n_tokens": str(b - a)},
+        )
         names_written.append(f"shard-r0-{seq:05d}.safetensors")
     atomic_write_json(out / "rank-0.done.json", {"rank": 0, "shards": names_written})
     finalize(out, world_size=1, layer=1)

@@ -65,17 +65,31 @@ def tiny_study_dict(base: Path, ft: Path, corpus: Path, run_dir: Path, benchmark
     return {
         "name": "tiny",
         "run_dir": str(run_dir),
-        "models": {"base": {"source": "hf", "path": str(base)}, "ft": {"source": "hf", "path": str(ft)}, "layer": 2,
-                   "device": "cpu"},
+        "models": {
+            "base": {"source": "hf", "path": str(base)},
+            "ft": {"source": "hf", "path": str(ft)},
+            "layer": 2,
+            "device": "cpu",
+        },
         "corpus": {"files": [str(corpus)], "n_tokens": 1024, "context_length": 32},
         "activations": {"dtype": "float32", "shard_tokens": 512, "batch_size": 8},
         "crosscoder": {"n_latents": 64, "k": 4},
-        "training": {"batch_size": 128, "n_tokens": 4096, "warmup_steps": 5, "checkpoint_every": 16, "dead_tokens": 2048, "val_fraction": 0.1},
+        "training": {
+            "batch_size": 128,
+            "n_tokens": 4096,
+            "warmup_steps": 5,
+            "checkpoint_every": 16,
+            "dead_tokens": 2048,
+            "val_fraction": 0.1,
+        },
         "contexts": {"top_n": 4, "window": 8, "n_quantiles": 2, "per_quantile": 1, "hist_bins": 8, "n_random": 16},
         "interpret": {"latents": "all", "max_latents": 10, "n_examples": 4, "n_score_examples": 4},
         "categories": {"umap_neighbors": 5},
-        "evaluation": {"benchmark": str(benchmark) if benchmark else "", "random_draws": 200,
-                       "intervention_description": "unlearned biology knowledge"},
+        "evaluation": {
+            "benchmark": str(benchmark) if benchmark else "",
+            "random_draws": 200,
+            "intervention_description": "unlearned biology knowledge",
+        },
     }
 
 

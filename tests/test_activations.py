@@ -31,12 +31,15 @@ def study(tmp_path_factory, tiny_model_dirs, tiny_corpus):
     root = tmp_path_factory.mktemp("acts")
     base, ft = tiny_model_dirs
     corpus = tiny_corpus
-    cfg = load_config({
-        "name": "tiny", "run_dir": str(root / "run"),
-        "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": LAYER},
-        "corpus": {"files": [str(corpus)], "n_tokens": 640, "context_length": 16},
-        "activations": {"shard_tokens": 64, "batch_size": 3},
-    })
+    cfg = load_config(
+        {
+            "name": "tiny",
+            "run_dir": str(root / "run"),
+            "models": {"base": {"path": str(base)}, "ft": {"path": str(ft)}, "layer": LAYER},
+            "corpus": {"files": [str(corpus)], "n_tokens": 640, "context_length": 16},
+            "activations": {"shard_tokens": 64, "batch_size": 3},
+        }
+    )
     init_run(cfg.run_path, cfg.to_dict())
     metrics = run_stage(cfg, cfg.run_path, progress=False)
     return cfg, metrics, ActivationStore(cfg.run_path / "activations")
@@ -155,6 +158,7 @@ def test_two_ranks_cover_the_same_tokens(study, tmp_path):
 def test_other_settings_into_the_same_folder_are_refused(study, tmp_path):
     cfg, _, _ = study
     out = tmp_path / "acts3"
+
     def stop(seq, _path):
         raise KeyboardInterrupt
 
@@ -248,8 +252,13 @@ def test_torchrun_two_ranks_collect_the_same_activations(study, tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     plain = cfg.to_dict() | {"run_dir": str(tmp_path / "run")}
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), json.dumps(plain)],
-                   check=True, env=env, timeout=600, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), json.dumps(plain)],
+        check=True,
+        env=env,
+        timeout=600,
+        capture_output=True,
+    )
     store = ActivationStore(tmp_path / "run" / "activations")
     assert {s["rank"] for s in store.shards} == {0, 1} and store.n_tokens == reference.n_tokens
     order = lambda s: np.argsort(s.context_ids * 10_000 + s.positions, kind="stable")  # noqa: E731
@@ -270,8 +279,11 @@ def test_massive_activation_tokens_are_dropped_by_the_base_norm_and_counted(stud
         with torch.no_grad():
             model.get_input_embeddings().weight[sink] *= 1000.0
         save_model(model, tok, tmp_path / name)
-    models = dataclasses.replace(cfg.models, base=dataclasses.replace(cfg.models.base, path=str(tmp_path / "base")),
-                                 ft=dataclasses.replace(cfg.models.ft, path=str(tmp_path / "ft")))
+    models = dataclasses.replace(
+        cfg.models,
+        base=dataclasses.replace(cfg.models.base, path=str(tmp_path / "base")),
+        ft=dataclasses.replace(cfg.models.ft, path=str(tmp_path / "ft")),
+    )
     metrics = collect(models, cfg.corpus, cfg.activations, tmp_path / "acts", progress=False)
     store = ActivationStore(tmp_path / "acts")
     n_sink = int((reference.token_ids == sink).sum())

@@ -79,7 +79,9 @@ def test_explorer_count_follows_filters(run_copy):
     assert set(shown["latent"]) == set(expected["latent"])
     shifts = shown["shift"]
     assert shifts.dropna().is_monotonic_increasing  # default sort: shift ascending,
-    assert shifts.isna().cumsum().iloc[-1] == shifts.isna().sum() == shifts.iloc[shifts.notna().sum():].isna().sum()  # undefined last
+    assert (
+        shifts.isna().cumsum().iloc[-1] == shifts.isna().sum() == shifts.iloc[shifts.notna().sum() :].isna().sum()
+    )  # undefined last
     word = str(lat["description"].dropna().iloc[0]).split()[0]
     at.text_input(key="f_text").set_value(word).run()
     both = expected[expected["description"].fillna("").str.contains(word, case=False, regex=False)]
@@ -99,11 +101,18 @@ def test_latent_page_shows_its_numbers_and_contexts(run_copy):
     row = explore.latent_row(run.latents, latent)
     at = page(run_copy, "latent", latent=latent)
     assert at.title[0].value == f"Latent {latent}"
-    for label, col in (("‖d base‖", "dec_norm_base"), ("‖d ft‖", "dec_norm_ft"), ("relative norm", "rel_norm"),
-                       ("cosine", "dec_cos"), ("shift log2(β_ft/β_base)", "shift")):
+    for label, col in (
+        ("‖d base‖", "dec_norm_base"),
+        ("‖d ft‖", "dec_norm_ft"),
+        ("relative norm", "rel_norm"),
+        ("cosine", "dec_cos"),
+        ("shift log2(β_ft/β_base)", "shift"),
+    ):
         assert metric(at, label) == explore.fmt(row[col], 4), label
     beta = at.table[0].value
-    assert beta.iloc[0, 0] == explore.fmt(row["beta_err_base"], 4) and beta.iloc[0, 1] == explore.fmt(row["beta_err_ft"], 4)
+    assert beta.iloc[0, 0] == explore.fmt(row["beta_err_base"], 4) and beta.iloc[0, 1] == explore.fmt(
+        row["beta_err_ft"], 4
+    )
     html_out = "".join(h.value for h in at.html)
     ctx = run.contexts(latent)
     assert html_out.count('class="ctx"') == len(ctx)
@@ -203,8 +212,10 @@ def test_remembered_filters_outside_the_runs_bounds_are_reset(run_copy):
     """Filters outlive a page (and a re-run stage can move a column's bounds): stale values
     must be pulled back into range instead of crashing the widgets."""
     table = open_run(run_copy).latents
-    for name, stale in [("explorer", {"f_rel_norm": (5.0, 6.0), "f_attribution": ["no-such-label"], "f_sort": "gone"}),
-                        ("side_effects", {"f_threshold": 99.0})]:
+    for name, stale in [
+        ("explorer", {"f_rel_norm": (5.0, 6.0), "f_attribution": ["no-such-label"], "f_sort": "gone"}),
+        ("side_effects", {"f_threshold": 99.0}),
+    ]:
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
         at.query_params["run"] = str(run_copy)
         for key, value in stale.items():

@@ -119,7 +119,9 @@ def test_graph_sees_lazy_and_type_checking_imports(tmp_path):
     (pkg / "x").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "x" / "__init__.py").write_text("")
-    (pkg / "x" / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mneme_core.x.b import B\n")
+    (pkg / "x" / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mneme_core.x.b import B\n"
+    )
     (pkg / "x" / "b.py").write_text("def f():\n    from mneme_core.x import a\n")
     modules = {_module_name(p, tmp_path): p for p in sorted(pkg.rglob("*.py"))}
     graph = import_graph(modules)
@@ -160,8 +162,11 @@ def test_common_and_run_import_no_stage():
 def test_core_never_imports_streamlit():
     for path in CORE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n.split(".")[0] == "streamlit" for n in names), path
 
 
@@ -177,7 +182,11 @@ OUTSIDE = re.compile(r"DESIGN(\.md)?\s*§|\.\./shared|shared/DESIGN|shared/paper
 @pytest.mark.parametrize("folder", ["mneme_core", "mneme_dashboard", "tests", "bench", "docs", "examples"])
 def test_no_comment_points_outside_the_repository(folder):
     here = Path(__file__).resolve()
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / folder).rglob("*"))
-            if p.suffix in {".py", ".md", ".yaml", ".toml"} and p != here
-            for i, line in enumerate(p.read_text().splitlines(), 1) if OUTSIDE.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in sorted((ROOT / folder).rglob("*"))
+        if p.suffix in {".py", ".md", ".yaml", ".toml"} and p != here
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
     assert hits == []

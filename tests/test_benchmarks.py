@@ -77,8 +77,10 @@ def test_missing_benchmark_says_how_to_give_one(tmp_path):
 
 def _lm_eval_file(path, accs: dict[str, float], counts: dict[str, int]):
     """A results file in lm-evaluation-harness 0.4's documented layout, group rows included."""
-    results = {"mmlu": {"acc,none": 0.5, "acc_stderr,none": 0.004, "alias": "mmlu"},
-               "mmlu_stem": {"acc,none": 0.45, "acc_stderr,none": 0.008, "alias": " - stem"}}
+    results = {
+        "mmlu": {"acc,none": 0.5, "acc_stderr,none": 0.004, "alias": "mmlu"},
+        "mmlu_stem": {"acc,none": 0.45, "acc_stderr,none": 0.008, "alias": " - stem"},
+    }
     for task, acc in accs.items():
         se = (acc * (1 - acc) / (counts[task] - 1)) ** 0.5
         results[task] = {"alias": "  - " + task[5:], "acc,none": acc, "acc_stderr,none": se}
@@ -100,10 +102,16 @@ def _lm_eval_file(path, accs: dict[str, float], counts: dict[str, int]):
 
 def test_lm_eval_pair_reads_leaf_tasks_and_counts(tmp_path):
     counts = {"mmlu_virology": 166, "mmlu_college_chemistry": 100, "mmlu_astronomy": 152}
-    before = _lm_eval_file(tmp_path / "base" / "results_2024-01-01T00-00-00.json",
-                           {"mmlu_virology": 0.5181, "mmlu_college_chemistry": 0.45, "mmlu_astronomy": 0.6711}, counts)
-    after = _lm_eval_file(tmp_path / "ft" / "results_2024-01-02T00-00-00.json",
-                          {"mmlu_virology": 0.2831, "mmlu_college_chemistry": 0.39, "mmlu_astronomy": 0.6579}, counts)
+    before = _lm_eval_file(
+        tmp_path / "base" / "results_2024-01-01T00-00-00.json",
+        {"mmlu_virology": 0.5181, "mmlu_college_chemistry": 0.45, "mmlu_astronomy": 0.6711},
+        counts,
+    )
+    after = _lm_eval_file(
+        tmp_path / "ft" / "results_2024-01-02T00-00-00.json",
+        {"mmlu_virology": 0.2831, "mmlu_college_chemistry": 0.39, "mmlu_astronomy": 0.6579},
+        counts,
+    )
     table = load_lm_eval_pair(before, after)
     assert list(table["category"]) == ["astronomy", "college_chemistry", "virology"]  # no 'mmlu', no 'stem'
     row = table.set_index("category").loc["virology"]
@@ -140,17 +148,49 @@ def test_lm_eval_mismatches_are_refused(tmp_path):
 
 # --------------------------------------------------------------------------- MC runner
 
-WORDS = ("what which is the a of color animal number cat dog fish red blue green one two three four five "
-         "sky grass sea big small").split()
+WORDS = (
+    "what which is the a of color animal number cat dog fish red blue green one two three four five "
+    "sky grass sea big small"
+).split()
 QUESTIONS = [
-    {"question": "what color is the sky ?", "choices": ["blue", "red", "green", "big dog"], "answer": 0, "subject": "colors"},
-    {"question": "what color is the grass ?", "choices": ["red", "green", "blue sea", "one"], "answer": 1, "subject": "colors"},
+    {
+        "question": "what color is the sky ?",
+        "choices": ["blue", "red", "green", "big dog"],
+        "answer": 0,
+        "subject": "colors",
+    },
+    {
+        "question": "what color is the grass ?",
+        "choices": ["red", "green", "blue sea", "one"],
+        "answer": 1,
+        "subject": "colors",
+    },
     {"question": "which color is the sea ?", "choices": ["green", "red", "blue"], "answer": 2, "subject": "colors"},
     {"question": "which is a animal ?", "choices": ["cat", "sky", "one two", "red"], "answer": 0, "subject": "animals"},
-    {"question": "what animal is big ?", "choices": ["three", "a big dog", "fish", "blue"], "answer": 1, "subject": "animals"},
-    {"question": "which number is small ?", "choices": ["one", "five four", "three"], "answer": 0, "subject": "numbers"},
-    {"question": "what is two of two ?", "choices": ["one", "three", "four", "five"], "answer": 2, "subject": "numbers"},
-    {"question": "which is a number ?", "choices": ["dog", "five", "sky", "the sea"], "answer": 1, "subject": "numbers"},
+    {
+        "question": "what animal is big ?",
+        "choices": ["three", "a big dog", "fish", "blue"],
+        "answer": 1,
+        "subject": "animals",
+    },
+    {
+        "question": "which number is small ?",
+        "choices": ["one", "five four", "three"],
+        "answer": 0,
+        "subject": "numbers",
+    },
+    {
+        "question": "what is two of two ?",
+        "choices": ["one", "three", "four", "five"],
+        "answer": 2,
+        "subject": "numbers",
+    },
+    {
+        "question": "which is a number ?",
+        "choices": ["dog", "five", "sky", "the sea"],
+        "answer": 1,
+        "subject": "numbers",
+    },
 ]
 
 
@@ -190,7 +230,8 @@ def test_runner_matches_direct_per_question_computation(tokenizer, tiny_pair, mm
     model = tiny_pair[0]
     items = load_mc_items(mmlu_file)
     assert len(items) == len(QUESTIONS) and items[0] == MCItem(
-        "what color is the sky ?", ("blue", "red", "green", "big dog"), 0, "colors")
+        "what color is the sky ?", ("blue", "red", "green", "big dog"), 0, "colors"
+    )
     direct = _direct(model, tokenizer, items)
     acc_direct: dict[str, list[bool]] = {}
     for it, lls in zip(items, direct):
@@ -228,8 +269,9 @@ def test_runner_resumes_from_cached_categories(tokenizer, tiny_pair, mmlu_file, 
     # Doctor one cached category so that reusing it is visible: every question "right".
     colors = next(f for f in files if f.name.startswith("colors"))
     saved = json.loads(colors.read_text())
-    saved["logliks"] = [[0.0 if i == it.answer else -9.0 for i in range(len(it.choices))]
-                        for it in items if it.category == "colors"]
+    saved["logliks"] = [
+        [0.0 if i == it.answer else -9.0 for i in range(len(it.choices))] for it in items if it.category == "colors"
+    ]
     colors.write_text(json.dumps(saved))
     again = run_mc_benchmark(model, tokenizer, items, batch_size=4, cache_dir=cache, progress=False)
     assert again.set_index("category").loc["colors", "accuracy"] == 1.0
@@ -238,15 +280,26 @@ def test_runner_resumes_from_cached_categories(tokenizer, tiny_pair, mmlu_file, 
     other = run_mc_benchmark(tiny_pair[1], tokenizer, items, batch_size=4, cache_dir=cache, progress=False)
     assert len(list(cache.iterdir())) == 2
     assert other.set_index("category").loc["colors", "accuracy"] == pytest.approx(
-        np.mean([int(np.argmax(ll)) == it.answer for it, ll in zip(items, _direct(tiny_pair[1], tokenizer, items))
-                 if it.category == "colors"]))
+        np.mean(
+            [
+                int(np.argmax(ll)) == it.answer
+                for it, ll in zip(items, _direct(tiny_pair[1], tokenizer, items))
+                if it.category == "colors"
+            ]
+        )
+    )
     # changed questions in a category invalidate only that category's cache entry
-    changed = [MCItem(it.question + " ?", it.choices, it.answer, it.category) if it.category == "colors" else it
-               for it in items]
+    changed = [
+        MCItem(it.question + " ?", it.choices, it.answer, it.category) if it.category == "colors" else it
+        for it in items
+    ]
     fresh = run_mc_benchmark(model, tokenizer, changed, batch_size=4, cache_dir=cache, progress=False)
     direct = _direct(model, tokenizer, [it for it in changed if it.category == "colors"])
     assert fresh.set_index("category").loc["colors", "accuracy"] == pytest.approx(
-        np.mean([int(np.argmax(ll)) == it.answer for it, ll in zip([c for c in changed if c.category == "colors"], direct)]))
+        np.mean(
+            [int(np.argmax(ll)) == it.answer for it, ll in zip([c for c in changed if c.category == "colors"], direct)]
+        )
+    )
 
 
 def test_score_pair_gives_a_paired_benchmark_table(tokenizer, tiny_pair, mmlu_file):
@@ -267,13 +320,26 @@ def test_score_pair_gives_a_paired_benchmark_table(tokenizer, tiny_pair, mmlu_fi
 def test_question_files_in_other_layouts(tmp_path):
     """CSV with choices as a JSON list and letter answers; MMLU-Pro style Parquet."""
     csv = tmp_path / "q.csv"
-    pd.DataFrame({"question": ["q one", "q two"], "choices": [json.dumps(["a", "b"]), json.dumps(["c", "d", "e"])],
-                  "answer": ["B", "c"], "subject": ["s1", "s2"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "question": ["q one", "q two"],
+            "choices": [json.dumps(["a", "b"]), json.dumps(["c", "d", "e"])],
+            "answer": ["B", "c"],
+            "subject": ["s1", "s2"],
+        }
+    ).to_csv(csv, index=False)
     items = load_mc_items(csv)
     assert [(it.choices, it.answer, it.category) for it in items] == [(("a", "b"), 1, "s1"), (("c", "d", "e"), 2, "s2")]
     pq = tmp_path / "pro.parquet"
-    pd.DataFrame({"question": ["x", "y", "z"], "options": [["1", "2"], ["3", "4"], ["5", "6"]], "answer": ["A", "B", "A"],
-                  "answer_index": [0, 1, 0], "category": ["law", "law", "math"]}).to_parquet(pq)
+    pd.DataFrame(
+        {
+            "question": ["x", "y", "z"],
+            "options": [["1", "2"], ["3", "4"], ["5", "6"]],
+            "answer": ["A", "B", "A"],
+            "answer_index": [0, 1, 0],
+            "category": ["law", "law", "math"],
+        }
+    ).to_parquet(pq)
     items = load_mc_items(pq, limit_per_category=1)
     assert [(it.category, it.answer) for it in items] == [("law", 0), ("math", 0)]
     assert [it.category for it in load_mc_items(pq, categories=["math"])] == ["math"]
@@ -289,4 +355,3 @@ def test_wilson_interval_hand_values():
     low, high = wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
     np.testing.assert_allclose(low, [0.0, 0.236593, 0.722467], atol=1e-5)
     np.testing.assert_allclose(high, [0.277533, 0.763407, 1.0], atol=1e-5)
-

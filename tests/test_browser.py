@@ -28,8 +28,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 selenium = pytest.importorskip("selenium")
 if not (CHROMIUM and DRIVER):
-    pytest.skip("Debian chromium + chromium-driver are needed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian chromium + chromium-driver are needed (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -65,9 +67,26 @@ def server(tiny_run):
     port = _free_port()
     env = {**os.environ, "MNEME_RUNS": str(tiny_run)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -82,9 +101,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="mneme-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--window-size=1500,1100"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1500,1100",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(TIMEOUT)
@@ -105,18 +133,23 @@ def _open(driver, url: str) -> WebDriverWait:
 def _settled(driver, wait: WebDriverWait, heading: str) -> None:
     """Wait until the page's title is drawn and the script has finished running."""
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "h1"), heading))
-    wait.until(lambda d: d.execute_script(
-        "return document.querySelector('[data-testid=\"stStatusWidget\"]') === null"
-        " || document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.indexOf('Running') < 0"))
+    wait.until(
+        lambda d: d.execute_script(
+            "return document.querySelector('[data-testid=\"stStatusWidget\"]') === null"
+            " || document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.indexOf('Running') < 0"
+        )
+    )
 
 
 def _shot(driver, name: str) -> None:
     """Screenshot once Streamlit has replaced its loading skeletons with the real elements."""
-    WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script(
-        "return document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0"))
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: d.execute_script("return document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0")
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script(
-        "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1100")
+        "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1100"
+    )
     driver.set_window_size(1500, max(1100, min(int(height) + 120, 5000)))
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
     driver.set_window_size(1500, 1100)
@@ -155,8 +188,11 @@ def test_latent_deep_link(server, browser):
     from mneme_core import open_run
 
     latents = open_run(run).latents
-    latent = int(latents.loc[latents["attribution"] != "unchanged", "latent"].iloc[0]) if "attribution" in latents \
+    latent = (
+        int(latents.loc[latents["attribution"] != "unchanged", "latent"].iloc[0])
+        if "attribution" in latents
         else int(latents["latent"].iloc[0])
+    )
     wait = _open(browser, f"{url}/latent?run={quote(str(run))}&latent={latent}")
     _settled(browser, wait, f"Latent {latent}")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stMetric']")))

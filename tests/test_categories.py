@@ -17,10 +17,18 @@ from mneme_core.interp.categories import (
 )
 from mneme_core.run.reader import open_run
 
-BIO = ["viruses infecting host cells", "gene expression and DNA replication", "cell membranes and mitochondria",
-       "bacteria and the immune response"]
-LAW = ["statutes passed by the legislature", "court rulings and judges", "lawsuits, attorneys and legal liability",
-       "constitutional rights and case law"]
+BIO = [
+    "viruses infecting host cells",
+    "gene expression and DNA replication",
+    "cell membranes and mitochondria",
+    "bacteria and the immune response",
+]
+LAW = [
+    "statutes passed by the legislature",
+    "court rulings and judges",
+    "lawsuits, attorneys and legal liability",
+    "constitutional rights and case law",
+]
 
 
 def test_builtin_taxonomies_and_label_files(tmp_path):
@@ -41,8 +49,17 @@ def test_builtin_taxonomies_and_label_files(tmp_path):
 def test_map_categories_puts_biology_and_law_under_the_right_subjects():
     subjects = [lab for lab, _ in load_taxonomy("mmlu")]
     mapping = map_categories(BIO + LAW, subjects, get_embedder())
-    bio_like = {"virology", "high_school_biology", "college_biology", "medical_genetics", "anatomy",
-                "clinical_knowledge", "college_medicine", "professional_medicine", "nutrition"}
+    bio_like = {
+        "virology",
+        "high_school_biology",
+        "college_biology",
+        "medical_genetics",
+        "anatomy",
+        "clinical_knowledge",
+        "college_medicine",
+        "professional_medicine",
+        "nutrition",
+    }
     law_like = {"professional_law", "jurisprudence", "international_law", "high_school_government_and_politics"}
     assert all(mapping[d] in bio_like for d in BIO), mapping
     assert all(mapping[d] in law_like for d in LAW), mapping

@@ -40,7 +40,10 @@ def test_unknown_key_is_named(patch, key):
     "patch, fragment",
     [
         ({"training": {"batch_size": "big"}}, "training.batch_size must be an integer"),
-        ({"models": {"base": {"path": "a", "dtype": "float8"}, "ft": {"path": "b"}}}, "models.base.dtype must be one of"),
+        (
+            {"models": {"base": {"path": "a", "dtype": "float8"}, "ft": {"path": "b"}}},
+            "models.base.dtype must be one of",
+        ),
         ({"corpus": {"files": ["x"], "dataset": "pile"}}, "exactly one of"),
         ({"corpus": {"files": ["x"], "n_tokens": 0}}, "corpus.n_tokens must be > 0"),
         ({"diffing": {"shared_band": [0.7, 0.6]}}, "shared_band"),

@@ -38,8 +38,12 @@ def confirmed(causal_root) -> tuple[Path, pd.DataFrame]:
 
 
 def _row(table: pd.DataFrame, category: str, kind: str, scored: str | None = None) -> pd.Series:
-    keep = ((table["category"] == category) & (table["intervention"] == kind) & (table["set"] == "target")
-            & (table["scored_category"] == (scored or category)))
+    keep = (
+        (table["category"] == category)
+        & (table["intervention"] == kind)
+        & (table["set"] == "target")
+        & (table["scored_category"] == (scored or category))
+    )
     assert keep.sum() == 1
     return table[keep].iloc[0]
 
@@ -74,7 +78,9 @@ def test_ablating_the_planted_latent_moves_its_category_and_matched_random_sets_
     ratio = controls["mass"] / target["mass"]
     assert ratio.between(2 / 3, 1.5).all(), ratio.tolist()  # a fair control: matched in activation mass
     assert target["confirmed"] is True or bool(target["confirmed"])
-    assert target["status"] == cv.CONFIRMED and target["effect"] > target["control_mean"] + 2 * target["control_sd_used"]
+    assert (
+        target["status"] == cv.CONFIRMED and target["effect"] > target["control_mean"] + 2 * target["control_sd_used"]
+    )
 
 
 def test_the_ablation_is_specific_to_its_category(confirmed):
@@ -107,8 +113,18 @@ def test_a_wrong_prediction_is_not_confirmed(confirmed):
 def test_the_parquet_has_a_category_a_control_and_a_confirmed_column(confirmed):
     run, table = confirmed
     stored = pd.read_parquet(run / cv.CONFIRMATION_FILE)
-    assert {"category", "control", "confirmed", "intervention", "set", "score_before", "score_after", "drop",
-            "control_mean", "control_sd"} <= set(stored.columns)
+    assert {
+        "category",
+        "control",
+        "confirmed",
+        "intervention",
+        "set",
+        "score_before",
+        "score_after",
+        "drop",
+        "control_mean",
+        "control_sd",
+    } <= set(stored.columns)
     assert stored["confirmed"].dtype == "boolean"
     pd.testing.assert_frame_equal(stored, table, check_dtype=False)
     assert set(stored["n_questions"][stored["n_latents"] > 0]) == {N_QUESTIONS}
@@ -134,12 +150,15 @@ def test_a_finished_confirmation_needs_no_models_and_a_killed_one_resumes(tmp_pa
 # --------------------------------------------------------------------------- the rule and the draws
 
 
-@pytest.mark.parametrize("effect, controls, expect", [
-    (0.30, [0.00, 0.01, 0.00, 0.02], cv.CONFIRMED),
-    (0.30, [0.28, 0.31, 0.30, 0.29], cv.NOT_CONFIRMED),  # removing anything this size hurts
-    (0.04, [0.00, 0.00, 0.00], cv.NOT_CONFIRMED),  # under the minimum effect
-    (0.02, [0.0, 0.0, 0.0], cv.NOT_CONFIRMED),  # identical controls: SD floored at one question (0.01)
-])
+@pytest.mark.parametrize(
+    "effect, controls, expect",
+    [
+        (0.30, [0.00, 0.01, 0.00, 0.02], cv.CONFIRMED),
+        (0.30, [0.28, 0.31, 0.30, 0.29], cv.NOT_CONFIRMED),  # removing anything this size hurts
+        (0.04, [0.00, 0.00, 0.00], cv.NOT_CONFIRMED),  # under the minimum effect
+        (0.02, [0.0, 0.0, 0.0], cv.NOT_CONFIRMED),  # identical controls: SD floored at one question (0.01)
+    ],
+)
 def test_rule_verdict(effect, controls, expect):
     v = cf.rule_verdict(effect, controls, 100, 1.0, [1.0] * len(controls), 3, z=2.0, min_effect=0.05)
     assert v["status"] == expect and v["confirmed"] == (expect == cv.CONFIRMED)
@@ -148,10 +167,16 @@ def test_rule_verdict(effect, controls, expect):
 
 def test_rule_says_when_it_cannot_decide():
     kw = dict(n_questions=100, z=2.0, min_effect=0.05)
-    assert cf.rule_verdict(0.5, [0.0], target_mass=1.0, control_masses=[1.0], n_latents=2, **kw)["status"] == "too few controls"
+    assert (
+        cf.rule_verdict(0.5, [0.0], target_mass=1.0, control_masses=[1.0], n_latents=2, **kw)["status"]
+        == "too few controls"
+    )
     unmatched = cf.rule_verdict(0.5, [0.0, 0.0], target_mass=1.0, control_masses=[0.1, 0.2], n_latents=2, **kw)
     assert unmatched["status"] == "controls unmatched" and unmatched["confirmed"] is pd.NA
-    assert cf.rule_verdict(float("nan"), [], target_mass=0.0, control_masses=[], n_latents=0, **kw)["status"] == "no latents"
+    assert (
+        cf.rule_verdict(float("nan"), [], target_mass=0.0, control_masses=[], n_latents=0, **kw)["status"]
+        == "no latents"
+    )
 
 
 def test_matched_controls_are_the_targets_size_and_mass_and_never_the_target():
@@ -167,18 +192,30 @@ def test_matched_controls_are_the_targets_size_and_mass_and_never_the_target():
 
 def _record(P, T, latents):
     universe = sorted(latents)
-    return {"universe": universe, "P": P, "T": T,
-            "category_scores": [{"category": c, "latents": list(ids)} for c, ids in latents.items()]}
+    return {
+        "universe": universe,
+        "P": P,
+        "T": T,
+        "category_scores": [{"category": c, "latents": list(ids)} for c, ids in latents.items()],
+    }
 
 
 def test_plan_tests_predictions_and_contrasts():
     latents = {"a": [1, 2], "b": [3], "c": [], "d": [4, 5, 6], "e": [7], "f": [8, 9]}
     plan = cf.plan_targets(_record(["a"], ["a", "c"], latents))
-    assert [(t.category, t.role) for t in plan] == [("a", "predicted"), ("c", "degraded, not predicted"),
-                                                    ("d", "unchanged"), ("f", "unchanged")]
+    assert [(t.category, t.role) for t in plan] == [
+        ("a", "predicted"),
+        ("c", "degraded, not predicted"),
+        ("d", "unchanged"),
+        ("f", "unchanged"),
+    ]
     plan = cf.plan_targets(_record([], ["c"], latents), max_latents=1)  # nothing predicted: still informative
-    assert [(t.category, t.role) for t in plan] == [("c", "degraded, not predicted"), ("d", "most attributed"),
-                                                    ("a", "most attributed"), ("f", "most attributed")]  # ties by name
+    assert [(t.category, t.role) for t in plan] == [
+        ("c", "degraded, not predicted"),
+        ("d", "most attributed"),
+        ("a", "most attributed"),
+        ("f", "most attributed"),
+    ]  # ties by name
     assert plan[1].latents == (4,)
     with pytest.raises(cf.ConfirmationError, match="unknown category 'zz'"):
         cf.plan_targets(_record([], [], latents), categories=["zz"])
@@ -217,9 +254,11 @@ def test_confirm_a_scores_only_benchmark_asks_for_questions(tiny_run, capsys):
     _fails_cleanly(capsys, ["-q", "confirm", str(tiny_run)], "--questions")
 
 
-TINY_QUESTIONS = [("the cat sat on the", ["mat", "sea", "fever", "board"]),
-                  ("the dog ran in the", ["park", "moon", "castle", "wheat"]),
-                  ("birds fly over the green", ["hills", "medicine", "numbers", "ball"])]
+TINY_QUESTIONS = [
+    ("the cat sat on the", ["mat", "sea", "fever", "board"]),
+    ("the dog ran in the", ["park", "moon", "castle", "wheat"]),
+    ("birds fly over the green", ["hills", "medicine", "numbers", "ball"]),
+]
 
 
 def test_confirm_on_the_tiny_pipeline_run(tiny_run, tmp_path, capsys):
@@ -233,7 +272,11 @@ def test_confirm_on_the_tiny_pipeline_run(tiny_run, tmp_path, capsys):
     for row in record["category_scores"]:
         row["latents"] = blamed.get(row["category"], [])
     (run / "evaluation.json").write_text(json.dumps(record | {"P": sorted(blamed)}))
-    rows = [{"question": q, "choices": c, "answer": 0, "subject": cat} for cat in record["universe"] for q, c in TINY_QUESTIONS]
+    rows = [
+        {"question": q, "choices": c, "answer": 0, "subject": cat}
+        for cat in record["universe"]
+        for q, c in TINY_QUESTIONS
+    ]
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = cli.main(["-q", "confirm", str(run), "--questions", str(questions), "--controls", "3"])
@@ -244,7 +287,12 @@ def test_confirm_on_the_tiny_pipeline_run(tiny_run, tmp_path, capsys):
     tested = table[table["category"].isin(blamed) & (table["scored_category"] == table["category"])]
     assert len(tested) == 2 * 2 * (1 + 3)  # two categories x (ablate, restore) x (target + 3 controls)
     assert tested["score_after"].between(0, 1).all() and (tested["mass"] > 0).any()
-    assert {cv.category_status(table)[c] for c in blamed} <= {cv.CONFIRMED, cv.NOT_CONFIRMED, "controls unmatched", "zero mass"}
+    assert {cv.category_status(table)[c] for c in blamed} <= {
+        cv.CONFIRMED,
+        cv.NOT_CONFIRMED,
+        "controls unmatched",
+        "zero mass",
+    }
 
 
 # --------------------------------------------------------------------------- page and report

@@ -43,7 +43,7 @@ def test_doubling_histogram_is_exact():
     values = {r: [] for r in range(3)}
     for step in range(20):
         lat = np.sort(rng.integers(0, 3, 50))
-        val = rng.random(50) * (1.5 ** step) + 1e-3
+        val = rng.random(50) * (1.5**step) + 1e-3
         hist.add(lat, val)
         for r, v in zip(lat, val):
             values[int(r)].append(v)

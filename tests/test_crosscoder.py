@@ -141,7 +141,9 @@ def test_threshold_encode_keeps_scores_above_theta_and_decode_inverts_normalisat
     sq = m.normalize(x).pow(2).sum(-1).mean(0)
     # one scale for both models: pooled E‖x‖² = d, and the fine-tuned model stays 4× smaller in energy
     assert float(sq.mean()) == pytest.approx(8.0, rel=1e-4)
-    assert float(sq[0] / sq[1]) == pytest.approx(float(x[:, 0].pow(2).sum(-1).mean() / x[:, 1].pow(2).sum(-1).mean()), rel=1e-4)
+    assert float(sq[0] / sq[1]) == pytest.approx(
+        float(x[:, 0].pow(2).sum(-1).mean() / x[:, 1].pow(2).sum(-1).mean()), rel=1e-4
+    )
     with torch.no_grad():
         m.threshold.fill_(0.3)
         f = m.encode(x)

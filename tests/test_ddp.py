@@ -20,9 +20,23 @@ REPO = Path(__file__).resolve().parents[1]
 # Amplified features are left out here: in so small a study BatchTopK often shares one
 # between two co-firing latents (a flat direction of the loss), which would make "the same
 # features recovered" a coin toss unrelated to distribution. test_training covers them.
-DATA = {"n_tokens": 12_000, "d": 32, "n_features": 20, "seed": 5, "mean_active": 2.0,
-        "kind_fractions": {"shared": 1, "base_only": 1, "ft_only": 1, "suppressed": 1}}
-TRAIN = {"batch_size": 256, "n_tokens": 256 * 160, "lr": 3e-3, "warmup_steps": 10, "dead_tokens": 4_096, "val_fraction": 0.1, "checkpoint_every": 50}
+DATA = {
+    "n_tokens": 12_000,
+    "d": 32,
+    "n_features": 20,
+    "seed": 5,
+    "mean_active": 2.0,
+    "kind_fractions": {"shared": 1, "base_only": 1, "ft_only": 1, "suppressed": 1},
+}
+TRAIN = {
+    "batch_size": 256,
+    "n_tokens": 256 * 160,
+    "lr": 3e-3,
+    "warmup_steps": 10,
+    "dead_tokens": 4_096,
+    "val_fraction": 0.1,
+    "checkpoint_every": 50,
+}
 CC = {"n_latents": 64, "k": 3}
 
 WORKER = textwrap.dedent("""
@@ -65,9 +79,22 @@ def test_two_processes_train_like_one(tmp_path):
     spec = json.dumps({"data": DATA, "train": TRAIN, "cc": CC})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), spec],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path),
+            spec,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -86,7 +113,9 @@ def test_two_processes_train_like_one(tmp_path):
     # Both ranks end with the same replica and the same (all-reduced) metrics.
     timing = {"tokens_per_s", "train_seconds"}
     assert r0["checksum"] == r1["checksum"]
-    assert {k: v for k, v in r0["metrics"].items() if k not in timing} == {k: v for k, v in r1["metrics"].items() if k not in timing}
+    assert {k: v for k, v in r0["metrics"].items() if k not in timing} == {
+        k: v for k, v in r1["metrics"].items() if k not in timing
+    }
     dd = r0["metrics"]
     # Steps and tokens add up: each rank read half of every global batch.
     assert dd["world_size"] == 2 and dd["steps"] == single_metrics["steps"] == steps

@@ -59,12 +59,28 @@ def test_missing_package_is_a_clear_error(tmp_path):
         S.read_bible("no-such-bible-program")
 
 
-@pytest.mark.parametrize("lemma,number,subject", [
-    ("dog", 1, "animals"), ("oak", 2, "plants"), ("heart", 2, "human body"), ("influenza", 1, "diseases"),
-    ("aspirin", 1, "medicine"), ("bread", 1, "food"), ("oxygen", 1, "chemistry"), ("lawyer", 1, "law"),
-    ("guitar", 1, "music"), ("rifle", 1, "military"), ("bishop", 1, "religion"), ("hat", 1, "clothing"),
-    ("car", 1, "vehicles"), ("hammer", 2, "tools"), ("joy", 1, "emotions"), ("circle", 1, "mathematics"), ("hour", 1, "time"),
-])
+@pytest.mark.parametrize(
+    "lemma,number,subject",
+    [
+        ("dog", 1, "animals"),
+        ("oak", 2, "plants"),
+        ("heart", 2, "human body"),
+        ("influenza", 1, "diseases"),
+        ("aspirin", 1, "medicine"),
+        ("bread", 1, "food"),
+        ("oxygen", 1, "chemistry"),
+        ("lawyer", 1, "law"),
+        ("guitar", 1, "music"),
+        ("rifle", 1, "military"),
+        ("bishop", 1, "religion"),
+        ("hat", 1, "clothing"),
+        ("car", 1, "vehicles"),
+        ("hammer", 2, "tools"),
+        ("joy", 1, "emotions"),
+        ("circle", 1, "mathematics"),
+        ("hour", 1, "time"),
+    ],
+)
 def test_subjects_of_known_words(wn, subjects, lemma, number, subject):
     assert subjects(wn.sense(lemma, "n", number)) == subject
 

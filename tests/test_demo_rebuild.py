@@ -32,9 +32,12 @@ def test_reduced_rebuild_end_to_end(tmp_path):
     collect = open_run(out / names[1]).stage_metrics("collect")
     assert collect["reused_base_tokens"] == collect["n_tokens"]
     # everything is resumable: a rerun finds every step done and rewrites none of its outputs
-    outputs = [work / "text" / "questions.parquet", *(work / "deltas" / f"{n}.safetensors" for n in names),
-               *(work / "scores" / f"{n}.csv" for n in names),
-               *(work / "runs" / n / "crosscoder" / "model.safetensors" for n in names)]
+    outputs = [
+        work / "text" / "questions.parquet",
+        *(work / "deltas" / f"{n}.safetensors" for n in names),
+        *(work / "scores" / f"{n}.csv" for n in names),
+        *(work / "runs" / n / "crosscoder" / "model.safetensors" for n in names),
+    ]
     before = {p: p.stat().st_mtime_ns for p in outputs}
     rebuild(sizes=REDUCED, work=work, out=out, names=names, progress=False)
     assert {p: p.stat().st_mtime_ns for p in outputs} == before

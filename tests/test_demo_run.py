@@ -19,10 +19,30 @@ from mneme_core.demo.study import INTERVENTIONS
 from mneme_core.evaluation.evaluate import metrics
 from mneme_core.run.store import SCHEMA_VERSION
 
-LATENT_COLUMNS = ("latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
-                  "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft", "nu_err", "nu_recon",
-                  "shift", "attribution", "label_by_norm", "description", "explainer", "explanation_score",
-                  "category", "umap_x", "umap_y")
+LATENT_COLUMNS = (
+    "latent",
+    "dec_norm_base",
+    "dec_norm_ft",
+    "rel_norm",
+    "dec_cos",
+    "freq",
+    "max_act",
+    "beta_err_base",
+    "beta_err_ft",
+    "beta_recon_base",
+    "beta_recon_ft",
+    "nu_err",
+    "nu_recon",
+    "shift",
+    "attribution",
+    "label_by_norm",
+    "description",
+    "explainer",
+    "explanation_score",
+    "category",
+    "umap_x",
+    "umap_y",
+)
 MAX_DATA_BYTES = 100 * 1024 * 1024
 
 
@@ -48,7 +68,9 @@ def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, 
     latents = run.latents
     missing = [c for c in LATENT_COLUMNS if c not in latents.columns]
     assert not missing, missing
-    assert latents["latent"].is_unique and len(latents) == m["stages"]["train"]["metrics"].get("n_latents", len(latents))
+    assert latents["latent"].is_unique and len(latents) == m["stages"]["train"]["metrics"].get(
+        "n_latents", len(latents)
+    )
     # every latent that fired has its top contexts; contexts name only real latents
     contexts = run.contexts()
     assert set(contexts["latent"]) <= set(latents["latent"])

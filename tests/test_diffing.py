@@ -123,10 +123,32 @@ def test_beta_states_shift_and_labels():
     se = np.array([0.01] * 8 + [1.0, 0.01, 0.2])
     fires = np.array([500] * 9 + [10, 500])
     out = attribution_labels(b, f, se, se, fires, cfg)
-    assert list(out["beta_state"]) == ["present", "present", "present", "absent_base", "absent_base", "absent_both",
-                                       "too_few_fires", "absent_ft", "present", "too_few_fires", "present"]
-    assert list(out["attribution"]) == ["amplified", "suppressed", "unchanged", "amplified", "amplified", "unchanged",
-                                        "unchanged", "suppressed", "unchanged", "unchanged", "unchanged"]
+    assert list(out["beta_state"]) == [
+        "present",
+        "present",
+        "present",
+        "absent_base",
+        "absent_base",
+        "absent_both",
+        "too_few_fires",
+        "absent_ft",
+        "present",
+        "too_few_fires",
+        "present",
+    ]
+    assert list(out["attribution"]) == [
+        "amplified",
+        "suppressed",
+        "unchanged",
+        "amplified",
+        "amplified",
+        "unchanged",
+        "unchanged",
+        "suppressed",
+        "unchanged",
+        "unchanged",
+        "unchanged",
+    ]
     np.testing.assert_allclose(out["shift"][[0, 1, 2]], np.log2([2.0, 0.3, 1.1]))
     assert out["shift"][[3, 4, 5, 6, 7]].isna().all()  # absent: undefined, not ±max_shift
     # delta method: se(log2 f/b) = sqrt((se_f/f)² + (se_b/b)²) / ln 2
@@ -157,7 +179,7 @@ def test_beta_standard_error_equals_brute_force_token_clustered_fit():
         for m, name in ((0, "base"), (1, "ft")):
             u = primary[m, j].double()
             fj = f[on, j]
-            y = (xn[on, m] - xhat[on, m] + fj[:, None] * W[m, j])  # (n, d)
+            y = xn[on, m] - xhat[on, m] + fj[:, None] * W[m, j]  # (n, d)
             X = fj[:, None] * u[None, :]  # (n, d): one regressor, observed d times per token
             beta = float((X * y).sum() / (X * X).sum())
             resid = y - beta * X
@@ -185,10 +207,16 @@ def test_planted_attribution_on_a_known_crosscoder():
     # a cross-coder that learned it perfectly, with the ft rows at the "wrong" norm for the
     # amplified/suppressed latents (as training's shrinkage often leaves them): β must fix it
     W_dec = torch.stack([rows * base_gain[:, None], rows * torch.tensor([1.0, 1.5, 0.6, 0.0, 1.0])[:, None]])
-    cc.load_tensors({
-        "W_enc": torch.stack([rows.T, rows.T]) * 0.5, "b_enc": torch.zeros(5), "W_dec": W_dec,
-        "b_dec": torch.zeros(2, d), "threshold": torch.tensor(0.0), "norm_scale": torch.ones(2),
-    })
+    cc.load_tensors(
+        {
+            "W_enc": torch.stack([rows.T, rows.T]) * 0.5,
+            "b_enc": torch.zeros(5),
+            "W_dec": W_dec,
+            "b_dec": torch.zeros(2, d),
+            "threshold": torch.tensor(0.0),
+            "norm_scale": torch.ones(2),
+        }
+    )
     # encoder reads both models: base-only and ft-only latents still get their f from one side
     with torch.no_grad():
         cc.W_enc[0, :, 4] = 0.0
@@ -250,8 +278,11 @@ def test_identical_pair_trained_at_the_defaults_labels_nothing():
     x, _ = planted_activations(10_000, 32, 20, seed=0, mean_active=3.0)
     x[:, 1] = x[:, 0]
     model, metrics = train_crosscoder(
-        x, TrainingConfig(batch_size=512, n_tokens=80_000, lr=1e-2, warmup_steps=20, dead_tokens=20_000),
-        CrossCoderConfig(n_latents=40, k=4), progress=False)
+        x,
+        TrainingConfig(batch_size=512, n_tokens=80_000, lr=1e-2, warmup_steps=20, dead_tokens=20_000),
+        CrossCoderConfig(n_latents=40, k=4),
+        progress=False,
+    )
     table = latent_table(model, x)
     assert (table["attribution"] == "unchanged").all()
     live = table["n_fires"] > 0

@@ -37,8 +37,18 @@ from mneme_core.run.reader import open_run
 from mneme_core.run.store import init_run
 
 APPENDIX_C = Path(__file__).parent / "data" / "appendix_c_llama3_8b.csv"
-PAPER_TOP10 = ["professional_medicine", "medical_genetics", "virology", "college_medicine", "human_aging",
-               "nutrition", "clinical_knowledge", "professional_law", "college_biology", "college_chemistry"]
+PAPER_TOP10 = [
+    "professional_medicine",
+    "medical_genetics",
+    "virology",
+    "college_medicine",
+    "human_aging",
+    "nutrition",
+    "clinical_knowledge",
+    "professional_law",
+    "college_biology",
+    "college_chemistry",
+]
 # Significant at 5% (one-sided z-test) AND drop > 0.05: all but college_biology (p = 0.12)
 # and college_chemistry (p = 0.195), whose drops are within noise at 144 / 100 questions.
 T_LLAMA = set(PAPER_TOP10[:8])
@@ -73,16 +83,33 @@ def test_metrics_hand_computed():
     "T, P, U, expected",
     [
         # empty T: nothing to find -> accuracy/recall/balanced undefined; P is all false positives
-        (set(), {"a"}, {"a", "b"}, dict(accuracy=None, recall=None, precision=0.0, f1=0.0, specificity=0.5,
-                                         balanced_accuracy=None)),
+        (
+            set(),
+            {"a"},
+            {"a", "b"},
+            dict(accuracy=None, recall=None, precision=0.0, f1=0.0, specificity=0.5, balanced_accuracy=None),
+        ),
         # empty P: found nothing -> accuracy 0, precision undefined, F1 0
-        ({"a"}, set(), {"a", "b"}, dict(accuracy=0.0, recall=0.0, precision=None, f1=0.0, specificity=1.0,
-                                         balanced_accuracy=0.5)),
+        (
+            {"a"},
+            set(),
+            {"a", "b"},
+            dict(accuracy=0.0, recall=0.0, precision=None, f1=0.0, specificity=1.0, balanced_accuracy=0.5),
+        ),
         # both empty
-        (set(), set(), {"a", "b"}, dict(accuracy=None, precision=None, f1=None, specificity=1.0, balanced_accuracy=None)),
+        (
+            set(),
+            set(),
+            {"a", "b"},
+            dict(accuracy=None, precision=None, f1=None, specificity=1.0, balanced_accuracy=None),
+        ),
         # everything degraded: no negatives -> specificity undefined
-        ({"a", "b"}, {"a"}, {"a", "b"}, dict(accuracy=0.5, precision=1.0, f1=2 / 3, specificity=None,
-                                              balanced_accuracy=None)),
+        (
+            {"a", "b"},
+            {"a"},
+            {"a", "b"},
+            dict(accuracy=0.5, precision=1.0, f1=2 / 3, specificity=None, balanced_accuracy=None),
+        ),
     ],
 )
 def test_metrics_edge_cases(T, P, U, expected):
@@ -97,7 +124,9 @@ def test_sets_outside_the_universe_are_refused():
 
 
 def test_predict_ties_and_zero_scores():
-    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [3, 2, 5, 0]})
+    scores = pd.DataFrame(
+        {"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [3, 2, 5, 0]}
+    )
     assert predict(scores, 0.25) == {"a", "b", "c"}  # a tie with the threshold is predicted
     assert predict(scores, 0.0) == {"a", "b", "c"}  # no attributed latent -> never predicted
     assert predict(scores, 0.5) == {"c"}
@@ -108,7 +137,9 @@ def test_predict_ties_and_zero_scores():
 
 
 def test_threshold_curve_walks_every_distinct_score():
-    scores = pd.DataFrame({"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [1, 1, 1, 0]})
+    scores = pd.DataFrame(
+        {"category": ["a", "b", "c", "d"], "score": [0.25, 0.25, 0.5, 0.0], "n_latents": [1, 1, 1, 0]}
+    )
     curve = threshold_curve(scores, {"c", "d"})
     assert list(curve["n_predicted"]) == [0, 1, 3]
     assert curve["threshold"].iloc[0] > 0.5 and list(curve["threshold"].iloc[1:]) == [0.5, 0.25]
@@ -121,8 +152,14 @@ def test_threshold_curve_walks_every_distinct_score():
 
 
 def test_degraded_threshold_tie_and_direction():
-    bench = pd.DataFrame({"category": ["tie", "over", "up"], "score_before": [0.55, 0.55, 0.10],
-                          "score_after": [0.50, 0.49, 0.30], "n_questions": [10_000] * 3})
+    bench = pd.DataFrame(
+        {
+            "category": ["tie", "over", "up"],
+            "score_before": [0.55, 0.55, 0.10],
+            "score_after": [0.50, 0.49, 0.30],
+            "n_questions": [10_000] * 3,
+        }
+    )
     drop = degraded_table(bench, threshold=0.05, alpha=1.0)
     assert degraded_set(drop) == {"over"}  # a drop equal to the threshold is not beyond it
     rise = degraded_table(bench, direction="rise", threshold=0.05, alpha=0.05)
@@ -148,8 +185,16 @@ def test_paper_appendix_c_gives_T_and_metrics(appendix_c):
 
 
 def test_mcnemar_on_paired_counts():
-    bench = pd.DataFrame({"category": ["x"], "score_before": [0.60], "score_after": [0.52], "n_questions": [100],
-                          "n_lost": [10], "n_gained": [2]})
+    bench = pd.DataFrame(
+        {
+            "category": ["x"],
+            "score_before": [0.60],
+            "score_after": [0.52],
+            "n_questions": [100],
+            "n_lost": [10],
+            "n_gained": [2],
+        }
+    )
     row = degraded_table(bench).iloc[0]  # auto -> mcnemar, as paired counts exist
     assert row.test == "mcnemar"
     assert row.p_value == pytest.approx(79 / 4096)  # P(X >= 10), X ~ Bin(12, 1/2)
@@ -188,8 +233,15 @@ def _latents() -> pd.DataFrame:
     """Suppressed latents in categories named like some Appendix C subjects, plus noise:
     amplified latents (wrong direction) and an uncategorised one."""
     rows = []
-    plan = {"professional medicine": [3.0, 2.0, 1.0], "virology": [2.0, 2.0], "college medicine": [2.5],
-            "nutrition": [1.5, 1.0], "college biology": [2.0], "astronomy": [1.2], "marketing": [0.3]}
+    plan = {
+        "professional medicine": [3.0, 2.0, 1.0],
+        "virology": [2.0, 2.0],
+        "college medicine": [2.5],
+        "nutrition": [1.5, 1.0],
+        "college biology": [2.0],
+        "astronomy": [1.2],
+        "marketing": [0.3],
+    }
     i = 0
     for cat, shifts in plan.items():
         for s in shifts:
@@ -233,11 +285,19 @@ def test_enrichment_p_value_equals_the_hypergeometric_sum_and_ignores_base_rates
     i = 0
     for cat, (n_pool, n_sup) in plan.items():
         for j in range(n_pool):
-            rows.append({"latent": i, "category": cat, "shift": -1.0 if j < n_sup else 0.0,
-                         "attribution": "suppressed" if j < n_sup else "unchanged", "beta_state": "present"})
+            rows.append(
+                {
+                    "latent": i,
+                    "category": cat,
+                    "shift": -1.0 if j < n_sup else 0.0,
+                    "attribution": "suppressed" if j < n_sup else "unchanged",
+                    "beta_state": "present",
+                }
+            )
             i += 1
-    rows.append({"latent": i, "category": "big", "shift": np.nan, "attribution": "unchanged",
-                 "beta_state": "too_few_fires"})  # outside the pool
+    rows.append(
+        {"latent": i, "category": "big", "shift": np.nan, "attribution": "unchanged", "beta_state": "too_few_fires"}
+    )  # outside the pool
     latents = pd.DataFrame(rows)
     scores = category_scores(latents, {c: c for c in plan}, list(plan)).set_index("category")
     N, m = 60, 10
@@ -252,14 +312,19 @@ def test_categories_map_to_subjects_by_embedding(appendix_c, embedder):
     names = ["viruses and infections", "stars and planets", "genes and heredity", "elderly people"]
     mapping = category_mapping(names, appendix_c["category"], embedder).set_index("mneme_category")
     assert mapping["benchmark_category"].to_dict() == {
-        "viruses and infections": "virology", "stars and planets": "astronomy",
-        "genes and heredity": "medical_genetics", "elderly people": "human_aging"}
+        "viruses and infections": "virology",
+        "stars and planets": "astronomy",
+        "genes and heredity": "medical_genetics",
+        "elderly people": "human_aging",
+    }
     assert (mapping["similarity"] > 0.3).all()
     # through evaluate(): the record carries the mapping, and no name is a benchmark name
     latents = pd.DataFrame({"latent": range(4), "attribution": "suppressed", "shift": -1.0, "category": names})
     cfg = _cfg(Path("unused"), predict_score="shift", predict_min_latents=1).evaluation
     _, record = evaluate(appendix_c, latents, cfg, embedder=embedder)
-    assert {m["mneme_category"]: m["benchmark_category"] for m in record["mapping"]} == mapping["benchmark_category"].to_dict()
+    assert {m["mneme_category"]: m["benchmark_category"] for m in record["mapping"]} == mapping[
+        "benchmark_category"
+    ].to_dict()
     assert record["shared_names"] == []
     assert set(record["P"]) == {"virology", "astronomy", "medical_genetics", "human_aging"}  # 1/4 each >= 1/16
 
@@ -274,8 +339,15 @@ def test_missing_columns_name_the_stage(appendix_c):
 
 
 def _cfg(tmp_path: Path, **evaluation):
-    return load_config({"name": "t", "run_dir": str(tmp_path / "run"), "models": {"base": {"path": "a"}, "ft": {"path": "b"}},
-                        "corpus": {"files": ["x.txt"]}, "evaluation": evaluation})
+    return load_config(
+        {
+            "name": "t",
+            "run_dir": str(tmp_path / "run"),
+            "models": {"base": {"path": "a"}, "ft": {"path": "b"}},
+            "corpus": {"files": ["x.txt"]},
+            "evaluation": evaluation,
+        }
+    )
 
 
 def _study(tmp_path: Path, **evaluation) -> tuple:
@@ -288,8 +360,9 @@ def _study(tmp_path: Path, **evaluation) -> tuple:
 def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
     # the share rule (the fixture has no unattributed pool for the default enrichment test)
     share = {"predict_score": "shift", "predict_min_latents": 1}
-    cfg, run_path = _study(tmp_path, benchmark=str(APPENDIX_C),
-                           intervention_description="unlearned hazardous biology knowledge", **share)
+    cfg, run_path = _study(
+        tmp_path, benchmark=str(APPENDIX_C), intervention_description="unlearned hazardous biology knowledge", **share
+    )
     summary = run_stage(cfg, run_path, progress=False)
     assert summary["n_degraded"] == 8 and summary["n_predicted"] == 6
     assert summary["accuracy"] == 0.5 and summary["f1"] == pytest.approx(8 / 14)
@@ -297,8 +370,17 @@ def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
 
     run = open_run(run_path)
     bench = run.benchmark
-    assert {"category", "score_before", "score_after", "n_questions", "drop", "ci_low", "ci_high", "p_value",
-            "degraded"} <= set(bench.columns)
+    assert {
+        "category",
+        "score_before",
+        "score_after",
+        "n_questions",
+        "drop",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "degraded",
+    } <= set(bench.columns)
     assert set(bench.loc[bench.degraded, "category"]) == T_LLAMA
     ev = run.evaluation
     assert ev["direction"] == "drop" and ev["latent_direction"] == "suppressed"
@@ -309,8 +391,9 @@ def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
     naive = ev["metrics"]["naive"]
     assert len(naive["set"]) == 6 and naive["accuracy"] == len(set(naive["set"]) & T_LLAMA) / 8
     assert ev["curve"][0]["n_predicted"] == 0 and ev["curve"][-1]["n_predicted"] == 7
-    assert {m["mneme_category"]: m["benchmark_category"] for m in ev["mapping"]}["professional medicine"] == \
-        "professional_medicine"
+    assert {m["mneme_category"]: m["benchmark_category"] for m in ev["mapping"]}[
+        "professional medicine"
+    ] == "professional_medicine"
     assert "professional medicine" in ev["shared_names"]  # labels equal to benchmark names are flagged
     pm = next(s for s in ev["category_scores"] if s["category"] == "professional_medicine")
     assert pm["latents"] == [0, 1, 2] and pm["predicted"] is True
@@ -354,18 +437,36 @@ def test_run_stage_with_the_runner_scores_both_models(tmp_path):
 
     base_dir, ft_dir = save_tiny_pair(tmp_path / "models", n_layers=2)
     qfile = tmp_path / "questions.jsonl"
-    rows = [("the cat sat on the", ["mat", "sun", "sea"], 0, "animals"),
-            ("a dog ran in the", ["ocean", "park", "castle"], 1, "animals"),
-            ("the doctor gave the patient some", ["corn", "music", "medicine"], 2, "health"),
-            ("plants need light and", ["water", "numbers", "the king"], 0, "health")]
-    qfile.write_text("\n".join(json.dumps({"question": q, "choices": c, "answer": a, "subject": s}) for q, c, a, s in rows))
-    cfg = load_config({"name": "r", "run_dir": str(tmp_path / "run"),
-                       "models": {"base": {"path": str(base_dir)}, "ft": {"path": str(ft_dir)}, "device": "cpu"},
-                       "corpus": {"files": ["x.txt"]},
-                       "evaluation": {"benchmark": f"runner:{qfile}", "runner_batch_size": 2, "degrade_threshold": 0.0}})
+    rows = [
+        ("the cat sat on the", ["mat", "sun", "sea"], 0, "animals"),
+        ("a dog ran in the", ["ocean", "park", "castle"], 1, "animals"),
+        ("the doctor gave the patient some", ["corn", "music", "medicine"], 2, "health"),
+        ("plants need light and", ["water", "numbers", "the king"], 0, "health"),
+    ]
+    qfile.write_text(
+        "\n".join(json.dumps({"question": q, "choices": c, "answer": a, "subject": s}) for q, c, a, s in rows)
+    )
+    cfg = load_config(
+        {
+            "name": "r",
+            "run_dir": str(tmp_path / "run"),
+            "models": {"base": {"path": str(base_dir)}, "ft": {"path": str(ft_dir)}, "device": "cpu"},
+            "corpus": {"files": ["x.txt"]},
+            "evaluation": {"benchmark": f"runner:{qfile}", "runner_batch_size": 2, "degrade_threshold": 0.0},
+        }
+    )
     init_run(cfg.run_path, cfg.to_dict())
-    write_parquet(cfg.run_path / "latents.parquet", pd.DataFrame(
-        {"latent": [0, 1], "attribution": ["suppressed"] * 2, "shift": [-2.0, -1.0], "category": ["animals", "health"]}))
+    write_parquet(
+        cfg.run_path / "latents.parquet",
+        pd.DataFrame(
+            {
+                "latent": [0, 1],
+                "attribution": ["suppressed"] * 2,
+                "shift": [-2.0, -1.0],
+                "category": ["animals", "health"],
+            }
+        ),
+    )
     run_stage(cfg, cfg.run_path, progress=False)
 
     bench = open_run(cfg.run_path).benchmark
@@ -386,9 +487,15 @@ def test_attribution_concentrated_in_one_category_is_tested_against_the_whole_po
     from math import comb
 
     cats = ["viruses and infections"] * 10 + ["stars and planets"] * 30 + ["genes and heredity"] * 20
-    latents = pd.DataFrame({"latent": range(60), "category": cats, "beta_state": "present",
-                            "attribution": ["suppressed"] * 6 + ["unchanged"] * 54,
-                            "shift": [-1.0] * 6 + [0.0] * 54})
+    latents = pd.DataFrame(
+        {
+            "latent": range(60),
+            "category": cats,
+            "beta_state": "present",
+            "attribution": ["suppressed"] * 6 + ["unchanged"] * 54,
+            "shift": [-1.0] * 6 + [0.0] * 54,
+        }
+    )
     cfg = _cfg(Path("unused")).evaluation
     _, record = evaluate(appendix_c, latents, cfg, embedder=embedder)
     virology = next(s for s in record["category_scores"] if s["category"] == "virology")

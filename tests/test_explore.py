@@ -13,15 +13,17 @@ from mneme_core.views import explore
 
 @pytest.fixture
 def table() -> pd.DataFrame:
-    return pd.DataFrame({
-        "latent": [0, 1, 2, 3, 4, 5],
-        "attribution": ["suppressed", "unchanged", "amplified", "suppressed", "unchanged", None],
-        "label_by_norm": ["base_only", "shared", "ft_only", "other", "shared", "shared"],
-        "category": ["biology", "law", "biology", "chemistry", None, "law"],
-        "rel_norm": [0.05, 0.5, 0.95, 0.3, 0.55, np.nan],
-        "shift": [-3.0, 0.1, 2.5, -1.5, 0.0, 0.2],
-        "description": ["Virus proteins", "court cases", "viral RNA", "acids", "", None],
-    })
+    return pd.DataFrame(
+        {
+            "latent": [0, 1, 2, 3, 4, 5],
+            "attribution": ["suppressed", "unchanged", "amplified", "suppressed", "unchanged", None],
+            "label_by_norm": ["base_only", "shared", "ft_only", "other", "shared", "shared"],
+            "category": ["biology", "law", "biology", "chemistry", None, "law"],
+            "rel_norm": [0.05, 0.5, 0.95, 0.3, 0.55, np.nan],
+            "shift": [-3.0, 0.1, 2.5, -1.5, 0.0, 0.2],
+            "description": ["Virus proteins", "court cases", "viral RNA", "acids", "", None],
+        }
+    )
 
 
 def test_label_range_and_text_filters_combine(table):
@@ -47,7 +49,14 @@ def test_sort_with_ties_broken_by_latent_and_nan_last(table):
 
 def test_sort_descending_puts_infinity_first_and_strings_sort(table):
     t = table.assign(nu=[1.0, np.inf, 0.5, np.nan, -np.inf, 2.0])
-    assert explore.apply_filters(t, explore.FilterSpec(sort_by="nu", ascending=False))["latent"].tolist() == [1, 5, 0, 2, 4, 3]
+    assert explore.apply_filters(t, explore.FilterSpec(sort_by="nu", ascending=False))["latent"].tolist() == [
+        1,
+        5,
+        0,
+        2,
+        4,
+        3,
+    ]
     out = explore.apply_filters(t, explore.FilterSpec(sort_by="category"))
     assert out["latent"].tolist() == [0, 2, 3, 1, 5, 4]  # biology, biology, chemistry, law, law, missing
 

@@ -67,8 +67,14 @@ def test_export_then_import_gives_identical_outputs(tmp_path, legacy):
     back, record = read_crosscoder(tmp_path / "dl")
     assert record["format"] == "dictionary_learning" and len(record["sha256"]) == 64
     config = json.loads((tmp_path / "dl" / "config.json").read_text())
-    assert config == {"activation_dim": D, "dict_size": F, "num_layers": 2, "k": K, "code_normalization": "CROSSCODER",
-                      **({} if legacy else {"target_rms": 1.0})}
+    assert config == {
+        "activation_dim": D,
+        "dict_size": F,
+        "num_layers": 2,
+        "k": K,
+        "code_normalization": "CROSSCODER",
+        **({} if legacy else {"target_rms": 1.0}),
+    }
     x = _x(64, 9)  # not the calibration tokens: none of them sits exactly at θ
     for use_threshold in (True, False):
         f, f_back = model.encode(x, use_threshold), back.encode(x, use_threshold)
@@ -121,7 +127,9 @@ def test_dictionary_learning_state_dict_encodes_as_computed_by_hand(tmp_path, no
     f = torch.relu(pre)
     weight = sd["decoder.weight"].norm(dim=2).sum(0)  # CROSSCODER: Σ_m ‖W_dec[m, j]‖
     codes = f * (f * weight > sd["threshold"])
-    recon = torch.stack([(codes @ sd["decoder.weight"][m] + sd["decoder.bias"][m]) / g[m] + mean[m] for m in range(2)], 1)
+    recon = torch.stack(
+        [(codes @ sd["decoder.weight"][m] + sd["decoder.bias"][m]) / g[m] + mean[m] for m in range(2)], 1
+    )
     top = torch.zeros(f.numel(), dtype=torch.bool)
     top[torch.topk((f * weight).flatten(), K * len(x)).indices] = True
 
@@ -144,11 +152,16 @@ def _bad(sd: dict[str, torch.Tensor], **change: torch.Tensor | None) -> dict[str
 
 BAD = {
     "missing decoder bias": (dict(decoder__bias=None), r"no tensor 'decoder.bias' \(expected shape \(2, 8\)\)"),
-    "decoder of the wrong width": (dict(decoder__weight=torch.zeros(2, F, D + 1)),
-                                   r"'decoder.weight' has shape \(2, 32, 9\), expected \(2, 32, 8\)"),
+    "decoder of the wrong width": (
+        dict(decoder__weight=torch.zeros(2, F, D + 1)),
+        r"'decoder.weight' has shape \(2, 32, 9\), expected \(2, 32, 8\)",
+    ),
     "three models": (dict(encoder__weight=torch.zeros(3, D, F)), r"shape \(3, 8, 32\).*exactly two models"),
     "missing k": (dict(k=None), r"no tensor 'k' \(expected shape \(\)\)"),
-    "SAE code normalisation": (dict(code_normalization_id=torch.tensor(2)), r"'code_normalization_id' is 2.*CROSSCODER"),
+    "SAE code normalisation": (
+        dict(code_normalization_id=torch.tensor(2)),
+        r"'code_normalization_id' is 2.*CROSSCODER",
+    ),
     "per-dimension normaliser": (dict(activation_global_scale=torch.ones(2)), r"per-dimension normaliser"),
     "unknown tensor": (dict(bias=torch.zeros(1)), r"unexpected tensor 'bias'"),
 }
@@ -190,7 +203,9 @@ def _fails_cleanly(capsys, argv: list[str], needle: str) -> None:
 def test_imported_crosscoder_runs_the_diff_stage_like_the_original(tiny_run, tmp_path, capsys):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     assert cli.main(["export-crosscoder", str(tiny_run), str(tmp_path / "dl")]) == 0
-    _fails_cleanly(capsys, ["import-crosscoder", str(tmp_path / "dl"), str(run)], "already has a cross-coder; pass --force")
+    _fails_cleanly(
+        capsys, ["import-crosscoder", str(tmp_path / "dl"), str(run)], "already has a cross-coder; pass --force"
+    )
 
     assert cli.main(["import-crosscoder", str(tmp_path / "dl"), str(run), "--force"]) == 0
     manifest = read_manifest(run)
@@ -210,7 +225,9 @@ def test_import_into_a_new_study_skips_training(tiny_run, tiny_model_dirs, tiny_
     """Imported before collection: `mneme run` collects, keeps the import, diffs."""
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run")))
-    write_dictionary_learning(BatchTopKCrossCoder.from_pretrained(tiny_run / "crosscoder"), tmp_path / "dl", legacy=True)
+    write_dictionary_learning(
+        BatchTopKCrossCoder.from_pretrained(tiny_run / "crosscoder"), tmp_path / "dl", legacy=True
+    )
     assert cli.main(["-q", "import-crosscoder", str(tmp_path / "dl"), str(study)]) == 0
     weights = (tmp_path / "run" / "crosscoder" / "model.safetensors").read_bytes()
 
@@ -225,8 +242,11 @@ def test_import_into_a_new_study_skips_training(tiny_run, tiny_model_dirs, tiny_
 def test_import_checks_the_width_against_the_runs_activations(tiny_run, tmp_path, capsys):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     _trained_like().save(tmp_path / "narrow")
-    _fails_cleanly(capsys, ["import-crosscoder", str(tmp_path / "narrow"), str(run), "--force"],
-                   f"has d_model {D}, this run's activations have 32")
+    _fails_cleanly(
+        capsys,
+        ["import-crosscoder", str(tmp_path / "narrow"), str(run), "--force"],
+        f"has d_model {D}, this run's activations have 32",
+    )
 
 
 def test_crosscoder_push_and_from_pretrained_through_a_hub_then_offline(tmp_path):
@@ -249,16 +269,23 @@ def test_crosscoder_push_and_from_pretrained_through_a_hub_then_offline(tmp_path
 
 def test_an_unreachable_hub_is_one_line(tmp_path, capsys):
     _trained_like().save(tmp_path / "run" / "crosscoder")
-    _fails_cleanly(capsys, ["push", str(tmp_path / "run"), "alice/cc", "--crosscoder", "--endpoint", "http://127.0.0.1:9"],
-                   "cannot push to model repo 'alice/cc'")
+    _fails_cleanly(
+        capsys,
+        ["push", str(tmp_path / "run"), "alice/cc", "--crosscoder", "--endpoint", "http://127.0.0.1:9"],
+        "cannot push to model repo 'alice/cc'",
+    )
 
 
 def test_import_a_dictionary_learning_crosscoder_from_a_hub_repo(tmp_path):
     sd = _dl_state_dict(normaliser=False)
     save_file(sd, str(tmp_path / "model.safetensors"))
     with fake_hub() as hub:
-        Hub(endpoint=hub.url).upload("bob/dl-cc", {"model.safetensors": tmp_path / "model.safetensors"},
-                                     repo_type="model", message="a dictionary_learning cross-coder")
+        Hub(endpoint=hub.url).upload(
+            "bob/dl-cc",
+            {"model.safetensors": tmp_path / "model.safetensors"},
+            repo_type="model",
+            message="a dictionary_learning cross-coder",
+        )
         model, record = read_crosscoder("bob/dl-cc", hub=Hub(endpoint=hub.url, cache_dir=tmp_path / "cache"))
         commit = hub.repos[("model", "bob/dl-cc")][-1][0]
     assert record["hub_repo"] == "bob/dl-cc" and record["revision"] == commit
@@ -274,7 +301,9 @@ def test_run_push_and_pull_through_a_hub(tiny_run, tmp_path):
         assert cli.main(["push", str(run), "alice/study", "--endpoint", hub.url]) == 0
         pushed = hub.files("dataset", "alice/study")
         assert {"run.json", "latents.parquet", "crosscoder/model.safetensors", "README.md"} <= set(pushed)
-        assert not [p for p in pushed if p.startswith(("activations/", "crosscoder/checkpoints/")) or p == "triage.sqlite"]
+        assert not [
+            p for p in pushed if p.startswith(("activations/", "crosscoder/checkpoints/")) or p == "triage.sqlite"
+        ]
         assert cli.main(["pull", "alice/study", str(tmp_path / "pulled"), "--endpoint", hub.url]) == 0
         cached = Run.from_pretrained("alice/study", hub=Hub(endpoint=hub.url, cache_dir=tmp_path / "cache"))
         assert cli.main(["push", str(run), "alice/cc", "--crosscoder", "--endpoint", hub.url]) == 0
@@ -283,7 +312,10 @@ def test_run_push_and_pull_through_a_hub(tiny_run, tmp_path):
     pd.testing.assert_frame_equal(pulled.latents, open_run(run).latents)
     pd.testing.assert_frame_equal(cached.latents, open_run(run).latents)
     assert pulled.manifest["provenance"][-1] == {"kind": "hub_run", "repo_id": "alice/study", "revision": "main"}
-    assert BatchTopKCrossCoder.from_pretrained(tmp_path / "pulled" / "crosscoder").k == open_run(run).stage_metrics("train")["k"]
+    assert (
+        BatchTopKCrossCoder.from_pretrained(tmp_path / "pulled" / "crosscoder").k
+        == open_run(run).stage_metrics("train")["k"]
+    )
 
 
 def test_forcing_earlier_stages_keeps_the_import_forcing_train_replaces_it(tiny_run, tmp_path):

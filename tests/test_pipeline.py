@@ -22,10 +22,26 @@ from mneme_core.run.pipeline import override_section, run_config, run_study
 from mneme_core.run.store import STAGES, read_manifest
 
 LATENT_COLUMNS = [
-    "latent", "dec_norm_base", "dec_norm_ft", "rel_norm", "dec_cos", "freq", "max_act",
-    "beta_err_base", "beta_err_ft", "beta_recon_base", "beta_recon_ft",
-    "beta_err_own_base", "beta_err_own_ft", "beta_recon_own_base", "beta_recon_own_ft",
-    "nu_err", "nu_recon", "shift", "attribution", "label_by_norm",
+    "latent",
+    "dec_norm_base",
+    "dec_norm_ft",
+    "rel_norm",
+    "dec_cos",
+    "freq",
+    "max_act",
+    "beta_err_base",
+    "beta_err_ft",
+    "beta_recon_base",
+    "beta_recon_ft",
+    "beta_err_own_base",
+    "beta_err_own_ft",
+    "beta_recon_own_base",
+    "beta_recon_own_ft",
+    "nu_err",
+    "nu_recon",
+    "shift",
+    "attribution",
+    "label_by_norm",
 ]
 
 
@@ -88,7 +104,9 @@ def test_killed_run_resumes_without_recomputing_collection(tmp_path, tiny_model_
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mneme_core.cli", "-q", "run", str(study), "--stages", "collect,train,diff"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         while proc.poll() is None:
@@ -197,8 +215,13 @@ def test_null_control_identical_models_attribute_nothing_and_predict_nothing(tmp
     base, _ = tiny_model_dirs
     bench = tmp_path / "bench.csv"
     lines = TINY_BENCHMARK.strip().splitlines()
-    bench.write_text("\n".join([lines[0]] + [",".join([r.split(",")[0], r.split(",")[1], r.split(",")[1], r.split(",")[3]])
-                                             for r in lines[1:]]) + "\n")  # score_after = score_before
+    bench.write_text(
+        "\n".join(
+            [lines[0]]
+            + [",".join([r.split(",")[0], r.split(",")[1], r.split(",")[1], r.split(",")[3]]) for r in lines[1:]]
+        )
+        + "\n"
+    )  # score_after = score_before
     cfg = load_config(tiny_study_dict(base, base, tiny_corpus, tmp_path / "run", bench))
     run = open_run(run_study(cfg, progress=False))
     latents = run.latents
@@ -224,5 +247,10 @@ def test_published_run_relabels_its_context_diffs_with_a_new_taxonomy(run_copy, 
     cfg = override_section(run_copy, "categories", {"taxonomies": [str(labels)]})
     run_study(cfg, stages=["categories"], force=True, progress=False)
     after = pd.read_parquet(run_copy / CONTEXT_DIFFS_FILE)
-    assert set(after["category"]) <= {"astronomy", "cooking"} and not set(before["category"]) <= {"astronomy", "cooking"}
-    assert after["rel_diff"].tolist() == before["rel_diff"].tolist() and after["text"].tolist() == before["text"].tolist()
+    assert set(after["category"]) <= {"astronomy", "cooking"} and not set(before["category"]) <= {
+        "astronomy",
+        "cooking",
+    }
+    assert (
+        after["rel_diff"].tolist() == before["rel_diff"].tolist() and after["text"].tolist() == before["text"].tolist()
+    )

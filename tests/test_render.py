@@ -15,7 +15,7 @@ from mneme_core.views.render import (
     readable_token,
 )
 
-EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\" onmouseover=\"alert(1)", "&amp;"]
+EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '" onmouseover="alert(1)', "&amp;"]
 
 
 class TagCollector(HTMLParser):
@@ -68,17 +68,20 @@ def test_contexts_html_with_evil_label_and_long_context_is_safe():
     assert "full context (104 tokens)" in "".join(parsed.text)
 
 
-@pytest.mark.parametrize("token, shown", [
-    ("Ġthe", " the"),  # GPT-2 leading space
-    ("▁the", " the"),  # SentencePiece leading space
-    ("Ċ", "\n"),  # GPT-2 newline
-    ("<0x0A>", "\n"),  # SentencePiece byte fallback
-    ("\t", "⇥"),
-    ("ĠĠ", SPACE * 2),  # a run of spaces stays visible
-    ("âĢĻ", "\u2019"),  # byte-level UTF-8 of a curly apostrophe
-    ("café", "café"),  # plain Latin-1 text is not mistaken for bytes
-    ("hello", "hello"),
-])
+@pytest.mark.parametrize(
+    "token, shown",
+    [
+        ("Ġthe", " the"),  # GPT-2 leading space
+        ("▁the", " the"),  # SentencePiece leading space
+        ("Ċ", "\n"),  # GPT-2 newline
+        ("<0x0A>", "\n"),  # SentencePiece byte fallback
+        ("\t", "⇥"),
+        ("ĠĠ", SPACE * 2),  # a run of spaces stays visible
+        ("âĢĻ", "\u2019"),  # byte-level UTF-8 of a curly apostrophe
+        ("café", "café"),  # plain Latin-1 text is not mistaken for bytes
+        ("hello", "hello"),
+    ],
+)
 def test_readable_token(token, shown):
     assert readable_token(token) == shown
 

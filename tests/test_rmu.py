@@ -19,9 +19,9 @@ from mneme_core.interventions.rmu import (
 
 FORGET = [s for s in TINY_SENTENCES if any(w in s for w in ("doctor", "plants", "birds", "farmer", "dog"))]
 RETAIN = [s for s in TINY_SENTENCES if s not in FORGET]
-CFG = RMUConfig(layer=2, steering_scale=3.0, alpha=10.0, lr=1e-2, steps=80, batch_size=3, max_tokens=16,
-                checkpoint_every=40, seed=0)
-
+CFG = RMUConfig(
+    layer=2, steering_scale=3.0, alpha=10.0, lr=1e-2, steps=80, batch_size=3, max_tokens=16, checkpoint_every=40, seed=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,16 @@ def unlearned(tiny):
 
 def test_forget_moves_to_target_and_retain_stays(tiny, unlearned):
     model, tok = tiny
-    rep = activation_report(model, unlearned.model, tok, FORGET, RETAIN, unlearned.metrics["layer"],
-                            unlearned.direction, unlearned.steering_coef)
+    rep = activation_report(
+        model,
+        unlearned.model,
+        tok,
+        FORGET,
+        RETAIN,
+        unlearned.metrics["layer"],
+        unlearned.direction,
+        unlearned.steering_coef,
+    )
     # forget tokens now point along u and sit near c·u; before, they did neither
     assert rep["forget_cos_before"] < 0.5
     assert rep["forget_cos_after"] > 0.9

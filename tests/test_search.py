@@ -22,12 +22,15 @@ def searched_run(tmp_path_factory):
     return run_path, names
 
 
-@pytest.mark.parametrize("query, concept", [
-    ("viruses and infection", "virus"),
-    ("courts, judges and laws", "law"),
-    ("baking bread in the kitchen", "cooking"),
-    ("stars and planets in space", "astronomy"),
-])
+@pytest.mark.parametrize(
+    "query, concept",
+    [
+        ("viruses and infection", "virus"),
+        ("courts, judges and laws", "law"),
+        ("baking bread in the kitchen", "cooking"),
+        ("stars and planets in space", "astronomy"),
+    ],
+)
 def test_search_returns_the_planted_latent_first(searched_run, query, concept):
     run_path, names = searched_run
     hits = open_run(run_path).search(query, k=5)

@@ -75,7 +75,9 @@ def test_contexts_of_one_latent_in_order(tmp_path):
     init_run(tmp_path, CFG)
     rows = [
         {"latent": lat, "kind": kind, "rank": r, "tokens": ["a", "b"], "acts": [0.0, 1.0], "max_act": 1.0}
-        for lat in range(50) for kind in ("quantile", "top") for r in (1, 0)
+        for lat in range(50)
+        for kind in ("quantile", "top")
+        for r in (1, 0)
     ]
     write_parquet(tmp_path / "contexts.parquet", pd.DataFrame(rows), row_group_size=16)
     ctx = open_run(tmp_path).contexts(7)

@@ -26,9 +26,16 @@ from mneme_core.dictionary.training import evaluate, train_crosscoder
 # Planted study: 40 features (8 per kind) in d=64, 128 latents, ~4.3 features per token
 # and k=4: with slack in k, BatchTopK happily splits a feature over two latents.
 D, N_FEATURES, F, K = 64, 40, 128, 4
-TRAIN = TrainingConfig(batch_size=256, n_tokens=120_000, lr=3e-3, warmup_steps=20, dead_tokens=5_000, val_fraction=0.1, checkpoint_every=100)
+TRAIN = TrainingConfig(
+    batch_size=256,
+    n_tokens=120_000,
+    lr=3e-3,
+    warmup_steps=20,
+    dead_tokens=5_000,
+    val_fraction=0.1,
+    checkpoint_every=100,
+)
 CC = CrossCoderConfig(n_latents=F, k=K)
-
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +114,15 @@ def test_metrics_follow_their_definitions(planted, trained):
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
     x, _ = planted_activations(6_000, 16, 12, seed=3)
-    cfg = TrainingConfig(batch_size=128, n_tokens=128 * 30, lr=2e-3, warmup_steps=5, dead_tokens=512, val_fraction=0.1, checkpoint_every=7)
+    cfg = TrainingConfig(
+        batch_size=128,
+        n_tokens=128 * 30,
+        lr=2e-3,
+        warmup_steps=5,
+        dead_tokens=512,
+        val_fraction=0.1,
+        checkpoint_every=7,
+    )
     cc = CrossCoderConfig(n_latents=32, k=3)
     whole, whole_metrics = train_crosscoder(x, cfg, cc, progress=False, checkpoint_dir=tmp_path / "a")
     first, _ = train_crosscoder(x, cfg, cc, progress=False, checkpoint_dir=tmp_path / "b", stop_after=17)
@@ -132,11 +147,14 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
 def test_study_config_and_bad_inputs(planted):
     x, _ = planted
-    study = load_config({
-        "models": {"base": {"path": "b"}, "ft": {"path": "f"}}, "corpus": {"files": ["c.txt"]},
-        "crosscoder": {"n_latents": 16, "k": 2},
-        "training": {"batch_size": 64, "n_tokens": 640, "val_fraction": 0.1, "warmup_steps": 2},
-    })
+    study = load_config(
+        {
+            "models": {"base": {"path": "b"}, "ft": {"path": "f"}},
+            "corpus": {"files": ["c.txt"]},
+            "crosscoder": {"n_latents": 16, "k": 2},
+            "training": {"batch_size": 64, "n_tokens": 640, "val_fraction": 0.1, "warmup_steps": 2},
+        }
+    )
     model, metrics = train_crosscoder(x[:2_000], study, progress=False)
     assert isinstance(model, BatchTopKCrossCoder) and model.n_latents == 16 and metrics["steps"] == 10
     with pytest.raises(ValueError, match=r"\(N, 2, d\)"):

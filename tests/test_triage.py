@@ -85,11 +85,21 @@ def test_stakeholder_report_escapes_run_text_and_embeds_figures(tmp_path):
     from mneme_core.views.report import build_report
 
     init_run(tmp_path, {"name": "<script>alert(1)</script>", "models": {"layer": 1}})
-    merge_latent_columns(tmp_path, pd.DataFrame({
-        "latent": [0, 1, 2], "rel_norm": [0.05, 0.5, 0.95], "shift": [-2.0, 0.0, 2.0],
-        "beta_err_base": [1.0, 1.0, 0.2], "beta_err_ft": [0.2, 1.0, 1.0],
-        "attribution": ["suppressed", "unchanged", "amplified"], "category": ["bio", "law", "bio"],
-        "description": ["<img src=x onerror=alert(1)>", "b", "c"]}))
+    merge_latent_columns(
+        tmp_path,
+        pd.DataFrame(
+            {
+                "latent": [0, 1, 2],
+                "rel_norm": [0.05, 0.5, 0.95],
+                "shift": [-2.0, 0.0, 2.0],
+                "beta_err_base": [1.0, 1.0, 0.2],
+                "beta_err_ft": [0.2, 1.0, 1.0],
+                "attribution": ["suppressed", "unchanged", "amplified"],
+                "category": ["bio", "law", "bio"],
+                "description": ["<img src=x onerror=alert(1)>", "b", "c"],
+            }
+        ),
+    )
     store = TriageStore(tmp_path)
     store.set_mark(0, "confirmed side effect", "<b>note</b>")
     page = build_report(open_run(tmp_path), store.marks())

@@ -122,8 +122,13 @@ def dashboard(venv, tmp_path):
     cwd.mkdir()
     port = _free_port()
     log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen([venv / "bin" / "mneme", "dashboard", run], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            env=_isolated_env(STREAMLIT_SERVER_PORT=str(port), STREAMLIT_SERVER_ENABLE_AGENT_API="true"))
+    proc = subprocess.Popen(
+        [venv / "bin" / "mneme", "dashboard", run],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_isolated_env(STREAMLIT_SERVER_PORT=str(port), STREAMLIT_SERVER_ENABLE_AGENT_API="true"),
+    )
     url = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + TIMEOUT

@@ -27,9 +27,7 @@ TINY_SENTENCES = [
 ]
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-)
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
 
 
 def tiny_tokenizer(sentences: list[str] | None = None):
@@ -46,7 +44,11 @@ def tiny_tokenizer(sentences: list[str] | None = None):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tok.chat_template = CHAT_TEMPLATE
@@ -57,9 +59,16 @@ def tiny_llama_config(vocab_size: int, hidden_size: int = 32, n_layers: int = 4)
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
         tie_word_embeddings=False,
     )
 
@@ -113,7 +122,10 @@ def write_tiny_corpus(path: str | Path, n_docs: int = 40, fmt: str = "jsonl", se
     elif fmt == "jsonl":
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     elif fmt == "chat":
-        rows = [{"messages": [{"role": "user", "content": d}, {"role": "assistant", "content": rng.choice(TINY_SENTENCES)}]} for d in docs]
+        rows = [
+            {"messages": [{"role": "user", "content": d}, {"role": "assistant", "content": rng.choice(TINY_SENTENCES)}]}
+            for d in docs
+        ]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         raise ValueError(f"unknown fmt {fmt!r}")

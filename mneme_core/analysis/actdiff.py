@@ -39,8 +39,9 @@ def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progres
     n_ctx = int(ctx.max()) + 1 if len(ctx) else 0
     sums = np.zeros(n_ctx, np.float64)
     start = 0
-    with tqdm(total=store.n_tokens, unit="tok", desc="activation difference", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=store.n_tokens, unit="tok", desc="activation difference", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for x in store.iter_batches(batch_size, shuffle=False):
             x = x.double()
             rel = (x[:, 1] - x[:, 0]).norm(dim=-1) / x[:, 0].norm(dim=-1).clamp_min(1e-12)
@@ -53,12 +54,22 @@ def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progres
     bounds = np.searchsorted(ctx[order], np.arange(n_ctx + 1))
     token_ids = store.token_ids[order]
     texts = [tokenizer.decode(token_ids[bounds[c] : bounds[c + 1]].tolist())[:TEXT_CHARS] for c in present]
-    return pd.DataFrame({"context_id": present.astype(np.int64), "n_tokens": counts[present].astype(np.int64),
-                         "rel_diff": sums[present] / counts[present], "text": texts})
+    return pd.DataFrame(
+        {
+            "context_id": present.astype(np.int64),
+            "n_tokens": counts[present].astype(np.int64),
+            "rel_diff": sums[present] / counts[present],
+            "text": texts,
+        }
+    )
 
 
 def predict_from_diffs(
-    diffs: pd.DataFrame, mapping: Mapping[str, str], benchmark_categories: Sequence[str], *, alpha: float = 0.05,
+    diffs: pd.DataFrame,
+    mapping: Mapping[str, str],
+    benchmark_categories: Sequence[str],
+    *,
+    alpha: float = 0.05,
     min_contexts: int = 3,
 ) -> tuple[pd.DataFrame, set[str]]:
     """Per benchmark category ``n_contexts, mean_rel_diff, p_value, score`` and the predicted set.
@@ -76,9 +87,15 @@ def predict_from_diffs(
         p = 1.0
         if 0 < n_in < len(values) and np.ptp(values) > 0:
             p = float(stats.mannwhitneyu(values[inside], values[~inside], alternative="greater").pvalue)
-        rows.append({"category": cat, "n_contexts": n_in,
-                     "mean_rel_diff": float(values[inside].mean()) if n_in else float("nan"),
-                     "p_value": p, "score": float(-np.log10(max(p, 1e-300)))})
+        rows.append(
+            {
+                "category": cat,
+                "n_contexts": n_in,
+                "mean_rel_diff": float(values[inside].mean()) if n_in else float("nan"),
+                "p_value": p,
+                "score": float(-np.log10(max(p, 1e-300))),
+            }
+        )
         if K and p < alpha / K and n_in >= min_contexts:
             predicted.add(cat)
     return pd.DataFrame(rows), predicted

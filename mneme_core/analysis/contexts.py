@@ -79,7 +79,9 @@ class SlotTable:
         self.hi = np.zeros((n_rows, k), dtype=np.int16)
         self.acts = np.zeros((n_rows, k, window), dtype=np.float16)
 
-    def admit(self, lat: np.ndarray, key: np.ndarray, tok: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def admit(
+        self, lat: np.ndarray, key: np.ndarray, tok: np.ndarray, val: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Offer candidates; returns (rows, slots) of those admitted."""
         if not len(lat):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -98,7 +100,7 @@ class SlotTable:
         sel = np.argpartition(-comb, self.k - 1, axis=1)[:, : self.k]
         chosen = np.zeros(comb.shape, dtype=bool)
         np.put_along_axis(chosen, sel, True, axis=1)
-        won = chosen[:, self.k:] & np.isfinite(cand)
+        won = chosen[:, self.k :] & np.isfinite(cand)
         freed_order = np.argsort(chosen[:, : self.k], axis=1, kind="stable")  # freed slots first
         won_order = np.argsort(~won, axis=1, kind="stable")  # winners first
         i, j = np.nonzero(np.arange(c)[None, :] < won.sum(1)[:, None])
@@ -169,8 +171,15 @@ class TokenSource:
 class ContextCollector:
     """Streams sparse codes batch by batch; see the module docstring for what it keeps."""
 
-    def __init__(self, n_latents: int, n_tokens: int, tokens: TokenSource, ccfg: ContextsConfig,
-                 special_ids: Iterable[int] = (), seed: int = 0):
+    def __init__(
+        self,
+        n_latents: int,
+        n_tokens: int,
+        tokens: TokenSource,
+        ccfg: ContextsConfig,
+        special_ids: Iterable[int] = (),
+        seed: int = 0,
+    ):
         self.F, self.N = n_latents, n_tokens
         self.src = tokens
         self.cfg = ccfg
@@ -189,7 +198,9 @@ class ContextCollector:
         self._pending: list[tuple[SlotTable, np.ndarray, np.ndarray]] = []
         self._seg_carry = 0
         n_rand = min(ccfg.n_random, n_tokens)
-        self.rand_centers = np.sort(self.rng.choice(n_tokens, size=n_rand, replace=False)) if n_rand else np.zeros(0, np.int64)
+        self.rand_centers = (
+            np.sort(self.rng.choice(n_tokens, size=n_rand, replace=False)) if n_rand else np.zeros(0, np.int64)
+        )
         self._rand_pairs: list[np.ndarray] = []
 
     # ---- helpers
@@ -293,7 +304,9 @@ def stream_contexts(
     progress: bool = True,
 ) -> None:
     """Feed (B, 2, d) activation batches, in store order, through ``encode`` into ``collector``."""
-    bar = tqdm(total=collector.N, desc="contexts", unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=collector.N, desc="contexts", unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True
+    )
     start = 0
     with torch.inference_mode():
         for x_B2d in batches:
@@ -330,7 +343,9 @@ class TokenDecoder:
         if not self.ref:
             return [self.tok.decode([i]) for i in ids]
         pairs = self.tok.batch_decode([self.ref + [i] for i in ids])
-        return [p[len(self.ref_text):] if p.startswith(self.ref_text) else self.tok.decode([i]) for i, p in zip(ids, pairs)]
+        return [
+            p[len(self.ref_text) :] if p.startswith(self.ref_text) else self.tok.decode([i]) for i, p in zip(ids, pairs)
+        ]
 
     def strings(self, ids: np.ndarray) -> pa.Array:
         uniq, inv = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
@@ -380,11 +395,20 @@ def _select_quantiles(t: SlotTable, rows: np.ndarray, n_q: int, per_q: int) -> t
 def write_contexts(path: Path, col: ContextCollector, decoder: TokenDecoder, chunk: int = 4096) -> int:
     """Write ``contexts.parquet`` chunk by chunk (bounded memory); returns the row count."""
     cfg = col.cfg
-    schema = pa.schema([
-        ("latent", pa.int64()), ("kind", pa.string()), ("rank", pa.int32()), ("quantile", pa.int32()),
-        ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int64())), ("acts", pa.list_(pa.float32())),
-        ("max_act", pa.float32()), ("token_index", pa.int64()), ("source", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("latent", pa.int64()),
+            ("kind", pa.string()),
+            ("rank", pa.int32()),
+            ("quantile", pa.int32()),
+            ("tokens", pa.list_(pa.string())),
+            ("token_ids", pa.list_(pa.int64())),
+            ("acts", pa.list_(pa.float32())),
+            ("max_act", pa.float32()),
+            ("token_index", pa.int64()),
+            ("source", pa.string()),
+        ]
+    )
     live = np.nonzero(col.count > 0)[0]
     n_rows = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -420,15 +444,21 @@ def write_contexts(path: Path, col: ContextCollector, decoder: TokenDecoder, chu
             np.maximum.at(max_act, owner, acts)
             docs = np.asarray(col.src.doc_ids[tok])
             posn = np.asarray(col.src.positions[tok])
-            batch = pa.record_batch([
-                pa.array(lat, pa.int64()),
-                pa.array(np.array(["top", "quantile"])[kind_code]),
-                pa.array(rank, pa.int32()), pa.array(quant, pa.int32()),
-                _list(decoder.strings(ids), lengths), _list(pa.array(ids), lengths),
-                _list(pa.array(acts, pa.float32()), lengths),
-                pa.array(max_act), pa.array(tok, pa.int64()),
-                pa.array([f"doc {d} pos {p}" for d, p in zip(docs.tolist(), posn.tolist())]),
-            ], schema=schema)
+            batch = pa.record_batch(
+                [
+                    pa.array(lat, pa.int64()),
+                    pa.array(np.array(["top", "quantile"])[kind_code]),
+                    pa.array(rank, pa.int32()),
+                    pa.array(quant, pa.int32()),
+                    _list(decoder.strings(ids), lengths),
+                    _list(pa.array(ids), lengths),
+                    _list(pa.array(acts, pa.float32()), lengths),
+                    pa.array(max_act),
+                    pa.array(tok, pa.int64()),
+                    pa.array([f"doc {d} pos {p}" for d, p in zip(docs.tolist(), posn.tolist())]),
+                ],
+                schema=schema,
+            )
             writer.write_table(pa.Table.from_batches([batch]), row_group_size=ROW_GROUP)
             n_rows += len(lat)
     return n_rows
@@ -445,19 +475,34 @@ def write_random_contexts(path: Path, col: ContextCollector, decoder: TokenDecod
         ids = np.asarray(col.src.token_ids[a:b])[doc == col.src.doc_ids[c]].astype(np.int64)
         ids_out.append(ids.tolist())
         tokens.append(decoder.strings(ids).to_pylist() if len(ids) else [])
-    write_parquet(path, pd.DataFrame({"center": col.rand_centers.astype(np.int64), "tokens": tokens,
-                                      "token_ids": ids_out, "active_latents": active}))
+    write_parquet(
+        path,
+        pd.DataFrame(
+            {
+                "center": col.rand_centers.astype(np.int64),
+                "tokens": tokens,
+                "token_ids": ids_out,
+                "active_latents": active,
+            }
+        ),
+    )
 
 
-def write_token_counts(path: Path, token_ids: np.ndarray, n_tokens: int, decoder: TokenDecoder, chunk: int = 1 << 22) -> None:
+def write_token_counts(
+    path: Path, token_ids: np.ndarray, n_tokens: int, decoder: TokenDecoder, chunk: int = 1 << 22
+) -> None:
     counts = np.zeros(0, np.int64)
     for s in range(0, n_tokens, chunk):
         c = np.bincount(np.asarray(token_ids[s : min(n_tokens, s + chunk)]).astype(np.int64))
         counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
         counts[: len(c)] += c
     ids = np.nonzero(counts)[0]
-    write_parquet(path, pd.DataFrame({"token_id": ids.astype(np.int64), "token": decoder.strings(ids).to_pylist(),
-                                      "count": counts[ids]}))
+    write_parquet(
+        path,
+        pd.DataFrame(
+            {"token_id": ids.astype(np.int64), "token": decoder.strings(ids).to_pylist(), "count": counts[ids]}
+        ),
+    )
 
 
 def special_token_ids(tokenizer: Any) -> set[int]:
@@ -494,14 +539,22 @@ def collect_run_contexts(
     write_random_contexts(run_path / "random_contexts.parquet", col, decoder)
     write_token_counts(run_path / "token_counts.parquet", tokens.token_ids, n_tokens, decoder)
     max_act = np.where(col.count > 0, col.top.keys.max(1), 0.0).astype(np.float64)
-    merge_latent_columns(run_path, pd.DataFrame({
-        "latent": np.arange(n_latents, dtype=np.int64),
-        "freq": col.count / max(col.n_counted, 1),
-        "max_act": max_act,
-    }))
+    merge_latent_columns(
+        run_path,
+        pd.DataFrame(
+            {
+                "latent": np.arange(n_latents, dtype=np.int64),
+                "freq": col.count / max(col.n_counted, 1),
+                "max_act": max_act,
+            }
+        ),
+    )
     return {
-        "n_tokens": int(n_tokens), "n_counted_tokens": int(col.n_counted), "n_latents": int(n_latents),
-        "n_live_latents": int(len(live)), "n_context_rows": int(n_rows),
+        "n_tokens": int(n_tokens),
+        "n_counted_tokens": int(col.n_counted),
+        "n_latents": int(n_latents),
+        "n_live_latents": int(len(live)),
+        "n_context_rows": int(n_rows),
         "tokens_per_s": round(n_tokens / t_stream, 1) if t_stream > 0 else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -534,11 +587,17 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         return model.encode(x_B2d.to(device, torch.float32), use_threshold=True)
 
     batches = store.iter_batches(batch_size, shuffle=False, stop=n_tokens)
-    return collect_run_contexts(encode, batches, tokens, n_latents, n_tokens, tokenizer, run_path, ccfg,
-                                seed=ccfg.seed, progress=progress)
+    return collect_run_contexts(
+        encode, batches, tokens, n_latents, n_tokens, tokenizer, run_path, ccfg, seed=ccfg.seed, progress=progress
+    )
 
 
 __all__ = [
-    "run_stage", "collect_run_contexts", "ContextCollector", "SlotTable", "DoublingHistogram",
-    "TokenSource", "special_token_ids",
+    "run_stage",
+    "collect_run_contexts",
+    "ContextCollector",
+    "SlotTable",
+    "DoublingHistogram",
+    "TokenSource",
+    "special_token_ids",
 ]

@@ -192,8 +192,7 @@ def _accumulate(
     # Sparse decode: x̂_m = Σ_j f_ij W_dec[m, j] + b_dec[m], without touching inactive latents.
     W32 = W_dec.detach().float()
     xhat = [
-        F.embedding_bag(lat, W32[m], crow[:-1], mode="sum", per_sample_weights=val) + b_dec[m].float()
-        for m in range(2)
+        F.embedding_bag(lat, W32[m], crow[:-1], mode="sum", per_sample_weights=val) + b_dec[m].float() for m in range(2)
     ]
     # Targets as columns: [e_base | e_ft | x̂_base | x̂_ft]  (B, 4d), e = x − x̂ per token
     # (subtracting per token, not after summing, keeps float32 partial sums accurate).
@@ -210,7 +209,9 @@ def _accumulate(
         for m in range(2):
             u_Fd = primary_MFd[m]
             # z = ⟨u, e_m,i⟩ + f ⟨u, d_m⟩ for every kept pair, in the pairs' (token-major) order
-            z = torch.sparse.sampled_addmm(pattern, Y_B4d[:, m * d : (m + 1) * d].contiguous(), u_Fd.t(), beta=0.0).values()
+            z = torch.sparse.sampled_addmm(
+                pattern, Y_B4d[:, m * d : (m + 1) * d].contiguous(), u_Fd.t(), beta=0.0
+            ).values()
             z = z.double() + v64 * (u_Fd * W32[m]).sum(-1).double()[lat]
             sums.fz[m] += torch.bincount(lat, weights=v64 * z, minlength=F_).cpu()
             sums.f2z2[m] += torch.bincount(lat, weights=(v64 * z) ** 2, minlength=F_).cpu()
@@ -246,7 +247,9 @@ def _accumulate(
         sums.proj[:, 1, a:b] += torch.einsum("jsmd,jmd->smj", G, own).reshape(4, b - a).double().cpu()
 
 
-def _betas(sums: _ScalingSums, probes_PFd: torch.Tensor, W_dec64_MFd: torch.Tensor, eps: float) -> dict[str, np.ndarray]:
+def _betas(
+    sums: _ScalingSums, probes_PFd: torch.Tensor, W_dec64_MFd: torch.Tensor, eps: float
+) -> dict[str, np.ndarray]:
     """Assemble β for both targets, both probes, both models from the sums."""
     out: dict[str, np.ndarray] = {}
     probes = probes_PFd.cpu().double()
@@ -298,7 +301,11 @@ BETA_STATES = ("too_few_fires", "absent_both", "absent_base", "absent_ft", "pres
 
 
 def attribution_labels(
-    beta_base: np.ndarray, beta_ft: np.ndarray, se_base: np.ndarray, se_ft: np.ndarray, fires: np.ndarray,
+    beta_base: np.ndarray,
+    beta_ft: np.ndarray,
+    se_base: np.ndarray,
+    se_ft: np.ndarray,
+    fires: np.ndarray,
     cfg: DiffingConfig,
 ) -> pd.DataFrame:
     """``beta_state, shift, shift_se, attribution`` per latent from the primary β.
@@ -406,8 +413,14 @@ def latent_table(
         table[name] = values
     table["probe"] = probe_kind
     table["n_fires"] = sums.count.numpy().astype(np.int64)
-    labels = attribution_labels(primary["beta_base"], primary["beta_ft"], primary["beta_se_base"], primary["beta_se_ft"],
-                                table["n_fires"].to_numpy(), cfg)
+    labels = attribution_labels(
+        primary["beta_base"],
+        primary["beta_ft"],
+        primary["beta_se_base"],
+        primary["beta_se_ft"],
+        table["n_fires"].to_numpy(),
+        cfg,
+    )
     for column in labels.columns:
         table[column] = labels[column].to_numpy()
     table["freq"] = (sums.count / max(sums.n_tokens, 1)).numpy()

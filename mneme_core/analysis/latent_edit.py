@@ -66,10 +66,14 @@ class LatentEdit:
         if self.side not in (0, 1):
             raise ValueError(f"side must be 0 (base) or 1 (fine-tuned), got {self.side}")
         if tuple(self.rows_Sd.shape) != (len(self.latents), self.crosscoder.d_model):
-            raise ValueError(f"rows_Sd must be ({len(self.latents)}, {self.crosscoder.d_model}), got {tuple(self.rows_Sd.shape)}")
+            raise ValueError(
+                f"rows_Sd must be ({len(self.latents)}, {self.crosscoder.d_model}), got {tuple(self.rows_Sd.shape)}"
+            )
 
 
-def edit_mask(positions_BT: torch.Tensor, base_norms_BT: torch.Tensor, skip_first: int, multiple: float) -> torch.Tensor:
+def edit_mask(
+    positions_BT: torch.Tensor, base_norms_BT: torch.Tensor, skip_first: int, multiple: float
+) -> torch.Tensor:
     """Tokens the cross-coder may edit: position ≥ ``skip_first`` and, with ``multiple > 0``,
     a base norm at most ``multiple`` × the median over those positions."""
     mask = positions_BT >= skip_first
@@ -85,7 +89,9 @@ def paired_codes(crosscoder: Any, base_Nd: torch.Tensor, ft_Nd: torch.Tensor) ->
     return crosscoder.encode(x_N2d, use_threshold=True)
 
 
-def edit_delta(edit: LatentEdit, own_BTd: torch.Tensor, partner_BTd: torch.Tensor, positions_BT: torch.Tensor) -> torch.Tensor:
+def edit_delta(
+    edit: LatentEdit, own_BTd: torch.Tensor, partner_BTd: torch.Tensor, positions_BT: torch.Tensor
+) -> torch.Tensor:
     """The vector the hook adds to each token's residual (zeros where nothing is edited)."""
     base, ft = (own_BTd, partner_BTd) if edit.side == 0 else (partner_BTd, own_BTd)
     mask = edit_mask(positions_BT, base.float().norm(dim=-1), edit.skip_first, edit.massive_multiple)
@@ -147,15 +153,25 @@ def intervene(model: torch.nn.Module, layer: int, edit: LatentEdit, partner: tor
 def _partner_stream(partner: torch.nn.Module, captured: dict[str, Any], layer: int) -> torch.Tensor:
     """The partner's clean layer-L residual on the forward the hooked model is running."""
     if captured.get("input_ids") is None:
-        raise ValueError("a latent edit replays the forward in the partner model and needs input_ids (not inputs_embeds)")
+        raise ValueError(
+            "a latent edit replays the forward in the partner model and needs input_ids (not inputs_embeds)"
+        )
     kwargs = {"position_ids": captured["position_ids"]} if captured.get("position_ids") is not None else {}
     return truncated_forward(partner, captured["input_ids"], captured["attention_mask"], layer, **kwargs)
 
 
 @torch.no_grad()
 def code_mass(
-    crosscoder: Any, base: torch.nn.Module, ft: torch.nn.Module, layer: int, sequences: Sequence[Sequence[int]], *,
-    skip_first: int = 1, massive_multiple: float = 0.0, batch_size: int = 8, pad_id: int = 0,
+    crosscoder: Any,
+    base: torch.nn.Module,
+    ft: torch.nn.Module,
+    layer: int,
+    sequences: Sequence[Sequence[int]],
+    *,
+    skip_first: int = 1,
+    massive_multiple: float = 0.0,
+    batch_size: int = 8,
+    pad_id: int = 0,
 ) -> torch.Tensor:
     """``Σ_t f_tj`` (F,) over the tokens the hook would edit, on token-id ``sequences``.
 
@@ -166,13 +182,13 @@ def code_mass(
     total = torch.zeros(crosscoder.n_latents, dtype=torch.float64)
     device = next(base.parameters()).device
     for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
+        batch = sequences[start : start + batch_size]
         T = max(len(s) for s in batch)
         ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
         attn = torch.zeros((len(batch), T), dtype=torch.long)
         for b, seq in enumerate(batch):
-            ids[b, T - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-            attn[b, T - len(seq):] = 1
+            ids[b, T - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            attn[b, T - len(seq) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         ids, attn, pos = ids.to(device), attn.to(device), pos.to(device)
         x_b = truncated_forward(base, ids, attn, layer, position_ids=pos).float()

@@ -77,8 +77,8 @@ def analyse(lab: Lab, text: str, max_tokens: int = 256) -> Analysis:
     device = next(lab.base.parameters()).device
     ids = torch.tensor([lead + list(ids_list)], device=device)
     with torch.inference_mode():
-        a_b = truncated_forward(lab.base, ids, None, lab.layer)[0, len(lead):]
-        a_f = truncated_forward(lab.ft, ids, None, lab.layer)[0, len(lead):]
+        a_b = truncated_forward(lab.base, ids, None, lab.layer)[0, len(lead) :]
+        a_f = truncated_forward(lab.ft, ids, None, lab.layer)[0, len(lead) :]
         x_T2d = torch.stack([a_b, a_f], dim=1).float()
         f_TF = lab.crosscoder.encode(x_T2d).float().cpu().numpy()
     tokens = lab.tokenizer.convert_ids_to_tokens(list(ids_list))
@@ -90,34 +90,45 @@ def firing_table(analysis: Analysis, latents: pd.DataFrame | None = None, top: i
     f = analysis.f_TF
     k = min(top, f.shape[1])
     idx = np.argsort(-f, axis=1)[:, :k]
-    desc = (latents.set_index("latent")["description"] if latents is not None and "description" in latents.columns
-            else None)
+    desc = (
+        latents.set_index("latent")["description"] if latents is not None and "description" in latents.columns else None
+    )
     rows = []
     for t, token in enumerate(analysis.tokens):
         fired = [(int(j), float(f[t, j])) for j in idx[t] if f[t, j] > 0]
-        rows.append({
-            "position": t, "token": token,
-            "latents": ", ".join(f"{j} ({v:.2g})" for j, v in fired),
-            "top latent": fired[0][0] if fired else None,
-            "top description": str(desc.get(fired[0][0], "")) if fired and desc is not None else "",
-            "base write": float(analysis.base_write_T[t]), "ft write": float(analysis.ft_write_T[t]),
-            "ft − base": float(analysis.ft_write_T[t] - analysis.base_write_T[t]),
-        })
+        rows.append(
+            {
+                "position": t,
+                "token": token,
+                "latents": ", ".join(f"{j} ({v:.2g})" for j, v in fired),
+                "top latent": fired[0][0] if fired else None,
+                "top description": str(desc.get(fired[0][0], "")) if fired and desc is not None else "",
+                "base write": float(analysis.base_write_T[t]),
+                "ft write": float(analysis.ft_write_T[t]),
+                "ft − base": float(analysis.ft_write_T[t] - analysis.base_write_T[t]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def latent_summary(analysis: Analysis, norms_MF: np.ndarray, latents: pd.DataFrame | None = None,
-                   top: int = 30) -> pd.DataFrame:
+def latent_summary(
+    analysis: Analysis, norms_MF: np.ndarray, latents: pd.DataFrame | None = None, top: int = 30
+) -> pd.DataFrame:
     """Latents that fired on the text, largest |ft − base| write first."""
     f = analysis.f_TF
     total_F = f.sum(axis=0)
     fired = np.flatnonzero(total_F > 0)
     diff = total_F[fired] * (norms_MF[1, fired] - norms_MF[0, fired])
-    table = pd.DataFrame({
-        "latent": fired.astype(np.int64), "tokens fired": (f[:, fired] > 0).sum(axis=0),
-        "total activation": total_F[fired], "base write": total_F[fired] * norms_MF[0, fired],
-        "ft write": total_F[fired] * norms_MF[1, fired], "ft − base": diff,
-    })
+    table = pd.DataFrame(
+        {
+            "latent": fired.astype(np.int64),
+            "tokens fired": (f[:, fired] > 0).sum(axis=0),
+            "total activation": total_F[fired],
+            "base write": total_F[fired] * norms_MF[0, fired],
+            "ft write": total_F[fired] * norms_MF[1, fired],
+            "ft − base": diff,
+        }
+    )
     if latents is not None:
         keep = [c for c in ("latent", "description", "attribution", "shift") if c in latents.columns]
         table = table.merge(latents[keep], on="latent", how="left")

@@ -131,7 +131,7 @@ def _results_file(path: Path) -> Path:
 def _subject(task: str) -> str:
     for prefix in _TASK_PREFIXES:
         if task.startswith(prefix) and len(task) > len(prefix):
-            return task[len(prefix):]
+            return task[len(prefix) :]
     return task
 
 
@@ -178,14 +178,23 @@ def load_lm_eval_results(path: str | Path, *, metric: str = "acc", filt: str = "
                 f"{file}: task {task!r} has no 'n-samples' count and no usable stderr; "
                 "re-run the harness (>= 0.4.2 writes n-samples) or write a CSV with n_questions"
             )
-        rows.append({"category": _subject(task), "score": score, "n_questions": int(n),
-                     "stderr": se if se is not None else math.nan, "task": task})
+        rows.append(
+            {
+                "category": _subject(task),
+                "score": score,
+                "n_questions": int(n),
+                "stderr": se if se is not None else math.nan,
+                "task": task,
+            }
+        )
     if not rows:
         raise BenchmarkError(f"{file} has no task with metric '{metric},{filt}'; check the metric name")
     return pd.DataFrame(rows).sort_values("category").reset_index(drop=True)
 
 
-def load_lm_eval_pair(before: str | Path, after: str | Path, *, metric: str = "acc", filt: str = "none") -> pd.DataFrame:
+def load_lm_eval_pair(
+    before: str | Path, after: str | Path, *, metric: str = "acc", filt: str = "none"
+) -> pd.DataFrame:
     """Benchmark table from the harness results of the base (before) and the changed model."""
     b = load_lm_eval_results(before, metric=metric, filt=filt)
     a = load_lm_eval_results(after, metric=metric, filt=filt)
@@ -204,12 +213,14 @@ def load_lm_eval_pair(before: str | Path, after: str | Path, *, metric: str = "a
             f"task {row['category']!r} was scored on {row['n_questions_before']} questions before and "
             f"{row['n_questions_after']} after (a --limit?); run both on the same questions"
         )
-    df = pd.DataFrame({
-        "category": merged["category"],
-        "score_before": merged["score_before"],
-        "score_after": merged["score_after"],
-        "n_questions": merged["n_questions_before"],
-    })
+    df = pd.DataFrame(
+        {
+            "category": merged["category"],
+            "score_before": merged["score_before"],
+            "score_after": merged["score_after"],
+            "n_questions": merged["n_questions_before"],
+        }
+    )
     return validate_benchmark(df, f"lm-eval pair ({before}, {after})")
 
 
@@ -222,7 +233,7 @@ def load_benchmark(spec: str, run_path: str | Path | None = None) -> tuple[pd.Da
     """
     spec = spec.strip()
     if spec.startswith(LM_EVAL_PREFIX):
-        parts = [p.strip() for p in spec[len(LM_EVAL_PREFIX):].split(",")]
+        parts = [p.strip() for p in spec[len(LM_EVAL_PREFIX) :].split(",")]
         if len(parts) != 2 or not all(parts):
             raise BenchmarkError(f"evaluation.benchmark {spec!r}: write '{LM_EVAL_PREFIX}BEFORE.json,AFTER.json'")
         return load_lm_eval_pair(parts[0], parts[1]), spec

@@ -72,7 +72,7 @@ def _choices(row: dict[str, Any]) -> list[str]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise BenchmarkError("choices given as a string must be a JSON list, e.g. [\"a\", \"b\"]") from exc
+            raise BenchmarkError('choices given as a string must be a JSON list, e.g. ["a", "b"]') from exc
     return [str(c) for c in raw]
 
 
@@ -119,7 +119,9 @@ def load_mc_items(
     if all(p.exists() for p in paths):
         kinds = {p.suffix.lower() for p in paths}
         if len(kinds) != 1 or next(iter(kinds)) not in _LOCAL_BUILDERS:
-            raise BenchmarkError(f"question files must share one type of {sorted(_LOCAL_BUILDERS)}; got {sorted(kinds)}")
+            raise BenchmarkError(
+                f"question files must share one type of {sorted(_LOCAL_BUILDERS)}; got {sorted(kinds)}"
+            )
         ds = datasets.load_dataset(_LOCAL_BUILDERS[kinds.pop()], data_files=[str(p) for p in paths], split="train")
     elif len(paths) == 1 and not paths[0].suffix:
         ds = datasets.load_dataset(str(source), subset or None, split=split)
@@ -175,7 +177,7 @@ def encode_item(tokenizer: Any, item: MCItem, style: Style = "cloze") -> tuple[l
     for cont in conts:
         full = list(tokenizer(prefix + cont)["input_ids"])
         if full[: len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids):
-            options.append(full[len(prefix_ids):])
+            options.append(full[len(prefix_ids) :])
         else:
             options.append(list(tokenizer(cont, add_special_tokens=False)["input_ids"]))
         if not options[-1]:
@@ -189,7 +191,9 @@ def encode_item(tokenizer: Any, item: MCItem, style: Style = "cloze") -> tuple[l
 Row = tuple[list[int], list[list[int]]]  # (prefix ids, option ids per option)
 
 
-def _pack(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[tuple[int, int]]], int]:
+def _pack(
+    rows: Sequence[Row], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[tuple[int, int]]], int]:
     """Left-padded packed batch: ids_BT, pos_BT, seg_BT (-1 pad, 0 prefix, i+1 option i),
     option spans (start, length) per row, and the number of trailing positions to score."""
     lengths = [len(p) + sum(len(o) for o in opts) for p, opts in rows]
@@ -202,16 +206,16 @@ def _pack(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
     for b, ((prefix, opts), n) in enumerate(zip(rows, lengths)):
         at = T - n
         P = len(prefix)
-        ids_BT[b, at:at + P] = torch.tensor(prefix)
-        pos_BT[b, at:at + P] = torch.arange(P)
-        seg_BT[b, at:at + P] = 0
+        ids_BT[b, at : at + P] = torch.tensor(prefix)
+        pos_BT[b, at : at + P] = torch.arange(P)
+        seg_BT[b, at : at + P] = 0
         at += P
         row_spans = []
         for i, opt in enumerate(opts):
             L = len(opt)
-            ids_BT[b, at:at + L] = torch.tensor(opt)
-            pos_BT[b, at:at + L] = torch.arange(P, P + L)
-            seg_BT[b, at:at + L] = i + 1
+            ids_BT[b, at : at + L] = torch.tensor(opt)
+            pos_BT[b, at : at + L] = torch.arange(P, P + L)
+            seg_BT[b, at : at + L] = i + 1
             row_spans.append((at, L))
             at += L
         spans.append(row_spans)
@@ -246,8 +250,12 @@ class _Scorer:
         T = ids_BT.shape[1]
         tree = any(len(opts) > 1 for _, opts in rows)
         mask = _tree_mask(seg_BT, self.dtype) if tree else (seg_BT >= 0).long()
-        kwargs = dict(input_ids=ids_BT.to(self.device), attention_mask=mask.to(self.device),
-                      position_ids=pos_BT.to(self.device), use_cache=False)
+        kwargs = dict(
+            input_ids=ids_BT.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos_BT.to(self.device),
+            use_cache=False,
+        )
         logits = None
         if self.trim:
             try:
@@ -260,7 +268,7 @@ class _Scorer:
         logp_BKV = torch.log_softmax(logits_BKV.float(), dim=-1)
         offset = T - keep
         out = []
-        for b, ((prefix, opts), row_spans) in enumerate(zip(rows, spans)):
+        for b, ((_prefix, opts), row_spans) in enumerate(zip(rows, spans)):
             last_prefix = row_spans[0][0] - 1
             scores = []
             for (start, L), opt in zip(row_spans, opts):
@@ -282,7 +290,7 @@ def _score_rows(scorer: _Scorer, rows: Sequence[Row], tree: bool) -> list[list[f
     lls = [s[0] for s in scorer.logliks(flat)]
     out, at = [], 0
     for n in counts:
-        out.append(lls[at:at + n])
+        out.append(lls[at : at + n])
         at += n
     return out
 
@@ -292,13 +300,15 @@ def _tree_agrees(scorer: _Scorer, row: Row) -> bool:
     try:
         tree = _score_rows(scorer, [row], True)[0]
     except Exception as exc:  # noqa: BLE001 - any failure means: use plain rows
-        warnings.warn(f"packed option scoring failed on this model ({exc}); scoring options one by one")
+        warnings.warn(f"packed option scoring failed on this model ({exc}); scoring options one by one", stacklevel=2)
         return False
     plain = _score_rows(scorer, [row], False)[0]
     tol = 1e-3 if scorer.dtype == torch.float32 else 5e-2
     ok = all(abs(a - b) <= tol * max(1.0, abs(b)) for a, b in zip(tree, plain))
     if not ok:
-        warnings.warn("packed option scoring disagrees with plain scoring on this model; scoring options one by one")
+        warnings.warn(
+            "packed option scoring disagrees with plain scoring on this model; scoring options one by one", stacklevel=2
+        )
     return ok
 
 
@@ -383,7 +393,7 @@ def score_questions(
             order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + sum(map(len, encoded[i][1]))))
             lls = [[] for _ in encoded]
             for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
+                idx = order[s : s + batch_size]
                 for i, ll in zip(idx, _score_rows(scorer, [encoded[i] for i in idx], tree)):
                     lls[i] = ll
                 bar.update(len(idx))
@@ -396,8 +406,16 @@ def score_questions(
             if length_normalize:
                 score = score / np.array([max(1, len(c)) for c in build_prompt(item, style)[1]])
             pred = int(np.argmax(score))
-            records.append({"category": category, "index": i, "answer": item.answer, "pred": pred,
-                            "correct": pred == item.answer, "logliks": list(ll)})
+            records.append(
+                {
+                    "category": category,
+                    "index": i,
+                    "answer": item.answer,
+                    "pred": pred,
+                    "correct": pred == item.answer,
+                    "logliks": list(ll),
+                }
+            )
     bar.close()
     return pd.DataFrame.from_records(records, columns=["category", "index", "answer", "pred", "correct", "logliks"])
 
@@ -418,24 +436,41 @@ def accuracy_table(per_question: pd.DataFrame) -> pd.DataFrame:
     """Per-category ``accuracy, n_questions, ci_low, ci_high`` from per-question results."""
     g = per_question.groupby("category", sort=True)["correct"].agg(["sum", "count"]).reset_index()
     low, high = wilson_interval(g["sum"].to_numpy(), g["count"].to_numpy())
-    return pd.DataFrame({
-        "category": g["category"], "accuracy": g["sum"] / g["count"], "n_questions": g["count"].astype("int64"),
-        "ci_low": low, "ci_high": high,
-    })
+    return pd.DataFrame(
+        {
+            "category": g["category"],
+            "accuracy": g["sum"] / g["count"],
+            "n_questions": g["count"].astype("int64"),
+            "ci_low": low,
+            "ci_high": high,
+        }
+    )
 
 
 def run_mc_benchmark(
-    model: Any, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8,
-    cache_dir: str | Path | None = None, **kwargs: Any,
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[MCItem],
+    batch_size: int = 8,
+    cache_dir: str | Path | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Per-category accuracy with a 95% Wilson interval:
     ``category, accuracy, n_questions, ci_low, ci_high``. kwargs go to ``score_questions``."""
-    return accuracy_table(score_questions(model, tokenizer, items, batch_size=batch_size, cache_dir=cache_dir, **kwargs))
+    return accuracy_table(
+        score_questions(model, tokenizer, items, batch_size=batch_size, cache_dir=cache_dir, **kwargs)
+    )
 
 
 def score_pair(
-    base: tuple[Any, Any], ft: tuple[Any, Any], items: Sequence[MCItem], *, batch_size: int = 8,
-    cache_dir: str | Path | None = None, progress: bool = True, **kwargs: Any,
+    base: tuple[Any, Any],
+    ft: tuple[Any, Any],
+    items: Sequence[MCItem],
+    *,
+    batch_size: int = 8,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Benchmark table for a (model, tokenizer) pair before and after the intervention.
 
@@ -443,22 +478,37 @@ def score_pair(
     counts ``n_lost`` (right before, wrong after) and ``n_gained`` so the degraded-set test
     can use exact McNemar on the same questions, and Wilson intervals for both scores.
     """
-    before = score_questions(*base, items, batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="base", **kwargs)
-    after = score_questions(*ft, items, batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="changed", **kwargs)
+    before = score_questions(
+        *base, items, batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="base", **kwargs
+    )
+    after = score_questions(
+        *ft, items, batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="changed", **kwargs
+    )
     both = before.merge(after, on=["category", "index"], suffixes=("_b", "_a"))
     both["lost"] = both["correct_b"] & ~both["correct_a"]
     both["gained"] = ~both["correct_b"] & both["correct_a"]
-    g = both.groupby("category", sort=True).agg(
-        k_before=("correct_b", "sum"), k_after=("correct_a", "sum"), n_questions=("index", "count"),
-        n_lost=("lost", "sum"), n_gained=("gained", "sum"),
-    ).reset_index()
-    table = pd.DataFrame({
-        "category": g["category"], "score_before": g["k_before"] / g["n_questions"],
-        "score_after": g["k_after"] / g["n_questions"], "n_questions": g["n_questions"],
-        "n_lost": g["n_lost"], "n_gained": g["n_gained"],
-    })
+    g = (
+        both.groupby("category", sort=True)
+        .agg(
+            k_before=("correct_b", "sum"),
+            k_after=("correct_a", "sum"),
+            n_questions=("index", "count"),
+            n_lost=("lost", "sum"),
+            n_gained=("gained", "sum"),
+        )
+        .reset_index()
+    )
+    table = pd.DataFrame(
+        {
+            "category": g["category"],
+            "score_before": g["k_before"] / g["n_questions"],
+            "score_after": g["k_after"] / g["n_questions"],
+            "n_questions": g["n_questions"],
+            "n_lost": g["n_lost"],
+            "n_gained": g["n_gained"],
+        }
+    )
     for name, k in (("before", g["k_before"]), ("after", g["k_after"])):
         low, high = wilson_interval(k.to_numpy(), g["n_questions"].to_numpy())
         table[f"ci_{name}_low"], table[f"ci_{name}_high"] = low, high
     return validate_benchmark(table, "runner results")
-

@@ -160,7 +160,9 @@ class ActivationStore:
     def context_ids(self) -> np.ndarray:
         return self._field("context_ids")
 
-    def read_shard(self, i: int, start: int = 0, stop: int | None = None, fields: tuple[str, ...] = ("acts",)) -> dict[str, torch.Tensor]:
+    def read_shard(
+        self, i: int, start: int = 0, stop: int | None = None, fields: tuple[str, ...] = ("acts",)
+    ) -> dict[str, torch.Tensor]:
         """Rows ``start:stop`` of shard ``i`` (only those rows are read from disk)."""
         return self._read_file(self.path / self.shards[i]["file"], fields, start, stop)
 
@@ -175,14 +177,18 @@ class ActivationStore:
             return torch.zeros(0, 2, self.d_model)
         return torch.cat(parts).float()
 
-    def _read_file(self, path: Path, fields: tuple[str, ...], start: int = 0, stop: int | None = None) -> dict[str, torch.Tensor]:
+    def _read_file(
+        self, path: Path, fields: tuple[str, ...], start: int = 0, stop: int | None = None
+    ) -> dict[str, torch.Tensor]:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 return {name: fh.get_slice(name)[start:stop] for name in fields}
         except FileNotFoundError as exc:
             raise StoreError(f"activation shard {path} is missing; re-run the collect stage to recompute it") from exc
         except Exception as exc:
-            raise StoreError(f"activation shard {path} is unreadable ({exc}); delete it and re-run the collect stage") from exc
+            raise StoreError(
+                f"activation shard {path} is unreadable ({exc}); delete it and re-run the collect stage"
+            ) from exc
 
     def _pieces(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(shard, lo, hi) local row ranges covering global tokens [start, stop)."""
@@ -240,16 +246,21 @@ class ActivationStore:
 # --------------------------------------------------------------------------- collection
 
 
-def _fingerprint(models_cfg: ModelsConfig, corpus_cfg: CorpusConfig, act_cfg: ActivationsConfig, world_size: int) -> dict[str, Any]:
+def _fingerprint(
+    models_cfg: ModelsConfig, corpus_cfg: CorpusConfig, act_cfg: ActivationsConfig, world_size: int
+) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {
         "format": FORMAT,
         "models": asdict(models_cfg) | {"device": None},  # the device does not change the numbers much; allow moving
         "corpus": asdict(corpus_cfg),
-        "activations": {"dtype": act_cfg.dtype, "shard_tokens": act_cfg.shard_tokens,
-                        "skip_first_tokens": act_cfg.skip_first_tokens,
-                        "massive_norm_multiple": act_cfg.massive_norm_multiple},
+        "activations": {
+            "dtype": act_cfg.dtype,
+            "shard_tokens": act_cfg.shard_tokens,
+            "skip_first_tokens": act_cfg.skip_first_tokens,
+            "massive_norm_multiple": act_cfg.massive_norm_multiple,
+        },
         "world_size": world_size,
     }
 
@@ -335,7 +346,9 @@ def _shard_complete(path: Path) -> bool:
         return False
 
 
-def _rank_groups(contexts: Iterator[PackedContext], rank: int, world_size: int, per_shard: int) -> Iterator[list[PackedContext]]:
+def _rank_groups(
+    contexts: Iterator[PackedContext], rank: int, world_size: int, per_shard: int
+) -> Iterator[list[PackedContext]]:
     group: list[PackedContext] = []
     for ctx in contexts:
         if ctx.index % world_size != rank:
@@ -348,7 +361,9 @@ def _rank_groups(contexts: Iterator[PackedContext], rank: int, world_size: int, 
         yield group
 
 
-def massive_token_mask(norms_BT: torch.Tensor, keep_BT: torch.Tensor, skip_first: int, multiple: float) -> tuple[torch.Tensor, dict[str, int]]:
+def massive_token_mask(
+    norms_BT: torch.Tensor, keep_BT: torch.Tensor, skip_first: int, multiple: float
+) -> tuple[torch.Tensor, dict[str, int]]:
     """Which kept tokens to drop as non-text (attention sinks), and how many of each kind.
 
     ``first``: the first ``skip_first`` kept positions of each context; ``massive``: any
@@ -365,8 +380,13 @@ def massive_token_mask(norms_BT: torch.Tensor, keep_BT: torch.Tensor, skip_first
 
 
 def _forward_group(
-    pair: ModelPair, group: list[PackedContext], act_cfg: ActivationsConfig, dtype: torch.dtype,
-    on_batch: Callable[[int], None], donor: _DonorShard | None = None, same_model: bool = False,
+    pair: ModelPair,
+    group: list[PackedContext],
+    act_cfg: ActivationsConfig,
+    dtype: torch.dtype,
+    on_batch: Callable[[int], None],
+    donor: _DonorShard | None = None,
+    same_model: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Activations and metadata of the kept tokens of ``group``, both models, one layer,
     and how many tokens the massive-token rule dropped (by kind).
@@ -391,8 +411,9 @@ def _forward_group(
         with torch.inference_mode():
             full = [truncated_forward(m, ids, attn, pair.layer).to("cpu", torch.float32) for m in models]
         if donor is None:
-            drop_BT, counts = massive_token_mask(full[0].norm(dim=-1), keep_BT, act_cfg.skip_first_tokens,
-                                                 act_cfg.massive_norm_multiple)
+            drop_BT, counts = massive_token_mask(
+                full[0].norm(dim=-1), keep_BT, act_cfg.skip_first_tokens, act_cfg.massive_norm_multiple
+            )
             keep_BT = keep_BT & ~drop_BT
             excluded = {k: excluded[k] + counts[k] for k in EXCLUDED_KINDS}
         else:
@@ -422,8 +443,11 @@ def _stat_sums(acts_N2d: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Ten
     """Float64 sums for the normalisation statistics, in chunks (a float64 copy of a
     whole shard of a 7B model would be gigabytes)."""
     d = acts_N2d.shape[-1]
-    sums = {"stats_sum": torch.zeros(2, d, dtype=torch.float64), "stats_sumsq": torch.zeros(2, d, dtype=torch.float64),
-            "stats_norm_sum": torch.zeros(2, dtype=torch.float64)}
+    sums = {
+        "stats_sum": torch.zeros(2, d, dtype=torch.float64),
+        "stats_sumsq": torch.zeros(2, d, dtype=torch.float64),
+        "stats_norm_sum": torch.zeros(2, dtype=torch.float64),
+    }
     for i in range(0, len(acts_N2d), chunk):
         x = acts_N2d[i : i + chunk].double()
         sums["stats_sum"] += x.sum(0)
@@ -460,11 +484,21 @@ def collect(
     _check_fingerprint(out_dir, fingerprint)
     donor = _check_donor(Path(act_cfg.reuse_base_from), fingerprint) if act_cfg.reuse_base_from else None
     if (out_dir / INDEX).is_file():
-        return _summary(ActivationStore(out_dir)) | {"seconds": 0.0, "computed_tokens": 0, "reused_base_tokens": 0, "tokens_per_s": None}
+        return _summary(ActivationStore(out_dir)) | {
+            "seconds": 0.0,
+            "computed_tokens": 0,
+            "reused_base_tokens": 0,
+            "tokens_per_s": None,
+        }
 
     tokenizer = load_tokenizer(models_cfg.base)
-    layer = validate_pair(load_model_config(models_cfg.base), load_model_config(models_cfg.ft, models_cfg.base),
-                  tokenizer, load_tokenizer(models_cfg.ft, models_cfg.base), models_cfg.layer)
+    layer = validate_pair(
+        load_model_config(models_cfg.base),
+        load_model_config(models_cfg.ft, models_cfg.base),
+        tokenizer,
+        load_tokenizer(models_cfg.ft, models_cfg.base),
+        models_cfg.layer,
+    )
     per_shard = max(1, act_cfg.shard_tokens // corpus_cfg.context_length)
     dtype = DTYPES[act_cfg.dtype]
     same_model = models_cfg.ft == models_cfg.base  # a null control: one forward fills both halves
@@ -472,8 +506,14 @@ def collect(
     pair: ModelPair | None = None
     shards: list[str] = []
     computed_tokens, reused_base_tokens, forward_s, t0 = 0, 0, 0.0, time.perf_counter()
-    bar = tqdm(total=my_contexts * corpus_cfg.context_length, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"collect{f' rank {rank}' if world_size > 1 else ''}", dynamic_ncols=True)
+    bar = tqdm(
+        total=my_contexts * corpus_cfg.context_length,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"collect{f' rank {rank}' if world_size > 1 else ''}",
+        dynamic_ncols=True,
+    )
     try:
         groups = _rank_groups(iter_contexts(corpus_cfg, tokenizer), rank, world_size, per_shard)
         for seq, group in enumerate(groups):
@@ -489,8 +529,12 @@ def collect(
             tensors, excluded = _forward_group(pair, group, act_cfg, dtype, bar.update, donor_shard, same_model)
             forward_s += time.perf_counter() - t_fwd
             reused_base_tokens += 0 if donor_shard is None else len(donor_shard.acts)
-            meta = {"n_tokens": str(len(tensors["acts"])), "first_context": str(group[0].index), "n_contexts": str(len(group)),
-                    **{f"excluded_{k}": str(v) for k, v in excluded.items()}}
+            meta = {
+                "n_tokens": str(len(tensors["acts"])),
+                "first_context": str(group[0].index),
+                "n_contexts": str(len(group)),
+                **{f"excluded_{k}": str(v) for k, v in excluded.items()},
+            }
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             computed_tokens += sum(int(c.attention_mask.sum()) for c in group)
@@ -499,13 +543,19 @@ def collect(
     finally:
         bar.close()
     if not shards:
-        raise StoreError(f"the corpus gave no text for rank {rank}: check corpus.files / corpus.dataset and the text field")
+        raise StoreError(
+            f"the corpus gave no text for rank {rank}: check corpus.files / corpus.dataset and the text field"
+        )
     atomic_write_json(out_dir / f"rank-{rank}.done.json", {"rank": rank, "shards": shards})
     seconds = time.perf_counter() - t0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-    mine = {"seconds": round(seconds, 2), "computed_tokens": computed_tokens, "reused_base_tokens": reused_base_tokens,
-            "tokens_per_s": round(computed_tokens / forward_s, 1) if forward_s > 0 else None}
+    mine = {
+        "seconds": round(seconds, 2),
+        "computed_tokens": computed_tokens,
+        "reused_base_tokens": reused_base_tokens,
+        "tokens_per_s": round(computed_tokens / forward_s, 1) if forward_s > 0 else None,
+    }
     if rank != 0:
         return {"rank": rank, "shards": len(shards)} | mine
     return _summary(finalize(out_dir, world_size, layer=layer)) | mine
@@ -522,7 +572,9 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
     for r in range(world_size):
         done = out_dir / f"rank-{r}.done.json"
         if not done.is_file():
-            raise StoreError(f"rank {r} of {world_size} has not finished collecting into {out_dir}; run it, then finalize")
+            raise StoreError(
+                f"rank {r} of {world_size} has not finished collecting into {out_dir}; run it, then finalize"
+            )
         files += [(seq, r, name) for seq, name in enumerate(json.loads(done.read_text())["shards"])]
     files.sort()  # interleave ranks: shard 0 of every rank, then shard 1, ... (close to corpus order)
     shards, sums = [], None
@@ -540,25 +592,48 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
         shards.append({"file": name, "n_tokens": n, "rank": r})
     n_total = sum(s["n_tokens"] for s in shards)
     if n_total == 0:
-        raise StoreError(f"no tokens were kept in {out_dir}: every token was excluded (BOS/pad/control); check the corpus")
+        raise StoreError(
+            f"no tokens were kept in {out_dir}: every token was excluded (BOS/pad/control); check the corpus"
+        )
     mean = sums[0] / n_total
     std = (sums[1] / n_total - mean**2).clamp_min(0).sqrt()
     mean_norm = sums[2] / n_total
-    stats = {"mean": mean.float(), "std": std.float(), "mean_norm": mean_norm.float(),
-             "scale": (math.sqrt(d_model) / mean_norm.clamp_min(1e-12)).float()}
+    stats = {
+        "mean": mean.float(),
+        "std": std.float(),
+        "mean_norm": mean_norm.float(),
+        "scale": (math.sqrt(d_model) / mean_norm.clamp_min(1e-12)).float(),
+    }
     with atomic_path(out_dir / NORM_STATS) as tmp:
         save_file(stats, str(tmp))
     dtype_name = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[dtype]
-    atomic_write_json(out_dir / INDEX, {
-        "format": FORMAT, "d_model": d_model, "dtype": dtype_name, "layer": layer, "n_tokens": n_total,
-        "fields": {"acts": "(n, 2, d): [:, 0] base, [:, 1] fine-tuned", "token_ids": "int32", "doc_ids": "int64",
-                   "positions": "int32, position in the packed context", "context_ids": "int64, packed context index"},
-        "mean_norm": mean_norm.tolist(), "scale": stats["scale"].tolist(),
-        "world_size": world_size, "shards": shards,
-        "excluded_tokens": excluded | {"rule": "first text positions of each context, and base norm above a multiple "
-                                               "of the batch median (activations.skip_first_tokens, "
-                                               "activations.massive_norm_multiple)"},
-    })
+    atomic_write_json(
+        out_dir / INDEX,
+        {
+            "format": FORMAT,
+            "d_model": d_model,
+            "dtype": dtype_name,
+            "layer": layer,
+            "n_tokens": n_total,
+            "fields": {
+                "acts": "(n, 2, d): [:, 0] base, [:, 1] fine-tuned",
+                "token_ids": "int32",
+                "doc_ids": "int64",
+                "positions": "int32, position in the packed context",
+                "context_ids": "int64, packed context index",
+            },
+            "mean_norm": mean_norm.tolist(),
+            "scale": stats["scale"].tolist(),
+            "world_size": world_size,
+            "shards": shards,
+            "excluded_tokens": excluded
+            | {
+                "rule": "first text positions of each context, and base norm above a multiple "
+                "of the batch median (activations.skip_first_tokens, "
+                "activations.massive_norm_multiple)"
+            },
+        },
+    )
     return ActivationStore(out_dir)
 
 
@@ -566,8 +641,12 @@ def _summary(store: ActivationStore) -> dict[str, Any]:
     """Store facts for the stage metrics; ``tokens_per_s`` (added by collect) counts
     context tokens per second of model forward time, both models together."""
     return {
-        "n_tokens": store.n_tokens, "d_model": store.d_model, "layer": store.layer, "shards": len(store.shards),
-        "dtype": store.index["dtype"], "mean_norm_base": store.index["mean_norm"][0],
+        "n_tokens": store.n_tokens,
+        "d_model": store.d_model,
+        "layer": store.layer,
+        "shards": len(store.shards),
+        "dtype": store.index["dtype"],
+        "mean_norm_base": store.index["mean_norm"][0],
         "mean_norm_ft": store.index["mean_norm"][1],
         "excluded_first_tokens": store.index.get("excluded_tokens", {}).get("first", 0),
         "excluded_massive_tokens": store.index.get("excluded_tokens", {}).get("massive", 0),
@@ -584,9 +663,22 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     """Collect stage: ``run_path/activations/`` from the study's models and corpus."""
     run_path = Path(run_path)
     rank, world_size = _dist_rank()
-    metrics = collect(cfg.models, cfg.corpus, cfg.activations, run_path / "activations",
-                      progress=progress, rank=rank, world_size=world_size)
+    metrics = collect(
+        cfg.models,
+        cfg.corpus,
+        cfg.activations,
+        run_path / "activations",
+        progress=progress,
+        rank=rank,
+        world_size=world_size,
+    )
     if rank == 0:
-        add_provenance(run_path, [corpus_provenance(cfg.corpus), model_provenance(cfg.models.base, "base"),
-                                  model_provenance(cfg.models.ft, "ft")])
+        add_provenance(
+            run_path,
+            [
+                corpus_provenance(cfg.corpus),
+                model_provenance(cfg.models.base, "base"),
+                model_provenance(cfg.models.ft, "ft"),
+            ],
+        )
     return metrics

@@ -83,10 +83,14 @@ def document_texts(cfg: CorpusConfig, tokenizer: Any, rows: Iterable[dict[str, A
         raise CorpusError("corpus.messages_field is set but the tokenizer has no chat template; use corpus.text_field")
     for i, row in enumerate(rows):
         if field not in row:
-            raise CorpusError(f"corpus row {i} has no field {field!r}; its fields are {sorted(row)}. Set corpus.text_field or corpus.messages_field.")
+            raise CorpusError(
+                f"corpus row {i} has no field {field!r}; its fields are {sorted(row)}. Set corpus.text_field or corpus.messages_field."
+            )
         value = row[field]
         if cfg.messages_field:
-            if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+            if not isinstance(value, list) or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in value
+            ):
                 raise CorpusError(f"corpus row {i}: {field!r} must be a list of {{role, content}} messages")
             text = tokenizer.apply_chat_template(value, tokenize=False)
         else:
@@ -107,7 +111,9 @@ def excluded_token_ids(tokenizer: Any, exclude_control_tokens: bool) -> np.ndarr
     ids = {tokenizer.bos_token_id, tokenizer.pad_token_id}
     if exclude_control_tokens:
         ids.update(tokenizer.all_special_ids)
-        ids.update(i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False))
+        ids.update(
+            i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)
+        )
     return np.array(sorted(i for i in ids if i is not None), dtype=np.int64)
 
 

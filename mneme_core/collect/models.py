@@ -190,7 +190,9 @@ def convert_gguf(gguf_path: str | Path, dest: str | Path | None = None) -> Path:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
         except Exception as exc:
             raise ModelError(f"transformers could not read GGUF file {gguf_path}: {exc}") from exc
         # The weights are de-quantised fp32 now; the leftover GGUF quantizer would make
@@ -261,13 +263,19 @@ def _looks_local(path: str) -> bool:
 
 def _check_local_folder(path: Path) -> None:
     if not path.is_dir():
-        raise ModelError(f"model folder not found: {path}. Give a local transformers folder or a hub id like 'org/name'.")
+        raise ModelError(
+            f"model folder not found: {path}. Give a local transformers folder or a hub id like 'org/name'."
+        )
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} has no config.json; it is not a transformers model folder")
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        hint = f" (it holds {', '.join(pickled)}: convert them to safetensors; MNEME never unpickles weights)" if pickled else ""
+        hint = (
+            f" (it holds {', '.join(pickled)}: convert them to safetensors; MNEME never unpickles weights)"
+            if pickled
+            else ""
+        )
         raise ModelError(f"{path} holds no .safetensors weights{hint}")
     for file in weights:
         check_safetensors(file)
@@ -327,11 +335,14 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
     is refused rather than unpickled."""
     folder = Path(path)
     if not (folder / ADAPTER_CONFIG).is_file():
-        raise ModelError(f"{folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG}); give the folder "
-                         f"`save_pretrained` wrote")
+        raise ModelError(
+            f"{folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG}); give the folder `save_pretrained` wrote"
+        )
     if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise ModelError(f"{folder} has no {ADAPTER_WEIGHTS} (pickled adapter weights are not loaded); re-save "
-                         f"it with `save_pretrained(..., safe_serialization=True)`")
+        raise ModelError(
+            f"{folder} has no {ADAPTER_WEIGHTS} (pickled adapter weights are not loaded); re-save "
+            f"it with `save_pretrained(..., safe_serialization=True)`"
+        )
     check_safetensors(folder / ADAPTER_WEIGHTS)
     return json.loads((folder / ADAPTER_CONFIG).read_text())
 
@@ -394,7 +405,13 @@ def load_model_pair(models_cfg: ModelsConfig, device: str | None = None) -> Mode
 
 def model_provenance(spec: ModelSpec, role: str) -> dict[str, Any]:
     """Where a model's weights came from, for the run manifest (GGUF origin included)."""
-    item: dict[str, Any] = {"kind": "model", "role": role, "source": spec.source, "path": spec.path, "dtype": spec.dtype}
+    item: dict[str, Any] = {
+        "kind": "model",
+        "role": role,
+        "source": spec.source,
+        "path": spec.path,
+        "dtype": spec.dtype,
+    }
     if spec.source == "adapter":
         adapter = check_adapter(spec.path)
         item["adapter"] = {k: adapter.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules")}
@@ -432,7 +449,9 @@ def resolve_layer(layer: int, n_layers: int) -> int:
     if layer == -1:
         return n_layers // 2
     if not 0 <= layer < n_layers:
-        raise ModelError(f"models.layer = {layer} is out of range: these models have {n_layers} layers (0..{n_layers - 1}); use -1 for the middle")
+        raise ModelError(
+            f"models.layer = {layer} is out of range: these models have {n_layers} layers (0..{n_layers - 1}); use -1 for the middle"
+        )
     return layer
 
 
@@ -446,10 +465,14 @@ def validate_pair(base_config: Any, ft_config: Any, base_tokenizer: Any, ft_toke
     ft_config = getattr(ft_config, "config", ft_config)
     d_base, d_ft = hidden_size_of(base_config), hidden_size_of(ft_config)
     if d_base != d_ft:
-        raise ModelError(f"hidden sizes differ: base d={d_base}, fine-tuned d={d_ft}. A cross-coder needs two models of the same architecture width.")
+        raise ModelError(
+            f"hidden sizes differ: base d={d_base}, fine-tuned d={d_ft}. A cross-coder needs two models of the same architecture width."
+        )
     n_base, n_ft = n_layers_of(base_config), n_layers_of(ft_config)
     if n_base != n_ft:
-        raise ModelError(f"layer counts differ: base has {n_base}, fine-tuned has {n_ft}; pair a model with its own fine-tune")
+        raise ModelError(
+            f"layer counts differ: base has {n_base}, fine-tuned has {n_ft}; pair a model with its own fine-tune"
+        )
     vocab_base, vocab_ft = base_tokenizer.get_vocab(), ft_tokenizer.get_vocab()
     if vocab_base != vocab_ft:
         only = sorted(set(vocab_base.items()) ^ set(vocab_ft.items()))[:3]
@@ -463,7 +486,9 @@ def validate_pair(base_config: Any, ft_config: Any, base_tokenizer: Any, ft_toke
 # --------------------------------------------------------------------------- deltas
 
 
-def save_delta(base_model: torch.nn.Module, ft_model: torch.nn.Module, path: str | Path, atol: float = 0.0) -> list[str]:
+def save_delta(
+    base_model: torch.nn.Module, ft_model: torch.nn.Module, path: str | Path, atol: float = 0.0
+) -> list[str]:
     """Write only the tensors of ``ft_model`` that differ from ``base_model``; return their names.
 
     The file records, per tensor, a fingerprint of the base tensor it replaces, so applying
@@ -479,8 +504,14 @@ def save_delta(base_model: torch.nn.Module, ft_model: torch.nn.Module, path: str
     for name, b in base_sd.items():
         f = ft_sd[name]
         if b.shape != f.shape:
-            raise ModelError(f"tensor {name} changed shape {tuple(b.shape)} -> {tuple(f.shape)}; a delta cannot hold that")
-        same = torch.equal(b, f.to(b.dtype)) if atol == 0 else bool((b.float() - f.float().to(b.device)).abs().max() <= atol)
+            raise ModelError(
+                f"tensor {name} changed shape {tuple(b.shape)} -> {tuple(f.shape)}; a delta cannot hold that"
+            )
+        same = (
+            torch.equal(b, f.to(b.dtype))
+            if atol == 0
+            else bool((b.float() - f.float().to(b.device)).abs().max() <= atol)
+        )
         if not same:
             changed[name] = f.detach().to("cpu").contiguous().clone()
             fingerprints[name] = _fingerprint(b)
@@ -509,7 +540,9 @@ def apply_delta(model: torch.nn.Module, path: str | Path) -> list[str]:
         for name in names:
             shape = tuple(fh.get_slice(name).get_shape())
             if shape != tuple(state[name].shape):
-                raise ModelError(f"delta {path}: tensor {name} has shape {shape}, the base has {tuple(state[name].shape)}")
+                raise ModelError(
+                    f"delta {path}: tensor {name} has shape {shape}, the base has {tuple(state[name].shape)}"
+                )
         for name in names:
             if check_base and name in fingerprints and _fingerprint(state[name]) != fingerprints[name]:
                 raise ModelError(
@@ -549,8 +582,13 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ModelError(f"cannot find the {n} decoder layers of a {type(model).__name__}")
 
 
-def truncated_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
-                      **forward_kwargs: Any) -> torch.Tensor:
+def truncated_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layer: int,
+    **forward_kwargs: Any,
+) -> torch.Tensor:
     """Residual stream after decoder layer ``layer`` (0-based; -1 = middle), shape (B, T, d).
 
     Runs the body only up to that layer: a forward hook captures the layer's output and

@@ -228,9 +228,13 @@ class InterpretConfig:
         if self.explainer == "openai" and not (self.base_url and self.model):
             raise ConfigError(f"{where}: explainer 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and model")
         if self.explainer == "transformers" and not self.model:
-            raise ConfigError(f"{where}: explainer 'transformers' needs model (a folder, hub id or 'smollm2-135m-instruct')")
+            raise ConfigError(
+                f"{where}: explainer 'transformers' needs model (a folder, hub id or 'smollm2-135m-instruct')"
+            )
         if self.scorer in ("detection", "fuzzing") and self.explainer == "offline":
-            raise ConfigError(f"{where}.scorer {self.scorer!r} needs an LLM: set explainer to openai or transformers, or use scorer 'embedding'")
+            raise ConfigError(
+                f"{where}.scorer {self.scorer!r} needs an LLM: set explainer to openai or transformers, or use scorer 'embedding'"
+            )
         for name in ("concurrency", "n_examples", "max_new_tokens", "n_score_examples"):
             _positive(getattr(self, name), f"{where}.{name}")
         if self.max_latents < 0 or self.max_retries < 0 or self.timeout_s <= 0:
@@ -399,9 +403,7 @@ def build(cls: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         path = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key '{path}{unknown[0]}'; allowed keys here: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"unknown config key '{path}{unknown[0]}'; allowed keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -410,8 +412,14 @@ def build(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 
 # Where a config names files or folders (``corpus.files`` is a list of them).
-PATH_KEYS = (("run_dir",), ("models", "base", "path"), ("models", "ft", "path"), ("corpus", "files"),
-             ("activations", "reuse_base_from"), ("evaluation", "benchmark"))
+PATH_KEYS = (
+    ("run_dir",),
+    ("models", "base", "path"),
+    ("models", "ft", "path"),
+    ("corpus", "files"),
+    ("activations", "reuse_base_from"),
+    ("evaluation", "benchmark"),
+)
 # ``evaluation.benchmark`` may name its files after one of these (see EvaluationConfig).
 RUNNER_PREFIX, LM_EVAL_PREFIX = "runner:", "lm_eval:"
 
@@ -436,7 +444,7 @@ def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str
 
     def resolve_benchmark(spec: str) -> str:
         prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
-        return prefix + ",".join(resolve(part) for part in spec[len(prefix):].split(","))
+        return prefix + ",".join(resolve(part) for part in spec[len(prefix) :].split(","))
 
     out = copy.deepcopy(data)
     for keys in PATH_KEYS:

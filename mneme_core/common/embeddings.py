@@ -31,18 +31,23 @@ class Embedder:
         getter = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         return int(getter())
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, *, progress: bool = False,
-               desc: str = "embed") -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, *, progress: bool = False, desc: str = "embed"
+    ) -> np.ndarray:
         """``progress`` shows a bar with rate and ETA: embedding every latent's windows or
         every context of a big study takes minutes. Texts go in chunks of ``CHUNK``, so
         the bar moves and the numbers do not depend on whether it is shown."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with tqdm(total=len(texts), desc=desc, unit="text", unit_scale=True, disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(texts), desc=desc, unit="text", unit_scale=True, disable=not progress, dynamic_ncols=True
+        ) as bar:
             for start in range(0, len(texts), CHUNK):
-                chunk = list(texts[start:start + CHUNK])
-                out[start:start + len(chunk)] = self._model.encode(
-                    chunk, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                chunk = list(texts[start : start + CHUNK])
+                out[start : start + len(chunk)] = self._model.encode(
+                    chunk,
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
                     show_progress_bar=False,
                 )
                 bar.update(len(chunk))

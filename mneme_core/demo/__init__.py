@@ -36,8 +36,10 @@ def main(rebuild: bool = False, refresh: bool = False) -> int:
         print(f"demo runs {', '.join(seconds)} re-read in {sum(seconds.values()) / 60:.1f} min")
     runs = [demo_dir / name for name in INTERVENTIONS if (demo_dir / name / "run.json").is_file()]
     if not runs:
-        print(f"no demo run in {demo_dir}; build it with `mneme demo --rebuild` (about an hour on 2 CPU cores)",
-              file=sys.stderr)
+        print(
+            f"no demo run in {demo_dir}; build it with `mneme demo --rebuild` (about an hour on 2 CPU cores)",
+            file=sys.stderr,
+        )
         return 1
     from mneme_dashboard import serve
 

@@ -100,17 +100,26 @@ def make_questions(wn: WordNet, subjects: SubjectIndex, spec: BenchmarkSpec = Be
         for s in usable:
             if len(chosen) == spec.n_per_subject:
                 break
-            distractors = [d.lemmas[0] for d in pool if d.key != s.key and d.lemmas[0] not in s.lemmas
-                           and not _leaks(s.definition, (d.lemmas[0],))]
+            distractors = [
+                d.lemmas[0]
+                for d in pool
+                if d.key != s.key and d.lemmas[0] not in s.lemmas and not _leaks(s.definition, (d.lemmas[0],))
+            ]
             if len(distractors) < spec.n_choices - 1:
                 continue
             wrong = rng.sample(distractors, spec.n_choices - 1)
             answer = rng.randrange(spec.n_choices)
             choices = wrong[:answer] + [s.lemmas[0]] + wrong[answer:]
-            chosen.append({
-                "subject": subject, "question": QUESTION_TEMPLATE.format(definition=s.definition),
-                "choices": choices, "answer": answer, "item_key": s.key, "term": s.lemmas[0],
-            })
+            chosen.append(
+                {
+                    "subject": subject,
+                    "question": QUESTION_TEMPLATE.format(definition=s.definition),
+                    "choices": choices,
+                    "answer": answer,
+                    "item_key": s.key,
+                    "term": s.lemmas[0],
+                }
+            )
         if len(chosen) >= spec.min_questions:
             rows.extend(chosen)
     return pd.DataFrame(rows, columns=BENCHMARK_COLUMNS)

@@ -117,9 +117,12 @@ def prepare_text(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> dic
         "items": {name: len(items) for name, items in split.sets().items()} | {"benchmark": len(split.benchmark_keys)},
         "neutral_docs_written": len(neutral),
         "neutral_forget_domain_share": round(
-            sum(d["domain"] in scenario.forget_subjects for d in neutral) / max(1, len(neutral)), 4),
-        "scenario": scenario.name, "forget_subjects": sorted(scenario.forget_subjects),
-        "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
+            sum(d["domain"] in scenario.forget_subjects for d in neutral) / max(1, len(neutral)), 4
+        ),
+        "scenario": scenario.name,
+        "forget_subjects": sorted(scenario.forget_subjects),
+        "split": asdict(SPLIT),
+        "benchmark": asdict(BENCHMARK),
     }
     atomic_write_json(summary_path, summary)
     return summary
@@ -136,12 +139,15 @@ def screen_subjects(work: Path, sizes: DemoSizes, base: Any, tokenizer: Any, pro
     if sizes.subjects:
         questions = questions[questions["subject"].isin(sizes.subjects)]
     screen = questions.groupby("subject", sort=True).head(sizes.screen_questions)
-    per_q = score_questions(base, tokenizer, to_mc_items(screen), cache_dir=work / "benchmark_cache",
-                            progress=progress, desc="screen base")
+    per_q = score_questions(
+        base, tokenizer, to_mc_items(screen), cache_dir=work / "benchmark_cache", progress=progress, desc="screen base"
+    )
     acc = accuracy_table(per_q)
     acc["kept"] = acc["ci_low"] > CHANCE
     kept = questions[questions["subject"].isin(acc.loc[acc["kept"], "category"])]
-    write_parquet(work / "text" / "questions.parquet", kept.groupby("subject", sort=True).head(sizes.questions_per_subject))
+    write_parquet(
+        work / "text" / "questions.parquet", kept.groupby("subject", sort=True).head(sizes.questions_per_subject)
+    )
     atomic_write_bytes(path, acc.to_csv(index=False).encode())
     return acc
 
@@ -162,13 +168,33 @@ def make_delta(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: An
     forget = [json.loads(line)["text"] for line in (work / "text" / "forget.jsonl").read_text().splitlines()]
     retain = [json.loads(line)["text"] for line in (work / "text" / "retain.jsonl").read_text().splitlines()]
     # the last 32 documents of each set are held out from training to measure the effect
-    result = rmu_unlearn(base, tokenizer, forget[:-32], retain[:-32], cfg,
-                         checkpoint=work / "deltas" / f"{name}.ckpt.safetensors", progress=progress)
-    report = activation_report(base, result.model, tokenizer, forget[-32:], retain[-32:], result.metrics["layer"],
-                               result.direction, result.steering_coef)
+    result = rmu_unlearn(
+        base,
+        tokenizer,
+        forget[:-32],
+        retain[:-32],
+        cfg,
+        checkpoint=work / "deltas" / f"{name}.ckpt.safetensors",
+        progress=progress,
+    )
+    report = activation_report(
+        base,
+        result.model,
+        tokenizer,
+        forget[-32:],
+        retain[-32:],
+        result.metrics["layer"],
+        result.direction,
+        result.steering_coef,
+    )
     names = save_rmu_delta(base, result, delta)
-    info = {"name": name, "method": "RMU (Li et al. 2024)", "tensors": names, "held_out_report": report,
-            **result.metrics}
+    info = {
+        "name": name,
+        "method": "RMU (Li et al. 2024)",
+        "tensors": names,
+        "held_out_report": report,
+        **result.metrics,
+    }
     atomic_write_json(info_path, info)
     (work / "deltas" / f"{name}.ckpt.safetensors").unlink(missing_ok=True)
     return info
@@ -190,46 +216,79 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
         ft = copy.deepcopy(base)
         apply_delta(ft, work / "deltas" / f"{name}.safetensors")
     questions = pd.read_parquet(work / "text" / "questions.parquet")
-    table = score_pair((base, tokenizer), (ft, tokenizer), to_mc_items(questions), cache_dir=work / "benchmark_cache",
-                       progress=progress)
+    table = score_pair(
+        (base, tokenizer),
+        (ft, tokenizer),
+        to_mc_items(questions),
+        cache_dir=work / "benchmark_cache",
+        progress=progress,
+    )
     atomic_write_bytes(path, table.to_csv(index=False).encode())
     return path
 
 
-def run_mneme(work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool,
-              scenario: Scenario = DEMO) -> Path:
+def run_mneme(
+    work: Path, name: str, sizes: DemoSizes, first: str | None, progress: bool, scenario: Scenario = DEMO
+) -> Path:
     """Step 5: the MNEME study for one intervention (resumable by the pipeline itself)."""
     from mneme_core.run.pipeline import run_study
 
     run_dir = work / "runs" / name
     reuse = work / "runs" / first / "activations" if first and first != name else None
     null = name == NULL_RUN
-    cfg = load_config(study_config(
-        name, run_dir=run_dir, delta=None if null else work / "deltas" / f"{name}.safetensors",
-        corpus=work / "text" / "neutral.jsonl", benchmark=work / "scores" / f"{name}.csv", sizes=sizes,
-        reuse_base_from=reuse, scenario=scenario,
-    ))
+    cfg = load_config(
+        study_config(
+            name,
+            run_dir=run_dir,
+            delta=None if null else work / "deltas" / f"{name}.safetensors",
+            corpus=work / "text" / "neutral.jsonl",
+            benchmark=work / "scores" / f"{name}.csv",
+            sizes=sizes,
+            reuse_base_from=reuse,
+            scenario=scenario,
+        )
+    )
     run_study(cfg, progress=progress)
     split = json.loads((work / "text" / "split.json").read_text())
     if null:
+
         def edit_null(m: dict[str, Any]) -> None:
             m["null_control"] = True
             m["demo"] = {"intervention": None, "split": split, "sizes": asdict(sizes)}
 
-        add_provenance(run_dir, [*sources.provenance(), {"kind": "control", "name": NULL_RUN,
-                                                         "what": "the base model compared with itself"}])
+        add_provenance(
+            run_dir,
+            [
+                *sources.provenance(),
+                {"kind": "control", "name": NULL_RUN, "what": "the base model compared with itself"},
+            ],
+        )
         update_manifest(run_dir, edit_null)
         return run_dir
     rmu_info = json.loads((work / "deltas" / f"{name}.json").read_text())
-    add_provenance(run_dir, [*sources.provenance(), {
-        "kind": "intervention", "name": name, "method": rmu_info["method"], "config": rmu_info["config"],
-        "steering_coef": rmu_info["steering_coef"], "tensors": rmu_info["tensors"],
-        "forget_text": "WordNet glosses of the forget subjects " + ", ".join(split["forget_subjects"]),
-        "retain_text": "WordNet glosses of all other subjects, KJV verses, Devil's Dictionary entries",
-    }, {
-        "kind": "benchmark", "name": "WordNet per-subject multiple choice (built in)",
-        "generator": "mneme_core.demo.benchmark", "spec": split["benchmark"], "licence": "WordNet 3.0 licence",
-    }])
+    add_provenance(
+        run_dir,
+        [
+            *sources.provenance(),
+            {
+                "kind": "intervention",
+                "name": name,
+                "method": rmu_info["method"],
+                "config": rmu_info["config"],
+                "steering_coef": rmu_info["steering_coef"],
+                "tensors": rmu_info["tensors"],
+                "forget_text": "WordNet glosses of the forget subjects " + ", ".join(split["forget_subjects"]),
+                "retain_text": "WordNet glosses of all other subjects, KJV verses, Devil's Dictionary entries",
+            },
+            {
+                "kind": "benchmark",
+                "name": "WordNet per-subject multiple choice (built in)",
+                "generator": "mneme_core.demo.benchmark",
+                "spec": split["benchmark"],
+                "licence": "WordNet 3.0 licence",
+            },
+        ],
+    )
 
     def edit(m: dict[str, Any]) -> None:
         m["demo"] = {"intervention": rmu_info, "split": split, "sizes": asdict(sizes)}
@@ -289,14 +348,22 @@ def _portable_names(work: Path, out: Path, name: str) -> list[tuple[str, str]]:
     provenance name (``$MNEME_DEMO_WORK/text/neutral.jsonl``, ``~/.cache/...``).
     """
     run = out / name
-    published = {work / "runs" / name: run,
-                 work / "deltas" / f"{name}.safetensors": out / "deltas" / f"{name}.safetensors",
-                 work / "deltas" / f"{name}.json": out / "deltas" / f"{name}.json",
-                 work / "scores" / f"{name}.csv": out / "benchmark" / f"scores-{name}.csv",
-                 **{work / "text" / f: out / "benchmark" / f for f in BENCHMARK_FILES}, run: run, out: out}
+    published = {
+        work / "runs" / name: run,
+        work / "deltas" / f"{name}.safetensors": out / "deltas" / f"{name}.safetensors",
+        work / "deltas" / f"{name}.json": out / "deltas" / f"{name}.json",
+        work / "scores" / f"{name}.csv": out / "benchmark" / f"scores-{name}.csv",
+        **{work / "text" / f: out / "benchmark" / f for f in BENCHMARK_FILES},
+        run: run,
+        out: out,
+    }
     pairs = {str(src): os.path.relpath(dst, run) for src, dst in published.items()}
-    left_behind = {work: "$MNEME_DEMO_WORK", Path(sysconfig.get_paths()["purelib"]): "$SITE_PACKAGES",
-                   Path(sysconfig.get_paths()["platlib"]): "$SITE_PACKAGES", Path.home(): "~"}
+    left_behind = {
+        work: "$MNEME_DEMO_WORK",
+        Path(sysconfig.get_paths()["purelib"]): "$SITE_PACKAGES",
+        Path(sysconfig.get_paths()["platlib"]): "$SITE_PACKAGES",
+        Path.home(): "~",
+    }
     for place, label in left_behind.items():
         if len(place.parts) > 1:  # a home folder of "/" names nothing
             pairs.setdefault(str(place), label)
@@ -323,9 +390,11 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
 
     def edit(m: dict[str, Any]) -> None:
         m.update(portable(m, names))
-        m["published"] = {"omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/",
-                                      "benchmark_cache/"], "crosscoder_weights": "float16 (loaded as float32)",
-                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        m["published"] = {
+            "omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/", "benchmark_cache/"],
+            "crosscoder_weights": "float16 (loaded as float32)",
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     update_manifest(run_dir, edit)
     (run_dir / LOCK_FILE).unlink(missing_ok=True)  # the edit's lock; a published run holds none
@@ -381,23 +450,40 @@ class DemoBuildError(RuntimeError):
 
 def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> None:
     """Refuse to resume a work folder built with other sizes or settings (no silent mix)."""
-    key = json.loads(json.dumps({"sizes": asdict(sizes), "split": asdict(SPLIT), "benchmark": asdict(BENCHMARK),
-                                 "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()},
-                                 "scenario": {"name": scenario.name, "forget": sorted(scenario.forget_subjects)}}))
+    key = json.loads(
+        json.dumps(
+            {
+                "sizes": asdict(sizes),
+                "split": asdict(SPLIT),
+                "benchmark": asdict(BENCHMARK),
+                "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()},
+                "scenario": {"name": scenario.name, "forget": sorted(scenario.forget_subjects)},
+            }
+        )
+    )
     path = work / "build_key.json"
     if path.is_file():
         old = json.loads(path.read_text())
         if old != key:
             changed = sorted(k for k in key if old.get(k) != key[k])
-            raise DemoBuildError(f"{work} holds a demo build with other settings ({', '.join(changed)} differ); "
-                                 f"delete it or pass another work folder (MNEME_DEMO_WORK) to rebuild from nothing")
+            raise DemoBuildError(
+                f"{work} holds a demo build with other settings ({', '.join(changed)} differ); "
+                f"delete it or pass another work folder (MNEME_DEMO_WORK) to rebuild from nothing"
+            )
     else:
         atomic_write_json(path, key)
 
 
-def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | None = None,
-            names: list[str] | None = None, null_control: bool = True, progress: bool = True,
-            scenario: Scenario = DEMO) -> dict[str, Any]:
+def rebuild(
+    *,
+    sizes: DemoSizes = FULL,
+    work: Path | None = None,
+    out: Path | None = None,
+    names: list[str] | None = None,
+    null_control: bool = True,
+    progress: bool = True,
+    scenario: Scenario = DEMO,
+) -> dict[str, Any]:
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
     ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``scenario`` picks what is
     unlearned (the development scenario uses the same steps on another forget set)."""
@@ -442,7 +528,9 @@ def rebuild(*, sizes: DemoSizes = FULL, work: Path | None = None, out: Path | No
         timings[label] = round(time.perf_counter() - t0, 1)
     bar.close()
     summary = {
-        "seconds_total": round(time.perf_counter() - t_all, 1), "seconds": timings, "sizes": asdict(sizes),
+        "seconds_total": round(time.perf_counter() - t_all, 1),
+        "seconds": timings,
+        "sizes": asdict(sizes),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "runs": studies,
     }

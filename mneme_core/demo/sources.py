@@ -133,8 +133,15 @@ def _parse_data_line(line: str, pos: str) -> Synset:
         i += 4
     definition, examples = _split_gloss(gloss.strip())
     return Synset(
-        key=f"{pos}:{f[0]}", pos=pos, lexname=LEXNAMES[int(f[1])], lemmas=lemmas, lex_ids=lex_ids,
-        definition=definition, examples=examples, hypernyms=tuple(hypernyms), topics=tuple(topics),
+        key=f"{pos}:{f[0]}",
+        pos=pos,
+        lexname=LEXNAMES[int(f[1])],
+        lemmas=lemmas,
+        lex_ids=lex_ids,
+        definition=definition,
+        examples=examples,
+        hypernyms=tuple(hypernyms),
+        topics=tuple(topics),
     )
 
 
@@ -200,9 +207,7 @@ def read_bible(program: str = "bible") -> tuple[Verse, ...]:
             f"the `{program}` program is missing: install the Debian packages `bible-kjv` and "
             "`bible-kjv-text` (apt-get install bible-kjv bible-kjv-text)"
         )
-    proc = subprocess.run(
-        [exe, "-f", "-l100000", BIBLE_SPEC], capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = subprocess.run([exe, "-f", "-l100000", BIBLE_SPEC], capture_output=True, text=True, timeout=120, check=False)
     verses = []
     for line in proc.stdout.splitlines():
         m = re.match(r"^(\S+?)(\d+):(\d+)\s+(.*)$", line.strip())
@@ -243,7 +248,7 @@ def read_devil(root: Path = DEVIL_DIR) -> tuple[DevilEntry, ...]:
         head, off, length = line.split("\t")[:3]
         if head.startswith("00database") or head.startswith("00-database"):
             continue
-        body = blob[_b64_int(off): _b64_int(off) + _b64_int(length)].decode("utf-8", "replace")
+        body = blob[_b64_int(off) : _b64_int(off) + _b64_int(length)].decode("utf-8", "replace")
         text = " ".join(body.split())
         if len(text) > len(head) + 5:
             entries.append(DevilEntry(key=f"devil:{head}", headword=head, text=text))
@@ -265,22 +270,30 @@ def provenance() -> list[dict[str, str]]:
     """Provenance + licence records for the run manifest (``store.add_provenance``)."""
     return [
         {
-            "name": "WordNet 3.0", "package": "wordnet-base", "version": _deb_version("wordnet-base"),
+            "name": "WordNet 3.0",
+            "package": "wordnet-base",
+            "version": _deb_version("wordnet-base"),
             "files": str(WORDNET_DIR / "data.{noun,verb,adj,adv}"),
             "licence": "WordNet 3.0 licence (permissive, BSD-like; keep Princeton's copyright notice)",
             "url": "https://wordnet.princeton.edu/license-and-commercial-use",
             "use": "glosses: forget / retain / neutral text; benchmark questions",
         },
         {
-            "name": "King James Bible (1611)", "package": "bible-kjv-text", "version": _deb_version("bible-kjv-text"),
+            "name": "King James Bible (1611)",
+            "package": "bible-kjv-text",
+            "version": _deb_version("bible-kjv-text"),
             "files": "/usr/lib/bible.data via the `bible` program (bible-kjv)",
-            "licence": "public domain", "url": "https://packages.debian.org/bible-kjv-text",
+            "licence": "public domain",
+            "url": "https://packages.debian.org/bible-kjv-text",
             "use": "retain and neutral text",
         },
         {
-            "name": "The Devil's Dictionary (Ambrose Bierce, 1911)", "package": "dict-devil",
-            "version": _deb_version("dict-devil"), "files": str(DEVIL_DIR / "devil.{index,dict.dz}"),
-            "licence": "public domain (copyright expired)", "url": "https://packages.debian.org/dict-devil",
+            "name": "The Devil's Dictionary (Ambrose Bierce, 1911)",
+            "package": "dict-devil",
+            "version": _deb_version("dict-devil"),
+            "files": str(DEVIL_DIR / "devil.{index,dict.dz}"),
+            "licence": "public domain (copyright expired)",
+            "url": "https://packages.debian.org/dict-devil",
             "use": "retain and neutral text",
         },
     ]

@@ -60,17 +60,18 @@ def _unit(seed: int, key: str) -> float:
 
 def all_items(wn: WordNet, subjects: SubjectIndex) -> list[TextItem]:
     """Every text item of the three sources, with its domain."""
-    items = [
-        TextItem(s.key, "wordnet", subjects(s) or s.lexname, s.text)
-        for s in wn.synsets.values() if s.definition
-    ]
+    items = [TextItem(s.key, "wordnet", subjects(s) or s.lexname, s.text) for s in wn.synsets.values() if s.definition]
     items += [TextItem(v.key, "kjv", v.book, v.text) for v in read_bible()]
     items += [TextItem(e.key, "devil", "devil", e.text) for e in read_devil()]
     return items
 
 
-def split_items(items: Iterable[TextItem], benchmark_keys: Iterable[str], spec: SplitSpec = SplitSpec(),
-                forget_subjects: frozenset[str] = FORGET_SUBJECTS) -> DemoSplit:
+def split_items(
+    items: Iterable[TextItem],
+    benchmark_keys: Iterable[str],
+    spec: SplitSpec = SplitSpec(),
+    forget_subjects: frozenset[str] = FORGET_SUBJECTS,
+) -> DemoSplit:
     """Assign every non-benchmark item to exactly one of forget / retain / neutral."""
     bench = frozenset(benchmark_keys)
     forget, retain, neutral = [], [], []
@@ -101,9 +102,15 @@ def documents(items: Sequence[TextItem], per_doc: int = 8, seed: int = 0) -> lis
             group = sorted(group, key=lambda it: _unit(seed, it.key))
         sep = " " if source == "kjv" else "\n"
         for i in range(0, len(group), per_doc):
-            chunk = group[i:i + per_doc]
-            docs.append({"text": sep.join(it.text for it in chunk), "source": source, "domain": domain,
-                         "keys": ",".join(it.key for it in chunk)})
+            chunk = group[i : i + per_doc]
+            docs.append(
+                {
+                    "text": sep.join(it.text for it in chunk),
+                    "source": source,
+                    "domain": domain,
+                    "keys": ",".join(it.key for it in chunk),
+                }
+            )
     random.Random(seed).shuffle(docs)
     return docs
 

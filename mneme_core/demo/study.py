@@ -51,8 +51,11 @@ class Scenario:
 
 
 DEMO = Scenario("demo", FORGET_SUBJECTS, "unlearned biology and medicine knowledge (RMU)")
-DEV = Scenario("dev-physical-science", frozenset({"chemistry", "physics", "materials", "weather"}),
-               "unlearned chemistry and physical-science knowledge (RMU)")
+DEV = Scenario(
+    "dev-physical-science",
+    frozenset({"chemistry", "physics", "materials", "weather"}),
+    "unlearned chemistry and physical-science knowledge (RMU)",
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,20 @@ class DemoSizes:
 
 
 FULL = DemoSizes()
-REDUCED = DemoSizes(corpus_tokens=12_000, context_length=64, expansion=1, k=16, train_tokens=24_000, train_batch=512,
-                    questions_per_subject=16, screen_questions=16, top_n=5, window=16, rmu_steps_scale=0.1,
-                    subjects=("animals", "human body", "food", "time", "people"))
+REDUCED = DemoSizes(
+    corpus_tokens=12_000,
+    context_length=64,
+    expansion=1,
+    k=16,
+    train_tokens=24_000,
+    train_batch=512,
+    questions_per_subject=16,
+    screen_questions=16,
+    top_n=5,
+    window=16,
+    rmu_steps_scale=0.1,
+    subjects=("animals", "human body", "food", "time", "people"),
+)
 
 BENCHMARK = BenchmarkSpec(n_per_subject=120, min_questions=100, seed=0)
 SPLIT = SplitSpec(forget_fraction=0.5, retain_fraction=0.25, seed=0)
@@ -86,9 +100,12 @@ SPLIT = SplitSpec(forget_fraction=0.5, retain_fraction=0.25, seed=0)
 # (SmolLM2, this split; 100 / 150 steps): forget activations moved by 1.75× / 5.3× their
 # norm, retain activations by 0.10× / 0.18×. 150 steps of 4 = the reference's 150 batches.
 INTERVENTIONS: dict[str, RMUConfig] = {
-    "rmu": RMUConfig(layer=7, steering_scale=4.0, alpha=100.0, lr=1e-3, steps=150, batch_size=4, max_tokens=128, seed=0),
-    "rmu-strong": RMUConfig(layer=7, steering_scale=8.0, alpha=100.0, lr=2e-3, steps=150, batch_size=4, max_tokens=128,
-                            seed=0),
+    "rmu": RMUConfig(
+        layer=7, steering_scale=4.0, alpha=100.0, lr=1e-3, steps=150, batch_size=4, max_tokens=128, seed=0
+    ),
+    "rmu-strong": RMUConfig(
+        layer=7, steering_scale=8.0, alpha=100.0, lr=2e-3, steps=150, batch_size=4, max_tokens=128, seed=0
+    ),
 }
 
 
@@ -102,8 +119,17 @@ def scaled(cfg: RMUConfig, sizes: DemoSizes) -> RMUConfig:
 NULL_RUN = "null-control"
 
 
-def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, benchmark: Path, sizes: DemoSizes,
-                 reuse_base_from: Path | None = None, scenario: Scenario = DEMO) -> dict[str, Any]:
+def study_config(
+    name: str,
+    *,
+    run_dir: Path,
+    delta: Path | None,
+    corpus: Path,
+    benchmark: Path,
+    sizes: DemoSizes,
+    reuse_base_from: Path | None = None,
+    scenario: Scenario = DEMO,
+) -> dict[str, Any]:
     """The MNEME study for one intervention (``delta=None``: the null control), as a config
     mapping (``config.load_config``).
 
@@ -118,18 +144,35 @@ def study_config(name: str, *, run_dir: Path, delta: Path | None, corpus: Path, 
         "seed": 0,
         "models": {
             "base": {"source": "named", "path": BASE_MODEL, "dtype": "float32"},
-            "ft": ({"source": "delta", "path": str(delta), "dtype": "float32"} if delta is not None
-                   else {"source": "named", "path": BASE_MODEL, "dtype": "float32"}),
+            "ft": (
+                {"source": "delta", "path": str(delta), "dtype": "float32"}
+                if delta is not None
+                else {"source": "named", "path": BASE_MODEL, "dtype": "float32"}
+            ),
             "layer": MNEME_LAYER,
             "device": "cpu",
         },
-        "corpus": {"files": [str(corpus)], "text_field": "text", "n_tokens": sizes.corpus_tokens,
-                   "context_length": sizes.context_length, "exclude_control_tokens": True, "shuffle_seed": 0},
-        "activations": {"dtype": "float16", "batch_size": sizes.collect_batch,
-                        "reuse_base_from": str(reuse_base_from) if reuse_base_from else ""},
+        "corpus": {
+            "files": [str(corpus)],
+            "text_field": "text",
+            "n_tokens": sizes.corpus_tokens,
+            "context_length": sizes.context_length,
+            "exclude_control_tokens": True,
+            "shuffle_seed": 0,
+        },
+        "activations": {
+            "dtype": "float16",
+            "batch_size": sizes.collect_batch,
+            "reuse_base_from": str(reuse_base_from) if reuse_base_from else "",
+        },
         "crosscoder": {"expansion": sizes.expansion, "k": sizes.k},
-        "training": {"batch_size": sizes.train_batch, "n_tokens": sizes.train_tokens,
-                     "dead_tokens": max(sizes.train_tokens // 4, 1), "checkpoint_every": 100, "seed": 0},
+        "training": {
+            "batch_size": sizes.train_batch,
+            "n_tokens": sizes.train_tokens,
+            "dead_tokens": max(sizes.train_tokens // 4, 1),
+            "checkpoint_every": 100,
+            "seed": 0,
+        },
         "diffing": {},
         "contexts": {"top_n": sizes.top_n, "window": sizes.window, "n_quantiles": 4, "per_quantile": 2},
         "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
@@ -148,7 +191,11 @@ def reading_settings(*, null: bool, scenario: Scenario = DEMO) -> dict[str, dict
     # mostly as amplified latents on forget-domain text)
     return {
         "categories": {"labeler": "taxonomy", "taxonomies": ["topics", "safety"]},
-        "evaluation": {"direction": "drop", "latent_direction": "both",
-                       "intervention_description": "no change: the base model compared with itself (null control)"
-                       if null else scenario.description},
+        "evaluation": {
+            "direction": "drop",
+            "latent_direction": "both",
+            "intervention_description": "no change: the base model compared with itself (null control)"
+            if null
+            else scenario.description,
+        },
     }

@@ -135,7 +135,9 @@ class _SparseCrossCoder(torch.autograd.Function):
         if compute_dtype == x_BD.dtype:
             pre_BF = torch.addmm(b_F, x_BD, W_enc_DF)
         else:
-            pre_BF = torch.addmm(b_F.to(compute_dtype), x_BD.to(compute_dtype), W_enc_DF.to(compute_dtype)).to(x_BD.dtype)
+            pre_BF = torch.addmm(b_F.to(compute_dtype), x_BD.to(compute_dtype), W_enc_DF.to(compute_dtype)).to(
+                x_BD.dtype
+            )
         score = pre_BF.mul_(w_F).reshape(-1)  # in place: no second B×F buffer
         idx = batch_topk_indices(score, n_keep)  # ascending, so grouped by token
         kept = score[idx]
@@ -306,7 +308,9 @@ class BatchTopKCrossCoder(nn.Module):
             kept, cuts = [], []
             for x in batches:
                 self._check_input(x)
-                score = (torch.relu(self._pre(self.normalize(x.to(self.W_dec.dtype)))) * self.selection_weights()).reshape(-1)
+                score = (
+                    torch.relu(self._pre(self.normalize(x.to(self.W_dec.dtype)))) * self.selection_weights()
+                ).reshape(-1)
                 n_keep = min(score.numel(), factor * self.k * len(x))
                 top = torch.topk(score, n_keep, sorted=False).values
                 kept.append(top[top > 0])
@@ -333,9 +337,7 @@ class BatchTopKCrossCoder(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[1] != 2 or x.shape[2] != self.d_model:
-            raise ValueError(
-                f"expected paired activations of shape (N, 2, {self.d_model}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected paired activations of shape (N, 2, {self.d_model}), got {tuple(x.shape)}")
 
     # ----------------------------------------------------------------- training
 
@@ -419,7 +421,9 @@ class BatchTopKCrossCoder(nn.Module):
     def load_tensors(self, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
         for name in _TENSORS:
             if name not in tensors:
-                raise CrossCoderFileError(f"{source} has no tensor {name!r}; it was not written by BatchTopKCrossCoder.save")
+                raise CrossCoderFileError(
+                    f"{source} has no tensor {name!r}; it was not written by BatchTopKCrossCoder.save"
+                )
             target = getattr(self, name)
             if tuple(tensors[name].shape) != tuple(target.shape):
                 raise CrossCoderFileError(
@@ -440,13 +444,20 @@ class BatchTopKCrossCoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", *, revision: str | None = None, hub: Hub | None = None
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        revision: str | None = None,
+        hub: Hub | None = None,
     ) -> "BatchTopKCrossCoder":
         """Load a folder written by ``save`` (safetensors only; never pickle), or a hub model
         repo pushed by ``push_to_hub`` when ``directory`` is a string like ``owner/name`` that
         is no local path (``revision``; ``hub``: a ``common.hub.Hub`` for endpoint, token, cache)."""
         if isinstance(directory, str) and not Path(directory).exists() and REPO_ID.fullmatch(directory):
-            directory = (hub or Hub()).download(directory, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE])
+            directory = (hub or Hub()).download(
+                directory, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]
+            )
         directory = Path(directory)
         cfg = read_config(directory)
         model = cls(cfg["d_model"], cfg["n_latents"], cfg["k"], cfg.get("selection_norm", "l2"), seed=None)
@@ -468,9 +479,13 @@ def read_config(directory: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CrossCoderFileError(f"{path} is not valid JSON ({exc}); the file is damaged — retrain or restore it.") from exc
+        raise CrossCoderFileError(
+            f"{path} is not valid JSON ({exc}); the file is damaged — retrain or restore it."
+        ) from exc
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CrossCoderFileError(f"{path} is not a MNEME cross-coder config (format {cfg.get('format') if isinstance(cfg, dict) else None!r}).")
+        raise CrossCoderFileError(
+            f"{path} is not a MNEME cross-coder config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})."
+        )
     if cfg.get("format_version") != FORMAT_VERSION:
         raise CrossCoderFileError(
             f"{path} has cross-coder format version {cfg.get('format_version')!r}; this MNEME reads {FORMAT_VERSION}."
@@ -510,8 +525,14 @@ def crosscoder_card(model: BatchTopKCrossCoder, repo_id: str) -> str:
     )
 
 
-def push_crosscoder(model: BatchTopKCrossCoder, repo_id: str, *, private: bool | None = None,
-                    message: str = "Upload MNEME cross-coder", hub: Hub | None = None) -> str:
+def push_crosscoder(
+    model: BatchTopKCrossCoder,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    message: str = "Upload MNEME cross-coder",
+    hub: Hub | None = None,
+) -> str:
     """Save ``model`` and push it with a model card to a model repo; returns the commit URL."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = model.save(tmp)

@@ -83,7 +83,6 @@ DL_CROSSCODER_NORM = 1  # CodeNormalization.CROSSCODER: the selection weight Σ_
 DL_NORMALISER = ("activation_mean", "activation_std", "activation_global_scale", "target_rms")
 
 
-
 # --------------------------------------------------------------------------- dictionary_learning
 
 
@@ -96,8 +95,13 @@ def to_dictionary_learning(model: BatchTopKCrossCoder, legacy: bool = False) -> 
         )
     t = {k: v.double() for k, v in model.tensors().items()}
     s, theta = t["norm_scale"], float(t["threshold"])
-    out = {"encoder.weight": t["W_enc"], "encoder.bias": t["b_enc"], "decoder.weight": t["W_dec"],
-           "decoder.bias": t["b_dec"], "threshold": torch.tensor(theta)}
+    out = {
+        "encoder.weight": t["W_enc"],
+        "encoder.bias": t["b_enc"],
+        "decoder.weight": t["W_dec"],
+        "decoder.bias": t["b_dec"],
+        "threshold": torch.tensor(theta),
+    }
     if legacy:
         if not torch.allclose(s[0], s[1], rtol=1e-6):
             raise InteropError(
@@ -123,7 +127,9 @@ def to_dictionary_learning(model: BatchTopKCrossCoder, legacy: bool = False) -> 
 def _expect(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], source: str) -> torch.Tensor:
     """The tensor ``name`` of the expected shape, or one line naming what is wrong."""
     if name not in tensors:
-        raise InteropError(f"{source}: no tensor {name!r} (expected shape {shape}); not a dictionary_learning cross-coder")
+        raise InteropError(
+            f"{source}: no tensor {name!r} (expected shape {shape}); not a dictionary_learning cross-coder"
+        )
     value = tensors[name]
     if tuple(value.shape) != shape:
         raise InteropError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, expected {shape}")
@@ -140,18 +146,34 @@ def from_dictionary_learning(
     """
     tensors = {k.removeprefix("_orig_mod."): v for k, v in tensors.items()}  # saved from a torch.compile'd model
     if "encoder.weight" not in tensors:
-        raise InteropError(f"{source}: no tensor 'encoder.weight' (expected shape (2, d_model, n_latents)); "
-                           "not a dictionary_learning cross-coder")
+        raise InteropError(
+            f"{source}: no tensor 'encoder.weight' (expected shape (2, d_model, n_latents)); "
+            "not a dictionary_learning cross-coder"
+        )
     shape = tuple(tensors["encoder.weight"].shape)
     if len(shape) != 3 or shape[0] != 2:
-        raise InteropError(f"{source}: tensor 'encoder.weight' has shape {shape}, expected (2, d_model, n_latents): "
-                           "MNEME cross-codes exactly two models (base, fine-tuned)")
+        raise InteropError(
+            f"{source}: tensor 'encoder.weight' has shape {shape}, expected (2, d_model, n_latents): "
+            "MNEME cross-codes exactly two models (base, fine-tuned)"
+        )
     _, d, n = shape
-    unknown = sorted(set(tensors) - {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias", "threshold",
-                                     "k", "code_normalization_id", *DL_NORMALISER})
+    unknown = sorted(
+        set(tensors)
+        - {
+            "encoder.weight",
+            "encoder.bias",
+            "decoder.weight",
+            "decoder.bias",
+            "threshold",
+            "k",
+            "code_normalization_id",
+            *DL_NORMALISER,
+        }
+    )
     if unknown:
-        raise InteropError(f"{source}: unexpected tensor {unknown[0]!r}; not part of dictionary_learning's "
-                           "BatchTopKCrossCoder layout")
+        raise InteropError(
+            f"{source}: unexpected tensor {unknown[0]!r}; not part of dictionary_learning's BatchTopKCrossCoder layout"
+        )
     W_enc = _expect(tensors, "encoder.weight", (2, d, n), source)
     b_enc = _expect(tensors, "encoder.bias", (n,), source)
     W_dec = _expect(tensors, "decoder.weight", (2, n, d), source)
@@ -160,8 +182,11 @@ def from_dictionary_learning(
     k = int(_expect(tensors, "k", (), source))
     if not 0 < k <= n:
         raise InteropError(f"{source}: tensor 'k' is {k}; it must be between 1 and the {n} latents")
-    norm_id = (int(_expect(tensors, "code_normalization_id", (), source)) if "code_normalization_id" in tensors
-               else {None: DL_CROSSCODER_NORM, "CROSSCODER": DL_CROSSCODER_NORM}.get(code_normalization, -1))
+    norm_id = (
+        int(_expect(tensors, "code_normalization_id", (), source))
+        if "code_normalization_id" in tensors
+        else {None: DL_CROSSCODER_NORM, "CROSSCODER": DL_CROSSCODER_NORM}.get(code_normalization, -1)
+    )
     if norm_id != DL_CROSSCODER_NORM:
         raise InteropError(
             f"{source}: tensor 'code_normalization_id' is {norm_id if norm_id >= 0 else code_normalization!r}; MNEME "
@@ -183,8 +208,17 @@ def from_dictionary_learning(
             b_enc = b_enc - torch.einsum("m,md,mdf->f", scale, mean, W_enc)
             b_dec = b_dec + scale[:, None] * mean
     model = BatchTopKCrossCoder(d, n, k, "l2", seed=None)
-    model.load_tensors({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec,
-                        "threshold": torch.tensor(theta if theta >= 0 else -1.0), "norm_scale": scale}, source=source)
+    model.load_tensors(
+        {
+            "W_enc": W_enc,
+            "b_enc": b_enc,
+            "W_dec": W_dec,
+            "b_dec": b_dec,
+            "threshold": torch.tensor(theta if theta >= 0 else -1.0),
+            "norm_scale": scale,
+        },
+        source=source,
+    )
     return model
 
 
@@ -200,8 +234,13 @@ def write_dictionary_learning(model: BatchTopKCrossCoder, dest: str | Path, lega
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "exported_by": "mneme"})
-    config: dict[str, Any] = {"activation_dim": model.d_model, "dict_size": model.n_latents, "num_layers": 2,
-                              "k": model.k, "code_normalization": "CROSSCODER"}
+    config: dict[str, Any] = {
+        "activation_dim": model.d_model,
+        "dict_size": model.n_latents,
+        "num_layers": 2,
+        "k": model.k,
+        "code_normalization": "CROSSCODER",
+    }
     if not legacy:
         config["target_rms"] = 1.0
     atomic_write_json(dest / CONFIG_FILE, config)
@@ -227,15 +266,21 @@ def _weights_in(folder: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if found:
-        raise InteropError(f"{folder} holds several safetensors files ({', '.join(p.name for p in found)}); "
-                           "point to the one to import")
+        raise InteropError(
+            f"{folder} holds several safetensors files ({', '.join(p.name for p in found)}); point to the one to import"
+        )
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))
-    hint = f" (it has {', '.join(pickles)}: pickled checkpoints are never loaded; re-save them with safetensors)" if pickles else ""
+    hint = (
+        f" (it has {', '.join(pickles)}: pickled checkpoints are never loaded; re-save them with safetensors)"
+        if pickles
+        else ""
+    )
     raise InteropError(f"{folder} has no safetensors file{hint}")
 
 
-def read_crosscoder(source: str | Path, revision: str | None = None, hub: Hub | None = None
-                    ) -> tuple[BatchTopKCrossCoder, dict[str, Any]]:
+def read_crosscoder(
+    source: str | Path, revision: str | None = None, hub: Hub | None = None
+) -> tuple[BatchTopKCrossCoder, dict[str, Any]]:
     """A cross-coder from a folder, a safetensors file or a hub repo id, in MNEME's or
     dictionary_learning's layout; with a provenance record (where, which format, sha256)."""
     text = str(source)
@@ -248,7 +293,9 @@ def read_crosscoder(source: str | Path, revision: str | None = None, hub: Hub | 
         record.update(hub_repo=text, revision=path.name)  # the snapshot folder is named by its commit
     weights = _weights_in(path) if path.is_dir() else path
     if weights.suffix != ".safetensors":
-        raise InteropError(f"{weights} is not a safetensors file; pickled checkpoints are never loaded, re-save it with safetensors")
+        raise InteropError(
+            f"{weights} is not a safetensors file; pickled checkpoints are never loaded, re-save it with safetensors"
+        )
     config_path = weights.parent / CONFIG_FILE
     try:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -282,8 +329,9 @@ def _target_run(target: str | Path) -> Path:
     raise InteropError(f"{target} is neither a run directory nor a study YAML file")
 
 
-def import_crosscoder(source: str | Path, target: str | Path, *, revision: str | None = None,
-                      force: bool = False, hub: Hub | None = None) -> Path:
+def import_crosscoder(
+    source: str | Path, target: str | Path, *, revision: str | None = None, force: bool = False, hub: Hub | None = None
+) -> Path:
     """Put a cross-coder into a run as its trained one, so the study goes on at ``diff``.
 
     The train stage becomes complete with metrics saying it was imported and from where
@@ -299,20 +347,33 @@ def import_crosscoder(source: str | Path, target: str | Path, *, revision: str |
     if store_index.is_file():
         d = json.loads(store_index.read_text()).get("d_model")
         if d != model.d_model:
-            raise InteropError(f"{source}: the cross-coder has d_model {model.d_model}, this run's activations "
-                               f"have {d}: it was trained on another model or layer")
+            raise InteropError(
+                f"{source}: the cross-coder has d_model {model.d_model}, this run's activations "
+                f"have {d}: it was trained on another model or layer"
+            )
     out_dir = run_path / "crosscoder"
     if (out_dir / WEIGHTS_FILE).is_file() and not force:
         raise InteropError(f"{run_path} already has a cross-coder; pass --force to replace it")
     model.save(out_dir)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # they belong to the replaced model
-    metrics = {"imported": True, **{k: v for k, v in record.items() if k != "kind"},
-               "d_model": model.d_model, "n_latents": model.n_latents, "k": model.k,
-               "threshold": float(model.threshold), "threshold_calibrated": float(model.threshold) >= 0}
+    metrics = {
+        "imported": True,
+        **{k: v for k, v in record.items() if k != "kind"},
+        "d_model": model.d_model,
+        "n_latents": model.n_latents,
+        "k": model.k,
+        "threshold": float(model.threshold),
+        "threshold_calibrated": float(model.threshold) >= 0,
+    }
     atomic_write_json(out_dir / "metrics.json", metrics)
     mark_later_stale(run_path, "train")
-    set_stage(run_path, "train", "complete", metrics=metrics,
-              info={"seconds": 0.0, "error": None, "reason": f"imported from {source}"})
+    set_stage(
+        run_path,
+        "train",
+        "complete",
+        metrics=metrics,
+        info={"seconds": 0.0, "error": None, "reason": f"imported from {source}"},
+    )
     add_provenance(run_path, [{**record, "imported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
     return run_path
 
@@ -329,5 +390,3 @@ def export_crosscoder(source: str | Path, dest: str | Path, legacy: bool = False
 
 
 # --------------------------------------------------------------------------- the hub
-
-

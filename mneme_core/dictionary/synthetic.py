@@ -166,8 +166,10 @@ def _balanced_freq(freq: torch.Tensor, scales: torch.Tensor, kinds: list[str]) -
     # Kinds that carry more energy in base (negative diff) absorb a positive excess, and
     # vice versa; scale their rates by one common factor.
     diff = scales[1] ** 2 - scales[0] ** 2
-    side = torch.from_numpy(np.isin(kinds_arr, ["suppressed", "base_only"])) if excess > 0 else torch.from_numpy(
-        np.isin(kinds_arr, ["amplified", "ft_only"])
+    side = (
+        torch.from_numpy(np.isin(kinds_arr, ["suppressed", "base_only"]))
+        if excess > 0
+        else torch.from_numpy(np.isin(kinds_arr, ["amplified", "ft_only"]))
     )
     side &= diff.abs() > 0
     carried = float((freq[side] * diff[side]).sum())

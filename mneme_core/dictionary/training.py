@@ -76,8 +76,15 @@ class Activations(Protocol):
     def d_model(self) -> int: ...
 
     def iter_batches(
-        self, batch_size: int, shuffle: bool = True, seed: int = 0, start: int = 0, stop: int | None = None,
-        rank: int = 0, world_size: int = 1, drop_last: bool = False,
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
     ) -> Iterator[torch.Tensor]: ...
 
 
@@ -91,7 +98,9 @@ class InMemoryActivations:
     def __init__(self, x_N2d: torch.Tensor):
         if not isinstance(x_N2d, torch.Tensor) or x_N2d.dim() != 3 or x_N2d.shape[1] != 2:
             shape = tuple(x_N2d.shape) if isinstance(x_N2d, torch.Tensor) else type(x_N2d).__name__
-            raise ValueError(f"activations must be a (N, 2, d) tensor (base, fine-tuned) or an ActivationStore; got {shape}")
+            raise ValueError(
+                f"activations must be a (N, 2, d) tensor (base, fine-tuned) or an ActivationStore; got {shape}"
+            )
         if not x_N2d.is_floating_point():
             raise ValueError(f"activations must be floating point, got {x_N2d.dtype}")
         self.x = x_N2d
@@ -168,8 +177,9 @@ class _LossModule(nn.Module):
         self.model = model
 
     def forward(self, x_n, dead_F, tcfg: TrainingConfig, k_aux: int, compute_dtype) -> LossOutput:
-        return self.model.training_loss(x_n, dead_F, k_aux=k_aux, aux_alpha=tcfg.aux_alpha, sparse=tcfg.sparse,
-                                        compute_dtype=compute_dtype)
+        return self.model.training_loss(
+            x_n, dead_F, k_aux=k_aux, aux_alpha=tcfg.aux_alpha, sparse=tcfg.sparse, compute_dtype=compute_dtype
+        )
 
 
 # --------------------------------------------------------------------------- plan
@@ -223,8 +233,20 @@ def _plan(data: Activations, tcfg: TrainingConfig, ccfg: CrossCoderConfig, world
         )
     steps = max(1, (tcfg.n_tokens or n_train) // B)
     lr = tcfg.lr or 1e-4 * math.sqrt(16384 / F_)
-    return _Plan(d, F_, ccfg.k, ccfg.selection_norm, B, n_train, n_val, steps, n_train // B, lr,
-                 tcfg.k_aux or max(1, d // 2), tcfg.seed)
+    return _Plan(
+        d,
+        F_,
+        ccfg.k,
+        ccfg.selection_norm,
+        B,
+        n_train,
+        n_val,
+        steps,
+        n_train // B,
+        lr,
+        tcfg.k_aux or max(1, d // 2),
+        tcfg.seed,
+    )
 
 
 def _lr_at(step: int, plan: _Plan, warmup: int) -> float:
@@ -290,8 +312,9 @@ def train_crosscoder(
         _load_checkpoint(latest, plan, model, optimizer, state)
     else:
         n_sample = min(plan.n_train, max(plan.batch_size, NORM_SAMPLE_BYTES // (8 * plan.d_model)))
-        sample = next(iter(data.iter_batches(n_sample, shuffle=True, seed=plan.seed,
-                                              stop=plan.n_train, drop_last=True))).to(dd.device)
+        sample = next(
+            iter(data.iter_batches(n_sample, shuffle=True, seed=plan.seed, stop=plan.n_train, drop_last=True))
+        ).to(dd.device)
         model.fit_normalization(sample)
         model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
 
@@ -327,9 +350,18 @@ def train_crosscoder(
     metrics["n_calibration_tokens"] = n_calib
     trained = (state.step - start_step) * plan.batch_size
     metrics.update(
-        steps=state.step, total_steps=plan.total_steps, tokens_seen=state.tokens_seen, n_train_tokens=plan.n_train,
-        n_latents=plan.n_latents, k=plan.k, lr=plan.lr, batch_size=plan.batch_size, world_size=dd.world,
-        threshold=float(model.threshold), final_loss=state.last_loss, train_seconds=round(state.train_seconds, 3),
+        steps=state.step,
+        total_steps=plan.total_steps,
+        tokens_seen=state.tokens_seen,
+        n_train_tokens=plan.n_train,
+        n_latents=plan.n_latents,
+        k=plan.k,
+        lr=plan.lr,
+        batch_size=plan.batch_size,
+        world_size=dd.world,
+        threshold=float(model.threshold),
+        final_loss=state.last_loss,
+        train_seconds=round(state.train_seconds, 3),
         tokens_per_s=round(trained / elapsed, 1) if trained and elapsed > 0 else None,
         dead_fraction_train=float(_dead(state, tcfg).float().mean()),
     )
@@ -340,8 +372,16 @@ def _batches(data: Activations, plan: _Plan, step: int, local_bs: int, dd: _Dist
     """This rank's batches from global step ``step`` on, epoch after epoch (seed + epoch)."""
     epoch, skip = divmod(step, plan.steps_per_epoch)
     while True:
-        it = data.iter_batches(local_bs, shuffle=True, seed=plan.seed + epoch, start=0, stop=plan.n_train,
-                               rank=dd.rank, world_size=dd.world, drop_last=True)
+        it = data.iter_batches(
+            local_bs,
+            shuffle=True,
+            seed=plan.seed + epoch,
+            start=0,
+            stop=plan.n_train,
+            rank=dd.rank,
+            world_size=dd.world,
+            drop_last=True,
+        )
         for i, x in enumerate(it):
             if i >= skip:
                 yield x
@@ -352,7 +392,9 @@ def _dead(state: _State, tcfg: TrainingConfig) -> torch.Tensor:
     return state.since_fired_F >= tcfg.dead_tokens
 
 
-def _train_step(step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: TrainingConfig, dd: _Dist, compute_dtype) -> None:
+def _train_step(
+    step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: TrainingConfig, dd: _Dist, compute_dtype
+) -> None:
     for group in optimizer.param_groups:
         group["lr"] = _lr_at(state.step, plan, tcfg.warmup_steps)
     with torch.no_grad():
@@ -377,8 +419,15 @@ def _train_step(step_fn, model, optimizer, x, state: _State, plan: _Plan, tcfg: 
 def _progress_bar(plan: _Plan, state: _State, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=plan.total_steps * plan.batch_size, initial=state.step * plan.batch_size, unit="tok",
-                unit_scale=True, desc="train cross-coder", disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=plan.total_steps * plan.batch_size,
+        initial=state.step * plan.batch_size,
+        unit="tok",
+        unit_scale=True,
+        desc="train cross-coder",
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -428,8 +477,11 @@ def evaluate(
     var_x = (sums[1] / n - (sums[0] / n) ** 2).sum(-1)  # (2,)
     var_e = (sums[3] / n - (sums[2] / n) ** 2).sum(-1)
     mse = sums[3].sum(-1) / (n * d)
-    out: dict[str, float] = {"n_val_tokens": int(n), "l0": float(counts[1]) / n,
-                             "dead_fraction": float((fired == 0).double().mean())}
+    out: dict[str, float] = {
+        "n_val_tokens": int(n),
+        "l0": float(counts[1]) / n,
+        "dead_fraction": float((fired == 0).double().mean()),
+    }
     for m, name in enumerate(("base", "ft")):
         out[f"fve_{name}"] = float(1 - var_e[m] / var_x[m].clamp_min(1e-30))
         out[f"mse_{name}"] = float(mse[m])
@@ -465,11 +517,18 @@ def _save_checkpoint(ckpt_dir: Path, plan: _Plan, model, optimizer, state: _Stat
             tensors["trainer.since_fired"] = state.since_fired_F.cpu()
             save_file(tensors, str(tmp / "tensors.safetensors"))
             fsync_file(tmp / "tensors.safetensors")  # on disk before the folder is renamed into place
-            atomic_write_json(tmp / "state.json", {
-                "plan": plan.fingerprint(), "step": state.step, "tokens_seen": state.tokens_seen,
-                "last_loss": state.last_loss, "train_seconds": state.train_seconds,
-                "param_groups": opt["param_groups"], "model_config": model.config_dict(),
-            })
+            atomic_write_json(
+                tmp / "state.json",
+                {
+                    "plan": plan.fingerprint(),
+                    "step": state.step,
+                    "tokens_seen": state.tokens_seen,
+                    "last_loss": state.last_loss,
+                    "train_seconds": state.train_seconds,
+                    "param_groups": opt["param_groups"],
+                    "model_config": model.config_dict(),
+                },
+            )
             os.replace(tmp, final)
             for old in sorted(ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -480,8 +539,12 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
     try:
         saved = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CrossCoderFileError(f"checkpoint {path} has an unreadable state.json ({exc}); delete that folder to resume from an earlier one") from exc
-    changed = {k: (v, plan.fingerprint().get(k)) for k, v in saved.get("plan", {}).items() if plan.fingerprint().get(k) != v}
+        raise CrossCoderFileError(
+            f"checkpoint {path} has an unreadable state.json ({exc}); delete that folder to resume from an earlier one"
+        ) from exc
+    changed = {
+        k: (v, plan.fingerprint().get(k)) for k, v in saved.get("plan", {}).items() if plan.fingerprint().get(k) != v
+    }
     if changed:
         key, (old, new) = next(iter(changed.items()))
         raise ConfigError(
@@ -489,7 +552,7 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
             f"Restore the config, or delete {path.parent} to train from scratch."
         )
     tensors = read_weights(path / "tensors.safetensors")
-    model.load_tensors({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
+    model.load_tensors({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -515,8 +578,13 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     run_path = Path(run_path)
     out_dir = run_path / "crosscoder"
     store = ActivationStore(run_path / "activations")
-    model, metrics = train_crosscoder(store, cfg, checkpoint_dir=out_dir / "checkpoints", progress=progress,
-                                      device=None if cfg.models.device == "auto" else cfg.models.device)
+    model, metrics = train_crosscoder(
+        store,
+        cfg,
+        checkpoint_dir=out_dir / "checkpoints",
+        progress=progress,
+        device=None if cfg.models.device == "auto" else cfg.models.device,
+    )
     if not dist.is_initialized() or dist.get_rank() == 0:
         model.save(out_dir)
         atomic_write_json(out_dir / "metrics.json", metrics)

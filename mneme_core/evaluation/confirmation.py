@@ -169,16 +169,19 @@ def category_latents(record: Mapping[str, Any], max_latents: int = 0) -> dict[st
     return out
 
 
-def plan_targets(record: Mapping[str, Any], categories: Sequence[str] = (), max_latents: int = 0,
-                 n_unchanged: int = 2) -> list[Target]:
+def plan_targets(
+    record: Mapping[str, Any], categories: Sequence[str] = (), max_latents: int = 0, n_unchanged: int = 2
+) -> list[Target]:
     """The categories to test (see the module docstring), with their roles and latent sets."""
     universe = [str(c) for c in record.get("universe", [])]
     latents = category_latents(record, max_latents)
     if categories:
         unknown = [c for c in categories if c not in universe]
         if unknown:
-            raise ConfirmationError(f"unknown category {unknown[0]!r}; the run's benchmark categories are: "
-                                    f"{', '.join(universe[:12])}{' ...' if len(universe) > 12 else ''}")
+            raise ConfirmationError(
+                f"unknown category {unknown[0]!r}; the run's benchmark categories are: "
+                f"{', '.join(universe[:12])}{' ...' if len(universe) > 12 else ''}"
+            )
         return [Target(c, "chosen", latents.get(c, ())) for c in dict.fromkeys(categories)]
     P, T = set(record.get("P", [])), set(record.get("T", []))
     chosen = [(c, "predicted") for c in sorted(P)] + [(c, "degraded, not predicted") for c in sorted(T - P)]
@@ -203,8 +206,9 @@ def off_target_categories(record: Mapping[str, Any], benchmark: pd.DataFrame | N
 # --------------------------------------------------------------------------- controls
 
 
-def matched_controls(mass_F: np.ndarray, target: Sequence[int], n_draws: int, pool_width: int,
-                     rng: np.random.Generator) -> list[tuple[int, ...]]:
+def matched_controls(
+    mass_F: np.ndarray, target: Sequence[int], n_draws: int, pool_width: int, rng: np.random.Generator
+) -> list[tuple[int, ...]]:
     """``n_draws`` random latent sets, each matched latent by latent to ``target`` in mass.
 
     Each target latent (largest mass first) gets one latent drawn uniformly from the
@@ -229,8 +233,9 @@ def matched_controls(mass_F: np.ndarray, target: Sequence[int], n_draws: int, po
 _DISTINCT_TRIES = 20
 
 
-def _one_draw(log_mass: np.ndarray, pool: np.ndarray, order: Sequence[int], pool_width: int,
-              rng: np.random.Generator) -> tuple[int, ...]:
+def _one_draw(
+    log_mass: np.ndarray, pool: np.ndarray, order: Sequence[int], pool_width: int, rng: np.random.Generator
+) -> tuple[int, ...]:
     free, draw = pool.copy(), []
     for j in order:
         if not len(free):
@@ -250,17 +255,36 @@ def _rng(seed: int, *names: str) -> np.random.Generator:
 # --------------------------------------------------------------------------- the rule
 
 
-def rule_verdict(effect: float, control_effects: Sequence[float], n_questions: int, target_mass: float,
-                 control_masses: Sequence[float], n_latents: int, z: float, min_effect: float) -> dict[str, Any]:
+def rule_verdict(
+    effect: float,
+    control_effects: Sequence[float],
+    n_questions: int,
+    target_mass: float,
+    control_masses: Sequence[float],
+    n_latents: int,
+    z: float,
+    min_effect: float,
+) -> dict[str, Any]:
     """The rule of the module docstring for one (category, intervention): the columns it adds."""
     ctrl = np.asarray(control_effects, np.float64)
     mean = float(ctrl.mean()) if len(ctrl) else math.nan
     sd = float(ctrl.std(ddof=1)) if len(ctrl) >= 2 else math.nan
     sd_used = max(sd, 1.0 / max(n_questions, 1)) if len(ctrl) >= 2 else math.nan
-    ratio = float(np.median(np.asarray(control_masses, np.float64) / target_mass)) if target_mass > 0 and len(ctrl) else math.nan
-    out = {"control_mean": mean, "control_sd": sd, "control_sd_used": sd_used, "control_mass_ratio": ratio,
-           "z_score": (effect - mean) / sd_used if sd_used == sd_used else math.nan,
-           "rule_z": z, "min_effect": min_effect, "confirmed": pd.NA}
+    ratio = (
+        float(np.median(np.asarray(control_masses, np.float64) / target_mass))
+        if target_mass > 0 and len(ctrl)
+        else math.nan
+    )
+    out = {
+        "control_mean": mean,
+        "control_sd": sd,
+        "control_sd_used": sd_used,
+        "control_mass_ratio": ratio,
+        "z_score": (effect - mean) / sd_used if sd_used == sd_used else math.nan,
+        "rule_z": z,
+        "min_effect": min_effect,
+        "confirmed": pd.NA,
+    }
     if n_latents == 0:
         return out | {"status": "no latents"}
     if len(ctrl) < 2:
@@ -273,8 +297,17 @@ def rule_verdict(effect: float, control_effects: Sequence[float], n_questions: i
     return out | {"confirmed": confirmed, "status": CONFIRMED if confirmed else NOT_CONFIRMED}
 
 
-RULE_COLUMNS = ("control_mean", "control_sd", "control_sd_used", "control_mass_ratio", "z_score", "rule_z", "min_effect",
-                "confirmed", "status")
+RULE_COLUMNS = (
+    "control_mean",
+    "control_sd",
+    "control_sd_used",
+    "control_mass_ratio",
+    "z_score",
+    "rule_z",
+    "min_effect",
+    "confirmed",
+    "status",
+)
 
 
 def apply_rule(table: pd.DataFrame, z: float, min_effect: float) -> pd.DataFrame:
@@ -290,8 +323,16 @@ def apply_rule(table: pd.DataFrame, z: float, min_effect: float) -> pd.DataFrame
             continue
         t = target.iloc[0]
         ctrl = group[group["set"] == "control"]
-        verdict = rule_verdict(float(t["effect"]), ctrl["effect"].to_numpy(np.float64), int(t["n_questions"]),
-                               float(t["mass"]), ctrl["mass"].to_numpy(np.float64), int(t["n_latents"]), z, min_effect)
+        verdict = rule_verdict(
+            float(t["effect"]),
+            ctrl["effect"].to_numpy(np.float64),
+            int(t["n_questions"]),
+            float(t["mass"]),
+            ctrl["mass"].to_numpy(np.float64),
+            int(t["n_latents"]),
+            z,
+            min_effect,
+        )
         for col, value in verdict.items():
             out.at[target.index[0], col] = value
     return out
@@ -319,10 +360,11 @@ def _questions_source(cfg: StudyConfig, run_path: Path, given: str) -> str:
         return given
     spec = cfg.evaluation.benchmark.strip()
     if spec.startswith(RUNNER_PREFIX):
-        return spec[len(RUNNER_PREFIX):]
+        return spec[len(RUNNER_PREFIX) :]
     raise ConfirmationError(
         f"confirmation re-scores benchmark questions, and {run_path}'s benchmark ({spec or 'none'}) holds scores only; "
-        "pass --questions FILE (the multiple-choice questions those scores came from)")
+        "pass --questions FILE (the multiple-choice questions those scores came from)"
+    )
 
 
 def _read_inputs(run_path: Path, settings: ConfirmSettings) -> _Inputs:
@@ -331,13 +373,17 @@ def _read_inputs(run_path: Path, settings: ConfirmSettings) -> _Inputs:
     run = open_run(run_path)
     record = run.evaluation
     if record is None:
-        raise ConfirmationError(f"{run_path} has no evaluation yet; run `mneme evaluate {run_path} --benchmark FILE` first")
+        raise ConfirmationError(
+            f"{run_path} has no evaluation yet; run `mneme evaluate {run_path} --benchmark FILE` first"
+        )
     written = run.manifest.get("config", {})
     cfg = load_config(resolve_run_relative(written, run_path))
     if not (run_path / "crosscoder" / "model.safetensors").is_file():
         raise ConfirmationError(f"no trained cross-coder in {run_path / 'crosscoder'} (the train stage writes it)")
     questions = _questions_source(cfg, run_path, settings.questions)
-    limit = cfg.evaluation.runner_limit_per_category if settings.limit_per_category is None else settings.limit_per_category
+    limit = (
+        cfg.evaluation.runner_limit_per_category if settings.limit_per_category is None else settings.limit_per_category
+    )
     try:
         items = load_mc_items([p.strip() for p in questions.split(",")], limit_per_category=limit)
     except BenchmarkError as exc:
@@ -376,7 +422,10 @@ def intervention_rows(crosscoder: Any, latents_table: pd.DataFrame, diffing_cfg:
     F = W.shape[1]
     col = lambda name: torch.tensor(  # noqa: E731
         latents_table.set_index("latent")[name].reindex(range(F)).to_numpy(np.float64)
-        if name in latents_table.columns else np.full(F, np.nan), dtype=torch.float32)
+        if name in latents_table.columns
+        else np.full(F, np.nan),
+        dtype=torch.float32,
+    )
     beta_b, beta_f = col("beta_base"), col("beta_ft")
     by_beta = beta_b[:, None] * probes[0] / s[0] - beta_f[:, None] * probes[1] / s[1]
     by_rows = W[0] / s[0] - W[1] / s[1]
@@ -395,11 +444,23 @@ def _load_lab(inputs: _Inputs, device: str | None) -> _Lab:
     dev = next(pair.base.parameters()).device
     crosscoder = BatchTopKCrossCoder.from_pretrained(inputs.run_path / "crosscoder").to(dev).eval()
     rows = {k: v.to(dev) for k, v in intervention_rows(crosscoder, inputs.latents_table, inputs.cfg.diffing).items()}
-    prints = {"base": model_fingerprint(pair.base), "ft": model_fingerprint(pair.ft),
-              "crosscoder": _tensor_hash(*crosscoder.tensors().values())}
+    prints = {
+        "base": model_fingerprint(pair.base),
+        "ft": model_fingerprint(pair.ft),
+        "crosscoder": _tensor_hash(*crosscoder.tensors().values()),
+    }
     act = inputs.cfg.activations
-    return _Lab(pair.base.eval(), pair.ft.eval(), pair.tokenizer, pair.layer, crosscoder, rows, prints,
-                act.skip_first_tokens, act.massive_norm_multiple)
+    return _Lab(
+        pair.base.eval(),
+        pair.ft.eval(),
+        pair.tokenizer,
+        pair.layer,
+        crosscoder,
+        rows,
+        prints,
+        act.skip_first_tokens,
+        act.massive_norm_multiple,
+    )
 
 
 def _tensor_hash(*tensors: torch.Tensor) -> str:
@@ -415,26 +476,45 @@ def _edit(lab: _Lab, kind: str, latents: Sequence[int]) -> tuple[LatentEdit, tor
     ids = tuple(int(j) for j in latents)
     rows = lab.rows[kind][list(ids)] if ids else lab.rows[kind][:0]
     edit = LatentEdit(lab.crosscoder, ids, rows, side, lab.skip_first, lab.massive_multiple)
-    key = hashlib.sha256(json.dumps({
-        "kind": kind, "latents": ids, "rows": _tensor_hash(rows), "layer": lab.layer, "side": side,
-        "skip_first": lab.skip_first, "massive": lab.massive_multiple, "crosscoder": lab.fingerprints["crosscoder"],
-        "partner": lab.fingerprints["ft" if side == 0 else "base"],
-    }).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "kind": kind,
+                "latents": ids,
+                "rows": _tensor_hash(rows),
+                "layer": lab.layer,
+                "side": side,
+                "skip_first": lab.skip_first,
+                "massive": lab.massive_multiple,
+                "crosscoder": lab.fingerprints["crosscoder"],
+                "partner": lab.fingerprints["ft" if side == 0 else "base"],
+            }
+        ).encode()
+    ).hexdigest()[:16]
     return edit, model, partner, key
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def _accuracy(model: torch.nn.Module, lab: _Lab, items: list[MCItem], cache_dir: Path, cfg: StudyConfig,
-              batch_size: int | None) -> float:
-    per_q = score_questions(model, lab.tokenizer, items, batch_size=batch_size or cfg.evaluation.runner_batch_size,
-                            style=cfg.evaluation.runner_style, cache_dir=cache_dir, progress=False)
+def _accuracy(
+    model: torch.nn.Module, lab: _Lab, items: list[MCItem], cache_dir: Path, cfg: StudyConfig, batch_size: int | None
+) -> float:
+    per_q = score_questions(
+        model,
+        lab.tokenizer,
+        items,
+        batch_size=batch_size or cfg.evaluation.runner_batch_size,
+        style=cfg.evaluation.runner_style,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     return float(per_q["correct"].mean())
 
 
-def _edited_accuracy(lab: _Lab, inputs: _Inputs, kind: str, latents: Sequence[int], category: str,
-                     batch_size: int | None) -> float:
+def _edited_accuracy(
+    lab: _Lab, inputs: _Inputs, kind: str, latents: Sequence[int], category: str, batch_size: int | None
+) -> float:
     edit, model, partner, key = _edit(lab, kind, latents)
     with intervene(model, lab.layer, edit, partner):
         return _accuracy(model, lab, inputs.items[category], inputs.run_path / CACHE_DIR / key, inputs.cfg, batch_size)
@@ -452,9 +532,17 @@ def _sequences(tokenizer: Any, items: list[MCItem], style: str) -> list[list[int
 def _category_mass(lab: _Lab, inputs: _Inputs, category: str, batch_size: int | None) -> torch.Tensor:
     pad = lab.tokenizer.pad_token_id if lab.tokenizer.pad_token_id is not None else (lab.tokenizer.eos_token_id or 0)
     seqs = _sequences(lab.tokenizer, inputs.items[category], inputs.cfg.evaluation.runner_style)
-    return code_mass(lab.crosscoder, lab.base, lab.ft, lab.layer, seqs, skip_first=lab.skip_first,
-                     massive_multiple=lab.massive_multiple, batch_size=batch_size or inputs.cfg.evaluation.runner_batch_size,
-                     pad_id=pad)
+    return code_mass(
+        lab.crosscoder,
+        lab.base,
+        lab.ft,
+        lab.layer,
+        seqs,
+        skip_first=lab.skip_first,
+        massive_multiple=lab.massive_multiple,
+        batch_size=batch_size or inputs.cfg.evaluation.runner_batch_size,
+        pad_id=pad,
+    )
 
 
 def _effect(drop: float, kind: str, direction: str) -> float:
@@ -464,19 +552,47 @@ def _effect(drop: float, kind: str, direction: str) -> float:
 
 def _untested(target: Target) -> pd.DataFrame:
     """Rows for a category without latents: nothing to intervene on, nothing scored."""
-    return pd.DataFrame([{**_row_head(target, kind, "target", 0, target.category), "mass": 0.0, "n_questions": 0,
-                          "score_before": np.nan, "score_after": np.nan, "drop": np.nan, "effect": np.nan}
-                         for kind in INTERVENTIONS])
+    return pd.DataFrame(
+        [
+            {
+                **_row_head(target, kind, "target", 0, target.category),
+                "mass": 0.0,
+                "n_questions": 0,
+                "score_before": np.nan,
+                "score_after": np.nan,
+                "drop": np.nan,
+                "effect": np.nan,
+            }
+            for kind in INTERVENTIONS
+        ]
+    )
 
 
-def _row_head(target: Target, kind: str, which: str, draw: int, scored: str, latents: Sequence[int] | None = None) -> dict:
+def _row_head(
+    target: Target, kind: str, which: str, draw: int, scored: str, latents: Sequence[int] | None = None
+) -> dict:
     ids = list(target.latents if latents is None else latents)
-    return {"category": target.category, "role": target.role, "intervention": kind, "set": which, "draw": draw,
-            "control": which == "control", "scored_category": scored, "n_latents": len(ids), "latents": ids}
+    return {
+        "category": target.category,
+        "role": target.role,
+        "intervention": kind,
+        "set": which,
+        "draw": draw,
+        "control": which == "control",
+        "scored_category": scored,
+        "n_latents": len(ids),
+        "latents": ids,
+    }
 
 
-def confirm_category(lab: _Lab | None, inputs: _Inputs, target: Target, others: Sequence[str],
-                     settings: ConfirmSettings, note: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
+def confirm_category(
+    lab: _Lab | None,
+    inputs: _Inputs,
+    target: Target,
+    others: Sequence[str],
+    settings: ConfirmSettings,
+    note: Callable[[str], None] = lambda _: None,
+) -> pd.DataFrame:
     """All rows of one category: target and control sets, both interventions, before and after.
     ``note`` hears each step (the command's progress bar shows it)."""
     if not target.latents:
@@ -485,22 +601,38 @@ def confirm_category(lab: _Lab | None, inputs: _Inputs, target: Target, others: 
     note(f"{target.category}: activation mass")
     mass_F = _category_mass(lab, inputs, target.category, settings.batch_size)
     scored = [c for c in others if c != target.category][: settings.others]
-    return pd.DataFrame([row for kind in INTERVENTIONS
-                         for row in _intervention_rows(lab, inputs, target, kind, mass_F, scored, settings, note)])
+    return pd.DataFrame(
+        [
+            row
+            for kind in INTERVENTIONS
+            for row in _intervention_rows(lab, inputs, target, kind, mass_F, scored, settings, note)
+        ]
+    )
 
 
-def _intervention_rows(lab: _Lab, inputs: _Inputs, target: Target, kind: str, mass_F: torch.Tensor,
-                       off_target: Sequence[str], settings: ConfirmSettings, note: Callable[[str], None]) -> list[dict]:
+def _intervention_rows(
+    lab: _Lab,
+    inputs: _Inputs,
+    target: Target,
+    kind: str,
+    mass_F: torch.Tensor,
+    off_target: Sequence[str],
+    settings: ConfirmSettings,
+    note: Callable[[str], None],
+) -> list[dict]:
     """One intervention on one category: the target set (also scored on ``off_target`` when
     ablating) and its mass-matched control draws."""
     model = lab.base if kind == "ablate" else lab.ft
     per_latent = (mass_F * lab.rows[kind].norm(dim=-1).double().cpu()).numpy()
-    draws = matched_controls(per_latent, target.latents, settings.controls, settings.pool_width,
-                             _rng(settings.seed, target.category, kind))
+    draws = matched_controls(
+        per_latent, target.latents, settings.controls, settings.pool_width, _rng(settings.seed, target.category, kind)
+    )
     scored = [target.category, *(off_target if kind == "ablate" else [])]
     note(f"{target.category}: {kind}, plain scores")
-    before = {c: _accuracy(model, lab, inputs.items[c], inputs.run_path / PLAIN_CACHE_DIR, inputs.cfg,
-                           settings.batch_size) for c in scored}
+    before = {
+        c: _accuracy(model, lab, inputs.items[c], inputs.run_path / PLAIN_CACHE_DIR, inputs.cfg, settings.batch_size)
+        for c in scored
+    }
     direction = str(inputs.record.get("direction", "drop"))
     rows = []
     for draw, latents in enumerate([target.latents, *draws]):
@@ -509,10 +641,17 @@ def _intervention_rows(lab: _Lab, inputs: _Inputs, target: Target, kind: str, ma
         for cat in scored if draw == 0 else scored[:1]:
             after = _edited_accuracy(lab, inputs, kind, latents, cat, settings.batch_size)
             drop = before[cat] - after
-            rows.append({**_row_head(target, kind, which, draw, cat, latents),
-                         "mass": float(per_latent[list(latents)].sum()) if latents else 0.0,
-                         "n_questions": len(inputs.items[cat]), "score_before": before[cat],
-                         "score_after": after, "drop": drop, "effect": _effect(drop, kind, direction)})
+            rows.append(
+                {
+                    **_row_head(target, kind, which, draw, cat, latents),
+                    "mass": float(per_latent[list(latents)].sum()) if latents else 0.0,
+                    "n_questions": len(inputs.items[cat]),
+                    "score_before": before[cat],
+                    "score_after": after,
+                    "drop": drop,
+                    "effect": _effect(drop, kind, direction),
+                }
+            )
     return rows
 
 
@@ -524,15 +663,31 @@ def _part_path(inputs: _Inputs, target: Target, others: Sequence[str], settings:
     scored = [target.category, *others]
     questions = [[asdict(it) for it in inputs.items.get(c, [])] for c in scored]
     crosscoder = inputs.run_path / "crosscoder" / "model.safetensors"
-    key = hashlib.sha256(json.dumps({
-        "format": FORMAT, "category": target.category, "latents": target.latents, "controls": settings.controls,
-        "others": settings.others, "off_target": list(others), "pool_width": settings.pool_width, "seed": settings.seed,
-        "questions": hashlib.sha256(json.dumps(questions).encode()).hexdigest(),
-        "models": inputs.written.get("models"), "edited_tokens": [inputs.cfg.activations.skip_first_tokens, inputs.cfg.activations.massive_norm_multiple],
-        "style": inputs.cfg.evaluation.runner_style, "direction": inputs.record.get("direction", "drop"),
-        "crosscoder": hashlib.sha256(crosscoder.read_bytes()).hexdigest(),
-        "latents_table": _beta_hash(inputs.latents_table, target.latents),
-    }, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "category": target.category,
+                "latents": target.latents,
+                "controls": settings.controls,
+                "others": settings.others,
+                "off_target": list(others),
+                "pool_width": settings.pool_width,
+                "seed": settings.seed,
+                "questions": hashlib.sha256(json.dumps(questions).encode()).hexdigest(),
+                "models": inputs.written.get("models"),
+                "edited_tokens": [
+                    inputs.cfg.activations.skip_first_tokens,
+                    inputs.cfg.activations.massive_norm_multiple,
+                ],
+                "style": inputs.cfg.evaluation.runner_style,
+                "direction": inputs.record.get("direction", "drop"),
+                "crosscoder": hashlib.sha256(crosscoder.read_bytes()).hexdigest(),
+                "latents_table": _beta_hash(inputs.latents_table, target.latents),
+            },
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target.category)[:60]
     return inputs.run_path / PARTS_DIR / f"{slug}-{key}.parquet"
 
@@ -546,12 +701,15 @@ def _beta_hash(latents_table: pd.DataFrame, ids: Sequence[int]) -> str:
 def _check_questions(inputs: _Inputs, targets: Sequence[Target]) -> None:
     missing = [t.category for t in targets if t.latents and t.category not in inputs.items]
     if missing:
-        raise ConfirmationError(f"no questions for category {missing[0]!r} in {inputs.questions}; "
-                                f"it has: {', '.join(sorted(inputs.items)[:12])}")
+        raise ConfirmationError(
+            f"no questions for category {missing[0]!r} in {inputs.questions}; "
+            f"it has: {', '.join(sorted(inputs.items)[:12])}"
+        )
 
 
-def run_confirmation(run_path: str | Path, settings: ConfirmSettings = ConfirmSettings(), *,
-                     progress: bool = True) -> pd.DataFrame:
+def run_confirmation(
+    run_path: str | Path, settings: ConfirmSettings = ConfirmSettings(), *, progress: bool = True
+) -> pd.DataFrame:
     """Test the run's predictions by intervention; write and return ``confirmation.parquet``.
 
     Cheap checks (evaluation, categories, questions, cross-coder) come first; the models load
@@ -564,12 +722,17 @@ def run_confirmation(run_path: str | Path, settings: ConfirmSettings = ConfirmSe
     inputs = _read_inputs(run_path, settings)
     targets = plan_targets(inputs.record, settings.categories, settings.max_latents)
     if not targets:
-        raise ConfirmationError("nothing to test: the evaluation predicted no category, none degraded and none has "
-                                "attributed latents; name categories with --categories")
+        raise ConfirmationError(
+            "nothing to test: the evaluation predicted no category, none degraded and none has "
+            "attributed latents; name categories with --categories"
+        )
     _check_questions(inputs, targets)
     others = [c for c in off_target_categories(inputs.record, inputs.benchmark, settings.others) if c in inputs.items]
-    min_effect = settings.min_effect if settings.min_effect is not None else float(
-        inputs.record.get("thresholds", {}).get("degrade_threshold", 0.05))
+    min_effect = (
+        settings.min_effect
+        if settings.min_effect is not None
+        else float(inputs.record.get("thresholds", {}).get("degrade_threshold", 0.05))
+    )
     lab: _Lab | None = None
     parts: list[pd.DataFrame] = []
     table = pd.DataFrame()
@@ -593,9 +756,11 @@ def run_confirmation(run_path: str | Path, settings: ConfirmSettings = ConfirmSe
 
 def _portable(files: str, run_path: Path) -> str:
     """Question files named from the run folder, as a published run names its files (it may move)."""
+
     def one(part: str) -> str:
         try:
             return os.path.relpath(Path(part).resolve(), run_path.resolve())
         except ValueError:  # another drive: no relative path exists
             return part
+
     return ",".join(one(p.strip()) for p in files.split(","))

@@ -19,9 +19,11 @@ CONFIRMATION_FILE = "confirmation.parquet"
 NOT_RUN = "not run"
 CONFIRMED = "confirmed"
 NOT_CONFIRMED = "not confirmed"
-RULE_TEXT = ("Confirmed: ablating the category's latents in the base model moves its score in the side effect's "
-             "direction by at least the minimum effect and by more than z standard deviations above the mean of "
-             "random latent sets matched in activation mass (SD at least one question's worth).")
+RULE_TEXT = (
+    "Confirmed: ablating the category's latents in the base model moves its score in the side effect's "
+    "direction by at least the minimum effect and by more than z standard deviations above the mean of "
+    "random latent sets matched in activation mass (SD at least one question's worth)."
+)
 
 
 class ConfirmationFileError(ValueError):
@@ -36,7 +38,9 @@ def load(run_path: str | Path) -> pd.DataFrame | None:
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # a damaged file: say so, never a traceback
-        raise ConfirmationFileError(f"{path} cannot be read ({type(exc).__name__}: {exc}); run `mneme confirm` again") from exc
+        raise ConfirmationFileError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); run `mneme confirm` again"
+        ) from exc
 
 
 def command(run: Any) -> str:
@@ -48,7 +52,11 @@ def command(run: Any) -> str:
 
 def _own_rows(table: pd.DataFrame, intervention: str) -> pd.DataFrame:
     """Target-set rows scored on their own category for one intervention."""
-    keep = (table["set"] == "target") & (table["scored_category"] == table["category"]) & (table["intervention"] == intervention)
+    keep = (
+        (table["set"] == "target")
+        & (table["scored_category"] == table["category"])
+        & (table["intervention"] == intervention)
+    )
     return table[keep].set_index("category")
 
 
@@ -68,15 +76,21 @@ def statuses(categories: pd.Series, table: pd.DataFrame | None) -> list[str]:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per tested category: role, latents, ablation effect vs controls, restore effect, verdict."""
     ablate, restore = _own_rows(table, "ablate"), _own_rows(table, "restore")
-    out = pd.DataFrame({
-        "category": ablate.index, "role": ablate["role"].to_numpy(), "latents": ablate["n_latents"].to_numpy(),
-        "score before": ablate["score_before"].to_numpy(), "ablated": ablate["score_after"].to_numpy(),
-        "ablation effect": ablate["effect"].to_numpy(), "control mean": ablate["control_mean"].to_numpy(),
-        "control SD": ablate["control_sd"].to_numpy(),
-        "restore effect": restore["effect"].reindex(ablate.index).to_numpy(),
-        "restore": restore["status"].reindex(ablate.index).to_numpy(),
-        "confirmation": ablate["status"].to_numpy(),
-    })
+    out = pd.DataFrame(
+        {
+            "category": ablate.index,
+            "role": ablate["role"].to_numpy(),
+            "latents": ablate["n_latents"].to_numpy(),
+            "score before": ablate["score_before"].to_numpy(),
+            "ablated": ablate["score_after"].to_numpy(),
+            "ablation effect": ablate["effect"].to_numpy(),
+            "control mean": ablate["control_mean"].to_numpy(),
+            "control SD": ablate["control_sd"].to_numpy(),
+            "restore effect": restore["effect"].reindex(ablate.index).to_numpy(),
+            "restore": restore["status"].reindex(ablate.index).to_numpy(),
+            "confirmation": ablate["status"].to_numpy(),
+        }
+    )
     return out.reset_index(drop=True)
 
 
@@ -87,19 +101,44 @@ def figure(table: pd.DataFrame) -> go.Figure:
     target = own[own["set"] == "target"].dropna(subset=["effect"])
     controls = own[own["set"] == "control"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=controls["category"], y=controls["effect"], mode="markers", name="random controls",
-                             marker=dict(color="#9e9e9e", size=7),
-                             hovertemplate="%{x}<br>control effect %{y:.3f}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=controls["category"],
+            y=controls["effect"],
+            mode="markers",
+            name="random controls",
+            marker=dict(color="#9e9e9e", size=7),
+            hovertemplate="%{x}<br>control effect %{y:.3f}<extra></extra>",
+        )
+    )
     bar = target["rule_z"].to_numpy(np.float64) * target["control_sd_used"].to_numpy(np.float64)
-    fig.add_trace(go.Scatter(x=target["category"], y=target["control_mean"], mode="markers", name="control mean ± z·SD",
-                             marker=dict(color="#555555", symbol="line-ew-open", size=18),
-                             error_y=dict(type="data", array=bar, visible=True, color="#555555"),
-                             hovertemplate="%{x}<br>control mean %{y:.3f}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=target["category"],
+            y=target["control_mean"],
+            mode="markers",
+            name="control mean ± z·SD",
+            marker=dict(color="#555555", symbol="line-ew-open", size=18),
+            error_y=dict(type="data", array=bar, visible=True, color="#555555"),
+            hovertemplate="%{x}<br>control mean %{y:.3f}<extra></extra>",
+        )
+    )
     colour = np.where(target["status"] == CONFIRMED, "#2ca02c", "#d62728")
-    fig.add_trace(go.Scatter(x=target["category"], y=target["effect"], mode="markers", name="the category's latents",
-                             marker=dict(color=colour, symbol="diamond", size=13), customdata=target["status"],
-                             hovertemplate="%{x}<br>ablation effect %{y:.3f}<br>%{customdata}<extra></extra>"))
-    fig.update_layout(title="Ablation effect of the category's latents vs random latents of the same mass",
-                      yaxis_title="score change in the side effect's direction", margin=dict(l=50, r=20, t=50, b=45),
-                      legend=dict(orientation="h", y=-0.18))
+    fig.add_trace(
+        go.Scatter(
+            x=target["category"],
+            y=target["effect"],
+            mode="markers",
+            name="the category's latents",
+            marker=dict(color=colour, symbol="diamond", size=13),
+            customdata=target["status"],
+            hovertemplate="%{x}<br>ablation effect %{y:.3f}<br>%{customdata}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Ablation effect of the category's latents vs random latents of the same mass",
+        yaxis_title="score change in the side effect's direction",
+        margin=dict(l=50, r=20, t=50, b=45),
+        legend=dict(orientation="h", y=-0.18),
+    )
     return fig

@@ -176,7 +176,9 @@ def humanize(category: str) -> str:
     return category.replace("_", " ").replace("-", " ").strip()
 
 
-def category_mapping(mneme_categories: Sequence[str], benchmark_categories: Sequence[str], embedder: Any = None) -> pd.DataFrame:
+def category_mapping(
+    mneme_categories: Sequence[str], benchmark_categories: Sequence[str], embedder: Any = None
+) -> pd.DataFrame:
     """``mneme_category, benchmark_category, similarity``: each MNEME category's nearest
     benchmark category (``mneme_core.interp.categories.map_categories``; ties to the first by name).
 
@@ -187,12 +189,22 @@ def category_mapping(mneme_categories: Sequence[str], benchmark_categories: Sequ
     mneme = sorted({str(c) for c in mneme_categories})
     bench = sorted({str(c) for c in benchmark_categories})
     if not mneme:
-        return pd.DataFrame({"mneme_category": pd.Series([], dtype=str), "benchmark_category": pd.Series([], dtype=str),
-                             "similarity": pd.Series([], dtype=float)})
+        return pd.DataFrame(
+            {
+                "mneme_category": pd.Series([], dtype=str),
+                "benchmark_category": pd.Series([], dtype=str),
+                "similarity": pd.Series([], dtype=float),
+            }
+        )
     nearest = map_categories(mneme, bench, embedder)
     sims = category_subject_similarity(mneme, bench, embedder)
-    return pd.DataFrame({"mneme_category": mneme, "benchmark_category": [nearest[c] for c in mneme],
-                         "similarity": [float(sims.loc[c, nearest[c]]) for c in mneme]})
+    return pd.DataFrame(
+        {
+            "mneme_category": mneme,
+            "benchmark_category": [nearest[c] for c in mneme],
+            "similarity": [float(sims.loc[c, nearest[c]]) for c in mneme],
+        }
+    )
 
 
 def shared_names(mneme_categories: Collection[str], benchmark_categories: Collection[str]) -> list[str]:
@@ -266,13 +278,31 @@ def category_scores(
         sub = att[att["benchmark"] == bcat]
         n_pool = max(int((pool_bench == bcat).sum()), len(sub))
         p = float(stats.hypergeom.sf(len(sub) - 1, max(n_total, n_att), n_pool, n_att)) if len(sub) else 1.0
-        rows.append({"category": bcat, "n_latents": int(len(sub)), "n_pool": n_pool,
-                     "expected": n_att * n_pool / n_total if n_total else 0.0, "enrichment_p": p,
-                     "total_shift": float(sub["abs_shift"].sum()),
-                     "mneme_categories": sorted(sub["category"].unique().tolist()),
-                     "latents": [int(x) for x in sub["latent"].head(MAX_LATENTS_LISTED)]})
-    df = pd.DataFrame(rows, columns=["category", "n_latents", "n_pool", "expected", "enrichment_p", "total_shift",
-                                     "mneme_categories", "latents"])
+        rows.append(
+            {
+                "category": bcat,
+                "n_latents": int(len(sub)),
+                "n_pool": n_pool,
+                "expected": n_att * n_pool / n_total if n_total else 0.0,
+                "enrichment_p": p,
+                "total_shift": float(sub["abs_shift"].sum()),
+                "mneme_categories": sorted(sub["category"].unique().tolist()),
+                "latents": [int(x) for x in sub["latent"].head(MAX_LATENTS_LISTED)],
+            }
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "category",
+            "n_latents",
+            "n_pool",
+            "expected",
+            "enrichment_p",
+            "total_shift",
+            "mneme_categories",
+            "latents",
+        ],
+    )
     if score not in ("enrichment", "shift", "count"):
         raise ValueError(f"predict_score must be 'enrichment', 'shift' or 'count', got {score!r}")
     if score == "enrichment":
@@ -315,11 +345,19 @@ def _confusion_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.nd
     NaN = undefined."""
     recall = _ratio(tp, tp + fn)
     spec = _ratio(tn, tn + fp)
-    return {"accuracy": recall, "precision": _ratio(tp, tp + fp), "recall": recall,
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "specificity": spec, "balanced_accuracy": (recall + spec) / 2}
+    return {
+        "accuracy": recall,
+        "precision": _ratio(tp, tp + fp),
+        "recall": recall,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "specificity": spec,
+        "balanced_accuracy": (recall + spec) / 2,
+    }
 
 
-def _check_sets(T: Collection[str], P: Collection[str], universe: Collection[str]) -> tuple[set[str], set[str], set[str]]:
+def _check_sets(
+    T: Collection[str], P: Collection[str], universe: Collection[str]
+) -> tuple[set[str], set[str], set[str]]:
     T, P, U = set(T), set(P), set(universe)
     for name, s in (("degraded set T", T), ("predicted set P", P)):
         if not s <= U:
@@ -337,14 +375,22 @@ def metrics(T: Collection[str], P: Collection[str], universe: Collection[str]) -
     tp, fp, fn = len(T & P), len(P - T), len(T - P)
     tn = len(U) - tp - fp - fn
     vals = _confusion_metrics(*(np.array([x], dtype=np.float64) for x in (tp, fp, fn, tn)))
-    out: dict[str, Any] = {"n_universe": len(U), "n_degraded": len(T), "n_predicted": len(P),
-                           "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    out: dict[str, Any] = {
+        "n_universe": len(U),
+        "n_degraded": len(T),
+        "n_predicted": len(P),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
     out.update({k: _none_if_nan(float(v[0])) for k, v in vals.items()})
     return out
 
 
-def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collection[str] | None = None,
-                    min_latents: int = 1) -> pd.DataFrame:
+def threshold_curve(
+    scores: pd.DataFrame, T: Collection[str], universe: Collection[str] | None = None, min_latents: int = 1
+) -> pd.DataFrame:
     """Metrics for every distinct prediction threshold, from "predict nothing" (a threshold
     just above the largest score) down to the smallest positive score."""
     U = set(scores["category"]) if universe is None else set(universe)
@@ -355,15 +401,24 @@ def threshold_curve(scores: pd.DataFrame, T: Collection[str], universe: Collecti
     for thr in [top, *map(float, positive)]:
         P = predict(scores, thr, min_latents)
         m = metrics(T, P, U)
-        rows.append({"threshold": thr, "n_predicted": m["n_predicted"], "tp": m["tp"], "fp": m["fp"],
-                     **{k: m[k] for k in METRIC_NAMES}})
+        rows.append(
+            {
+                "threshold": thr,
+                "n_predicted": m["n_predicted"],
+                "tp": m["tp"],
+                "fp": m["fp"],
+                **{k: m[k] for k in METRIC_NAMES},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- baselines
 
 
-def random_baseline(T: Collection[str], universe: Collection[str], *, draws: int = 1000, seed: int = 0, p: float = 0.5) -> dict[str, Any]:
+def random_baseline(
+    T: Collection[str], universe: Collection[str], *, draws: int = 1000, seed: int = 0, p: float = 0.5
+) -> dict[str, Any]:
     """Each category predicted independently with probability ``p``; per metric the mean
     over draws where it is defined, the 2.5–97.5 percentile range and that draw count."""
     T, _, U = _check_sets(T, set(), universe)
@@ -377,8 +432,16 @@ def random_baseline(T: Collection[str], universe: Collection[str], *, draws: int
     out: dict[str, Any] = {"draws": draws, "seed": seed, "p": p, "mean_set_size": float(P_DK.sum(1).mean())}
     for name, v in _confusion_metrics(tp, fp, fn, tn).items():
         ok = v[~np.isnan(v)]
-        out[name] = ({"mean": float(ok.mean()), "low": float(np.percentile(ok, 2.5)), "high": float(np.percentile(ok, 97.5)),
-                      "n_defined": int(len(ok))} if len(ok) else {"mean": None, "low": None, "high": None, "n_defined": 0})
+        out[name] = (
+            {
+                "mean": float(ok.mean()),
+                "low": float(np.percentile(ok, 2.5)),
+                "high": float(np.percentile(ok, 97.5)),
+                "n_defined": int(len(ok)),
+            }
+            if len(ok)
+            else {"mean": None, "low": None, "high": None, "n_defined": 0}
+        )
     return out
 
 
@@ -414,8 +477,15 @@ def evaluate(
 
     ``context_diffs`` (``mneme_core.analysis.actdiff``; labelled contexts with their activation
     difference) adds the dictionary-free baseline ``activation_diff``."""
-    table = degraded_table(benchmark, direction=cfg.direction, threshold=cfg.degrade_threshold, alpha=cfg.significance,
-                           test=cfg.significance_test, bootstrap_draws=cfg.bootstrap_draws, seed=cfg.seed)
+    table = degraded_table(
+        benchmark,
+        direction=cfg.direction,
+        threshold=cfg.degrade_threshold,
+        alpha=cfg.significance,
+        test=cfg.significance_test,
+        bootstrap_draws=cfg.bootstrap_draws,
+        seed=cfg.seed,
+    )
     universe = sorted(table["category"])
     T = degraded_set(table)
     attributed = attributed_latents(latents, cfg.latent_direction)
@@ -423,19 +493,26 @@ def evaluate(
     if mapping is None:
         # every category of the eligible pool, not only the attributed ones: the enrichment
         # test compares a category's attributed latents with its share of the whole pool
-        mapping_df = category_mapping(sorted(set(eligible_latents(latents)["category"]) | set(mneme_cats)), universe,
-                                      embedder)
+        mapping_df = category_mapping(
+            sorted(set(eligible_latents(latents)["category"]) | set(mneme_cats)), universe, embedder
+        )
     else:
-        mapping_df = pd.DataFrame({"mneme_category": list(mapping), "benchmark_category": list(mapping.values()),
-                                   "similarity": np.nan})
+        mapping_df = pd.DataFrame(
+            {"mneme_category": list(mapping), "benchmark_category": list(mapping.values()), "similarity": np.nan}
+        )
     mapping = dict(zip(mapping_df["mneme_category"], mapping_df["benchmark_category"]))
     scores = category_scores(latents, mapping, universe, latent_direction=cfg.latent_direction, score=cfg.predict_score)
-    thr = cfg.predict_threshold if cfg.predict_threshold > 0 else default_predict_threshold(
-        scores, cfg.predict_score, cfg.significance)
+    thr = (
+        cfg.predict_threshold
+        if cfg.predict_threshold > 0
+        else default_predict_threshold(scores, cfg.predict_score, cfg.significance)
+    )
     P = predict(scores, thr, cfg.predict_min_latents)
-    methods: dict[str, Any] = {"mneme": {**metrics(T, P, universe), "set": sorted(P)},
-                               "random": random_baseline(T, universe, draws=cfg.random_draws, seed=cfg.seed),
-                               "oracle": {**metrics(T, T, universe), "set": sorted(T)}}
+    methods: dict[str, Any] = {
+        "mneme": {**metrics(T, P, universe), "set": sorted(P)},
+        "random": random_baseline(T, universe, draws=cfg.random_draws, seed=cfg.seed),
+        "oracle": {**metrics(T, T, universe), "set": sorted(T)},
+    }
     if cfg.intervention_description.strip():
         naive = naive_baseline(cfg.intervention_description, universe, len(P), embedder)
         methods["naive"] = {**metrics(T, naive, universe), "set": naive, "description": cfg.intervention_description}
@@ -447,13 +524,19 @@ def evaluate(
         "direction": cfg.direction,
         "latent_direction": cfg.latent_direction,
         "thresholds": {
-            "degrade_threshold": cfg.degrade_threshold, "significance": cfg.significance,
-            "significance_test": str(table["test"].iloc[0]), "predict_score": cfg.predict_score,
+            "degrade_threshold": cfg.degrade_threshold,
+            "significance": cfg.significance,
+            "significance_test": str(table["test"].iloc[0]),
+            "predict_score": cfg.predict_score,
             "predict_threshold": thr,
             "predict_min_latents": cfg.predict_min_latents,
-            "predict_threshold_rule": "configured" if cfg.predict_threshold > 0 else (
+            "predict_threshold_rule": "configured"
+            if cfg.predict_threshold > 0
+            else (
                 "-log10(significance / n_categories): Bonferroni over the benchmark categories"
-                if cfg.predict_score == "enrichment" else "mean share (1 / n_categories)"),
+                if cfg.predict_score == "enrichment"
+                else "mean share (1 / n_categories)"
+            ),
         },
         "universe": universe,
         "T": sorted(T),
@@ -461,14 +544,17 @@ def evaluate(
         "category_scores": scores.assign(predicted=scores["category"].isin(P)).to_dict(orient="records"),
         "metrics": methods,
         "curve": _records(threshold_curve(scores, T, universe, cfg.predict_min_latents)),
-        "mapping": _records(mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])),
+        "mapping": _records(
+            mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])
+        ),
         "shared_names": shared_names(mneme_cats, universe),
     }
     return table, record
 
 
-def _activation_diff_baseline(diffs: pd.DataFrame | None, T: set[str], universe: list[str], cfg: EvaluationConfig,
-                              embedder: Any) -> dict[str, Any]:
+def _activation_diff_baseline(
+    diffs: pd.DataFrame | None, T: set[str], universe: list[str], cfg: EvaluationConfig, embedder: Any
+) -> dict[str, Any]:
     """The dictionary-free baseline's metrics and per-category table (or why it is absent)."""
     from mneme_core.analysis.actdiff import predict_from_diffs
 
@@ -476,18 +562,28 @@ def _activation_diff_baseline(diffs: pd.DataFrame | None, T: set[str], universe:
         return {"skipped": "no context_diffs.parquet: the categories stage writes it when the activation store exists"}
     cats = sorted(diffs["category"].astype(str).unique().tolist())
     mapping = category_mapping(cats, universe, embedder)
-    per_cat, P = predict_from_diffs(diffs.assign(category=diffs["category"].astype(str)),
-                                    dict(zip(mapping["mneme_category"], mapping["benchmark_category"])), universe,
-                                    alpha=cfg.significance, min_contexts=cfg.predict_min_latents)
-    return {**metrics(T, P, universe), "set": sorted(P), "n_contexts": int(len(diffs)),
-            "rule": "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories",
-            "per_category": _records(per_cat)}
+    per_cat, P = predict_from_diffs(
+        diffs.assign(category=diffs["category"].astype(str)),
+        dict(zip(mapping["mneme_category"], mapping["benchmark_category"])),
+        universe,
+        alpha=cfg.significance,
+        min_contexts=cfg.predict_min_latents,
+    )
+    return {
+        **metrics(T, P, universe),
+        "set": sorted(P),
+        "n_contexts": int(len(diffs)),
+        "rule": "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories",
+        "per_category": _records(per_cat),
+    }
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """DataFrame rows as JSON-safe dicts (NaN -> None: JSON has no NaN)."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in df.to_dict(orient="records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in df.to_dict(orient="records")
+    ]
 
 
 def per_category_table(run: Run | str | Path) -> pd.DataFrame:
@@ -509,8 +605,15 @@ def _runner_benchmark(cfg: StudyConfig, run_path: Path, questions: str, progress
     ev = cfg.evaluation
     items = load_mc_items(questions, limit_per_category=ev.runner_limit_per_category)
     pair = load_model_pair(cfg.models)
-    return score_pair((pair.base, pair.tokenizer), (pair.ft, pair.tokenizer), items, batch_size=ev.runner_batch_size,
-                      cache_dir=run_path / "benchmark_cache", style=ev.runner_style, progress=progress)
+    return score_pair(
+        (pair.base, pair.tokenizer),
+        (pair.ft, pair.tokenizer),
+        items,
+        batch_size=ev.runner_batch_size,
+        cache_dir=run_path / "benchmark_cache",
+        style=ev.runner_style,
+        progress=progress,
+    )
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -518,7 +621,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     run_path = Path(run_path)
     spec = cfg.evaluation.benchmark.strip()
     if spec.startswith(RUNNER_PREFIX):
-        bench, source = _runner_benchmark(cfg, run_path, spec[len(RUNNER_PREFIX):], progress), spec
+        bench, source = _runner_benchmark(cfg, run_path, spec[len(RUNNER_PREFIX) :], progress), spec
     else:
         bench, source = load_benchmark(spec, run_path)
     latents_path = run_path / "latents.parquet"
@@ -528,16 +631,22 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     from mneme_core.common.embeddings import get_embedder
 
     diffs_path = run_path / CONTEXT_DIFFS_FILE
-    table, record = evaluate(bench, pd.read_parquet(latents_path), cfg.evaluation,
-                             embedder=get_embedder(cfg.interpret.embedding_model),
-                             context_diffs=pd.read_parquet(diffs_path) if diffs_path.is_file() else None)
+    table, record = evaluate(
+        bench,
+        pd.read_parquet(latents_path),
+        cfg.evaluation,
+        embedder=get_embedder(cfg.interpret.embedding_model),
+        context_diffs=pd.read_parquet(diffs_path) if diffs_path.is_file() else None,
+    )
     record["benchmark_source"] = source
     write_parquet(run_path / "benchmark.parquet", table)
     atomic_write_json(run_path / "evaluation.json", record)
     add_provenance(run_path, [{"kind": "benchmark", "source": source}])
     m = record["metrics"]
     return {
-        "n_categories": len(record["universe"]), "n_degraded": len(record["T"]), "n_predicted": len(record["P"]),
+        "n_categories": len(record["universe"]),
+        "n_degraded": len(record["T"]),
+        "n_predicted": len(record["P"]),
         **{k: m["mneme"][k] for k in ("accuracy", "precision", "recall", "f1", "balanced_accuracy")},
         "random_accuracy_mean": m["random"]["accuracy"]["mean"],
         "naive_accuracy": m["naive"].get("accuracy"),

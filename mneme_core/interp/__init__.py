@@ -62,8 +62,9 @@ def make_explainer(cfg: StudyConfig, run_path: Path, backend=None) -> Explainer:
     icfg = cfg.interpret
     if icfg.explainer == "offline":
         return OfflineExplainer(load_corpus_counts(run_path), n_examples=icfg.n_examples)
-    return LLMExplainer(backend, AnswerCache(run_path / "interp_cache"), n_examples=icfg.n_examples,
-                        max_tokens=icfg.max_new_tokens)
+    return LLMExplainer(
+        backend, AnswerCache(run_path / "interp_cache"), n_examples=icfg.n_examples, max_tokens=icfg.max_new_tokens
+    )
 
 
 def _merge_explanations(run_path: Path, new: pd.DataFrame) -> pd.DataFrame:
@@ -103,20 +104,27 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     if icfg.scorer == "embedding":
         scorer = EmbeddingScorer(get_embedder(icfg.embedding_model), n_examples=icfg.n_score_examples)
     elif icfg.scorer in ("detection", "fuzzing"):
-        scorer = LLMJudgeScorer(icfg.scorer, backend, AnswerCache(run_path / "interp_cache"),
-                                n_examples=icfg.n_score_examples, max_tokens=icfg.max_new_tokens)
+        scorer = LLMJudgeScorer(
+            icfg.scorer,
+            backend,
+            AnswerCache(run_path / "interp_cache"),
+            n_examples=icfg.n_score_examples,
+            max_tokens=icfg.max_new_tokens,
+        )
     else:
         scorer = None
     scores = scorer.score(recs, descriptions, progress=progress) if scorer else {}
     scorer_name = scorer.name if scorer else "none"
 
-    new = pd.DataFrame({
-        "latent": pd.Series(list(descriptions), dtype="int64"),
-        "explainer": explainer.label,
-        "description": pd.Series(list(descriptions.values()), dtype="string"),
-        "scorer": scorer_name,
-        "score": pd.Series([scores.get(lat, float("nan")) for lat in descriptions], dtype="float64"),
-    })
+    new = pd.DataFrame(
+        {
+            "latent": pd.Series(list(descriptions), dtype="int64"),
+            "explainer": explainer.label,
+            "description": pd.Series(list(descriptions.values()), dtype="string"),
+            "scorer": scorer_name,
+            "score": pd.Series([scores.get(lat, float("nan")) for lat in descriptions], dtype="float64"),
+        }
+    )
     table = _merge_explanations(run_path, new)
     if len(table):
         merge_latent_columns(run_path, _latent_columns(table, explainer.label))

@@ -75,7 +75,9 @@ def load_taxonomy(name_or_path: str) -> list[tuple[str, str]]:
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         if isinstance(data, dict):
-            return [(str(k), f"{str(k).replace('_', ' ')}: {v}" if v else str(k).replace("_", " ")) for k, v in data.items()]
+            return [
+                (str(k), f"{str(k).replace('_', ' ')}: {v}" if v else str(k).replace("_", " ")) for k, v in data.items()
+            ]
         return [(str(x), str(x).replace("_", " ")) for x in data]
     return _parse_labels(path.read_text())
 
@@ -95,7 +97,9 @@ def load_taxonomies(names: Sequence[str]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- labelling
 
 
-def nearest_labels(vecs: np.ndarray, labels: Sequence[tuple[str, str]], embedder: Embedder) -> tuple[list[str], np.ndarray]:
+def nearest_labels(
+    vecs: np.ndarray, labels: Sequence[tuple[str, str]], embedder: Embedder
+) -> tuple[list[str], np.ndarray]:
     """Nearest taxonomy label for each (L2-normalised) vector, and its cosine similarity."""
     if len(vecs) == 0:
         return [], np.zeros(0, np.float32)
@@ -105,7 +109,9 @@ def nearest_labels(vecs: np.ndarray, labels: Sequence[tuple[str, str]], embedder
     return [labels[i][0] for i in best], sims[np.arange(len(vecs)), best]
 
 
-def category_subject_similarity(categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None) -> pd.DataFrame:
+def category_subject_similarity(
+    categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None
+) -> pd.DataFrame:
     """Cosine similarity of every category (rows) to every subject (columns)."""
     embedder = embedder or get_embedder()
     cat = embedder.encode([c.replace("_", " ") for c in categories])
@@ -113,7 +119,9 @@ def category_subject_similarity(categories: Sequence[str], subjects: Sequence[st
     return pd.DataFrame(cat @ sub.T, index=list(categories), columns=list(subjects))
 
 
-def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None) -> dict[str, str]:
+def map_categories(
+    categories: Sequence[str], subjects: Sequence[str], embedder: Embedder | None = None
+) -> dict[str, str]:
     """Each category name → the benchmark subject nearest to it by embedding similarity.
 
     Call it only once categories are final (no leakage from the benchmark
@@ -128,8 +136,9 @@ def map_categories(categories: Sequence[str], subjects: Sequence[str], embedder:
     return {c: str(sims.columns[int(np.argmax(sims.loc[c].to_numpy()))]) for c in uniq}
 
 
-def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: int, embedder: Embedder,
-                   progress: bool = False) -> np.ndarray:
+def window_vectors(
+    contexts: pd.DataFrame, latents: Sequence[int], n_windows: int, embedder: Embedder, progress: bool = False
+) -> np.ndarray:
     """One unit vector per latent: the mean of its top ``n_windows`` window embeddings,
     weighted by each window's peak activation (zeros for a latent without windows).
 
@@ -150,7 +159,9 @@ def window_vectors(contexts: pd.DataFrame, latents: Sequence[int], n_windows: in
     return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _llm_labels(cfg: StudyConfig, run_path: Path, latents: Sequence[int], descriptions: Sequence[str], progress: bool) -> list[str]:
+def _llm_labels(
+    cfg: StudyConfig, run_path: Path, latents: Sequence[int], descriptions: Sequence[str], progress: bool
+) -> list[str]:
     from mneme_core.interp.cache import AnswerCache, prompt_hash
     from mneme_core.interp.clients import FatalLLMError, LLMError, make_backend
     from mneme_core.interp.prompts import label_messages, parse_description
@@ -181,10 +192,19 @@ def _llm_labels(cfg: StudyConfig, run_path: Path, latents: Sequence[int], descri
         cache.put(namespace, latent, key, {"label": text})
         return text
 
-    done, failed = run_jobs(list(zip(latents, descriptions)), label, concurrency=backend.concurrency, meter=Meter(),
-                            desc="categories (llm)", progress=progress, abort_on=(FatalLLMError,))
+    done, failed = run_jobs(
+        list(zip(latents, descriptions)),
+        label,
+        concurrency=backend.concurrency,
+        meter=Meter(),
+        desc="categories (llm)",
+        progress=progress,
+        abort_on=(FatalLLMError,),
+    )
     if failed:
-        raise LLMError(f"{len(failed)} latents got no label (first error: {failed[0][1]}); answers so far are cached, re-run")
+        raise LLMError(
+            f"{len(failed)} latents got no label (first error: {failed[0][1]}); answers so far are cached, re-run"
+        )
     got = {job[0]: lab for job, lab in done}
     return [got[lat] for lat in latents]
 
@@ -212,8 +232,14 @@ def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0, progress
 
     # its epochs are the slow part on a big study; UMAP's own bar, with rate and ETA added
     bar = {"desc": "categories: umap", "disable": not progress, "bar_format": "{l_bar}{bar}{r_bar}"}
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), metric="cosine",
-                        random_state=seed, n_jobs=1, tqdm_kwds=bar)
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbors, n - 1)),
+        metric="cosine",
+        random_state=seed,
+        n_jobs=1,
+        tqdm_kwds=bar,
+    )
     return reducer.fit_transform(vecs).astype(np.float32)
 
 
@@ -224,12 +250,14 @@ def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
     lancedb = import_lancedb()
     db = lancedb.connect(str(run_path / "lancedb"))
     dim = vecs.shape[1]
-    table = pa.table({
-        "latent": pa.array(df["latent"].astype("int64").to_numpy()),
-        "description": pa.array(df["description"].astype(str).tolist(), pa.string()),
-        "category": pa.array(df["category"].astype(str).tolist(), pa.string()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1).astype(np.float32)), dim),
-    })
+    table = pa.table(
+        {
+            "latent": pa.array(df["latent"].astype("int64").to_numpy()),
+            "description": pa.array(df["description"].astype(str).tolist(), pa.string()),
+            "category": pa.array(df["category"].astype(str).tolist(), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1).astype(np.float32)), dim),
+        }
+    )
     db.create_table(LANCE_TABLE, table, mode="overwrite")
 
 
@@ -245,11 +273,13 @@ def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, p
     from mneme_core.common.atomic import write_parquet
 
     if (run_path / "activations" / INDEX).is_file():
-        diffs = context_diffs(ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base),
-                              progress=progress)
+        diffs = context_diffs(
+            ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress
+        )
     elif (run_path / CONTEXT_DIFFS_FILE).is_file():
-        diffs = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE).drop(columns=["category", "category_similarity"],
-                                                                    errors="ignore")
+        diffs = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE).drop(
+            columns=["category", "category_similarity"], errors="ignore"
+        )
     else:
         return None
     vecs = embedder.encode(diffs["text"].tolist(), progress=progress, desc="categories: embed contexts")
@@ -269,15 +299,18 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     described = latents[latents["description"].notna() & (latents["description"].astype(str) != "")]
     described = described[["latent", "description"]].reset_index(drop=True)
     embedder = get_embedder(cfg.interpret.embedding_model)
-    vecs = embedder.encode(described["description"].astype(str).tolist(), progress=progress,
-                           desc="categories: embed descriptions")
+    vecs = embedder.encode(
+        described["description"].astype(str).tolist(), progress=progress, desc="categories: embed descriptions"
+    )
     if ccfg.labeler == "llm":
         cats = _llm_labels(cfg, run_path, described["latent"].tolist(), described["description"].tolist(), progress)
         sims = np.full(len(cats), np.nan)
     elif ccfg.source == "contexts":
         contexts = open_run(run_path).contexts()
         if contexts.empty:
-            raise ValueError(f"{run_path}: no contexts.parquet; run the contexts stage (or set categories.source: description)")
+            raise ValueError(
+                f"{run_path}: no contexts.parquet; run the contexts stage (or set categories.source: description)"
+            )
         win = window_vectors(contexts, described["latent"].tolist(), ccfg.context_windows, embedder, progress)
         has = np.linalg.norm(win, axis=1) > 0
         cats, sims = nearest_labels(win[has], load_taxonomies(ccfg.taxonomies), embedder)
@@ -295,7 +328,10 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     counts = described["category"].value_counts()
     return {
         "n_context_diffs": n_contexts,
-        "labeler": ccfg.labeler, "n_categorised": int(len(described)), "n_categories": int(len(counts)),
+        "labeler": ccfg.labeler,
+        "n_categorised": int(len(described)),
+        "n_categories": int(len(counts)),
         "top_categories": {str(k): int(v) for k, v in counts.head(10).items()},
-        "embedding_model": embedder.name, "seconds": round(time.perf_counter() - t0, 2),
+        "embedding_model": embedder.name,
+        "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -94,16 +94,21 @@ class OpenAIChatClient:
         self.backoff_s = backoff_s
         self.concurrency = max(1, concurrency)
         self.temperature = temperature
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout_s,
-                                     max_retries=max_retries)
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout_s, max_retries=max_retries
+        )
         self._slots = threading.Semaphore(self.concurrency)
 
     @classmethod
     def from_config(cls, icfg) -> OpenAIChatClient:
         """Build from ``InterpretConfig``; the key comes from the env var it names."""
         return cls(
-            icfg.base_url, icfg.model, os.environ.get(icfg.api_key_env, "") if icfg.api_key_env else "",
-            timeout_s=icfg.timeout_s, max_retries=icfg.max_retries, backoff_s=icfg.retry_backoff_s,
+            icfg.base_url,
+            icfg.model,
+            os.environ.get(icfg.api_key_env, "") if icfg.api_key_env else "",
+            timeout_s=icfg.timeout_s,
+            max_retries=icfg.max_retries,
+            backoff_s=icfg.retry_backoff_s,
             concurrency=icfg.concurrency,
         )
 
@@ -117,7 +122,8 @@ class OpenAIChatClient:
             try:
                 with self._slots:
                     raw = self._client.with_options(max_retries=retries_left).chat.completions.with_raw_response.create(
-                        model=self.model, messages=messages, max_tokens=max_tokens, temperature=self.temperature)
+                        model=self.model, messages=messages, max_tokens=max_tokens, temperature=self.temperature
+                    )
             except openai.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in RETRYABLE_STATUS:
                     raise FatalLLMError(
@@ -177,10 +183,13 @@ class TransformersChat:
         ids = enc["input_ids"].to(self.device)
         with self._lock, torch.inference_mode():
             out = self.model.generate(
-                ids, attention_mask=enc["attention_mask"].to(self.device), max_new_tokens=max_tokens,
-                do_sample=False, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                ids,
+                attention_mask=enc["attention_mask"].to(self.device),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )
-        new = out[0, ids.shape[1]:]
+        new = out[0, ids.shape[1] :]
         return ChatResult(self.tokenizer.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(new.numel()))
 
 

@@ -52,8 +52,9 @@ def _examples(df: pd.DataFrame) -> list[Example]:
     return [Example(tuple(t), tuple(float(a) for a in acts)) for t, acts in zip(df["tokens"], df["acts"])]
 
 
-def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int = 10, seed: int = 0,
-                 progress: bool = False) -> dict[int, LatentRecord]:
+def load_records(
+    run_path: str | Path, latents: Sequence[int], n_negatives: int = 10, seed: int = 0, progress: bool = False
+) -> dict[int, LatentRecord]:
     """Records for ``latents`` (those with no contexts are left out).
 
     Negatives are random windows in which the latent never fired, drawn from the pool
@@ -71,8 +72,14 @@ def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int 
     df = table.to_pandas().sort_values(["latent", "kind", "rank"], kind="stable")
     records: dict[int, LatentRecord] = {}
     groups = df.groupby("latent", sort=False)
-    for latent, group in tqdm(groups, total=groups.ngroups, desc="interpret: read contexts", unit="latent",
-                              disable=not progress, dynamic_ncols=True):
+    for latent, group in tqdm(
+        groups,
+        total=groups.ngroups,
+        desc="interpret: read contexts",
+        unit="latent",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
         rec = LatentRecord(int(latent))
         rec.top = _examples(group[group["kind"] == "top"])
         rec.quantile = _examples(group[group["kind"] == "quantile"])
@@ -83,8 +90,9 @@ def load_records(run_path: str | Path, latents: Sequence[int], n_negatives: int 
         pool_examples = [Example(tuple(t), tuple(0.0 for _ in t)) for t in pool["tokens"]]
         active = [set(np.asarray(a).tolist()) for a in pool["active_latents"]]
         rng = np.random.default_rng(seed)
-        for rec in tqdm(records.values(), desc="interpret: draw negatives", unit="latent", disable=not progress,
-                        dynamic_ncols=True):
+        for rec in tqdm(
+            records.values(), desc="interpret: draw negatives", unit="latent", disable=not progress, dynamic_ncols=True
+        ):
             for i in rng.permutation(len(pool_examples)):
                 if rec.latent not in active[i]:
                     rec.negatives.append(pool_examples[i])

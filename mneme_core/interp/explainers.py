@@ -165,8 +165,13 @@ class LLMExplainer:
 
     def explain(self, records: Sequence[LatentRecord], *, progress: bool = True) -> dict[int, str]:
         done, failed = run_jobs(
-            records, self.describe, concurrency=self.backend.concurrency, meter=self.meter,
-            desc=f"explain ({self.label})", progress=progress, abort_on=(FatalLLMError,),
+            records,
+            self.describe,
+            concurrency=self.backend.concurrency,
+            meter=self.meter,
+            desc=f"explain ({self.label})",
+            progress=progress,
+            abort_on=(FatalLLMError,),
         )
         if failed:
             rec, exc = failed[0]

@@ -82,14 +82,21 @@ def judge_messages(system: str, description: str, texts: Sequence[str]) -> Messa
 
 
 def label_messages(description: str) -> Messages:
-    return [{"role": "system", "content": LABEL_SYSTEM}, {"role": "user", "content": f"Description: {description}\nLabel:"}]
+    return [
+        {"role": "system", "content": LABEL_SYSTEM},
+        {"role": "user", "content": f"Description: {description}\nLabel:"},
+    ]
 
 
 # --------------------------------------------------------------------------- parsing
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
-_KEYED = re.compile(r"^[\s>*#_\-`]*(?:final\s+)?(?:description|explanation|answer|label)\s*[*_`]*\s*[:：]\s*(.*)$", re.I)
-_CHATTER = re.compile(r"^(sure|certainly|of course|okay|ok|here|let me|i think|based on|looking at|the examples)\b", re.I)
+_KEYED = re.compile(
+    r"^[\s>*#_\-`]*(?:final\s+)?(?:description|explanation|answer|label)\s*[*_`]*\s*[:：]\s*(.*)$", re.I
+)
+_CHATTER = re.compile(
+    r"^(sure|certainly|of course|okay|ok|here|let me|i think|based on|looking at|the examples)\b", re.I
+)
 
 
 def _clean(text: str) -> str:
@@ -111,7 +118,7 @@ def parse_description(answer: str) -> str:
         if m:
             rest = _clean(m.group(1))
             if not rest:
-                rest = next((_clean(ln) for ln in lines[i + 1:] if _clean(ln)), "")
+                rest = next((_clean(ln) for ln in lines[i + 1 :] if _clean(ln)), "")
             if rest:
                 return rest
     for ln in lines:

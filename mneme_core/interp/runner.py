@@ -36,8 +36,11 @@ class Meter:
 
     def as_dict(self) -> dict[str, int]:
         return {
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "llm_calls": self.calls, "cache_hits": self.cached, "failed": self.failed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "llm_calls": self.calls,
+            "cache_hits": self.cached,
+            "failed": self.failed,
         }
 
 

@@ -57,7 +57,9 @@ class EmbeddingScorer:
         self.embedder = embedder
         self.n_examples = n_examples
 
-    def score(self, records: Sequence[LatentRecord], descriptions: dict[int, str], *, progress: bool = True) -> dict[int, float]:
+    def score(
+        self, records: Sequence[LatentRecord], descriptions: dict[int, str], *, progress: bool = True
+    ) -> dict[int, float]:
         index: dict[str, int] = {}
         plan = []
         for rec in records:
@@ -65,7 +67,7 @@ class EmbeddingScorer:
                 continue
             pos, neg = scoring_examples(rec, self.n_examples)
             ids = [index.setdefault(t, len(index)) for t in [descriptions[rec.latent]] + [e.text for e in pos + neg]]
-            plan.append((rec.latent, ids[0], ids[1:1 + len(pos)], ids[1 + len(pos):]))
+            plan.append((rec.latent, ids[0], ids[1 : 1 + len(pos)], ids[1 + len(pos) :]))
         vecs = self.embedder.encode(list(index), progress=progress, desc="score (embedding)")
         out = {}
         for latent, d, pos, neg in plan:
@@ -78,7 +80,9 @@ class EmbeddingScorer:
 class LLMJudgeScorer:
     """Detection (``kind='detection'``) or fuzzing (``kind='fuzzing'``) with a chat backend."""
 
-    def __init__(self, kind: str, backend: ChatBackend, cache: AnswerCache, n_examples: int = 10, max_tokens: int = 120):
+    def __init__(
+        self, kind: str, backend: ChatBackend, cache: AnswerCache, n_examples: int = 10, max_tokens: int = 120
+    ):
         if kind not in ("detection", "fuzzing"):
             raise ValueError(f"unknown LLM scorer {kind!r}: use 'detection' or 'fuzzing'")
         self.name = kind
@@ -124,11 +128,18 @@ class LLMJudgeScorer:
         self.cache.put(self.namespace, rec.latent, key, {"score": score, "raw": result.text})
         return score
 
-    def score(self, records: Sequence[LatentRecord], descriptions: dict[int, str], *, progress: bool = True) -> dict[int, float]:
+    def score(
+        self, records: Sequence[LatentRecord], descriptions: dict[int, str], *, progress: bool = True
+    ) -> dict[int, float]:
         jobs = [(rec, descriptions[rec.latent]) for rec in records if rec.latent in descriptions]
         done, _ = run_jobs(
-            jobs, self._score_one, concurrency=self.backend.concurrency, meter=self.meter,
-            desc=f"score ({self.name})", progress=progress, abort_on=(FatalLLMError,),
+            jobs,
+            self._score_one,
+            concurrency=self.backend.concurrency,
+            meter=self.meter,
+            desc=f"score ({self.name})",
+            progress=progress,
+            abort_on=(FatalLLMError,),
         )
         # A latent whose judging failed after retries keeps no score (NaN), not a guess.
         return {rec.latent: score for (rec, _), score in done}

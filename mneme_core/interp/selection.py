@@ -57,7 +57,9 @@ def select_latents(latents: pd.DataFrame, spec: str, max_latents: int = 0) -> li
         known = set(latents["latent"].astype(int)) if len(latents) else set()
         unknown = [i for i in ids if known and i not in known]
         if unknown:
-            raise ValueError(f"interpret.latents names latents {unknown[:5]} that the run does not have (0..{max(known)})")
+            raise ValueError(
+                f"interpret.latents names latents {unknown[:5]} that the run does not have (0..{max(known)})"
+            )
         chosen = ids
     else:
         ordered = df.assign(_key=_priority(df)).sort_values(["_key", "latent"], kind="stable")
@@ -65,7 +67,9 @@ def select_latents(latents: pd.DataFrame, spec: str, max_latents: int = 0) -> li
             chosen = ordered["latent"].tolist()
         elif spec == "attributed":
             _require(df, ("attribution", "shift", "label_by_norm", "rel_norm"), spec)
-            keep = ordered["attribution"].isin(["amplified", "suppressed"]) | ordered["label_by_norm"].isin(["ft_only", "base_only"])
+            keep = ordered["attribution"].isin(["amplified", "suppressed"]) | ordered["label_by_norm"].isin(
+                ["ft_only", "base_only"]
+            )
             chosen = ordered.loc[keep, "latent"].tolist()
         else:
             bad = [p for p in parts if p not in ATTRIBUTION_LABELS + NORM_LABELS]

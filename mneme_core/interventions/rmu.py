@@ -96,7 +96,9 @@ def random_direction(d: int, seed: int) -> torch.Tensor:
     return u / u.norm()
 
 
-def trainable_parameters(model: torch.nn.Module, layer: int, n_layers: int, params: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+def trainable_parameters(
+    model: torch.nn.Module, layer: int, n_layers: int, params: Sequence[str]
+) -> dict[str, torch.nn.Parameter]:
     """Parameters RMU may change: the named MLP weights of layers ``layer-n+1 .. layer``."""
     blocks = decoder_layers(model)
     first = max(0, layer - n_layers + 1)
@@ -137,7 +139,7 @@ def _batches(tokenizer: Any, texts: Sequence[str], cfg: RMUConfig, seed: int) ->
     need = cfg.steps * cfg.batch_size
     order = (order * math.ceil(need / len(order)))[:need]
     return [
-        _pad_batch(tokenizer, [texts[i] for i in order[s:s + cfg.batch_size]], cfg.max_tokens)
+        _pad_batch(tokenizer, [texts[i] for i in order[s : s + cfg.batch_size]], cfg.max_tokens)
         for s in range(0, need, cfg.batch_size)
     ]
 
@@ -156,7 +158,7 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], layer: int)
 
 def _save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> None:
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
-    for i, (n, p) in enumerate(params.items()):
+    for n, p in params.items():
         state = opt.state.get(p, {})
         for k in ("exp_avg", "exp_avg_sq"):
             if k in state:
@@ -187,8 +189,15 @@ def _load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: tor
 
 @torch.no_grad()
 def activation_report(
-    frozen: torch.nn.Module, updated: torch.nn.Module, tokenizer: Any, forget: Sequence[str], retain: Sequence[str],
-    layer: int, direction: torch.Tensor, steering_coef: float, max_tokens: int = 128,
+    frozen: torch.nn.Module,
+    updated: torch.nn.Module,
+    tokenizer: Any,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    layer: int,
+    direction: torch.Tensor,
+    steering_coef: float,
+    max_tokens: int = 128,
 ) -> dict[str, float]:
     """How far RMU moved activations at ``layer``, on any forget / retain texts (held out in tests).
 
@@ -201,7 +210,7 @@ def activation_report(
     def collect(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hs_f, hs_u = [], []
         for s in range(0, len(texts), 8):
-            batch = _pad_batch(tokenizer, texts[s:s + 8], max_tokens)
+            batch = _pad_batch(tokenizer, texts[s : s + 8], max_tokens)
             m = batch["attention_mask"].bool()
             hs_f.append(_forward(frozen, batch, layer).float().cpu()[m])
             hs_u.append(_forward(updated, batch, layer).float().cpu()[m])
@@ -214,11 +223,14 @@ def activation_report(
     cos = lambda h: torch.nn.functional.cosine_similarity(h, u[None], dim=-1).mean().item()  # noqa: E731
     rel = lambda a, b: ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-8)).mean().item()  # noqa: E731
     return {
-        "forget_cos_before": cos(f_frozen), "forget_cos_after": cos(f_upd),
+        "forget_cos_before": cos(f_frozen),
+        "forget_cos_after": cos(f_upd),
         "forget_target_rel_err_before": ((f_frozen - target).norm(dim=-1) / target.norm()).mean().item(),
         "forget_target_rel_err_after": ((f_upd - target).norm(dim=-1) / target.norm()).mean().item(),
-        "forget_rel_change": rel(f_upd, f_frozen), "retain_rel_err": rel(r_upd, r_frozen),
-        "mean_norm_forget": f_frozen.norm(dim=-1).mean().item(), "mean_norm_retain": r_frozen.norm(dim=-1).mean().item(),
+        "forget_rel_change": rel(f_upd, f_frozen),
+        "retain_rel_err": rel(r_upd, r_frozen),
+        "mean_norm_forget": f_frozen.norm(dim=-1).mean().item(),
+        "mean_norm_retain": r_frozen.norm(dim=-1).mean().item(),
     }
 
 
@@ -266,8 +278,15 @@ def rmu_unlearn(
     if ckpt is not None and ckpt.is_file():
         start = _load_checkpoint(ckpt, params, opt)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(start, cfg.steps), desc="rmu", unit="step", disable=not progress, dynamic_ncols=True,
-               initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="rmu",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=start,
+        total=cfg.steps,
+    )
     for step in bar:
         fb, rb = forget_batches[step], retain_batches[step]
         h_forget = _forward(updated, fb, layer)
@@ -280,7 +299,9 @@ def rmu_unlearn(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append({"step": step, "forget_loss": float(forget_loss.detach()), "retain_loss": float(retain_loss.detach())})
+        history.append(
+            {"step": step, "forget_loss": float(forget_loss.detach()), "retain_loss": float(retain_loss.detach())}
+        )
         bar.set_postfix(forget=f"{history[-1]['forget_loss']:.3g}", retain=f"{history[-1]['retain_loss']:.3g}")
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save_checkpoint(ckpt, step + 1, params, opt)
@@ -289,9 +310,13 @@ def rmu_unlearn(
     for p in updated.parameters():
         p.requires_grad_(False)
     metrics: dict[str, Any] = {
-        "config": {**asdict(cfg), "params": list(cfg.params)}, "layer": layer, "steering_coef": c,
-        "median_forget_norm": median_norm, "resumed_from_step": start,
-        "first": history[0] if history else None, "last": history[-1] if history else None,
+        "config": {**asdict(cfg), "params": list(cfg.params)},
+        "layer": layer,
+        "steering_coef": c,
+        "median_forget_norm": median_norm,
+        "resumed_from_step": start,
+        "first": history[0] if history else None,
+        "last": history[-1] if history else None,
         "loss_curve": history[:: max(1, len(history) // 50)],
     }
     return RMUResult(updated, u.cpu(), float(c), sorted(params), metrics)

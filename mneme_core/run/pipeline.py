@@ -192,10 +192,14 @@ def mark_later_stale(run_path: Path, stage: str) -> None:
     Imported outputs stay complete (``_imported``)."""
     if not _is_main_process():
         return
-    for later in STAGES[STAGES.index(stage) + 1:]:
+    for later in STAGES[STAGES.index(stage) + 1 :]:
         if _status(run_path, later) == "complete" and not _imported(run_path, later):
-            set_stage(run_path, later, "stale",
-                      info={"reason": f"'{stage}' re-ran after it; `mneme run STUDY.yaml` brings it up to date"})
+            set_stage(
+                run_path,
+                later,
+                "stale",
+                info={"reason": f"'{stage}' re-ran after it; `mneme run STUDY.yaml` brings it up to date"},
+            )
 
 
 def run_config(run_path: str | Path) -> StudyConfig:

@@ -64,7 +64,9 @@ class Run:
     def latents(self) -> pd.DataFrame:
         if self._latents is None:
             path = self.path / "latents.parquet"
-            self._latents = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
+            self._latents = (
+                pd.read_parquet(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
+            )
         return self._latents
 
     def _lookup(self, name: str) -> LatentLookup | None:

@@ -28,8 +28,10 @@ def search_descriptions(run_path: str | Path, query: str, k: int = 20) -> pd.Dat
         raise ValueError(f"k must be positive, got {k}")
     db_path = run_path / "lancedb"
     if not db_path.is_dir() or LANCE_TABLE not in db_path_tables(db_path):
-        raise RunError(f"{run_path} has no description index yet: run the interpret and categories stages "
-                       f"(`mneme interpret {run_path}`)")
+        raise RunError(
+            f"{run_path} has no description index yet: run the interpret and categories stages "
+            f"(`mneme interpret {run_path}`)"
+        )
     model = read_manifest(run_path).get("config", {}).get("interpret", {}).get("embedding_model", "") or ""
     vec = get_embedder(model).encode([query])[0]
     table = import_lancedb().connect(str(db_path)).open_table(LANCE_TABLE)

@@ -43,8 +43,14 @@ def run_card(run_path: Path, repo_id: str) -> str:
     )
 
 
-def push_run(run_path: str | Path, repo_id: str, *, private: bool | None = None,
-             message: str = "Upload MNEME run", hub: Hub | None = None) -> str:
+def push_run(
+    run_path: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    message: str = "Upload MNEME run",
+    hub: Hub | None = None,
+) -> str:
     """Push a run's tables, manifest and cross-coder to a dataset repo; returns the commit URL."""
     run_path = Path(run_path)
     read_manifest(run_path)

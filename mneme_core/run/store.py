@@ -86,7 +86,9 @@ def update_manifest(run_path: str | Path, fn: Callable[[dict[str, Any]], None]) 
     return manifest
 
 
-def init_run(run_path: str | Path, config: dict[str, Any], provenance: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def init_run(
+    run_path: str | Path, config: dict[str, Any], provenance: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Create the run folder and manifest, or check that an existing one is the same study.
 
     Re-running a study resumes it; running a different config into the same folder is an

@@ -19,10 +19,32 @@ import pandas as pd
 
 # Columns offered as label filters / range sliders, when the run has them.
 LABEL_COLUMNS = ("attribution", "beta_state", "label_by_norm", "category", "mark")
-RANGE_COLUMNS = ("rel_norm", "shift", "nu_err", "nu_recon", "dec_cos", "freq", "n_fires", "max_act", "explanation_score")
+RANGE_COLUMNS = (
+    "rel_norm",
+    "shift",
+    "nu_err",
+    "nu_recon",
+    "dec_cos",
+    "freq",
+    "n_fires",
+    "max_act",
+    "explanation_score",
+)
 # What the explorer shows by default, in this order (others are one click away).
-DEFAULT_COLUMNS = ("latent", "description", "category", "attribution", "label_by_norm", "rel_norm", "shift",
-                   "dec_cos", "freq", "max_act", "explanation_score", "mark")
+DEFAULT_COLUMNS = (
+    "latent",
+    "description",
+    "category",
+    "attribution",
+    "label_by_norm",
+    "rel_norm",
+    "shift",
+    "dec_cos",
+    "freq",
+    "max_act",
+    "explanation_score",
+    "mark",
+)
 
 
 @dataclass(frozen=True)
@@ -181,12 +203,16 @@ def category_summary(df: pd.DataFrame) -> pd.DataFrame:
     if "category" not in df.columns or "attribution" not in df.columns:
         return pd.DataFrame(columns=["category", "latents", "amplified", "suppressed", "mean_shift"])
     g = df.assign(category=df["category"].fillna("(none)"))
-    table = g.groupby("category").agg(
-        latents=("latent", "size"),
-        amplified=("attribution", lambda s: int((s == "amplified").sum())),
-        suppressed=("attribution", lambda s: int((s == "suppressed").sum())),
-        mean_shift=("shift", "mean") if "shift" in g.columns else ("latent", lambda s: math.nan),
-    ).reset_index()
+    table = (
+        g.groupby("category")
+        .agg(
+            latents=("latent", "size"),
+            amplified=("attribution", lambda s: int((s == "amplified").sum())),
+            suppressed=("attribution", lambda s: int((s == "suppressed").sum())),
+            mean_shift=("shift", "mean") if "shift" in g.columns else ("latent", lambda s: math.nan),
+        )
+        .reset_index()
+    )
     return table.sort_values(["suppressed", "amplified"], ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -199,7 +225,6 @@ def fmt(value: object, digits: int = 4) -> str:
             return "—"
         return f"{float(value):.{digits}g}"
     return str(value)
-
 
 
 def decoder_rows(run_path: str | Path) -> np.ndarray | None:

@@ -25,7 +25,9 @@ _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's printable-unicode → byte table (inverse of its ``bytes_to_unicode``)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     n = 0
     for b in range(256):
@@ -120,7 +122,7 @@ def highlight_html(
     short = ("… " if lo else "") + "".join(spans[lo:hi]) + (" …" if hi < len(spans) else "")
     return (
         f'<div class="ctx">{head}{short}<details><summary>full context ({len(spans)} tokens)</summary>'
-        f'{"".join(spans)}</details></div>'
+        f"{''.join(spans)}</details></div>"
     )
 
 
@@ -148,8 +150,9 @@ CONTEXT_CSS = """
 """
 
 
-def contexts_html(rows: Sequence[tuple[Sequence[str], Sequence[float], str]], *, scale: float | None = None,
-                  window: int = 48) -> str:
+def contexts_html(
+    rows: Sequence[tuple[Sequence[str], Sequence[float], str]], *, scale: float | None = None, window: int = 48
+) -> str:
     """Several contexts (tokens, acts, label) sharing one colour scale, with the CSS."""
     if scale is None:
         scale = max((max((float(a) for a in acts), default=0.0) for _, acts, _ in rows), default=0.0)

@@ -37,9 +37,14 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _cards(items: dict[str, Any]) -> str:
-    return '<div class="cards">' + "".join(
-        f'<div class="card">{html.escape(str(k))}<b>{html.escape(explore.fmt(v, 4))}</b></div>' for k, v in items.items()
-    ) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card">{html.escape(str(k))}<b>{html.escape(explore.fmt(v, 4))}</b></div>'
+            for k, v in items.items()
+        )
+        + "</div>"
+    )
 
 
 def _figure(fig: go.Figure, first: bool) -> str:
@@ -47,8 +52,12 @@ def _figure(fig: go.Figure, first: bool) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False})
 
 
-def build_report(run: Run, marks: pd.DataFrame, side_effects: pd.DataFrame | None = None,
-                 metrics: dict[str, dict[str, float]] | None = None) -> str:
+def build_report(
+    run: Run,
+    marks: pd.DataFrame,
+    side_effects: pd.DataFrame | None = None,
+    metrics: dict[str, dict[str, float]] | None = None,
+) -> str:
     """The report as an HTML string.
 
     ``side_effects`` is the per-category table the side-effects page shows (category,
@@ -67,15 +76,19 @@ def build_report(run: Run, marks: pd.DataFrame, side_effects: pd.DataFrame | Non
         f"<p class='sub'>Base <code>{html.escape(name(models.get('base', {})))}</code> vs fine-tuned "
         f"<code>{html.escape(name(models.get('ft', {})))}</code>, layer {html.escape(str(m.get('layer', '?')))}. "
         f"Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
-        _cards({"latents": len(lat), **{k: train[k] for k in ("fve_base", "fve_ft", "dead_fraction", "l0") if k in train},
-                **explore.attribution_counts(lat)}),
+        _cards(
+            {
+                "latents": len(lat),
+                **{k: train[k] for k in ("fve_base", "fve_ft", "dead_fraction", "l0") if k in train},
+                **explore.attribution_counts(lat),
+            }
+        ),
         "<h2>Stages</h2>",
         _table(pd.DataFrame({"stage": STAGES, "status": [run.stage_status(s) for s in STAGES]})),
     ]
     figures: list[go.Figure] = []
     if metrics:
-        parts += ["<h2>Side-effect prediction</h2>",
-                  _table(pd.DataFrame(metrics).T.reset_index(names="method"))]
+        parts += ["<h2>Side-effect prediction</h2>", _table(pd.DataFrame(metrics).T.reset_index(names="method"))]
         figures.append(plots.metrics_bars(metrics))
     if side_effects is not None and len(side_effects):
         parts += ["<h3>Per category</h3>", _table(side_effects)]
@@ -109,7 +122,10 @@ def _confirmation_section(run: Run, figures: list[go.Figure]) -> list[str]:
     except confirmation_view.ConfirmationFileError as exc:
         return [head, f"<p>{html.escape(str(exc))}</p>"]
     if table is None:
-        return [head, f"<p>Not run. <code>{html.escape(confirmation_view.command(run))}</code> tests each predicted "
-                      "category by ablating its latents.</p>"]
+        return [
+            head,
+            f"<p>Not run. <code>{html.escape(confirmation_view.command(run))}</code> tests each predicted "
+            "category by ablating its latents.</p>",
+        ]
     figures.append(confirmation_view.figure(table))
     return [head, f"<p>{html.escape(confirmation_view.RULE_TEXT)}</p>", _table(confirmation_view.summary(table))]

@@ -81,8 +81,10 @@ class TriageStore:
                 "author=excluded.author, updated=excluded.updated",
                 (latent, mark, note, author, now),
             )
-            con.execute("INSERT INTO events(latent, mark, note, author, at) VALUES (?,?,?,?,?)",
-                        (latent, mark, note, author, now))
+            con.execute(
+                "INSERT INTO events(latent, mark, note, author, at) VALUES (?,?,?,?,?)",
+                (latent, mark, note, author, now),
+            )
             con.execute("COMMIT")
 
     def clear_mark(self, latent: int, author: str = "") -> None:
@@ -90,20 +92,25 @@ class TriageStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute("DELETE FROM marks WHERE latent=?", (latent,))
-            con.execute("INSERT INTO events(latent, mark, note, author, at) VALUES (?,NULL,'',?,?)",
-                        (latent, author, time.time()))
+            con.execute(
+                "INSERT INTO events(latent, mark, note, author, at) VALUES (?,NULL,'',?,?)",
+                (latent, author, time.time()),
+            )
             con.execute("COMMIT")
 
     def get_mark(self, latent: int) -> dict | None:
         with self._connect() as con:
-            row = con.execute("SELECT latent, mark, note, author, updated FROM marks WHERE latent=?",
-                              (_check_latent(latent),)).fetchone()
+            row = con.execute(
+                "SELECT latent, mark, note, author, updated FROM marks WHERE latent=?", (_check_latent(latent),)
+            ).fetchone()
         return None if row is None else dict(zip(("latent", "mark", "note", "author", "updated"), row))
 
     def marks(self) -> pd.DataFrame:
         """All current marks, one row per latent, oldest first."""
         with self._connect() as con:
-            rows = con.execute("SELECT latent, mark, note, author, updated FROM marks ORDER BY updated, latent").fetchall()
+            rows = con.execute(
+                "SELECT latent, mark, note, author, updated FROM marks ORDER BY updated, latent"
+            ).fetchall()
         df = pd.DataFrame(rows, columns=["latent", "mark", "note", "author", "updated"])
         df["latent"] = df["latent"].astype("int64")
         df["updated"] = pd.to_datetime(df["updated"].astype("float64"), unit="s")
@@ -148,7 +155,10 @@ def with_marks(latents: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
 
 def export_csv(latents: pd.DataFrame, marks: pd.DataFrame) -> bytes:
     """The marked set with the latents' key numbers, as CSV bytes for download."""
-    cols = [c for c in ("latent", "description", "category", "attribution", "label_by_norm", "rel_norm", "shift")
-            if c in latents.columns]
+    cols = [
+        c
+        for c in ("latent", "description", "category", "attribution", "label_by_norm", "rel_norm", "shift")
+        if c in latents.columns
+    ]
     table = marks.merge(latents[cols], on="latent", how="left")
     return table.to_csv(index=False).encode()

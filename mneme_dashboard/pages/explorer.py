@@ -28,8 +28,9 @@ with st.container(border=True):
     labels = {}
     for col, (name, values) in zip(label_cols, options.items()):
         _ui.fit_choices(f"f_{name}", list(values))
-        labels[name] = col.multiselect(name.replace("_", " "), values, key=f"f_{name}", placeholder="any",
-                                       format_func=lambda v: v or "(none)")
+        labels[name] = col.multiselect(
+            name.replace("_", " "), values, key=f"f_{name}", placeholder="any", format_func=lambda v: v or "(none)"
+        )
     ranges = {}
     with st.expander("Numeric ranges", expanded=False):
         range_cols = st.columns(4)
@@ -56,22 +57,39 @@ if st.session_state.get("f_page", 1) > n_pages:  # the filter shrank the list un
 default("f_page", 1)
 head = st.columns([4, 1, 1])
 head[0].markdown(f"Showing **{len(order):,}** of **{len(table):,}** latents")
-page = head[1].number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, key="f_page",
-                            label_visibility="collapsed") if n_pages > 1 else 1
-head[2].download_button("Download CSV", data=lambda: table.iloc[order].to_csv(index=False).encode(),
-                        file_name=f"{run.name}_latents.csv", mime="text/csv", on_click="ignore",
-                        icon=":material/download:", key="dl_csv")
+page = (
+    head[1].number_input(
+        f"Page (of {n_pages})", min_value=1, max_value=n_pages, key="f_page", label_visibility="collapsed"
+    )
+    if n_pages > 1
+    else 1
+)
+head[2].download_button(
+    "Download CSV",
+    data=lambda: table.iloc[order].to_csv(index=False).encode(),
+    file_name=f"{run.name}_latents.csv",
+    mime="text/csv",
+    on_click="ignore",
+    icon=":material/download:",
+    key="dl_csv",
+)
 
 visible = [c for c in explore.DEFAULT_COLUMNS if c in table.columns]
-rows_shown = order[(page - 1) * PAGE_ROWS: page * PAGE_ROWS]
+rows_shown = order[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
 view = explore.with_links(table[visible].iloc[rows_shown], st.session_state.get("run", str(run.path)))
 gen = st.session_state.setdefault("table_gen", 0)  # a fresh key drops an old selection on return
 event = st.dataframe(
-    view, hide_index=True, height=560, key=f"latents_table_{gen}", on_select="rerun", selection_mode="single-row",
+    view,
+    hide_index=True,
+    height=560,
+    key=f"latents_table_{gen}",
+    on_select="rerun",
+    selection_mode="single-row",
     column_order=["open", *visible],
     column_config={
-        "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40,
-                                            help="Open the latent's page (new tab)"),
+        "open": st.column_config.LinkColumn(
+            "", display_text=":material/open_in_new:", width=40, help="Open the latent's page (new tab)"
+        ),
         "latent": st.column_config.NumberColumn("latent", format="%d", width="small"),
         "description": st.column_config.TextColumn("description", width="large"),
         "rel_norm": st.column_config.ProgressColumn("rel norm", min_value=0.0, max_value=1.0, format="%.2f"),
@@ -86,6 +104,8 @@ rows = event.selection.rows if event else []
 if rows:
     st.session_state["table_gen"] = gen + 1
     _ui.open_latent(int(view.iloc[rows[0]]["latent"]))
-st.caption(f"Rows {(page - 1) * PAGE_ROWS + 1:,}–{min(page * PAGE_ROWS, len(order)):,} of this order"
-           + (f" (page {page} of {n_pages})" if n_pages > 1 else "")
-           + ". Select a row to open its latent page; previous / next there follow this order.")
+st.caption(
+    f"Rows {(page - 1) * PAGE_ROWS + 1:,}–{min(page * PAGE_ROWS, len(order)):,} of this order"
+    + (f" (page {page} of {n_pages})" if n_pages > 1 else "")
+    + ". Select a row to open its latent page; previous / next there follow this order."
+)

@@ -43,34 +43,56 @@ with nav[1]:
     if nxt is not None:
         _ui.link_to("latent", f"{nxt} →", run, latent=nxt)
 with nav[2]:
-    jump = st.number_input("Go to latent", min_value=0, max_value=int(table["latent"].max()), value=latent,
-                           key=f"jump_{latent}", label_visibility="collapsed")
+    jump = st.number_input(
+        "Go to latent",
+        min_value=0,
+        max_value=int(table["latent"].max()),
+        value=latent,
+        key=f"jump_{latent}",
+        label_visibility="collapsed",
+    )
     if jump != latent:
         _ui.open_latent(jump)
-nav[3].caption("previous / next follow the explorer's current filter and sort" if order is not None
-               else "previous / next by latent id (filter in the explorer to walk a subset)")
+nav[3].caption(
+    "previous / next follow the explorer's current filter and sort"
+    if order is not None
+    else "previous / next by latent id (filter in the explorer to walk a subset)"
+)
 
 md = render.escape_markdown
 st.markdown(f"#### {md(val('description')) if val('description') else '_no description yet (interpret stage)_'}")
-badges = [f"**{md(val('attribution') or '?')}**", f"norm label **{md(val('label_by_norm') or '?')}**",
-          f"category **{md(val('category') or '—')}**"]
+badges = [
+    f"**{md(val('attribution') or '?')}**",
+    f"norm label **{md(val('label_by_norm') or '?')}**",
+    f"category **{md(val('category') or '—')}**",
+]
 if val("explainer"):
     badges.append(f"explainer **{md(val('explainer'))}** · score **{explore.fmt(val('explanation_score'), 3)}**")
 st.markdown(" · ".join(badges))
 
 cols = st.columns(6)
-for c, (label, key) in zip(cols, [("‖d base‖", "dec_norm_base"), ("‖d ft‖", "dec_norm_ft"), ("relative norm", "rel_norm"),
-                                  ("cosine", "dec_cos"), ("shift log2(β_ft/β_base)", "shift"),
-                                  ("density", "freq")]):
+for c, (label, key) in zip(
+    cols,
+    [
+        ("‖d base‖", "dec_norm_base"),
+        ("‖d ft‖", "dec_norm_ft"),
+        ("relative norm", "rel_norm"),
+        ("cosine", "dec_cos"),
+        ("shift log2(β_ft/β_base)", "shift"),
+        ("density", "freq"),
+    ],
+):
     c.metric(label, explore.fmt(val(key), 4))
 
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Latent scaling β** (how much of the latent each model's activations hold)")
     beta = pd.DataFrame(
-        [[explore.fmt(val(f"beta_{t}_{m}"), 4) for m in ("base", "ft")] + [explore.fmt(val(f"nu_{t.split('_')[0]}"), 4)
-                                                                            if "own" not in t else "—"]
-         for t in ("err", "recon", "err_own", "recon_own")],
+        [
+            [explore.fmt(val(f"beta_{t}_{m}"), 4) for m in ("base", "ft")]
+            + [explore.fmt(val(f"nu_{t.split('_')[0]}"), 4) if "own" not in t else "—"]
+            for t in ("err", "recon", "err_own", "recon_own")
+        ],
         index=["error target", "reconstruction target", "error, own-row probe", "reconstruction, own-row probe"],
         columns=["β base", "β fine-tuned", "ν = β_base/β_ft"],
     )
@@ -81,7 +103,8 @@ with left:
             f"{explore.fmt(val('beta_base'), 4)} ± {explore.fmt(val('beta_se_base'), 4)} · fine-tuned "
             f"{explore.fmt(val('beta_ft'), 4)} ± {explore.fmt(val('beta_se_ft'), 4)} · shift "
             f"{explore.fmt(val('shift'), 3)} ± {explore.fmt(val('shift_se'), 3)} · state **{md(val('beta_state'))}** · "
-            f"{explore.fmt(val('n_fires'), 0)} firing tokens")
+            f"{explore.fmt(val('n_fires'), 0)} firing tokens"
+        )
     st.caption(f"max activation {explore.fmt(val('max_act'), 4)}")
 with right:
     hist = _ui.histogram(path, mtime, latent)
@@ -101,8 +124,10 @@ elif len(ctx):
         part = ctx[ctx["kind"] == kind]
         if len(part):
             st.markdown(f"**{title}** ({len(part)})")
-            rows = [(list(r.tokens), list(r.acts), f"#{int(r.rank)} · max {float(np.max(r.acts)):.3g}")
-                    for r in part.itertuples()]
+            rows = [
+                (list(r.tokens), list(r.acts), f"#{int(r.rank)} · max {float(np.max(r.acts)):.3g}")
+                for r in part.itertuples()
+            ]
             st.html(render.contexts_html(rows, scale=scale))
 else:
     st.caption("No contexts were stored for this latent (it never fired on the corpus).")
@@ -117,13 +142,18 @@ with low:
         st.caption(f"Cross-coder weights could not be read ({type(exc).__name__}: {exc}).")
     if dec is not None and latent < dec.shape[0]:
         sim = explore.similar_latents(dec, latent, k=8)
-        sim = sim.merge(table[[c for c in ("latent", "description", "attribution") if c in table.columns]],
-                        on="latent", how="left")
-        st.dataframe(explore.with_links(sim, st.session_state.get("run", str(run.path))), hide_index=True,
-                     column_order=["open", *sim.columns],
-                     column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:",
-                                                                         width=40),
-                                    "cosine": st.column_config.NumberColumn(format="%.3f")})
+        sim = sim.merge(
+            table[[c for c in ("latent", "description", "attribution") if c in table.columns]], on="latent", how="left"
+        )
+        st.dataframe(
+            explore.with_links(sim, st.session_state.get("run", str(run.path))),
+            hide_index=True,
+            column_order=["open", *sim.columns],
+            column_config={
+                "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
+                "cosine": st.column_config.NumberColumn(format="%.3f"),
+            },
+        )
     elif dec is None:
         st.caption("No cross-coder weights in this run (the **train** stage writes them).")
 with high:

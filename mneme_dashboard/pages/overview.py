@@ -16,8 +16,10 @@ models = m.get("models", {})
 base = models.get("base", {}).get("path", "?") if isinstance(models.get("base"), dict) else models.get("base", "?")
 ft = models.get("ft", {}).get("path", "?") if isinstance(models.get("ft"), dict) else models.get("ft", "?")
 corpus = m.get("corpus", {})
-st.markdown(f"**Base** `{base}` → **fine-tuned** `{ft}` · layer **{m.get('layer', '?')}** · corpus "
-            f"`{', '.join(corpus.get('files', [])) or corpus.get('dataset', '?')}`")
+st.markdown(
+    f"**Base** `{base}` → **fine-tuned** `{ft}` · layer **{m.get('layer', '?')}** · corpus "
+    f"`{', '.join(corpus.get('files', [])) or corpus.get('dataset', '?')}`"
+)
 
 cols = st.columns(6)
 cc = m.get("config", {}).get("crosscoder", {})
@@ -25,8 +27,12 @@ cards = [
     ("Tokens", collect.get("n_tokens")),
     ("Latents", train.get("n_latents", cc.get("n_latents") or len(run.latents) or None)),
     ("k", train.get("k", cc.get("k"))),
-    ("FVE base / ft", f"{explore.fmt(train.get('fve_base'), 3)} / {explore.fmt(train.get('fve_ft'), 3)}"
-     if "fve_base" in train else None),
+    (
+        "FVE base / ft",
+        f"{explore.fmt(train.get('fve_base'), 3)} / {explore.fmt(train.get('fve_ft'), 3)}"
+        if "fve_base" in train
+        else None,
+    ),
     ("Dead fraction", train.get("dead_fraction")),
     ("L0", train.get("l0")),
 ]
@@ -45,8 +51,9 @@ with right:
     counts = explore.attribution_counts(run.latents)
     if counts:
         st.plotly_chart(plots.attribution_bar(counts), key="attr_bar")
-        st.caption(" · ".join(f"{k}: **{counts[k]}**" for k in ("base_only", "ft_only", "shared", "other")
-                              if k in counts))
+        st.caption(
+            " · ".join(f"{k}: **{counts[k]}**" for k in ("base_only", "ft_only", "shared", "other") if k in counts)
+        )
     else:
         st.info("No attribution yet: the **diff** stage labels latents.", icon=":material/hourglass_empty:")
 

@@ -23,8 +23,9 @@ try:
     lab = lab_for(path, mtime)
 except promptlab.LabError as exc:
     st.warning(f"The run's models cannot be loaded here, so the prompt lab is off: {exc}", icon=":material/block:")
-    st.caption("The models named in the run's config must be reachable from this machine (local folders or a "
-               "cached hub copy).")
+    st.caption(
+        "The models named in the run's config must be reachable from this machine (local folders or a cached hub copy)."
+    )
     st.stop()
 
 text = st.text_area("Text", value="The virus replicates inside the host cell.", key="lab_text", height=100)
@@ -38,13 +39,20 @@ firing = promptlab.firing_table(analysis, run.latents)
 st.markdown("**Tokens coloured by how much more the fine-tuned model receives than the base** (hover for the value)")
 diff = firing["ft − base"].abs().to_numpy()
 st.html(render.contexts_html([(analysis.tokens, diff.tolist(), "|ft − base|")]))
-st.dataframe(firing, hide_index=True, height=320,
-             column_config={c: st.column_config.NumberColumn(format="%.3g") for c in ("base write", "ft write",
-                                                                                      "ft − base")})
+st.dataframe(
+    firing,
+    hide_index=True,
+    height=320,
+    column_config={c: st.column_config.NumberColumn(format="%.3g") for c in ("base write", "ft write", "ft − base")},
+)
 
 st.subheader("Latents on this text")
 summary = promptlab.latent_summary(analysis, lab.norms_MF, run.latents)
 summary = explore.with_links(summary, st.session_state.get("run", str(run.path)))
-st.dataframe(summary, hide_index=True, column_order=["open", *[c for c in summary.columns if c != "open"]],
-             column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40)})
+st.dataframe(
+    summary,
+    hide_index=True,
+    column_order=["open", *[c for c in summary.columns if c != "open"]],
+    column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40)},
+)
 st.caption("Click ↗ to open a latent's page.")

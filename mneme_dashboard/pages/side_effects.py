@@ -25,14 +25,18 @@ c1, c2 = st.columns([3, 2])
 hi = max(top, thr0) * 1.05 or 1.0
 _ui.fit_value("f_threshold", 0.0, hi, thr0)
 enrichment = record.get("thresholds", {}).get("predict_score", "enrichment") == "enrichment"
-label = ("Prediction threshold (−log10 p of the category's enrichment in attributed latents)" if enrichment
-         else "Prediction threshold (share of attributed latents a category needs)")
-threshold = c1.slider(label, 0.0, hi,
-                      step=max(top, thr0) / 200 or 0.005, format="%.4f", key="f_threshold")
-c2.caption(f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
-           f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
-           f"p < {record.get('thresholds', {}).get('significance', '?')} "
-           f"({record.get('thresholds', {}).get('significance_test', '?')}).")
+label = (
+    "Prediction threshold (−log10 p of the category's enrichment in attributed latents)"
+    if enrichment
+    else "Prediction threshold (share of attributed latents a category needs)"
+)
+threshold = c1.slider(label, 0.0, hi, step=max(top, thr0) / 200 or 0.005, format="%.4f", key="f_threshold")
+c2.caption(
+    f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
+    f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
+    f"p < {record.get('thresholds', {}).get('significance', '?')} "
+    f"({record.get('thresholds', {}).get('significance_test', '?')})."
+)
 table, methods = sideeffects.live_prediction(per_cat, record, threshold)
 try:
     confirmation, confirmation_problem = cv.load(run.path), None
@@ -40,8 +44,10 @@ except cv.ConfirmationFileError as exc:
     confirmation, confirmation_problem = None, str(exc)
 table = table.assign(confirmation=cv.statuses(table["category"], confirmation))
 if run.manifest.get("null_control"):
-    st.info("This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
-            "method's own noise; the right answer is nothing.")
+    st.info(
+        "This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
+        "method's own noise; the right answer is nothing."
+    )
 baseline = record.get("metrics", {}).get("activation_diff", {})
 
 cols = st.columns(4)
@@ -49,19 +55,28 @@ mneme = methods["MNEME"]
 for c, key in zip(cols, sideeffects.SHOWN_METRICS):
     value = mneme.get(key)
     rnd = methods.get("random", {}).get(key)
-    c.metric(f"MNEME {key.replace('_', ' ')}", "—" if value is None else f"{value:.3f}",
-             delta=None if value is None or rnd is None else f"{value - rnd:+.3f} vs random")
+    c.metric(
+        f"MNEME {key.replace('_', ' ')}",
+        "—" if value is None else f"{value:.3f}",
+        delta=None if value is None or rnd is None else f"{value - rnd:+.3f} vs random",
+    )
 
 left, right = st.columns([3, 2])
 left.plotly_chart(plots.benchmark_bars(table), key="bench_bars")
 left.caption("Green: degraded and predicted · red: degraded, missed · orange: predicted, not degraded · grey: neither.")
 with right:
     st.markdown("**MNEME vs baselines**")
-    st.dataframe(sideeffects.metrics_frame(methods), column_config={
-        k: st.column_config.NumberColumn(k.replace("_", " "), format="%.3f") for k in sideeffects.SHOWN_METRICS})
+    st.dataframe(
+        sideeffects.metrics_frame(methods),
+        column_config={
+            k: st.column_config.NumberColumn(k.replace("_", " "), format="%.3f") for k in sideeffects.SHOWN_METRICS
+        },
+    )
     if "set" in baseline:
-        st.caption(f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
-                   f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts.")
+        st.caption(
+            f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
+            f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts."
+        )
     elif baseline:
         st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
     curve = record.get("curve")
@@ -69,22 +84,50 @@ with right:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
-shown = [c for c in ("category", "score_before", "score_after", "drop", "p_value", "degraded", "predicted", "confirmation",
-                     "score", "n_latents", "expected", "enrichment_p", "mneme_categories", "latents") if c in table.columns]
-st.dataframe(table[shown], hide_index=True, key="per_category", column_config={
-    "score_before": st.column_config.NumberColumn("before", format="%.3f"),
-    "score_after": st.column_config.NumberColumn("after", format="%.3f"),
-    "drop": st.column_config.NumberColumn("drop", format="%.3f"),
-    "p_value": st.column_config.NumberColumn("p", format="%.2g"),
-    "score": st.column_config.NumberColumn("MNEME score", format="%.4f",
-                                           help="−log10 p of the enrichment test" if enrichment
-                                           else "share of attributed latents (by |shift|) mapped to the category"),
-    "expected": st.column_config.NumberColumn("expected", format="%.1f",
-                                              help="attributed latents the category would hold by its share of the pool"),
-    "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
-    "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
-    "confirmation": st.column_config.TextColumn("confirmation", help=cv.RULE_TEXT),
-})
+shown = [
+    c
+    for c in (
+        "category",
+        "score_before",
+        "score_after",
+        "drop",
+        "p_value",
+        "degraded",
+        "predicted",
+        "confirmation",
+        "score",
+        "n_latents",
+        "expected",
+        "enrichment_p",
+        "mneme_categories",
+        "latents",
+    )
+    if c in table.columns
+]
+st.dataframe(
+    table[shown],
+    hide_index=True,
+    key="per_category",
+    column_config={
+        "score_before": st.column_config.NumberColumn("before", format="%.3f"),
+        "score_after": st.column_config.NumberColumn("after", format="%.3f"),
+        "drop": st.column_config.NumberColumn("drop", format="%.3f"),
+        "p_value": st.column_config.NumberColumn("p", format="%.2g"),
+        "score": st.column_config.NumberColumn(
+            "MNEME score",
+            format="%.4f",
+            help="−log10 p of the enrichment test"
+            if enrichment
+            else "share of attributed latents (by |shift|) mapped to the category",
+        ),
+        "expected": st.column_config.NumberColumn(
+            "expected", format="%.1f", help="attributed latents the category would hold by its share of the pool"
+        ),
+        "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
+        "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
+        "confirmation": st.column_config.TextColumn("confirmation", help=cv.RULE_TEXT),
+    },
+)
 focus = st.selectbox("Latents behind a category", table["category"].tolist(), key="f_focus_cat")
 ids = next(iter(table.loc[table["category"] == focus, "latents"]), None)
 if ids is not None and len(ids):
@@ -92,9 +135,15 @@ if ids is not None and len(ids):
     sub = lat[lat["latent"].isin(list(ids))]
     keep = [c for c in ("latent", "description", "category", "attribution", "shift") if c in sub.columns]
     view = explore.with_links(sub[keep].sort_values("shift"), st.session_state.get("run", str(run.path)))
-    st.dataframe(view, hide_index=True, column_order=["open", *keep], column_config={
-        "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
-        "shift": st.column_config.NumberColumn(format="%.2f")})
+    st.dataframe(
+        view,
+        hide_index=True,
+        column_order=["open", *keep],
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
+            "shift": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
 else:
     st.caption(f"No attributed latents map to {focus}.")
 
@@ -102,9 +151,11 @@ st.subheader("Causal confirmation")
 if confirmation_problem:
     st.warning(confirmation_problem, icon=":material/error:")
 elif confirmation is None:
-    st.info(f"Not run yet. `{cv.command(run)}` ablates each predicted category's latents at the study's layer and "
-            "compares the score change with random latents of the same activation mass.",
-            icon=":material/hourglass_empty:")
+    st.info(
+        f"Not run yet. `{cv.command(run)}` ablates each predicted category's latents at the study's layer and "
+        "compares the score change with random latents of the same activation mass.",
+        icon=":material/hourglass_empty:",
+    )
 else:
     st.dataframe(cv.summary(confirmation), hide_index=True, key="confirmation_summary")
     st.plotly_chart(cv.figure(confirmation), key="confirmation_figure")

@@ -19,8 +19,9 @@ def _report_bytes(run, store) -> bytes:
     side, metrics = None, None
     if run.stage_status("evaluate") == "complete" and run.evaluation:
         record = run.evaluation
-        side, metrics = sideeffects.live_prediction(ev.per_category_table(run), record,
-                                                    float(record.get("thresholds", {}).get("predict_threshold", 0.0)))
+        side, metrics = sideeffects.live_prediction(
+            ev.per_category_table(run), record, float(record.get("thresholds", {}).get("predict_threshold", 0.0))
+        )
     return report.build_report(run, store.marks(), side_effects=side, metrics=metrics).encode()
 
 
@@ -49,20 +50,44 @@ for c, m in zip(cols, MARKS):
     c.metric(m, int(counts.get(m, 0)))
 
 if marks.empty:
-    st.info("No marks yet. Mark latents here or on their pages; they appear in the explorer's `mark` column.",
-            icon=":material/fact_check:")
+    st.info(
+        "No marks yet. Mark latents here or on their pages; they appear in the explorer's `mark` column.",
+        icon=":material/fact_check:",
+    )
 else:
-    view = marks.merge(table[[c for c in ("latent", "description", "category", "attribution", "shift")
-                              if c in table.columns]], on="latent", how="left")
+    view = marks.merge(
+        table[[c for c in ("latent", "description", "category", "attribution", "shift") if c in table.columns]],
+        on="latent",
+        how="left",
+    )
     view = explore.with_links(view, st.session_state.get("run", str(run.path)))
-    st.dataframe(view, hide_index=True, column_order=["open", *[c for c in view.columns if c != "open"]],
-                 column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
-                                "shift": st.column_config.NumberColumn(format="%.2f")})
+    st.dataframe(
+        view,
+        hide_index=True,
+        column_order=["open", *[c for c in view.columns if c != "open"]],
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
+            "shift": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
 
 a, b = st.columns(2)
-a.download_button("Export marked set (CSV)", data=lambda: export_csv(table, store.marks()),
-                  file_name=f"{run.name}_marks.csv", mime="text/csv", on_click="ignore", icon=":material/download:",
-                  disabled=marks.empty, key="dl_marks")
-b.download_button("Stakeholder report (HTML)", data=lambda: _report_bytes(run, store), 
-                  file_name=f"{run.name}_report.html", mime="text/html", on_click="ignore",
-                  icon=":material/description:", key="dl_report")
+a.download_button(
+    "Export marked set (CSV)",
+    data=lambda: export_csv(table, store.marks()),
+    file_name=f"{run.name}_marks.csv",
+    mime="text/csv",
+    on_click="ignore",
+    icon=":material/download:",
+    disabled=marks.empty,
+    key="dl_marks",
+)
+b.download_button(
+    "Stakeholder report (HTML)",
+    data=lambda: _report_bytes(run, store),
+    file_name=f"{run.name}_report.html",
+    mime="text/html",
+    on_click="ignore",
+    icon=":material/description:",
+    key="dl_report",
+)
