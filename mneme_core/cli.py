@@ -71,7 +71,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _table_summary(run: Any) -> dict[str, Any]:
     latents = run.latents
     tables: dict[str, Any] = {"latents": {"rows": int(len(latents)), "columns": list(latents.columns)}}
-    for name in ("contexts", "histograms", "benchmark"):
+    for name in ("contexts", "histograms", "benchmark", "confirmation"):
         path = run.path / f"{name}.parquet"
         if path.is_file():
             import pyarrow.parquet as pq
@@ -84,6 +84,14 @@ def _table_summary(run: Any) -> dict[str, Any]:
     for folder in ("activations", "crosscoder", "lancedb"):
         tables[folder] = (run.path / folder).is_dir()
     tables["evaluation"] = (run.path / "evaluation.json").is_file()
+    if "confirmation" in tables:
+        from mneme_core.evaluation import confirmation_view
+
+        try:
+            table = confirmation_view.load(run.path)
+            tables["confirmation"]["verdicts"] = confirmation_view.category_status(table, run.evaluation)
+        except confirmation_view.ConfirmationFileError as exc:
+            tables["confirmation"]["error"] = str(exc)
     return tables
 
 
@@ -149,9 +157,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key in ("attribution", "label_by_norm"):
         if key in lat:
             print(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in lat[key].items()))
-    for name in ("contexts", "histograms", "benchmark"):
+    for name in ("contexts", "histograms", "benchmark", "confirmation"):
         if name in tables:
-            print(f"{name:<9}{tables[name]['rows']} rows")
+            print(f"{name:<13}{tables[name]['rows']} rows")
+    confirmation = tables.get("confirmation", {})
+    if confirmation.get("verdicts"):
+        print("  verdicts: " + ", ".join(f"{c} {v}" for c, v in confirmation["verdicts"].items()))
+    if confirmation.get("error"):
+        print(f"  {confirmation['error']}")
     print(
         "files    "
         + ", ".join(

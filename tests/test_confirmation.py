@@ -323,3 +323,44 @@ def test_report_includes_confirmation(confirmed, tmp_path):
     (bare / cv.CONFIRMATION_FILE).unlink()
     text = build_report(open_run(bare), pd.DataFrame(columns=["latent", "mark", "note"]))
     assert "Causal confirmation" in text and f"mneme confirm {bare}" in text
+
+
+def _edit_evaluation(run: Path, edit) -> None:
+    path = run / "evaluation.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def test_a_confirmation_older_than_the_evaluation_is_marked_stale(confirmed, tmp_path):
+    from test_app import page
+
+    run, _ = confirmed
+    assert cv.stale_categories(cv.load(run), open_run(run).evaluation) == []
+
+    def new_latents(record):
+        for row in record["category_scores"]:
+            if row["category"] == "planted":
+                row["latents"] = [j + 1 for j in row["latents"]]  # another cross-coder's, say
+
+    moved = Path(shutil.copytree(run, tmp_path / "moved"))
+    _edit_evaluation(moved, new_latents)
+    assert cv.stale_categories(cv.load(moved), open_run(moved).evaluation) == ["planted"]
+    at = page(moved, "side_effects")
+    per_cat = next(d.value for d in at.dataframe if "confirmation" in d.value.columns and "drop" in d.value.columns)
+    assert dict(zip(per_cat["category"], per_cat["confirmation"]))["planted"] == cv.STALE
+    assert any("planted" in w.value and f"mneme confirm {moved}" in w.value for w in at.warning)
+    text = build_report(open_run(moved), pd.DataFrame(columns=["latent", "mark", "note"]))
+    assert "The evaluation changed after" in text
+
+    unpredicted = Path(shutil.copytree(run, tmp_path / "unpredicted"))
+    _edit_evaluation(unpredicted, lambda r: r.update(P=[c for c in r["P"] if c != "planted"]))
+    assert "planted" in cv.stale_categories(cv.load(unpredicted), open_run(unpredicted).evaluation)
+
+
+def test_info_lists_the_verdicts(confirmed, capsys):
+    run, _ = confirmed
+    assert cli.main(["info", str(run), "--json"]) == 0
+    tables = json.loads(capsys.readouterr().out)["tables"]
+    assert tables["confirmation"]["verdicts"] == {"planted": cv.CONFIRMED, "steady": cv.NOT_CONFIRMED}
+    assert tables["confirmation"]["rows"] == len(cv.load(run))

@@ -16,6 +16,7 @@ from mneme_core import open_run
 from mneme_core.common.config import resolve_run_relative
 from mneme_core.demo.build import default_demo_dir
 from mneme_core.demo.study import INTERVENTIONS
+from mneme_core.evaluation import confirmation_view as cv
 from mneme_core.evaluation.evaluate import metrics
 from mneme_core.run.store import SCHEMA_VERSION
 
@@ -98,6 +99,7 @@ def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, 
     target = conf[(conf["set"] == "target") & (conf["scored_category"] == conf["category"])]
     assert set(ev["P"]) <= set(target["category"]) and target["status"].ne("").all()
     assert conf["control"].any()  # mass-matched random sets were scored beside each target
+    assert cv.stale_categories(conf, ev) == []  # confirmed against the evaluation the run ships
     assert not (run_dir / "confirmation_cache").exists() and not (run_dir / "benchmark_cache").exists()
     train = m["stages"]["train"]["metrics"]
     assert {"fve_base", "fve_ft", "dead_fraction", "l0_over_k"} <= set(train)

@@ -19,6 +19,7 @@ CONFIRMATION_FILE = "confirmation.parquet"
 NOT_RUN = "not run"
 CONFIRMED = "confirmed"
 NOT_CONFIRMED = "not confirmed"
+STALE = "stale"
 RULE_TEXT = (
     "Confirmed: ablating the category's latents in the base model moves its score in the side effect's "
     "direction by at least the minimum effect and by more than z standard deviations above the mean of "
@@ -60,22 +61,69 @@ def _own_rows(table: pd.DataFrame, intervention: str) -> pd.DataFrame:
     return table[keep].set_index("category")
 
 
-def category_status(table: pd.DataFrame | None) -> dict[str, str]:
-    """Category -> the ablation verdict's status (``confirmed``, ``not confirmed``, ``no latents``, ...)."""
+def stale_categories(table: pd.DataFrame | None, record: dict[str, Any] | None) -> list[str]:
+    """Tested categories whose verdict no longer speaks for the run's evaluation.
+
+    ``mneme confirm`` tested a category's latent set as ``evaluation.json`` listed it then (largest
+    shift first, perhaps capped), for a role the prediction gave it. A later ``mneme evaluate``,
+    a new taxonomy or a retrained cross-coder changes the list or the prediction: the verdict is
+    then about latents or a claim the run no longer makes. Stale when the tested set is not the
+    head of the category's current list, or the role no longer matches the current P and T.
+    """
+    if table is None or table.empty or record is None:
+        return []
+    current = {
+        str(row["category"]): [int(j) for j in (row.get("latents") or [])] for row in record.get("category_scores", [])
+    }
+    P, T = {str(c) for c in record.get("P", [])}, {str(c) for c in record.get("T", [])}
+    stale = []
+    for category, row in _own_rows(table, "ablate").iterrows():
+        c, tested = str(category), [int(j) for j in row["latents"]]
+        if current.get(c, [])[: len(tested)] != tested or not _role_holds(str(row["role"]), c, P, T):
+            stale.append(c)
+    return stale
+
+
+def _role_holds(role: str, category: str, P: set[str], T: set[str]) -> bool:
+    """Whether the claim a role makes about a category is still the evaluation's."""
+    if role == "predicted":
+        return category in P
+    if role == "degraded, not predicted":
+        return category in T and category not in P
+    return True  # chosen by name, or a contrast: no claim about P or T
+
+
+def category_status(table: pd.DataFrame | None, record: dict[str, Any] | None = None) -> dict[str, str]:
+    """Category -> the ablation verdict's status (``confirmed``, ``not confirmed``, ``no latents``, ...);
+    ``stale`` where the evaluation changed after the test (``stale_categories``)."""
     if table is None or table.empty:
         return {}
-    return {str(c): str(s) for c, s in _own_rows(table, "ablate")["status"].items()}
+    stale = set(stale_categories(table, record))
+    return {str(c): STALE if str(c) in stale else str(s) for c, s in _own_rows(table, "ablate")["status"].items()}
 
 
-def statuses(categories: pd.Series, table: pd.DataFrame | None) -> list[str]:
+def statuses(categories: pd.Series, table: pd.DataFrame | None, record: dict[str, Any] | None = None) -> list[str]:
     """The verdict beside each of ``categories``; ``not run`` where confirmation has not tested it."""
-    known = category_status(table)
+    known = category_status(table, record)
     return [known.get(str(c), NOT_RUN) for c in categories]
 
 
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per tested category: role, latents, ablation effect vs controls, restore effect, verdict."""
+def stale_note(table: pd.DataFrame | None, record: dict[str, Any] | None, run: Any) -> str | None:
+    """One sentence for the page and the report when some verdicts are stale, else None."""
+    stale = stale_categories(table, record)
+    if not stale:
+        return None
+    return (
+        f"The evaluation changed after `mneme confirm` ran: the verdicts for {', '.join(stale)} tested latents "
+        f"or a prediction the run no longer has and are marked {STALE}. Run `{command(run)}` again."
+    )
+
+
+def summary(table: pd.DataFrame, record: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per tested category: role, latents, ablation effect vs controls, restore effect, verdict
+    (``stale`` where the evaluation changed since, given the run's ``record``)."""
     ablate, restore = _own_rows(table, "ablate"), _own_rows(table, "restore")
+    verdict = category_status(table, record)
     out = pd.DataFrame(
         {
             "category": ablate.index,
@@ -88,7 +136,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
             "control SD": ablate["control_sd"].to_numpy(),
             "restore effect": restore["effect"].reindex(ablate.index).to_numpy(),
             "restore": restore["status"].reindex(ablate.index).to_numpy(),
-            "confirmation": ablate["status"].to_numpy(),
+            "confirmation": [verdict[str(c)] for c in ablate.index],
         }
     )
     return out.reset_index(drop=True)

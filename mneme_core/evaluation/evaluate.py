@@ -30,12 +30,16 @@ embedding similarity (``mneme_core.interp.categories.map_categories``, run here,
 categories stage, on the final names only). ``shared_names`` in the record lists MNEME
 labels that already *are* benchmark names — the sign that categories were labelled from
 the benchmark's own taxonomy, which makes P less than independent. Per benchmark category: ``n_latents``, ``total_shift``
-(sum of |shift|) and ``score`` = that category's *share* of all attributed latents —
-share of ``total_shift`` (``predict_score="shift"``, default) or of the count. Shares sum
-to 1, so they compare across runs of different sizes.
-A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with the
-threshold is predicted; a category with no attributed latent never is). Default threshold
-(``predict_threshold = 0``): ``1 / K`` for K benchmark categories — the mean share, i.e.
+(sum of |shift|) and ``score``. The default score (``predict_score="enrichment"``) is
+``−log10 p`` of a one-sided test that the category holds more attributed latents than it
+would if attribution ignored meaning (each latent counted once; ``category_scores`` gives
+the test); the alternatives are the category's *share* of ``total_shift`` (``"shift"``) or
+of the count (``"count"``), shares summing to 1 so they compare across runs of different
+sizes. A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with
+the threshold is predicted; a category with no attributed latent never is). Default
+threshold (``predict_threshold = 0``): for enrichment ``−log10(significance / K)`` for K
+benchmark categories (Bonferroni: a method attributing at random predicts any category
+with probability at most ``significance``); for shares ``1 / K``, the mean share, i.e.
 "more than its fair share of the attributed latents".
 
 **Metrics** over the universe U of benchmark categories, TP = |T∩P| etc.:

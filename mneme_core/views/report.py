@@ -128,4 +128,12 @@ def _confirmation_section(run: Run, figures: list[go.Figure]) -> list[str]:
             "category by ablating its latents.</p>",
         ]
     figures.append(confirmation_view.figure(table))
-    return [head, f"<p>{html.escape(confirmation_view.RULE_TEXT)}</p>", _table(confirmation_view.summary(table))]
+    record = run.evaluation
+    stale = confirmation_view.stale_note(table, record, run)
+    warning = [f"<p><strong>{html.escape(stale)}</strong></p>"] if stale else []
+    return [
+        head,
+        *warning,
+        f"<p>{html.escape(confirmation_view.RULE_TEXT)}</p>",
+        _table(confirmation_view.summary(table, record)),
+    ]

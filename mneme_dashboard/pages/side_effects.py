@@ -42,7 +42,7 @@ try:
     confirmation, confirmation_problem = cv.load(run.path), None
 except cv.ConfirmationFileError as exc:
     confirmation, confirmation_problem = None, str(exc)
-table = table.assign(confirmation=cv.statuses(table["category"], confirmation))
+table = table.assign(confirmation=cv.statuses(table["category"], confirmation, record))
 if run.manifest.get("null_control"):
     st.info(
         "This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
@@ -157,6 +157,9 @@ elif confirmation is None:
         icon=":material/hourglass_empty:",
     )
 else:
-    st.dataframe(cv.summary(confirmation), hide_index=True, key="confirmation_summary")
+    stale = cv.stale_note(confirmation, record, run)
+    if stale:
+        st.warning(stale, icon=":material/update:")
+    st.dataframe(cv.summary(confirmation, record), hide_index=True, key="confirmation_summary")
     st.plotly_chart(cv.figure(confirmation), key="confirmation_figure")
     st.caption(cv.RULE_TEXT)
