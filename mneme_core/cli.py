@@ -223,10 +223,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _category_list(text: str) -> tuple[str, ...]:
+def _name_list(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not names:
-        raise argparse.ArgumentTypeError("--categories is empty")
+        raise argparse.ArgumentTypeError("the list is empty: name at least one")
     return names
 
 
@@ -276,7 +276,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mneme_core import demo
 
-    result = demo.main(rebuild=args.rebuild, refresh=args.refresh)
+    result = demo.main(rebuild=args.rebuild, refresh=args.refresh, runs=args.runs)
     return int(result) if isinstance(result, int) else 0
 
 
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (with an evaluation)")
     p.add_argument(
         "--categories",
-        type=_category_list,
+        type=_name_list,
         default=None,
         help="comma-separated benchmark categories (default: predicted ones plus contrasts)",
     )
@@ -435,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-run only the categories and evaluation stages of the committed runs with the current "
         "demo settings (minutes, no model)",
+    )
+    p.add_argument(
+        "--runs",
+        type=_name_list,
+        default=None,
+        help="with --rebuild or --refresh: only these runs, comma-separated (e.g. lora-people); "
+        "the others and their record in build.json stay as they are",
     )
     p.set_defaults(fn=cmd_demo)
 

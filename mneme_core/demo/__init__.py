@@ -1,4 +1,5 @@
-"""The bundled demo study: SmolLM2-135M-Instruct, RMU-unlearned on biology & medicine, offline.
+"""The bundled demo study: SmolLM2-135M-Instruct, RMU-unlearned on biology & medicine, and
+LoRA-fine-tuned on one other subject, offline.
 
 ``mneme demo`` opens the dashboard on the committed runs in ``data/demo/`` (no model
 needed); ``mneme demo --rebuild`` reproduces them from the Debian text packages and the
@@ -9,33 +10,35 @@ two stages with the current settings (``build.refresh``). Parts:
 - ``subjects``: the knowledge domains (WordNet rules), the forget domain;
 - ``benchmark``: the per-subject multiple-choice test generated from WordNet;
 - ``split``: the disjoint forget / retain / neutral / benchmark split, documents;
-- ``study``: sizes, the two RMU settings and the MNEME config;
+- ``study``: sizes, the two RMU settings, the LoRA fine-tune and the MNEME config;
 - ``build``: the resumable rebuild and the publish step.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from mneme_core.demo import build
 from mneme_core.demo.build import default_demo_dir
-from mneme_core.demo.study import INTERVENTIONS
+from mneme_core.demo.study import FINETUNES, INTERVENTIONS, NULL_RUN
 
 __all__ = ["main", "build", "default_demo_dir"]
 
 
-def main(rebuild: bool = False, refresh: bool = False) -> int:
-    """Entry point of ``mneme demo [--rebuild | --refresh]``: (rebuild or refresh, then)
-    open the dashboard."""
+def main(rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | None = None) -> int:
+    """Entry point of ``mneme demo [--rebuild | --refresh] [--runs NAMES]``: (rebuild or
+    refresh, then) open the dashboard. ``runs`` limits a rebuild or refresh to those runs."""
     demo_dir = default_demo_dir()
     if rebuild:
-        summary = build.rebuild()
+        names = [n for n in runs or [] if n != NULL_RUN]
+        summary = build.rebuild(names=names or None, null_control=not runs or NULL_RUN in runs)
         print(f"demo rebuilt into {demo_dir} in {summary['seconds_total'] / 60:.1f} min")
     elif refresh:
-        seconds = build.refresh()
+        seconds = build.refresh(names=list(runs) if runs else None)
         print(f"demo runs {', '.join(seconds)} re-read in {sum(seconds.values()) / 60:.1f} min")
-    runs = [demo_dir / name for name in INTERVENTIONS if (demo_dir / name / "run.json").is_file()]
-    if not runs:
+    found = [name for name in [*INTERVENTIONS, *FINETUNES] if (demo_dir / name / "run.json").is_file()]
+    if not found:
         print(
             f"no demo run in {demo_dir}; build it with `mneme demo --rebuild` (about an hour on 2 CPU cores)",
             file=sys.stderr,

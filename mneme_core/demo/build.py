@@ -7,7 +7,8 @@ Steps (each resumable; a killed rebuild continues where it stopped):
 2. ``screen``: score the base model on every subject; drop subjects where it is not above
    chance (Wilson 95% lower bound ≤ 1/4). The kept questions are the benchmark.
 3. ``rmu:<name>`` per intervention: RMU on forget vs retain text; the result is a delta
-   (only the changed tensors) over the base. Checkpointed.
+   (only the changed tensors) over the base. Checkpointed. ``lora:<name>`` per fine-tune
+   (``study.FINETUNES``): a LoRA adapter trained on one subject's retain-set glosses.
 4. ``score:<name>``: the MC runner on base and unlearned model (per-question results cached
    by model fingerprint, so the base is scored once for both interventions).
 5. ``study:<name>``: the MNEME pipeline (``pipeline.run_study``); the second intervention
@@ -17,7 +18,7 @@ Steps (each resumable; a killed rebuild continues where it stopped):
    (``mneme confirm`` at its defaults; about 20 minutes per run on 2 cores).
 7. ``publish``: copy what the dashboard needs into ``data/demo/`` — every run file except
    the activation store and training checkpoints (hundreds of MB, rebuilt in minutes), plus
-   the deltas, the questions and the base-accuracy screen. The published files name no
+   the deltas, the adapters, the questions and the base-accuracy screen. The published files name no
    path of the building machine (``portable``), so the folder opens wherever it is.
 
 The work folder (default ``~/.cache/mneme/demo-build``) keeps the big intermediate files.
@@ -55,6 +56,7 @@ from mneme_core.demo.study import (
     BASE_MODEL,
     BENCHMARK,
     DEMO,
+    FINETUNES,
     FULL,
     INTERVENTIONS,
     NULL_RUN,
@@ -63,6 +65,7 @@ from mneme_core.demo.study import (
     Scenario,
     reading_settings,
     scaled,
+    scaled_lora,
     study_config,
 )
 from mneme_core.demo.subjects import subject_index
@@ -200,11 +203,55 @@ def make_delta(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: An
     return info
 
 
+def _jsonl_texts(path: Path, domain: str | None = None) -> list[str]:
+    docs = [json.loads(line) for line in path.read_text().splitlines()]
+    return [d["text"] for d in docs if domain is None or (d["source"] == "wordnet" and d["domain"] == domain)]
+
+
+def make_adapter(work: Path, name: str, sizes: DemoSizes, base: Any, tokenizer: Any, progress: bool) -> dict[str, Any]:
+    """Step 3 for a fine-tune: LoRA → ``work/adapters/<name>/`` (a PEFT folder) + metrics.
+
+    Trained on the subject's retain-set documents less the last 16, which with 16 neutral
+    documents (text MNEME reads, not trained on) measure what the fine-tune did to loss."""
+    from mneme_core.interventions.lora import lora_finetune, loss_report, save_lora_adapter
+
+    spec = FINETUNES[name]
+    folder, info_path = work / "adapters" / name, work / "adapters" / f"{name}.json"
+    if folder.is_dir() and info_path.is_file():
+        return json.loads(info_path.read_text())
+    cfg = scaled_lora(spec.lora, sizes)
+    domain = _jsonl_texts(work / "text" / "retain.jsonl", spec.subject)
+    if len(domain) < 32:
+        raise DemoBuildError(f"only {len(domain)} retain documents for subject {spec.subject!r}; a fine-tune needs 32")
+    result = lora_finetune(
+        base, tokenizer, domain[:-16], cfg, checkpoint=work / "adapters" / f"{name}.ckpt.safetensors", progress=progress
+    )
+    held_out = {
+        "subject (held out)": domain[-16:],
+        "neutral": _jsonl_texts(work / "text" / "neutral.jsonl")[:16],
+    }
+    report = loss_report(base, result.model, tokenizer, held_out, cfg.max_tokens)
+    save_lora_adapter(result, folder, overwrite=True)
+    info = {
+        "name": name,
+        "method": "LoRA (PEFT)",
+        "subject": spec.subject,
+        "description": spec.description,
+        "config": asdict(cfg),
+        "training_documents": len(domain) - 16,
+        "held_out_loss": report,
+        **{k: v for k, v in result.metrics.items() if k != "loss_curve"},
+    }
+    atomic_write_json(info_path, info)
+    (work / "adapters" / f"{name}.ckpt.safetensors").unlink(missing_ok=True)
+    return info
+
+
 def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: bool) -> Path:
     """Step 4: per-subject scores before/after with the MC runner → ``work/scores/<name>.csv``.
     The null control scores the base against itself (every answer from the cache)."""
     from mneme_core.benchmarks.mc_runner import score_pair
-    from mneme_core.collect.models import apply_delta
+    from mneme_core.collect.models import apply_delta, merge_adapter
 
     path = work / "scores" / f"{name}.csv"
     if path.is_file():
@@ -212,7 +259,9 @@ def score_models(work: Path, name: str, base: Any, tokenizer: Any, progress: boo
     import copy
 
     ft = base
-    if name != NULL_RUN:
+    if name in FINETUNES:
+        ft = merge_adapter(copy.deepcopy(base), work / "adapters" / name)
+    elif name != NULL_RUN:
         ft = copy.deepcopy(base)
         apply_delta(ft, work / "deltas" / f"{name}.safetensors")
     questions = pd.read_parquet(work / "text" / "questions.parquet")
@@ -235,12 +284,14 @@ def run_mneme(
 
     run_dir = work / "runs" / name
     reuse = work / "runs" / first / "activations" if first and first != name else None
-    null = name == NULL_RUN
+    null, finetune = name == NULL_RUN, FINETUNES.get(name)
     cfg = load_config(
         study_config(
             name,
             run_dir=run_dir,
-            delta=None if null else work / "deltas" / f"{name}.safetensors",
+            delta=None if null or finetune else work / "deltas" / f"{name}.safetensors",
+            adapter=work / "adapters" / name if finetune else None,
+            description=finetune.description if finetune else None,
             corpus=work / "text" / "neutral.jsonl",
             benchmark=work / "scores" / f"{name}.csv",
             sizes=sizes,
@@ -265,6 +316,9 @@ def run_mneme(
         )
         update_manifest(run_dir, edit_null)
         return run_dir
+    if finetune:
+        _record_finetune(work, run_dir, name, sizes, split)
+        return run_dir
     rmu_info = json.loads((work / "deltas" / f"{name}.json").read_text())
     add_provenance(
         run_dir,
@@ -280,13 +334,7 @@ def run_mneme(
                 "forget_text": "WordNet glosses of the forget subjects " + ", ".join(split["forget_subjects"]),
                 "retain_text": "WordNet glosses of all other subjects, KJV verses, Devil's Dictionary entries",
             },
-            {
-                "kind": "benchmark",
-                "name": "WordNet per-subject multiple choice (built in)",
-                "generator": "mneme_core.demo.benchmark",
-                "spec": split["benchmark"],
-                "licence": "WordNet 3.0 licence",
-            },
+            _benchmark_provenance(split),
         ],
     )
 
@@ -295,6 +343,42 @@ def run_mneme(
 
     update_manifest(run_dir, edit)
     return run_dir
+
+
+def _benchmark_provenance(split: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "benchmark",
+        "name": "WordNet per-subject multiple choice (built in)",
+        "generator": "mneme_core.demo.benchmark",
+        "spec": split["benchmark"],
+        "licence": "WordNet 3.0 licence",
+    }
+
+
+def _record_finetune(work: Path, run_dir: Path, name: str, sizes: DemoSizes, split: dict[str, Any]) -> None:
+    """A fine-tune run's provenance: the adapter, what it was trained on, the benchmark."""
+    info = json.loads((work / "adapters" / f"{name}.json").read_text())
+    add_provenance(
+        run_dir,
+        [
+            *sources.provenance(),
+            {
+                "kind": "intervention",
+                "name": name,
+                "method": info["method"],
+                "config": info["config"],
+                "adapter": f"adapters/{name}",
+                "training_text": f"WordNet glosses of subject {info['subject']} from the retain set "
+                "(in neither the neutral corpus nor the questions)",
+            },
+            _benchmark_provenance(split),
+        ],
+    )
+
+    def edit(m: dict[str, Any]) -> None:
+        m["demo"] = {"intervention": info, "split": split, "sizes": asdict(sizes)}
+
+    update_manifest(run_dir, edit)
 
 
 def confirm_run(work: Path, name: str, progress: bool) -> Path:
@@ -310,10 +394,14 @@ def confirm_run(work: Path, name: str, progress: bool) -> Path:
 def publish(work: Path, out: Path, names: list[str]) -> None:
     """Step 7: copy the dashboard's files into ``out`` (atomically per run)."""
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("deltas", "benchmark"):
+    for sub in ("deltas", "adapters", "benchmark"):
         (out / sub).mkdir(exist_ok=True)
     for name in names:
-        if name != NULL_RUN:
+        if name in FINETUNES:
+            shutil.rmtree(out / "adapters" / name, ignore_errors=True)
+            shutil.copytree(work / "adapters" / name, out / "adapters" / name)
+            shutil.copy2(work / "adapters" / f"{name}.json", out / "adapters" / f"{name}.json")
+        elif name != NULL_RUN:
             shutil.copy2(work / "deltas" / f"{name}.safetensors", out / "deltas" / f"{name}.safetensors")
             shutil.copy2(work / "deltas" / f"{name}.json", out / "deltas" / f"{name}.json")
         shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
@@ -352,6 +440,8 @@ def _portable_names(work: Path, out: Path, name: str) -> list[tuple[str, str]]:
         work / "runs" / name: run,
         work / "deltas" / f"{name}.safetensors": out / "deltas" / f"{name}.safetensors",
         work / "deltas" / f"{name}.json": out / "deltas" / f"{name}.json",
+        work / "adapters" / name: out / "adapters" / name,
+        work / "adapters" / f"{name}.json": out / "adapters" / f"{name}.json",
         work / "scores" / f"{name}.csv": out / "benchmark" / f"scores-{name}.csv",
         **{work / "text" / f: out / "benchmark" / f for f in BENCHMARK_FILES},
         run: run,
@@ -407,12 +497,14 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
         atomic_write_json(evaluation, portable(json.loads(evaluation.read_text()), names))
 
 
-def apply_reading_settings(run_dir: Path, *, null: bool, scenario: Scenario = DEMO) -> None:
+def apply_reading_settings(
+    run_dir: Path, *, null: bool, scenario: Scenario = DEMO, description: str | None = None
+) -> None:
     """Write ``study.reading_settings`` into an existing run's config (validated), so its
     categories and evaluation stages read it the way a fresh build would."""
     from mneme_core.run.pipeline import override_section
 
-    for section, changes in reading_settings(null=null, scenario=scenario).items():
+    for section, changes in reading_settings(null=null, scenario=scenario, description=description).items():
         override_section(run_dir, section, changes)
 
 
@@ -434,7 +526,8 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
     for name in names:
         t0 = time.perf_counter()
         run_dir = out / name
-        apply_reading_settings(run_dir, null=name == NULL_RUN)
+        finetune = FINETUNES.get(name)
+        apply_reading_settings(run_dir, null=name == NULL_RUN, description=finetune.description if finetune else None)
         run_study(run_config(run_dir), stages=["categories", "evaluate"], force=True, progress=progress)
         _relocate_run(run_dir, name, default_work_dir().resolve(), out)
         seconds[name] = round(time.perf_counter() - t0, 1)
@@ -457,6 +550,7 @@ def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> 
                 "split": asdict(SPLIT),
                 "benchmark": asdict(BENCHMARK),
                 "interventions": {n: asdict(c) for n, c in INTERVENTIONS.items()},
+                "finetunes": {n: asdict(f) for n, f in FINETUNES.items()},
                 "scenario": {"name": scenario.name, "forget": sorted(scenario.forget_subjects)},
             }
         )
@@ -492,7 +586,11 @@ def rebuild(
     # absolute, so every path the runs record is one publish can name portably
     work = Path(work or default_work_dir()).resolve()
     out = Path(out or default_demo_dir()).resolve()
-    names = list(names or INTERVENTIONS)
+    partial = bool(names)  # some runs only: build.json keeps the record of the others
+    names = list(names or [*INTERVENTIONS, *FINETUNES])
+    unknown = [n for n in names if n not in INTERVENTIONS and n not in FINETUNES]
+    if unknown:
+        raise DemoBuildError(f"no demo intervention {unknown[0]!r}; known: {', '.join([*INTERVENTIONS, *FINETUNES])}")
     work.mkdir(parents=True, exist_ok=True)
     _check_work_dir(work, sizes, scenario)
     timings: dict[str, float] = {}
@@ -508,14 +606,16 @@ def rebuild(
         ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
     ]
     for name in names:
-        steps.append((f"rmu:{name}", lambda n=name: make_delta(work, n, sizes, *base_pair(), progress)))
+        make = make_adapter if name in FINETUNES else make_delta
+        kind = "lora" if name in FINETUNES else "rmu"
+        steps.append((f"{kind}:{name}", lambda n=name, f=make: f(work, n, sizes, *base_pair(), progress)))
         steps.append((f"score:{name}", lambda n=name: score_models(work, n, *base_pair(), progress)))
     if null_control:
         steps.append((f"score:{NULL_RUN}", lambda: score_models(work, NULL_RUN, *base_pair(), progress)))
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
         steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress, scenario)))
-    for name in names:  # causal confirmation of each unlearning run's prediction (mneme confirm)
+    for name in [n for n in names if n in INTERVENTIONS]:  # causal confirmation of each unlearning run
         steps.append((f"confirm:{name}", lambda n=name: confirm_run(work, n, progress)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
@@ -534,5 +634,14 @@ def rebuild(
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "runs": studies,
     }
+    if partial and (out / "build.json").is_file():  # runs built apart keep the others' record
+        earlier = json.loads((out / "build.json").read_text())
+        summary["seconds"] = {**earlier.get("seconds", {}), **timings}
+        summary["seconds_total"] = round(sum(summary["seconds"].values()), 1)
+        summary["runs"] = list(dict.fromkeys([*earlier.get("runs", []), *studies]))
+        summary["note"] = (
+            f"{', '.join(studies)} built apart on {summary['machine']['cpus']} cores; "
+            f"earlier runs: {earlier.get('note', 'as recorded')}"
+        )
     atomic_write_json(out / "build.json", summary)
     return summary

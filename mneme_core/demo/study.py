@@ -13,6 +13,9 @@ under ``data/`` ≤ 100 MB):
   leave most latents seeing too few tokens to be described.
 - **RMU**: 100 steps per intervention (``rmu_steps_scale`` 2/3 of the 150 in
   ``INTERVENTIONS``), the cost that dominates after the benchmark.
+- **The fine-tuning study** (``FINETUNES``): a LoRA adapter over the same base, trained on
+  one subject's retain-set glosses (disjoint from the neutral corpus and the questions),
+  100 steps (the same scale); it reuses the first run's base activations.
 - **Benchmark**: 100 questions per subject (the minimum the spec asks; a full forward of
   the 135M model per question is the cost); subjects where the base is not clearly above
   chance are dropped before anything else looks at the results.
@@ -30,6 +33,7 @@ from typing import Any
 from mneme_core.demo.benchmark import BenchmarkSpec
 from mneme_core.demo.split import SplitSpec
 from mneme_core.demo.subjects import FORGET_SUBJECTS
+from mneme_core.interventions.lora import LoRAConfig
 from mneme_core.interventions.rmu import RMUConfig
 
 # pinned to the packaged (GGUF-converted) weights: the committed RMU deltas are made
@@ -109,8 +113,37 @@ INTERVENTIONS: dict[str, RMUConfig] = {
 }
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """A domain fine-tune: LoRA on the retain-set glosses of one benchmark subject (text
+    RMU keeps, so the neutral corpus and the questions never hold it), and the one-line
+    description the naive baseline reads."""
+
+    subject: str
+    description: str
+    lora: LoRAConfig
+
+
+# The subject was fixed by a rule that reads no score: the benchmark subject outside the
+# forget domain with the most retain-set glosses (people: 2,123 glosses; language 1,118,
+# geography 1,096 next). LoRA at its own defaults (MLP projections of every layer, r = 8).
+FINETUNES: dict[str, FineTune] = {
+    "lora-people": FineTune(
+        "people",
+        "fine-tuned on dictionary definitions of kinds of people (LoRA)",
+        LoRAConfig(steps=150, batch_size=4, max_tokens=128, seed=0),
+    ),
+}
+
+
 def scaled(cfg: RMUConfig, sizes: DemoSizes) -> RMUConfig:
     return replace(cfg, steps=max(2, round(cfg.steps * sizes.rmu_steps_scale)))
+
+
+def scaled_lora(cfg: LoRAConfig, sizes: DemoSizes) -> LoRAConfig:
+    """The fine-tune at the build's scale (the same step scale as RMU's)."""
+    steps = max(2, round(cfg.steps * sizes.rmu_steps_scale))
+    return replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 5))
 
 
 # The null control: the base model against itself, through the same pipeline. It must
@@ -129,9 +162,11 @@ def study_config(
     sizes: DemoSizes,
     reuse_base_from: Path | None = None,
     scenario: Scenario = DEMO,
+    adapter: Path | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
-    """The MNEME study for one intervention (``delta=None``: the null control), as a config
-    mapping (``config.load_config``).
+    """The MNEME study for one intervention (``delta`` an RMU delta, ``adapter`` a LoRA
+    adapter folder, neither: the null control), as a config mapping (``config.load_config``).
 
     The benchmark file holds scores already measured by the MC runner (base scored once
     for both interventions); categories come from MNEME's topic list + the safety
@@ -147,6 +182,8 @@ def study_config(
             "ft": (
                 {"source": "delta", "path": str(delta), "dtype": "float32"}
                 if delta is not None
+                else {"source": "adapter", "path": str(adapter), "dtype": "float32"}
+                if adapter is not None
                 else {"source": "named", "path": BASE_MODEL, "dtype": "float32"}
             ),
             "layer": MNEME_LAYER,
@@ -176,16 +213,18 @@ def study_config(
         "diffing": {},
         "contexts": {"top_n": sizes.top_n, "window": sizes.window, "n_quantiles": 4, "per_quantile": 2},
         "interpret": {"explainer": "offline", "latents": "all", "scorer": "embedding"},
-        **reading_settings(null=delta is None, scenario=scenario),
+        **reading_settings(null=delta is None and adapter is None, scenario=scenario, description=description),
     }
     config["evaluation"]["benchmark"] = str(benchmark)
     return config
 
 
-def reading_settings(*, null: bool, scenario: Scenario = DEMO) -> dict[str, dict[str, Any]]:
+def reading_settings(
+    *, null: bool, scenario: Scenario = DEMO, description: str | None = None
+) -> dict[str, dict[str, Any]]:
     """The ``categories`` and ``evaluation`` sections (less the benchmark file): how a
     trained run is read. Kept apart because ``build.refresh`` re-applies exactly these to
-    the published runs."""
+    the published runs. ``description`` replaces the scenario's (a fine-tune's own)."""
     # chosen on the development scenario (bench/dev_rmu.py, docs/DIFFING.md), then fixed:
     # MNEME's own topics (not MMLU's subject list), latents of both directions (RMU shows
     # mostly as amplified latents on forget-domain text)
@@ -196,6 +235,6 @@ def reading_settings(*, null: bool, scenario: Scenario = DEMO) -> dict[str, dict
             "latent_direction": "both",
             "intervention_description": "no change: the base model compared with itself (null control)"
             if null
-            else scenario.description,
+            else description or scenario.description,
         },
     }
