@@ -34,6 +34,7 @@ import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -380,7 +381,8 @@ def portable(obj: Any, names: list[tuple[str, str]]) -> Any:
         return [portable(v, names) for v in obj]
     if isinstance(obj, str):
         for path, name in names:
-            obj = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", lambda _, n=name: n, obj)
+            # a function, so ``name`` is used as is (no backslash escapes); called within this iteration
+            obj = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", lambda _: name, obj)
     return obj
 
 
@@ -503,20 +505,33 @@ def rebuild(
             state["base"] = load_model(ModelSpec(source="named", path=BASE_MODEL, dtype="float32"))
         return state["base"]
 
+    # The steps of one run, bound to its name with ``partial`` (a loop's lambda would see the last name).
+    def rmu(n: str) -> Any:
+        return make_delta(work, n, sizes, *base_pair(), progress)
+
+    def score(n: str) -> Any:
+        return score_models(work, n, *base_pair(), progress)
+
+    def study(n: str) -> Any:
+        return run_mneme(work, n, sizes, names[0], progress, scenario)
+
+    def confirm(n: str) -> Any:
+        return confirm_run(work, n, progress)
+
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("text", lambda: prepare_text(work, sizes, scenario)),
         ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
     ]
     for name in names:
-        steps.append((f"rmu:{name}", lambda n=name: make_delta(work, n, sizes, *base_pair(), progress)))
-        steps.append((f"score:{name}", lambda n=name: score_models(work, n, *base_pair(), progress)))
+        steps.append((f"rmu:{name}", partial(rmu, name)))
+        steps.append((f"score:{name}", partial(score, name)))
     if null_control:
-        steps.append((f"score:{NULL_RUN}", lambda: score_models(work, NULL_RUN, *base_pair(), progress)))
+        steps.append((f"score:{NULL_RUN}", partial(score, NULL_RUN)))
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
-        steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress, scenario)))
+        steps.append((f"study:{name}", partial(study, name)))
     for name in names:  # causal confirmation of each unlearning run's prediction (mneme confirm)
-        steps.append((f"confirm:{name}", lambda n=name: confirm_run(work, n, progress)))
+        steps.append((f"confirm:{name}", partial(confirm, name)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()
