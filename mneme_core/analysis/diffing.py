@@ -127,8 +127,8 @@ def _iter_batches(activations: Any, batch_size: int, n_tokens: int) -> Iterator[
         for start in range(0, stop, batch_size):
             yield activations[start : min(start + batch_size, stop)]
         return
-    stop = None if n_tokens <= 0 else min(n_tokens, activations.n_tokens)
-    yield from activations.iter_batches(batch_size, shuffle=False, stop=stop)
+    limit = None if n_tokens <= 0 else min(n_tokens, activations.n_tokens)
+    yield from activations.iter_batches(batch_size, shuffle=False, stop=limit)
 
 
 def _n_analysis_tokens(activations: Any, n_tokens: int) -> int:

@@ -399,7 +399,8 @@ def _forward_group(
     models = [pair.base, pair.ft] if donor is None else [pair.ft]
     if same_model:
         models = models[:1] if donor is None else []
-    acts, meta = [], {k: [] for k in META_FIELDS}
+    acts: list[torch.Tensor] = []
+    meta: dict[str, list[torch.Tensor]] = {k: [] for k in META_FIELDS}
     excluded = dict.fromkeys(EXCLUDED_KINDS, 0) if donor is None else dict(donor.excluded)
     n_done = 0
     for b in range(0, len(group), act_cfg.batch_size):
@@ -577,8 +578,10 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
             )
         files += [(seq, r, name) for seq, name in enumerate(json.loads(done.read_text())["shards"])]
     files.sort()  # interleave ranks: shard 0 of every rank, then shard 1, ... (close to corpus order)
-    shards, sums = [], None
-    d_model = dtype = None
+    shards: list[dict[str, Any]] = []
+    sums: list[torch.Tensor] | None = None
+    d_model: int | None = None
+    dtype: str | None = None
     excluded = dict.fromkeys(EXCLUDED_KINDS, 0)
     for _, r, name in files:
         with safe_open(str(out_dir / name), framework="pt") as fh:
@@ -595,6 +598,8 @@ def finalize(out_dir: str | Path, world_size: int, layer: int) -> ActivationStor
         raise StoreError(
             f"no tokens were kept in {out_dir}: every token was excluded (BOS/pad/control); check the corpus"
         )
+    # Tokens were counted, so at least one shard was read and set these.
+    assert sums is not None and d_model is not None and dtype is not None
     mean = sums[0] / n_total
     std = (sums[1] / n_total - mean**2).clamp_min(0).sqrt()
     mean_norm = sums[2] / n_total

@@ -197,7 +197,8 @@ def convert_gguf(gguf_path: str | Path, dest: str | Path | None = None) -> Path:
             raise ModelError(f"transformers could not read GGUF file {gguf_path}: {exc}") from exc
         # The weights are de-quantised fp32 now; the leftover GGUF quantizer would make
         # transformers refuse to save, and its config would make it re-quantise on load.
-        model.hf_quantizer = None
+        # The ignore: transformers sets hf_quantizer undeclared, so torch types it Tensor | Module.
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
@@ -375,7 +376,7 @@ def load_model(spec: ModelSpec, base_spec: ModelSpec | None = None, device: str 
     folder = resolve_folder(own)
     dtype = DTYPES[spec.dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, revision=own.revision or None, use_safetensors=True
         )
     except Exception as exc:

@@ -350,7 +350,7 @@ def _to_plain(obj: Any) -> Any:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if value is None:
             return tp()
         if not isinstance(value, dict):
@@ -450,7 +450,8 @@ def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str
     for keys in PATH_KEYS:
         holder = out
         for key in keys[:-1]:
-            holder = holder.get(key) if isinstance(holder.get(key), dict) else {}
+            inner = holder.get(key)
+            holder = inner if isinstance(inner, dict) else {}
         value = holder.get(keys[-1])
         if isinstance(value, str):
             holder[keys[-1]] = resolve_benchmark(value) if keys == ("evaluation", "benchmark") else resolve(value)

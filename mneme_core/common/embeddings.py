@@ -29,7 +29,10 @@ class Embedder:
     @property
     def dim(self) -> int:
         getter = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        return int(getter())
+        dim = getter()
+        if dim is None:  # sentence-transformers: the model's modules do not say their output size
+            raise ValueError(f"embedding model {self.name} does not report its vector size; configure another model")
+        return int(dim)
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, *, progress: bool = False, desc: str = "embed"

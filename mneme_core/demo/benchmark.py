@@ -96,7 +96,7 @@ def make_questions(wn: WordNet, subjects: SubjectIndex, spec: BenchmarkSpec = Be
     for subject, pool in sorted(candidates_by_subject(wn, subjects, spec.min_gloss_freq).items()):
         usable = [s for s in pool if s.definition and not _leaks(s.definition, s.words)]
         rng.shuffle(usable)
-        chosen = []
+        chosen: list[dict[str, object]] = []
         for s in usable:
             if len(chosen) == spec.n_per_subject:
                 break

@@ -35,6 +35,7 @@ import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -470,7 +471,8 @@ def portable(obj: Any, names: list[tuple[str, str]]) -> Any:
         return [portable(v, names) for v in obj]
     if isinstance(obj, str):
         for path, name in names:
-            obj = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", lambda _, n=name: n, obj)
+            # a function, so ``name`` is used as is (no backslash escapes); called within this iteration
+            obj = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", lambda _: name, obj)
     return obj
 
 
@@ -586,7 +588,7 @@ def rebuild(
     # absolute, so every path the runs record is one publish can name portably
     work = Path(work or default_work_dir()).resolve()
     out = Path(out or default_demo_dir()).resolve()
-    partial = bool(names)  # some runs only: build.json keeps the record of the others
+    some_runs = bool(names)  # some runs only: build.json keeps the record of the others
     names = list(names or [*INTERVENTIONS, *FINETUNES])
     unknown = [n for n in names if n not in INTERVENTIONS and n not in FINETUNES]
     if unknown:
@@ -601,22 +603,34 @@ def rebuild(
             state["base"] = load_model(ModelSpec(source="named", path=BASE_MODEL, dtype="float32"))
         return state["base"]
 
+    # The steps of one run, bound to its name with ``partial`` (a loop's lambda would see the last name).
+    def intervene(n: str) -> Any:  # RMU's delta or a fine-tune's adapter
+        return (make_adapter if n in FINETUNES else make_delta)(work, n, sizes, *base_pair(), progress)
+
+    def score(n: str) -> Any:
+        return score_models(work, n, *base_pair(), progress)
+
+    def study(n: str) -> Any:
+        return run_mneme(work, n, sizes, names[0], progress, scenario)
+
+    def confirm(n: str) -> Any:
+        return confirm_run(work, n, progress)
+
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("text", lambda: prepare_text(work, sizes, scenario)),
         ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
     ]
     for name in names:
-        make = make_adapter if name in FINETUNES else make_delta
         kind = "lora" if name in FINETUNES else "rmu"
-        steps.append((f"{kind}:{name}", lambda n=name, f=make: f(work, n, sizes, *base_pair(), progress)))
-        steps.append((f"score:{name}", lambda n=name: score_models(work, n, *base_pair(), progress)))
+        steps.append((f"{kind}:{name}", partial(intervene, name)))
+        steps.append((f"score:{name}", partial(score, name)))
     if null_control:
-        steps.append((f"score:{NULL_RUN}", lambda: score_models(work, NULL_RUN, *base_pair(), progress)))
+        steps.append((f"score:{NULL_RUN}", partial(score, NULL_RUN)))
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
-        steps.append((f"study:{name}", lambda n=name: run_mneme(work, n, sizes, names[0], progress, scenario)))
+        steps.append((f"study:{name}", partial(study, name)))
     for name in [n for n in names if n in INTERVENTIONS]:  # causal confirmation of each unlearning run
-        steps.append((f"confirm:{name}", lambda n=name: confirm_run(work, n, progress)))
+        steps.append((f"confirm:{name}", partial(confirm, name)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()
@@ -627,14 +641,14 @@ def rebuild(
         fn()
         timings[label] = round(time.perf_counter() - t0, 1)
     bar.close()
-    summary = {
+    summary: dict[str, Any] = {
         "seconds_total": round(time.perf_counter() - t_all, 1),
         "seconds": timings,
         "sizes": asdict(sizes),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "runs": studies,
     }
-    if partial and (out / "build.json").is_file():  # runs built apart keep the others' record
+    if some_runs and (out / "build.json").is_file():  # runs built apart keep the others' record
         earlier = json.loads((out / "build.json").read_text())
         summary["seconds"] = {**earlier.get("seconds", {}), **timings}
         summary["seconds_total"] = round(sum(summary["seconds"].values()), 1)

@@ -74,7 +74,9 @@ def split_items(
 ) -> DemoSplit:
     """Assign every non-benchmark item to exactly one of forget / retain / neutral."""
     bench = frozenset(benchmark_keys)
-    forget, retain, neutral = [], [], []
+    forget: list[TextItem] = []
+    retain: list[TextItem] = []
+    neutral: list[TextItem] = []
     for item in items:
         if item.key in bench:
             continue

@@ -195,6 +195,10 @@ class LossOutput:
 class BatchTopKCrossCoder(nn.Module):
     """BatchTopK cross-coder over paired activations ``(N, 2, d)``; see the module doc."""
 
+    # Buffers, declared so the type checker sees tensors (``register_buffer`` sets them).
+    threshold: torch.Tensor
+    norm_scale: torch.Tensor
+
     def __init__(
         self,
         d_model: int,

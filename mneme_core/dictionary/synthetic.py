@@ -148,7 +148,7 @@ def _allocate(n_features: int, fractions: dict[str, float]) -> list[str]:
     total = sum(fractions[k] for k in names)
     counts = {k: max(1, int(round(n_features * fractions[k] / total))) for k in names}
     while sum(counts.values()) > n_features:  # rounding overshoot: trim the largest
-        counts[max(counts, key=counts.get)] -= 1
+        counts[max(counts, key=lambda k: counts[k])] -= 1
     while sum(counts.values()) < n_features:
         counts[max(names, key=lambda k: fractions[k])] += 1
     return [k for k in names for _ in range(counts[k])]

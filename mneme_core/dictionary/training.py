@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -75,9 +75,12 @@ class Activations(Protocol):
     @property
     def d_model(self) -> int: ...
 
+    # Options by keyword only: the trainer names each one, so a source may add its own
+    # (``ActivationStore`` has ``buffer_shards``) without matching positions.
     def iter_batches(
         self,
         batch_size: int,
+        *,
         shuffle: bool = True,
         seed: int = 0,
         start: int = 0,
@@ -192,7 +195,7 @@ class _Plan:
     d_model: int
     n_latents: int
     k: int
-    selection_norm: str
+    selection_norm: Literal["l2", "l2_squared"]
     batch_size: int
     n_train: int
     n_val: int
@@ -318,7 +321,7 @@ def train_crosscoder(
         model.fit_normalization(sample)
         model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
 
-    step_fn = _LossModule(model)
+    step_fn: nn.Module = _LossModule(model)  # or its DDP wrapper
     if dd.world > 1:
         step_fn = nn.parallel.DistributedDataParallel(step_fn, broadcast_buffers=False)
 
@@ -345,7 +348,7 @@ def train_crosscoder(
     n_calib = plan.n_val // 2
     calib = data.iter_batches(local_bs * dd.world, shuffle=False, start=plan.n_train, stop=plan.n_train + n_calib)
     model.calibrate_threshold(b.to(dd.device) for b in calib)
-    metrics = evaluate(model, data, start=plan.n_train + n_calib, batch_size=local_bs, dd=dd)
+    metrics: dict[str, Any] = evaluate(model, data, start=plan.n_train + n_calib, batch_size=local_bs, dd=dd)
     metrics["l0_over_k"] = metrics["l0"] / plan.k
     metrics["n_calibration_tokens"] = n_calib
     trained = (state.step - start_step) * plan.batch_size

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from mneme_core.common.atomic import write_parquet
-from mneme_core.common.config import StudyConfig
+from mneme_core.common.config import ConfigError, StudyConfig
 from mneme_core.common.embeddings import get_embedder
 from mneme_core.interp.cache import AnswerCache
 from mneme_core.interp.clients import make_backend
@@ -101,9 +101,15 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     descriptions = explainer.explain(recs, progress=progress)
     t_explain = time.perf_counter() - t0
 
+    scorer: EmbeddingScorer | LLMJudgeScorer | None
     if icfg.scorer == "embedding":
         scorer = EmbeddingScorer(get_embedder(icfg.embedding_model), n_examples=icfg.n_score_examples)
     elif icfg.scorer in ("detection", "fuzzing"):
+        if backend is None:  # the offline explainer: validate() rejects this, a config built in code may not
+            raise ConfigError(
+                f"interpret.scorer {icfg.scorer!r} needs an LLM: set interpret.explainer to openai or transformers, "
+                "or use scorer 'embedding'"
+            )
         scorer = LLMJudgeScorer(
             icfg.scorer,
             backend,

@@ -167,12 +167,12 @@ def _llm_labels(
     from mneme_core.interp.prompts import label_messages, parse_description
     from mneme_core.interp.runner import Meter, run_jobs
 
-    if cfg.interpret.explainer == "offline":
+    backend = make_backend(cfg.interpret)
+    if backend is None:  # the offline explainer
         raise ValueError(
             "categories.labeler = llm needs an LLM: set interpret.explainer to openai or transformers "
             "(with base_url / model), or use labeler: taxonomy"
         )
-    backend = make_backend(cfg.interpret)
     cache = AnswerCache(run_path / "interp_cache")
     namespace = f"label-{backend.name}"
 

@@ -17,10 +17,14 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 Messages = list[dict[str, str]]
 # Statuses a retry can fix (the openai client retries exactly these and connection errors).
@@ -119,10 +123,13 @@ class OpenAIChatClient:
                 delay = self.backoff_s * 2 ** (attempts - 1)
                 time.sleep(delay * (0.5 + random.random() / 2))
             retries_left = self.max_retries - attempts
+            # Our messages are {"role", "content"} dicts, the shape the API takes; openai's
+            # stubs name each role's TypedDict, which a plain dict[str, str] cannot match.
+            api_messages = cast("list[ChatCompletionMessageParam]", messages)
             try:
                 with self._slots:
                     raw = self._client.with_options(max_retries=retries_left).chat.completions.with_raw_response.create(
-                        model=self.model, messages=messages, max_tokens=max_tokens, temperature=self.temperature
+                        model=self.model, messages=api_messages, max_tokens=max_tokens, temperature=self.temperature
                     )
             except openai.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in RETRYABLE_STATUS:
@@ -170,15 +177,23 @@ class TransformersChat:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model} has no chat template: give an instruct/chat model in interpret.model")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        # The ignore: transformers wraps PreTrainedModel.to with functools.wraps, which mypy
+        # does not bind as a method (it wants the model as the first argument).
+        self.model = lm.to(device).eval()  # type: ignore[arg-type]
         self.device = device
         self._lock = threading.Lock()
 
     def chat(self, messages: Messages, max_tokens: int = 200) -> ChatResult:
         import torch
 
-        enc = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        # return_dict=True (and tokenize) gives a BatchEncoding of tensors; the stub's union
+        # return type covers the other flag combinations.
+        enc = cast(
+            "Mapping[str, torch.Tensor]",
+            self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ),
         )
         ids = enc["input_ids"].to(self.device)
         with self._lock, torch.inference_mode():
@@ -190,7 +205,9 @@ class TransformersChat:
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )
         new = out[0, ids.shape[1] :]
-        return ChatResult(self.tokenizer.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(new.numel()))
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        assert isinstance(text, str), "decode of one sequence (1-D ids) gives one string"
+        return ChatResult(text, int(ids.shape[1]), int(new.numel()))
 
 
 def _resolve_model_path(model: str) -> str:

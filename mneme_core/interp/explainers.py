@@ -14,7 +14,7 @@ One interface (``Explainer.explain``), three backends:
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -68,7 +68,7 @@ class OfflineExplainer:
     def _p(self, tok: str) -> float:
         return (self.counts.get(tok, 0) + 1) / (self.total + self.vocab)
 
-    def _over_represented(self, mass: Counter[str]) -> list[tuple[str, float]]:
+    def _over_represented(self, mass: Mapping[str, float]) -> list[tuple[str, float]]:
         total = sum(mass.values())
         if total <= 0:
             return []
@@ -85,10 +85,11 @@ class OfflineExplainer:
         peak = max((ex.max_act for ex in examples), default=0.0)
         if peak <= 0:
             return "no activation on the analysed tokens"
-        mass: Counter[str] = Counter()
+        # Activation mass is fractional: float sums (a Counter is typed for int counts).
+        mass: defaultdict[str, float] = defaultdict(float)
         shown: dict[str, str] = {}
         runs: Counter[str] = Counter()
-        before: Counter[str] = Counter()
+        before: defaultdict[str, float] = defaultdict(float)
         for ex in examples:
             run: list[str] = []
             for i, (tok, act) in enumerate(zip(ex.tokens, ex.acts)):
@@ -107,7 +108,7 @@ class OfflineExplainer:
         terms = [shown[t] for t, _ in self._over_represented(mass)[: self.max_terms]]
         phrases = [r for r, n in runs.most_common(3) if n >= 2 and len(r.split()) > 1]
         if not terms:
-            terms = [shown[t] for t, _ in mass.most_common(self.max_terms)]
+            terms = [shown[t] for t, _ in sorted(mass.items(), key=lambda kv: -kv[1])[: self.max_terms]]
         text = "the words " + _join([_show(t) for t in terms])
         if phrases:
             text += f', as in "{phrases[0]}"'

@@ -82,15 +82,15 @@ def run_jobs(
                 futures = {pool.submit(fn, item): item for item in items}
                 for fut in as_completed(futures):
                     item = futures[fut]
-                    exc = fut.exception()
-                    if isinstance(exc, abort_on):
+                    error = fut.exception()
+                    if isinstance(error, abort_on):
                         for other in futures:
                             other.cancel()
-                        raise exc
-                    if exc is None:
+                        raise error
+                    if error is None:
                         done.append((item, fut.result()))
                     else:
-                        failed.append((item, exc))
+                        failed.append((item, error))
                         meter.add(failed=1)
                     tick()
     finally:

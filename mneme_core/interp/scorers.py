@@ -70,9 +70,9 @@ class EmbeddingScorer:
             plan.append((rec.latent, ids[0], ids[1 : 1 + len(pos)], ids[1 + len(pos) :]))
         vecs = self.embedder.encode(list(index), progress=progress, desc="score (embedding)")
         out = {}
-        for latent, d, pos, neg in plan:
-            sims_pos = vecs[pos] @ vecs[d]
-            sims_neg = vecs[neg] @ vecs[d]
+        for latent, d, pos_ids, neg_ids in plan:
+            sims_pos = vecs[pos_ids] @ vecs[d]
+            sims_neg = vecs[neg_ids] @ vecs[d]
             out[latent] = auroc(sims_pos, sims_neg)
         return out
 

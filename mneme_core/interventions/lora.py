@@ -12,7 +12,10 @@ averaged over every real (non-padding) target token of a batch. Each text is cut
 pieces of at most ``max_tokens`` tokens, so a long document is learnt whole rather than
 truncated.
 
-Why these defaults (checked on SmolLM2-135M, 2 CPU cores):
+Why these defaults (checked on SmolLM2-135M on 2 shared CPU cores: about 20 s a step
+at batch 4 × ≤ 128 tokens, the forward and backward through all 30 layers; 12 steps
+halved the loss on held-out text of a small synthetic domain, 3.13 → 1.58, and moved
+unrelated text 4.38 → 4.06):
 
 - **Targets: the MLP projections** (``gate_proj``, ``up_proj``, ``down_proj``) of every
   layer. What MNEME reads is the residual stream at one layer, token by token; the MLPs
@@ -25,10 +28,10 @@ Why these defaults (checked on SmolLM2-135M, 2 CPU cores):
 - **r = 8, α = 16** (scale α/r = 2): enough capacity for a domain of a few thousand
   sentences; the α/r ratio, not r alone, sets the size of an update, so α = 2r keeps
   the step size comparable if r is changed.
-- **lr = 1e-3**, AdamW, linear warm-up then linear decay to zero, 150 steps of 4 texts
-  of ≤ 128 tokens: a 135M model moves visibly in that many steps at this rate (the
-  usual 1e-4 – 2e-4 is for billion-parameter models over far longer runs), and the
-  run fits in minutes on 2 cores.
+- **lr = 1e-3**, AdamW, linear warm-up then linear decay to zero, 100 steps of 4 text
+  pieces of ≤ 128 tokens: a 135M model moves clearly within a few dozen steps at this
+  rate (the usual 1e-4 – 2e-4 is for billion-parameter models over far longer runs);
+  100 steps is about half an hour on 2 CPU cores, a minute on a GPU.
 - **No dropout**: short runs on a domain corpus are not where it pays, and without it
   a run is a pure function of its inputs, which keeps resume exact (the RNG state is
   still checkpointed, so a run with dropout resumes exactly too).
@@ -78,19 +81,19 @@ class LoRAError(ValueError):
 @dataclass(frozen=True)
 class LoRAConfig:
     r: int = 8  # rank of the update B·A
-    alpha: float = 16.0  # the update is scaled by alpha / r
+    alpha: int = 16  # the update is scaled by alpha / r (PEFT takes an integer)
     dropout: float = 0.0  # dropout on the adapter's input (0 = off; see the module docstring)
     target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")  # linear layer names (Llama's)
     layers: tuple[int, ...] = ()  # decoder layers to adapt; () = every layer
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 10  # linear warm-up, then linear decay to 0 at ``steps``
-    steps: int = 150
+    steps: int = 100
     batch_size: int = 4  # text pieces per step
     max_tokens: int = 128  # each text is cut into pieces of at most this many tokens
     grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int = 25  # ~8 minutes of CPU training between checkpoints
 
     def validate(self) -> None:
         for name in ("r", "steps", "batch_size", "checkpoint_every"):
@@ -123,11 +126,11 @@ class LoRAResult:
 def check_targets(model: torch.nn.Module, cfg: LoRAConfig) -> list[str]:
     """Names of the linear layers ``cfg`` would adapt; LoRAError before any work if a
     target or a layer does not exist in ``model``."""
-    n_layers = len(decoder_layers(model))
+    blocks = decoder_layers(model)
+    n_layers = len(blocks)
     bad = [i for i in cfg.layers if i >= n_layers]
     if bad:
         raise LoRAError(f"lora.layers {bad} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    blocks = decoder_layers(model)
     wanted = set(cfg.layers) if cfg.layers else set(range(n_layers))
     found: list[str] = []
     seen: set[str] = set()
@@ -401,7 +404,8 @@ def save_lora_adapter(model: LoRAResult | torch.nn.Module, path: str | Path, *, 
     temporary folder beside ``path`` and renamed into place; an existing ``path`` is only
     replaced with ``overwrite=True``. The result is checked with ``models.check_adapter``.
     """
-    peft_model = model.model if isinstance(model, LoRAResult) else model
+    # Any: PEFT's save_pretrained is not on torch's Module type
+    peft_model: Any = model.model if isinstance(model, LoRAResult) else model
     if not hasattr(peft_model, "peft_config"):
         raise LoRAError("save_lora_adapter needs a PEFT model (from lora_finetune or make_lora)")
     dest = Path(path)
@@ -420,7 +424,12 @@ def save_lora_adapter(model: LoRAResult | torch.nn.Module, path: str | Path, *, 
         if dest.exists():
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
             os.replace(dest, old / dest.name)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if old is not None:  # put the previous adapter back before giving up
+                os.replace(old / dest.name, dest)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from mneme_core.collect.models import (
     decoder_layers,
+    hidden_size_of,
     resolve_layer,
     save_delta,
     truncated_forward,
@@ -263,7 +264,7 @@ def rmu_unlearn(
 
     forget_batches = _batches(tokenizer, forget, cfg, cfg.seed)
     retain_batches = _batches(tokenizer, retain, cfg, cfg.seed + 1)
-    d = int(frozen.config.hidden_size)
+    d = hidden_size_of(frozen.config)
     device = next(frozen.parameters()).device
     u = random_direction(d, cfg.seed).to(device)
     with torch.no_grad():
