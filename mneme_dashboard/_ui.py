@@ -139,6 +139,25 @@ def fit_choices(key: str, options: list[object], seed: object | None = None, mul
         st.session_state[key] = seed
 
 
+def url_choice(key: str, param: str, options: list[str], default: str) -> None:
+    """Seed a one-choice filter from the URL (``?param=``), so a shared link opens the same view.
+
+    The URL wins only when this session has no value yet (a link opened afresh); after that
+    the widget's own state (kept across pages by :func:`keep_filters`) is the truth, and
+    :func:`to_url` writes it back so the address always says what the page shows.
+    """
+    wanted = st.query_params.get(param)
+    if key not in st.session_state and wanted in options:
+        st.session_state[key] = wanted
+    fit_choices(key, list(options), seed=default, multi=False)
+
+
+def to_url(param: str, value: object) -> None:
+    """Write a filter's value into the URL (the pair of :func:`url_choice`)."""
+    if st.query_params.get(param) != str(value):
+        st.query_params[param] = str(value)
+
+
 def run_picker() -> None:
     """Sidebar: pick one of the runs found, or type a folder."""
     runs = discover_runs(tuple(map(str, run_roots())))
@@ -366,11 +385,11 @@ def filter_choices(path: str, mtime: float) -> tuple[dict[str, list[str]], dict[
     return explore.label_options(latents), explore.range_bounds(latents)
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def per_category(path: str, mtime: float) -> pd.DataFrame:
+@st.cache_data(max_entries=16, show_spinner=False)
+def per_category(path: str, mtime: float, direction: str = "degraded") -> pd.DataFrame:
     from mneme_core.evaluation.evaluate import per_category_table
 
-    return per_category_table(_open(path, mtime))
+    return per_category_table(_open(path, mtime), direction)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

@@ -152,6 +152,73 @@ def test_side_effects_metrics_follow_the_threshold(run_copy):
     assert set(table.loc[table["degraded"], "category"]) == set(record["T"])
 
 
+@pytest.fixture(scope="module")
+def twodir_run(tmp_path_factory) -> Path:
+    """A run whose benchmark moved both ways (tests/_twodir.py holds its truth)."""
+    import _twodir
+
+    return _twodir.build_run(tmp_path_factory.mktemp("twodir") / "run")
+
+
+def _shown_sets(at: AppTest, member: str) -> tuple[set[str], set[str]]:
+    table = at.dataframe[1].value
+    return set(table.loc[table[member], "category"]), set(table.loc[table["predicted"], "category"])
+
+
+def test_side_effects_direction_switch_changes_T_P_and_metrics(twodir_run):
+    import _twodir as td
+
+    record = open_run(twodir_run).evaluation
+    at = page(twodir_run, "side_effects")
+    assert at.radio(key="f_direction").value == "degraded"
+    assert at.radio(key="f_direction").options == ["Degraded ← suppressed latents", "Improved ← amplified latents"]
+    assert _shown_sets(at, "degraded") == (set(td.T_DEGRADED), set(td.P_SUPPRESSED))
+    assert metric(at, "MNEME accuracy") == "1.000" and metric(at, "MNEME precision") == "1.000"
+    assert "improved" not in at.dataframe[1].value.columns
+    at.radio(key="f_direction").set_value("improved").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _shown_sets(at, "improved") == (set(td.T_IMPROVED), set(td.P_AMPLIFIED))
+    assert "gain" in at.dataframe[1].value.columns and "degraded" not in at.dataframe[1].value.columns
+    assert metric(at, "MNEME accuracy") == "0.500" and metric(at, "MNEME precision") == "0.500"
+    methods = at.dataframe[0].value
+    assert methods.loc["activation diff (no dictionary)", "precision"] == 1.0  # the same prediction, this T
+    assert methods.loc["oracle", "accuracy"] == 1.0
+    thr = record["directions"]["improved"]["thresholds"]["predict_threshold"]
+    assert at.session_state["f_threshold_improved"] == pytest.approx(thr)  # the direction's own default
+    assert any("Improved: gain" in c.value for c in at.caption)
+    assert at.query_params["direction"] == "improved"  # a shared link opens the same direction
+    at.radio(key="f_direction").set_value("degraded").run()
+    assert _shown_sets(at, "degraded") == (set(td.T_DEGRADED), set(td.P_SUPPRESSED))
+    assert at.query_params["direction"] == "degraded"
+
+
+def test_side_effects_direction_comes_from_the_link(twodir_run):
+    import _twodir as td
+
+    at = page(twodir_run, "side_effects", direction="improved")
+    assert at.radio(key="f_direction").value == "improved"
+    assert _shown_sets(at, "improved") == (set(td.T_IMPROVED), set(td.P_AMPLIFIED))
+    at = page(twodir_run, "side_effects", direction="sideways")  # a hand-edited link: the default
+    assert at.radio(key="f_direction").value == "degraded"
+
+
+def test_run_evaluated_before_two_directions_says_to_rerun(twodir_run, tmp_path):
+    import _twodir as td
+
+    old = tmp_path / "old"
+    shutil.copytree(twodir_run, old)
+    record = json.loads((old / "evaluation.json").read_text())
+    (old / "evaluation.json").write_text(json.dumps({k: v for k, v in record.items() if k != "directions"}))
+    at = page(old, "side_effects")
+    assert _shown_sets(at, "degraded") == (set(td.T_DEGRADED), set(td.P_SUPPRESSED))
+    at.radio(key="f_direction").set_value("improved").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "mneme evaluate" in at.info[0].value and "improved" in at.info[0].value
+    assert not at.dataframe  # nothing half-drawn from the degraded direction
+    at = page(old, "side_effects", direction="improved")
+    assert "mneme evaluate" in at.info[0].value
+
+
 def test_triage_form_persists_and_explorer_filters_marks(run_copy):
     latent = int(open_run(run_copy).latents["latent"].iloc[1])
     at = page(run_copy, "triage")

@@ -503,3 +503,153 @@ def test_attribution_concentrated_in_one_category_is_tested_against_the_whole_po
     assert virology["enrichment_p"] == pytest.approx(comb(10, 6) / comb(60, 6), rel=1e-9)
     assert "virology" in record["P"]
     assert {m["mneme_category"] for m in record["mapping"]} == set(cats)
+
+
+# --------------------------------------------------------------------------- both directions
+
+
+def _two_directions(embedder, **evaluation):
+    import _twodir as td
+
+    cfg = _cfg(Path("unused"), intervention_description="fine-tuned on chemistry textbooks", **evaluation).evaluation
+    return evaluate(td.BENCHMARK, td.latents(), cfg, embedder=embedder, context_diffs=td.context_diffs())
+
+
+def test_improved_direction_reads_amplified_latents_against_categories_that_improved(embedder):
+    import _twodir as td
+
+    table, record = _two_directions(embedder)
+    degraded, improved = record["directions"]["degraded"], record["directions"]["improved"]
+    assert (degraded["direction"], degraded["latent_direction"]) == ("drop", "suppressed")
+    assert (improved["direction"], improved["latent_direction"]) == ("rise", "amplified")
+    assert degraded["T"] == td.T_DEGRADED and degraded["P"] == td.P_SUPPRESSED
+    # music rose by 0.03 (under the threshold), poetry by 0.08 on 40 questions (not significant)
+    assert improved["T"] == td.T_IMPROVED and improved["P"] == td.P_AMPLIFIED
+    universe = record["universe"]
+    assert universe == td.CATEGORIES
+    m = improved["metrics"]
+    assert (m["mneme"]["tp"], m["mneme"]["fp"], m["mneme"]["fn"], m["mneme"]["tn"]) == (1, 1, 1, 3)
+    assert m["mneme"]["accuracy"] == 0.5 and m["mneme"]["precision"] == 0.5 and m["mneme"]["f1"] == 0.5
+    assert m["mneme"]["specificity"] == 0.75 and m["mneme"]["set"] == td.P_AMPLIFIED
+    assert m["oracle"]["set"] == td.T_IMPROVED and m["oracle"]["accuracy"] == 1.0
+    assert m["random"] == random_baseline(set(td.T_IMPROVED), universe, draws=1000, seed=0)  # the default draws
+    assert len(m["naive"]["set"]) == 2  # sized to this direction's |P|
+    assert m["naive"]["accuracy"] == metrics(td.T_IMPROVED, m["naive"]["set"], universe)["accuracy"]
+    assert degraded["metrics"]["mneme"]["accuracy"] == 1.0 and degraded["metrics"]["mneme"]["precision"] == 1.0
+    # the dictionary-free baseline: one prediction, scored against each direction's own T
+    ad_deg, ad_imp = degraded["metrics"]["activation_diff"], m["activation_diff"]
+    assert ad_deg["set"] == ad_imp["set"] == td.P_ACTIVATION_DIFF
+    assert ad_deg["per_category"] == ad_imp["per_category"]
+    assert ad_deg["accuracy"] == 0.0 and ad_imp["accuracy"] == 0.5 and ad_imp["precision"] == 1.0
+    assert "no direction" in improved["activation_diff_note"]
+    # per direction: the rule and the threshold, and the scores behind P
+    assert improved["thresholds"]["predict_threshold"] == pytest.approx(-np.log10(0.05 / 6))
+    assert "Bonferroni" in improved["thresholds"]["predict_threshold_rule"]
+    scores = {s["category"]: s for s in improved["category_scores"]}
+    assert scores["chemistry"]["n_latents"] == 7 and scores["chemistry"]["predicted"] is True
+    assert scores["physics"]["n_latents"] == 1 and scores["physics"]["predicted"] is False
+    assert {s["category"]: s["n_latents"] for s in degraded["category_scores"]}["chemistry"] == 0
+    assert improved["curve"][0]["n_predicted"] == 0
+    # the table: the improved direction's columns are the same test in the opposite sense
+    row = table.set_index("category")
+    assert (row["gain"] == -row["drop"]).all()
+    assert set(row.index[row["improved"]]) == set(td.T_IMPROVED) and set(row.index[row["degraded"]]) == {"history"}
+    assert row.loc["chemistry", "gain_p_value"] < 1e-10 and row.loc["chemistry", "p_value"] == pytest.approx(1.0)
+    assert row.loc["chemistry", "gain_ci_low"] == pytest.approx(-row.loc["chemistry", "ci_high"])
+    json.dumps(record)  # JSON-able, both directions
+
+
+def test_degraded_direction_is_the_top_level_record_and_unchanged(embedder):
+    """The top-level keys are the degraded direction, computed as before there was a second one."""
+    import _twodir as td
+
+    from mneme_core.evaluation.evaluate import DIRECTION_KEYS, threshold_curve
+
+    _, record = _two_directions(embedder)
+    degraded = record["directions"]["degraded"]
+    assert set(DIRECTION_KEYS) <= set(degraded)
+    for key in DIRECTION_KEYS:
+        assert degraded[key] == record[key], key
+    # what the one-direction evaluation computed, step by step with the same functions
+    cfg = _cfg(Path("unused")).evaluation
+    T = degraded_set(degraded_table(td.BENCHMARK))
+    mapping = {c: c for c in td.CATEGORIES}
+    scores = category_scores(td.latents(), mapping, td.CATEGORIES)
+    P = predict(scores, default_predict_threshold(scores), cfg.predict_min_latents)
+    assert record["T"] == sorted(T) and record["P"] == sorted(P)
+    assert record["metrics"]["mneme"] == {**metrics(T, P, td.CATEGORIES), "set": sorted(P)}
+    curve = threshold_curve(scores, T, td.CATEGORIES, cfg.predict_min_latents)
+    pd.testing.assert_frame_equal(pd.DataFrame(record["curve"]).astype(curve.dtypes.to_dict()), curve)
+    assert record["latent_direction"] == "suppressed" and record["direction"] == "drop"
+    # the improved direction's latents never change the degraded one
+    for other in ("suppressed", "both"):
+        _, again = _two_directions(embedder, improved_latent_direction=other)
+        assert again["directions"]["degraded"] == degraded
+        assert {k: again[k] for k in DIRECTION_KEYS} == {k: record[k] for k in DIRECTION_KEYS}
+
+
+def test_improved_latent_direction_is_respected_and_validated(embedder):
+    import _twodir as td
+
+    _, sup = _two_directions(embedder, improved_latent_direction="suppressed")
+    improved = sup["directions"]["improved"]
+    assert improved["latent_direction"] == "suppressed"
+    assert improved["T"] == td.T_IMPROVED and improved["P"] == ["history"]  # degraded, not improved: a miss
+    assert improved["metrics"]["mneme"]["tp"] == 0 and improved["metrics"]["mneme"]["precision"] == 0.0
+    _, both = _two_directions(embedder, improved_latent_direction="both")
+    assert both["directions"]["improved"]["P"] == []  # 22 latents drawn: no category enriched enough
+    assert both["directions"]["improved"]["metrics"]["mneme"]["precision"] is None
+    with pytest.raises(ConfigError, match="evaluation.improved_latent_direction"):
+        _cfg(Path("unused"), improved_latent_direction="sideways")
+
+
+def test_per_category_table_and_live_view_per_direction(tmp_path):
+    import _twodir as td
+
+    from mneme_core.evaluation import sideeffects
+    from mneme_core.evaluation.evaluate import DirectionUnavailable
+
+    run = open_run(td.build_run(tmp_path / "run", intervention_description="fine-tuned on chemistry"))
+    record = run.evaluation
+    improved = per_category_table(run, "improved")
+    assert improved["category"].tolist()[:2] == ["chemistry", "physics"]  # largest gain first
+    assert set(improved.loc[improved["improved"], "category"]) == set(td.T_IMPROVED)
+    assert improved.set_index("category").loc["music", "n_latents"] == 7
+    degraded = per_category_table(run)
+    assert degraded["category"].iloc[0] == "history" and degraded.set_index("category").loc["music", "n_latents"] == 0
+    thr = sideeffects.run_threshold(record, "improved")
+    table, methods = sideeffects.live_prediction(improved, record, thr, "improved")
+    assert set(table.loc[table["predicted"], "category"]) == set(td.P_AMPLIFIED)
+    assert methods["MNEME"]["accuracy"] == 0.5 and methods["oracle"]["accuracy"] == 1.0
+    assert methods[sideeffects.DICTIONARY_FREE]["precision"] == 1.0
+    _, deg_methods = sideeffects.live_prediction(degraded, record, sideeffects.run_threshold(record), "degraded")
+    assert deg_methods["MNEME"]["accuracy"] == 1.0 and deg_methods[sideeffects.DICTIONARY_FREE]["accuracy"] == 0.0
+    assert sideeffects.headline(record, "improved")["improved categories"] == 2
+    assert sideeffects.headline(record)["degraded categories"] == 1
+    assert sideeffects.unavailable(record, "improved") is None
+    cfg = td.study_config(run.path, tmp_path / "run-benchmark.csv", intervention_description="fine-tuned on chemistry")
+    summary = run_stage(cfg, run.path, progress=False)
+    assert (summary["n_improved"], summary["n_predicted_improved"], summary["accuracy_improved"]) == (2, 2, 0.5)
+    assert (summary["n_degraded"], summary["n_predicted"], summary["accuracy"]) == (1, 1, 1.0)
+    # the static report shows the improved direction's T, P and metrics
+    from mneme_core.views.report import build_report
+
+    no_marks = pd.DataFrame(columns=["latent", "mark", "note"])
+    text = build_report(run, no_marks)
+    section = text[text.index("<h2>Improved ← amplified latents</h2>") :]
+    section = section[: section.index("<h2>", 4)]
+    assert "Truly improved T (gain &gt; 0.05, p &lt; 0.05): chemistry, physics." in section
+    assert "Predicted P (amplified latents, threshold 2.079): chemistry, music." in section
+    assert "<td>MNEME</td>" in section and "<td>0.5</td>" in section
+    # a run evaluated before there were two directions: degraded as before, improved says what to run
+    old = {k: v for k, v in record.items() if k != "directions"}
+    (run.path / "evaluation.json").write_text(json.dumps(old))
+    run = open_run(run.path)
+    pd.testing.assert_frame_equal(per_category_table(run), degraded)
+    with pytest.raises(DirectionUnavailable, match="mneme evaluate"):
+        per_category_table(run, "improved")
+    note = sideeffects.unavailable(run.evaluation, "improved", run.path)
+    assert note and f"mneme evaluate {run.path}" in note
+    assert sideeffects.headline(run.evaluation, "improved") == {"note": sideeffects.unavailable(old, "improved")}
+    assert sideeffects.headline(run.evaluation) == sideeffects.headline(record)
+    assert "Improved ←" not in build_report(run, no_marks)

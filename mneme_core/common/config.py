@@ -269,6 +269,8 @@ class EvaluationConfig:
     benchmark: str = ""  # path to CSV/JSON, "lm_eval:BEFORE.json,AFTER.json", or "runner:FILE"
     direction: Literal["drop", "rise"] = "drop"
     latent_direction: Literal["suppressed", "amplified", "both"] = "suppressed"
+    # the other direction: categories that improved, predicted from these latents
+    improved_latent_direction: Literal["amplified", "suppressed", "both"] = "amplified"
     degrade_threshold: float = 0.05
     significance: float = 0.05
     predict_threshold: float = 0.0  # 0 = choose by the rule documented in evaluation.py

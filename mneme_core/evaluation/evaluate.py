@@ -54,10 +54,25 @@ accuracy undefined; T and P both empty -> F1 undefined.
 0.5, ``random_draws`` seeded draws, reporting each metric's mean (over draws where it is
 defined) and 2.5–97.5 percentile range; naive — the |P| categories whose names are most
 similar to ``intervention_description`` (ties broken by name); oracle — P = T.
+
+**Two directions.** ``record["directions"]`` holds both, each with its own ``direction``
+(the sense of change its T counts), ``latent_direction``, ``thresholds``, ``T``, ``P``,
+``category_scores``, ``metrics`` and ``curve``. ``degraded``: the change in the bad sense
+(``cfg.direction``) against latents attributed in ``latent_direction`` — the paper's
+question, and what the record's top-level keys hold (unchanged, for every older reader).
+``improved``: the change in the good sense (the opposite ``direction``, through the same
+:func:`degraded_table`: same threshold, significance and test) against latents attributed
+in ``improved_latent_direction`` (``amplified`` by default: what a fine-tune on a domain
+learns more of). The dictionary-free baseline has no direction (it ranks categories by how
+much their contexts' activations changed), so both directions score its one prediction,
+each against its own T. Records written before there were two directions have no
+``directions``; :func:`direction_record` reads "degraded" from their top level and says
+that "improved" needs ``mneme evaluate`` again.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -81,6 +96,31 @@ from mneme_core.run.store import add_provenance
 Direction = Literal["drop", "rise"]
 LatentDirection = Literal["suppressed", "amplified", "both"]
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
+# the two directions of a record (``record["directions"]``); the top-level keys are the first's
+DIRECTIONS = ("degraded", "improved")
+# what each direction's sub-record holds that the top level also holds (for "degraded": equal)
+DIRECTION_KEYS = ("direction", "latent_direction", "thresholds", "T", "P", "category_scores", "metrics", "curve")
+# per direction, the benchmark.parquet columns of its change, 95% interval, p-value and membership of T
+DIRECTION_COLUMNS = {
+    "degraded": {
+        "change": "drop",
+        "ci_low": "ci_low",
+        "ci_high": "ci_high",
+        "p_value": "p_value",
+        "member": "degraded",
+    },
+    "improved": {
+        "change": "gain",
+        "ci_low": "gain_ci_low",
+        "ci_high": "gain_ci_high",
+        "p_value": "gain_p_value",
+        "member": "improved",
+    },
+}
+ACTIVATION_DIFF_NOTE = (
+    "activation_diff has no direction: it ranks categories by how much their contexts' activations changed, "
+    "so it is the same prediction in both directions, scored against each direction's T"
+)
 MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest |shift| first)
 _Z95 = 1.959963984540054
 
@@ -479,33 +519,99 @@ def evaluate(
     """Benchmark table with T, and the evaluation record (JSON-able) with P, metrics,
     baselines, the threshold curve and the category mapping. Pure: no files touched.
 
+    Both directions are evaluated (``record["directions"]``, see the module docstring); the
+    top-level ``T``, ``P``, ``metrics``, ... are the degraded direction's, as they were before
+    there was a second one. The table holds the degraded direction's ``drop, ci_low, ci_high,
+    p_value, degraded`` and the improved one's ``gain, gain_ci_low, gain_ci_high,
+    gain_p_value, improved``.
+
     ``context_diffs`` (``mneme_core.analysis.actdiff``; labelled contexts with their activation
     difference) adds the dictionary-free baseline ``activation_diff``."""
-    table = degraded_table(
-        benchmark,
-        direction=cfg.direction,
-        threshold=cfg.degrade_threshold,
-        alpha=cfg.significance,
-        test=cfg.significance_test,
-        bootstrap_draws=cfg.bootstrap_draws,
-        seed=cfg.seed,
-    )
-    universe = sorted(table["category"])
-    T = degraded_set(table)
+    senses: dict[str, Direction] = {"degraded": cfg.direction, "improved": opposite(cfg.direction)}
+    tables = {
+        name: degraded_table(
+            benchmark,
+            direction=change,
+            threshold=cfg.degrade_threshold,
+            alpha=cfg.significance,
+            test=cfg.significance_test,
+            bootstrap_draws=cfg.bootstrap_draws,
+            seed=cfg.seed,
+        )
+        for name, change in senses.items()
+    }
+    universe = sorted(tables["degraded"]["category"])
+    latent_directions = {"degraded": cfg.latent_direction, "improved": cfg.improved_latent_direction}
     attributed = attributed_latents(latents, cfg.latent_direction)
     mneme_cats = sorted(attributed["category"].unique().tolist())
     if mapping is None:
         # every category of the eligible pool, not only the attributed ones: the enrichment
         # test compares a category's attributed latents with its share of the whole pool
+        improved_cats = set(attributed_latents(latents, cfg.improved_latent_direction)["category"])
         mapping_df = category_mapping(
-            sorted(set(eligible_latents(latents)["category"]) | set(mneme_cats)), universe, embedder
+            sorted(set(eligible_latents(latents)["category"]) | set(mneme_cats) | improved_cats), universe, embedder
         )
     else:
         mapping_df = pd.DataFrame(
             {"mneme_category": list(mapping), "benchmark_category": list(mapping.values()), "similarity": np.nan}
         )
     mapping = dict(zip(mapping_df["mneme_category"], mapping_df["benchmark_category"]))
-    scores = category_scores(latents, mapping, universe, latent_direction=cfg.latent_direction, score=cfg.predict_score)
+    actdiff = _activation_diff_prediction(context_diffs, universe, cfg, embedder)
+    directions = {
+        name: _direction_record(
+            tables[name],
+            latents,
+            mapping,
+            universe,
+            cfg,
+            change=change,
+            latent_direction=latent_directions[name],
+            activation_diff=actdiff,
+            embedder=embedder,
+        )
+        for name, change in senses.items()
+    }
+    lat_counts = attributed["category"].value_counts()
+    top = copy.deepcopy({k: v for k, v in directions["degraded"].items() if k in DIRECTION_KEYS})
+    record = {
+        **{k: top[k] for k in ("direction", "latent_direction", "thresholds")},
+        "universe": universe,
+        **{k: top[k] for k in ("T", "P", "category_scores", "metrics", "curve")},
+        "mapping": _records(
+            mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])
+        ),
+        "shared_names": shared_names(mneme_cats, universe),
+        "directions": directions,
+    }
+    gain = tables["improved"][["category", *DIRECTION_COLUMNS["degraded"].values()]].rename(
+        columns=dict(zip(DIRECTION_COLUMNS["degraded"].values(), DIRECTION_COLUMNS["improved"].values()))
+    )
+    return tables["degraded"].merge(gain, on="category", how="left", validate="one_to_one"), record
+
+
+def opposite(direction: Direction) -> Direction:
+    """The other sense of change: the improved direction of a ``drop`` study is a ``rise``."""
+    if direction not in ("drop", "rise"):
+        raise ValueError(f"direction must be 'drop' or 'rise', got {direction!r}")
+    return "rise" if direction == "drop" else "drop"
+
+
+def _direction_record(
+    table: pd.DataFrame,
+    latents: pd.DataFrame,
+    mapping: Mapping[str, str],
+    universe: list[str],
+    cfg: EvaluationConfig,
+    *,
+    change: Direction,
+    latent_direction: LatentDirection,
+    activation_diff: dict[str, Any],
+    embedder: Any,
+) -> dict[str, Any]:
+    """One direction: T from ``table`` (:func:`degraded_table` in that direction's sense of
+    change), P from the latents attributed in ``latent_direction``, metrics, baselines, curve."""
+    T = degraded_set(table)
+    scores = category_scores(latents, mapping, universe, latent_direction=latent_direction, score=cfg.predict_score)
     thr = (
         cfg.predict_threshold
         if cfg.predict_threshold > 0
@@ -522,11 +628,13 @@ def evaluate(
         methods["naive"] = {**metrics(T, naive, universe), "set": naive, "description": cfg.intervention_description}
     else:
         methods["naive"] = {"skipped": "evaluation.intervention_description is empty"}
-    methods["activation_diff"] = _activation_diff_baseline(context_diffs, T, universe, cfg, embedder)
-    lat_counts = attributed["category"].value_counts()
-    record = {
-        "direction": cfg.direction,
-        "latent_direction": cfg.latent_direction,
+    if "set" in activation_diff:
+        methods["activation_diff"] = {**metrics(T, activation_diff["set"], universe), **activation_diff}
+    else:
+        methods["activation_diff"] = dict(activation_diff)
+    return {
+        "direction": change,
+        "latent_direction": latent_direction,
         "thresholds": {
             "degrade_threshold": cfg.degrade_threshold,
             "significance": cfg.significance,
@@ -542,24 +650,20 @@ def evaluate(
                 else "mean share (1 / n_categories)"
             ),
         },
-        "universe": universe,
         "T": sorted(T),
         "P": sorted(P),
         "category_scores": scores.assign(predicted=scores["category"].isin(P)).to_dict(orient="records"),
         "metrics": methods,
         "curve": _records(threshold_curve(scores, T, universe, cfg.predict_min_latents)),
-        "mapping": _records(
-            mapping_df.assign(n_latents=[int(lat_counts.get(c, 0)) for c in mapping_df["mneme_category"]])
-        ),
-        "shared_names": shared_names(mneme_cats, universe),
+        "activation_diff_note": ACTIVATION_DIFF_NOTE,
     }
-    return table, record
 
 
-def _activation_diff_baseline(
-    diffs: pd.DataFrame | None, T: set[str], universe: list[str], cfg: EvaluationConfig, embedder: Any
+def _activation_diff_prediction(
+    diffs: pd.DataFrame | None, universe: list[str], cfg: EvaluationConfig, embedder: Any
 ) -> dict[str, Any]:
-    """The dictionary-free baseline's metrics and per-category table (or why it is absent)."""
+    """The dictionary-free baseline's predicted set and per-category table (or why it is
+    absent). It has no direction: each direction scores this one prediction against its T."""
     from mneme_core.analysis.actdiff import predict_from_diffs
 
     if diffs is None or diffs.empty:
@@ -574,7 +678,6 @@ def _activation_diff_baseline(
         min_contexts=cfg.predict_min_latents,
     )
     return {
-        **metrics(T, P, universe),
         "set": sorted(P),
         "n_contexts": int(len(diffs)),
         "rule": "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories",
@@ -590,15 +693,54 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def per_category_table(run: Run | str | Path) -> pd.DataFrame:
-    """One row per benchmark category for the dashboard: scores, change, CI, p-value,
-    degraded, and MNEME's aggregate (n_latents, total_shift, score, predicted, latents)."""
+class DirectionUnavailable(EvaluationError):
+    """The run's ``evaluation.json`` predates the second direction; the message says what to re-run."""
+
+
+def rerun_message(direction: str, run_path: str | Path | None = None) -> str:
+    """What to say when a record has no ``directions`` (an evaluation made before MNEME evaluated both)."""
+    run = str(run_path) if run_path is not None else "RUN"
+    bench = f"{run}/benchmark.parquet" if run_path is not None else "FILE"
+    return (
+        f"This run's evaluation was made before MNEME evaluated the {direction} direction, so it holds only the "
+        f"degraded one. Re-run `mneme evaluate {run} --benchmark {bench}` to add it."
+    )
+
+
+def direction_record(
+    record: Mapping[str, Any], direction: str = "degraded", run_path: str | Path | None = None
+) -> dict[str, Any]:
+    """One direction's sub-record of an evaluation record.
+
+    An older record (no ``directions``) still gives "degraded": its top-level keys are that
+    direction. "improved" then raises :class:`DirectionUnavailable` with :func:`rerun_message`.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+    sub = (record.get("directions") or {}).get(direction)
+    if sub is not None:
+        return sub
+    if direction == "degraded":
+        return {k: record[k] for k in DIRECTION_KEYS if k in record}
+    raise DirectionUnavailable(rerun_message(direction, run_path))
+
+
+def per_category_table(run: Run | str | Path, direction: str = "degraded") -> pd.DataFrame:
+    """One row per benchmark category for the dashboard: scores, the direction's change, CI,
+    p-value and membership of its T (``drop ... degraded`` or ``gain ... improved``, see
+    DIRECTION_COLUMNS), and MNEME's aggregate for that direction (n_latents, total_shift,
+    score, predicted, latents); largest change first."""
     run = run if isinstance(run, Run) else Run(run)
     bench, record = run.benchmark, run.evaluation
     if bench is None or record is None:
         raise EvaluationError(f"{run.path} has no evaluation yet; run `mneme evaluate {run.path} --benchmark FILE`")
-    scores = pd.DataFrame.from_records(record["category_scores"])
-    return bench.merge(scores, on="category", how="left").sort_values("drop", ascending=False).reset_index(drop=True)
+    sub = direction_record(record, direction, run.path)
+    cols = DIRECTION_COLUMNS[direction]
+    if cols["member"] not in bench.columns:
+        raise DirectionUnavailable(rerun_message(direction, run.path))
+    scores = pd.DataFrame.from_records(sub["category_scores"])
+    table = bench.merge(scores, on="category", how="left")
+    return table.sort_values(cols["change"], ascending=False).reset_index(drop=True)
 
 
 def _runner_benchmark(cfg: StudyConfig, run_path: Path, questions: str, progress: bool) -> pd.DataFrame:
@@ -646,11 +788,14 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     write_parquet(run_path / "benchmark.parquet", table)
     atomic_write_json(run_path / "evaluation.json", record)
     add_provenance(run_path, [{"kind": "benchmark", "source": source}])
-    m = record["metrics"]
+    m, improved = record["metrics"], record["directions"]["improved"]
     return {
         "n_categories": len(record["universe"]),
         "n_degraded": len(record["T"]),
         "n_predicted": len(record["P"]),
+        "n_improved": len(improved["T"]),
+        "n_predicted_improved": len(improved["P"]),
+        "accuracy_improved": improved["metrics"]["mneme"]["accuracy"],
         **{k: m["mneme"][k] for k in ("accuracy", "precision", "recall", "f1", "balanced_accuracy")},
         "random_accuracy_mean": m["random"]["accuracy"]["mean"],
         "naive_accuracy": m["naive"].get("accuracy"),

@@ -269,32 +269,34 @@ def category_bars(summary: pd.DataFrame, top: int = 25) -> go.Figure:
     return fig
 
 
-def benchmark_bars(table: pd.DataFrame) -> go.Figure:
-    """Per category: benchmark drop, marked by whether it is truly degraded and predicted.
+def benchmark_bars(
+    table: pd.DataFrame, change: str = "drop", member: str = "degraded", axis: str = "score before − after"
+) -> go.Figure:
+    """Per category: the benchmark change, marked by whether the category is in T and predicted.
 
-    ``table`` needs category, drop and optionally degraded / predicted (bool) columns.
+    ``table`` needs category and ``change`` (``drop`` for the degraded direction, ``gain`` for
+    the improved one) and optionally ``member`` (membership of T: ``degraded`` / ``improved``)
+    and ``predicted`` (bool) columns.
     """
-    t = table.sort_values("drop", ascending=False)
-    degraded = t["degraded"].astype(bool) if "degraded" in t.columns else pd.Series(False, index=t.index)
+    t = table.sort_values(change, ascending=False)
+    in_T = t[member].astype(bool) if member in t.columns else pd.Series(False, index=t.index)
     predicted = t["predicted"].astype(bool) if "predicted" in t.columns else pd.Series(False, index=t.index)
-    colour = np.where(
-        degraded & predicted, "#2ca02c", np.where(degraded, "#d62728", np.where(predicted, "#ff7f0e", "#b0b0b0"))
-    )
+    colour = np.where(in_T & predicted, "#2ca02c", np.where(in_T, "#d62728", np.where(predicted, "#ff7f0e", "#b0b0b0")))
     status = np.where(
-        degraded & predicted,
-        "degraded, predicted",
-        np.where(degraded, "degraded, missed", np.where(predicted, "predicted, not degraded", "neither")),
+        in_T & predicted,
+        f"{member}, predicted",
+        np.where(in_T, f"{member}, missed", np.where(predicted, f"predicted, not {member}", "neither")),
     )
     fig = go.Figure(
         go.Bar(
             x=t["category"],
-            y=t["drop"],
+            y=t[change],
             marker_color=colour,
             customdata=status,
-            hovertemplate="%{x}<br>drop %{y:.3f}<br>%{customdata}<extra></extra>",
+            hovertemplate=f"%{{x}}<br>{change} %{{y:.3f}}<br>%{{customdata}}<extra></extra>",
         )
     )
-    fig.update_layout(title="Benchmark drop per category", yaxis_title="score before − after", **LAYOUT)
+    fig.update_layout(title=f"Benchmark {change} per category", yaxis_title=axis, **LAYOUT)
     return fig
 
 

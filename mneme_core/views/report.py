@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mneme_core.evaluation import confirmation_view
+from mneme_core.evaluation import confirmation_view, sideeffects
+from mneme_core.evaluation.evaluate import direction_record
 from mneme_core.run.reader import Run
 from mneme_core.run.store import STAGES
 from mneme_core.views import explore, plots
@@ -93,6 +94,7 @@ def build_report(
     if side_effects is not None and len(side_effects):
         parts += ["<h3>Per category</h3>", _table(side_effects)]
         figures.append(plots.benchmark_bars(side_effects))
+    parts += _improved_section(run)
     parts += _confirmation_section(run, figures)
     parts.append("<h2>Audited latents</h2>")
     if marks.empty:
@@ -112,6 +114,25 @@ def build_report(
     parts += [_figure(fig, i == 0) for i, fig in enumerate(figures)]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _improved_section(run: Run) -> list[str]:
+    """The other direction (categories that improved, predicted from amplified latents) at the
+    run's threshold, when the evaluation holds it."""
+    record = run.evaluation
+    if not record or sideeffects.unavailable(record, "improved"):
+        return []
+    sub = direction_record(record, "improved")
+    t = sub.get("thresholds", {})
+    listed = lambda cats: html.escape(", ".join(cats)) if cats else "none"  # noqa: E731
+    return [
+        f"<h2>{html.escape(sideeffects.direction_label(record, 'improved'))}</h2>",
+        f"<p>Truly improved T (gain &gt; {html.escape(str(t.get('degrade_threshold', '?')))}, "
+        f"p &lt; {html.escape(str(t.get('significance', '?')))}): {listed(sub.get('T', []))}. "
+        f"Predicted P ({html.escape(str(sub.get('latent_direction', '')))} latents, threshold "
+        f"{html.escape(explore.fmt(t.get('predict_threshold'), 4))}): {listed(sub.get('P', []))}.</p>",
+        _table(pd.DataFrame(sideeffects.recorded_metrics(record, "improved")).T.reset_index(names="method")),
+    ]
 
 
 def _confirmation_section(run: Run, figures: list[go.Figure]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Side effects: predicted vs measured per category, metrics vs baselines, live threshold."""
+"""Side effects: predicted vs measured per category, metrics vs baselines, live threshold;
+either direction (degraded from suppressed latents, improved from amplified ones)."""
 
 import pandas as pd
 import streamlit as st
@@ -19,36 +20,58 @@ except ev.EvaluationError as exc:
     _ui.error_page(str(exc))
 
 st.title("Side effects")
-thr0 = float(record.get("thresholds", {}).get("predict_threshold", 0.0))
+directions = list(sideeffects.DIRECTIONS)
+_ui.url_choice("f_direction", "direction", directions, default="degraded")
+direction = st.radio(
+    "Direction",
+    directions,
+    format_func=lambda d: sideeffects.direction_label(record, d),
+    horizontal=True,
+    key="f_direction",
+    help="Degraded: categories whose score changed in the bad sense, predicted from the latents the study reads "
+    "for damage. Improved: the good sense, predicted from the latents a fine-tune learned more of.",
+)
+_ui.to_url("direction", direction)
+note = sideeffects.unavailable(record, direction, run.path)
+if note:
+    st.info(note, icon=":material/update:")
+    st.stop()
+if direction != "degraded":
+    try:
+        per_cat = _ui.per_category(path, mtime, direction)
+    except ev.EvaluationError as exc:
+        st.info(str(exc), icon=":material/update:")
+        st.stop()
+cols_of = sideeffects.columns(direction)
+change, member = cols_of["change"], cols_of["member"]
+sub = ev.direction_record(record, direction)
+thr0 = sideeffects.run_threshold(record, direction)
 top = float(per_cat["score"].max()) if "score" in per_cat.columns and len(per_cat) else 1.0
 c1, c2 = st.columns([3, 2])
 hi = max(top, thr0) * 1.05 or 1.0
-_ui.fit_value("f_threshold", 0.0, hi, thr0)
-enrichment = record.get("thresholds", {}).get("predict_score", "enrichment") == "enrichment"
+threshold_key = "f_threshold" if direction == "degraded" else f"f_threshold_{direction}"
+_ui.fit_value(threshold_key, 0.0, hi, thr0)
+enrichment = sub.get("thresholds", {}).get("predict_score", "enrichment") == "enrichment"
 label = (
     "Prediction threshold (−log10 p of the category's enrichment in attributed latents)"
     if enrichment
     else "Prediction threshold (share of attributed latents a category needs)"
 )
-threshold = c1.slider(label, 0.0, hi, step=max(top, thr0) / 200 or 0.005, format="%.4f", key="f_threshold")
-c2.caption(
-    f"The run's threshold: {thr0:.4f} ({record.get('thresholds', {}).get('predict_threshold_rule', '')}). "
-    f"Degraded: drop > {record.get('thresholds', {}).get('degrade_threshold', '?')} with "
-    f"p < {record.get('thresholds', {}).get('significance', '?')} "
-    f"({record.get('thresholds', {}).get('significance_test', '?')})."
-)
-table, methods = sideeffects.live_prediction(per_cat, record, threshold)
+threshold = c1.slider(label, 0.0, hi, step=max(top, thr0) / 200 or 0.005, format="%.4f", key=threshold_key)
+c2.caption(sideeffects.threshold_caption(record, direction))
+table, methods = sideeffects.live_prediction(per_cat, record, threshold, direction)
 try:
     confirmation, confirmation_problem = cv.load(run.path), None
 except cv.ConfirmationFileError as exc:
     confirmation, confirmation_problem = None, str(exc)
-table = table.assign(confirmation=cv.statuses(table["category"], confirmation, record))
+if direction == "degraded":  # mneme confirm tests the degraded direction's predictions
+    table = table.assign(confirmation=cv.statuses(table["category"], confirmation, record))
 if run.manifest.get("null_control"):
     st.info(
         "This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
         "method's own noise; the right answer is nothing."
     )
-baseline = record.get("metrics", {}).get("activation_diff", {})
+baseline = sub.get("metrics", {}).get("activation_diff", {})
 
 cols = st.columns(4)
 mneme = methods["MNEME"]
@@ -62,8 +85,12 @@ for c, key in zip(cols, sideeffects.SHOWN_METRICS):
     )
 
 left, right = st.columns([3, 2])
-left.plotly_chart(plots.benchmark_bars(table), key="bench_bars")
-left.caption("Green: degraded and predicted · red: degraded, missed · orange: predicted, not degraded · grey: neither.")
+left.plotly_chart(
+    plots.benchmark_bars(table, change, member, sideeffects.change_axis(record, direction)), key="bench_bars"
+)
+left.caption(
+    f"Green: {member} and predicted · red: {member}, missed · orange: predicted, not {member} · grey: neither."
+)
 with right:
     st.markdown("**MNEME vs baselines**")
     st.dataframe(
@@ -75,35 +102,17 @@ with right:
     if "set" in baseline:
         st.caption(
             f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
-            f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts."
+            f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts. "
+            "It has no direction: the same prediction in both, scored against each direction's own T."
         )
     elif baseline:
         st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
-    curve = record.get("curve")
+    curve = sub.get("curve")
     if curve:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
-shown = [
-    c
-    for c in (
-        "category",
-        "score_before",
-        "score_after",
-        "drop",
-        "p_value",
-        "degraded",
-        "predicted",
-        "confirmation",
-        "score",
-        "n_latents",
-        "expected",
-        "enrichment_p",
-        "mneme_categories",
-        "latents",
-    )
-    if c in table.columns
-]
+shown = [c for c in sideeffects.table_columns(direction) if c in table.columns]
 st.dataframe(
     table[shown],
     hide_index=True,
@@ -111,8 +120,10 @@ st.dataframe(
     column_config={
         "score_before": st.column_config.NumberColumn("before", format="%.3f"),
         "score_after": st.column_config.NumberColumn("after", format="%.3f"),
-        "drop": st.column_config.NumberColumn("drop", format="%.3f"),
+        "drop": st.column_config.NumberColumn("drop", format="%.3f", help=sideeffects.change_axis(record)),
         "p_value": st.column_config.NumberColumn("p", format="%.2g"),
+        "gain": st.column_config.NumberColumn("gain", format="%.3f", help="the score's change in the good sense"),
+        "gain_p_value": st.column_config.NumberColumn("p", format="%.2g"),
         "score": st.column_config.NumberColumn(
             "MNEME score",
             format="%.4f",
@@ -148,6 +159,8 @@ else:
     st.caption(f"No attributed latents map to {focus}.")
 
 st.subheader("Causal confirmation")
+if direction != "degraded":
+    st.caption("`mneme confirm` tests the degraded direction's predictions; switch to it to read them against P.")
 if confirmation_problem:
     st.warning(confirmation_problem, icon=":material/error:")
 elif confirmation is None:
