@@ -54,21 +54,23 @@ def main(demo: Path) -> None:
             print(f"| {cat} | {first.loc[cat, 'score_before']:.2f} | " + " | ".join(after) + f" | {', '.join(where)} |")
         print(f"| {len(first) - len(changed)} other subjects | |" + " |" * len(names) + " none |")
         print()
-    print("| run | method | accuracy | precision | F1 | balanced acc. | set |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | direction | method | accuracy | precision | F1 | balanced acc. | set |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, ev in records.items():
-        m = ev.get("metrics", {})
-        print(f"| {name} | T | | | | | {', '.join(ev.get('T', [])) or '∅'} |")
-        for method in ("mneme", "activation_diff", "naive", "random", "oracle"):
-            r = m.get(method, {})
-            if "skipped" in r or not r:
-                continue
-            get = (lambda k: (r.get(k) or {}).get("mean")) if method == "random" else r.get
-            shown = ", ".join(r.get("set", [])) if method != "random" else "Bernoulli(0.5)"
-            print(
-                f"| {name} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} | {_fmt(get('f1'))} "
-                f"| {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |"
-            )
+        # the degraded direction is the record's top level; newer records hold both under "directions"
+        for direction, sub in (ev.get("directions") or {"degraded": ev}).items():
+            m = sub.get("metrics", {})
+            print(f"| {name} | {direction} | T | | | | | {', '.join(sub.get('T', [])) or '∅'} |")
+            for method in ("mneme", "activation_diff", "naive", "random", "oracle"):
+                r = m.get(method, {})
+                if "skipped" in r or not r:
+                    continue
+                get = (lambda k, r=r: (r.get(k) or {}).get("mean")) if method == "random" else r.get
+                shown = ", ".join(r.get("set", [])) if method != "random" else "Bernoulli(0.5)"
+                print(
+                    f"| {name} | {direction} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} "
+                    f"| {_fmt(get('f1'))} | {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |"
+                )
 
 
 if __name__ == "__main__":

@@ -165,3 +165,38 @@ def test_null_control_run_predicts_nothing(demo_dir):
     assert (lat["attribution"] != "unchanged").mean() <= 0.01
     ev = run.evaluation
     assert ev["T"] == [] and ev["P"] == [] and ev["metrics"]["activation_diff"]["set"] == []
+
+
+def test_finetune_run_records_its_adapter_and_evaluates_both_directions(demo_dir):
+    """The LoRA study: its manifest names the committed adapter (safetensors only, loadable as
+    models.ft.source: adapter), and its evaluation holds both directions with every baseline."""
+    from mneme_core.collect.models import check_adapter
+    from mneme_core.demo.study import FINETUNES
+
+    for name, spec in FINETUNES.items():
+        if not (demo_dir / name / "run.json").is_file():
+            pytest.skip(f"no committed fine-tune run {name} (build it with `mneme demo --rebuild --runs {name}`)")
+        run = open_run(demo_dir / name)
+        assert run.missing_stages() == []
+        ft = resolve_run_relative(run.manifest["config"], demo_dir / name)["models"]["ft"]
+        assert ft["source"] == "adapter"
+        assert Path(ft["path"]).resolve() == (demo_dir / "adapters" / name).resolve()
+        adapter = check_adapter(ft["path"])
+        assert adapter["r"] == spec.lora.r and sorted(adapter["target_modules"]) == sorted(spec.lora.target_modules)
+        assert {p.name for p in (demo_dir / "adapters" / name).iterdir()} == {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
+        ft_record = [p for p in run.manifest["provenance"] if p.get("role") == "ft"]
+        assert ft_record and ft_record[0]["adapter"]["r"] == spec.lora.r  # the manifest records the adapter
+        info = json.loads((demo_dir / "adapters" / f"{name}.json").read_text())
+        loss = info["held_out_loss"]
+        assert loss["subject (held out)"]["change"] < loss["neutral"]["change"] < 0  # it learnt its domain most
+        ev = run.evaluation
+        assert set(ev["directions"]) == {"degraded", "improved"}
+        for direction in ev["directions"].values():
+            assert {"mneme", "random", "naive", "oracle", "activation_diff"} <= set(direction["metrics"])
+            for method in ("random", "naive", "oracle", "activation_diff"):
+                assert "skipped" not in direction["metrics"][method], (method, direction["metrics"][method])
+            mneme = direction["metrics"]["mneme"]
+            assert mneme | metrics(direction["T"], direction["P"], ev["universe"]) == mneme

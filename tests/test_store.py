@@ -40,6 +40,21 @@ def test_rerun_with_other_config_is_refused(tmp_path):
         init_run(tmp_path, {**CFG, "corpus": {"files": ["b.txt"]}})
 
 
+def test_a_run_made_before_a_new_config_field_is_still_the_same_study(tmp_path):
+    """A run written by an older MNEME lacks fields added since; at their defaults it resumes."""
+    from mneme_core.common.config import StudyConfig, build
+
+    full = build(StudyConfig, CFG).to_dict()
+    older = json.loads(json.dumps(full))
+    del older["evaluation"]["improved_latent_direction"]  # a field this version added
+    init_run(tmp_path, older)
+    init_run(tmp_path, full)  # the same study: resumes
+    changed = json.loads(json.dumps(full))
+    changed["evaluation"]["improved_latent_direction"] = "both"
+    with pytest.raises(RunError, match="different config.*evaluation"):
+        init_run(tmp_path, changed)
+
+
 def _count_up(run_path: str, times: int) -> None:
     def bump(m: dict) -> None:
         m["count"] = m.get("count", 0) + 1

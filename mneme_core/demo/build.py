@@ -650,7 +650,8 @@ def rebuild(
     }
     if some_runs and (out / "build.json").is_file():  # runs built apart keep the others' record
         earlier = json.loads((out / "build.json").read_text())
-        summary["seconds"] = {**earlier.get("seconds", {}), **timings}
+        own = {k: v for k, v in timings.items() if k.partition(":")[2] in studies}  # shared steps keep their record
+        summary["seconds"] = {**earlier.get("seconds", {}), **own}
         summary["seconds_total"] = round(sum(summary["seconds"].values()), 1)
         summary["runs"] = list(dict.fromkeys([*earlier.get("runs", []), *studies]))
         summary["note"] = (

@@ -33,7 +33,7 @@ import pandas as pd
 from filelock import FileLock
 
 from mneme_core.common.atomic import atomic_write_json, write_parquet
-from mneme_core.common.config import MANIFEST, resolve_run_relative
+from mneme_core.common.config import MANIFEST, ConfigError, StudyConfig, build, resolve_run_relative
 from mneme_core.common.errors import RunError
 
 SCHEMA_VERSION = 1
@@ -86,6 +86,15 @@ def update_manifest(run_path: str | Path, fn: Callable[[dict[str, Any]], None]) 
     return manifest
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every field a newer MNEME added filled in at its default, so a run made
+    before the field existed is still the same study; as it is if it no longer validates."""
+    try:
+        return build(StudyConfig, config).to_dict()
+    except ConfigError:
+        return config
+
+
 def init_run(
     run_path: str | Path, config: dict[str, Any], provenance: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -101,7 +110,7 @@ def init_run(
             manifest = read_manifest(run_path)
             # the same files, whether named from the run folder or the working folder
             old, new = (resolve_run_relative(c, run_path) for c in (manifest.get("config", {}), config))
-            old, new = ({k: v for k, v in c.items() if k != "run_dir"} for c in (old, new))
+            old, new = (_with_defaults({k: v for k, v in c.items() if k != "run_dir"}) for c in (old, new))
             if old != new:
                 raise RunError(
                     f"{run_path} already holds a run with a different config (sections differ: "
