@@ -91,3 +91,10 @@ def test_categories_stage_labels_maps_and_indexes(tmp_path):
     table = categories.import_lancedb().connect(str(run_path / "lancedb")).open_table("descriptions").to_pandas()
     assert sorted(table["latent"]) == sorted(described.index)
     assert set(table.columns) >= {"latent", "description", "category", "vector"}
+    # a re-run replaces the index instead of keeping every earlier version beside it
+    data = run_path / "lancedb" / "descriptions.lance" / "data"
+    categories.run_stage(cfg, run_path, progress=False)
+    categories.run_stage(cfg, run_path, progress=False)
+    assert len(list(data.iterdir())) == 1
+    again = categories.import_lancedb().connect(str(run_path / "lancedb")).open_table("descriptions").to_pandas()
+    assert sorted(again["latent"]) == sorted(table["latent"])

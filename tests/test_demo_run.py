@@ -44,7 +44,8 @@ LATENT_COLUMNS = (
     "umap_x",
     "umap_y",
 )
-MAX_DATA_BYTES = 100 * 1024 * 1024
+# four runs (two RMU, the null control, the LoRA fine-tune) of ~25 MB each, plus deltas and adapter
+MAX_DATA_BYTES = 110 * 1024 * 1024
 
 
 def check_run(run_dir: Path, name: str, demo_dir: Path, min_subjects: int = 20, min_questions: int = 100) -> None:
@@ -151,7 +152,7 @@ def test_stronger_rmu_forgets_more(demo_dir):
 def test_committed_data_fits_the_budget(demo_dir):
     data = demo_dir.parent
     total = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
-    assert total <= MAX_DATA_BYTES, f"data/ holds {total / 2**20:.1f} MB (budget 100 MB)"
+    assert total <= MAX_DATA_BYTES, f"data/ holds {total / 2**20:.1f} MB (budget 110 MB)"
 
 
 def test_null_control_run_predicts_nothing(demo_dir):

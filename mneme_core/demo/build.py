@@ -399,8 +399,7 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         (out / sub).mkdir(exist_ok=True)
     for name in names:
         if name in FINETUNES:
-            shutil.rmtree(out / "adapters" / name, ignore_errors=True)
-            shutil.copytree(work / "adapters" / name, out / "adapters" / name)
+            _publish_adapter(work / "adapters" / name, out / "adapters" / name)
             shutil.copy2(work / "adapters" / f"{name}.json", out / "adapters" / f"{name}.json")
         elif name != NULL_RUN:
             shutil.copy2(work / "deltas" / f"{name}.safetensors", out / "deltas" / f"{name}.safetensors")
@@ -415,6 +414,19 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         tmp.rename(out / name)
     for file in BENCHMARK_FILES:
         shutil.copy2(work / "text" / file, out / "benchmark" / file)
+
+
+def _publish_adapter(src: Path, dest: Path) -> None:
+    """The two files MNEME loads, the base named portably (PEFT records the building machine's
+    path, and adds a boilerplate model card that is left out)."""
+    from mneme_core.collect.models import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    shutil.copy2(src / ADAPTER_WEIGHTS, dest / ADAPTER_WEIGHTS)
+    config = json.loads((src / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = BASE_MODEL
+    atomic_write_bytes(dest / ADAPTER_CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _half_precision_weights(path: Path) -> None:

@@ -1,7 +1,7 @@
 """The demo study's settings: sizes for a 2-core CPU, the two RMU runs, the MNEME config.
 
 Why these sizes (the rebuild must fit well inside an hour on 2 CPU cores, everything
-under ``data/`` ≤ 100 MB):
+under ``data/`` ≤ 110 MB for the four runs):
 
 - **Layer 15** of 30 (the middle). RMU acts at layer 7 (early-middle, the paper's 7 of 32
   scaled to 30 layers), so MNEME looks downstream of the edit, as in the paper.

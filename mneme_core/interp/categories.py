@@ -30,7 +30,7 @@ import pandas as pd
 
 from mneme_core.common.config import StudyConfig
 from mneme_core.common.embeddings import Embedder, get_embedder
-from mneme_core.common.lance import LANCE_TABLE, import_lancedb
+from mneme_core.common.lance import LANCE_TABLE, drop_old_versions, import_lancedb
 from mneme_core.run.reader import open_run
 from mneme_core.run.store import merge_latent_columns
 
@@ -244,7 +244,8 @@ def umap_coords(vecs: np.ndarray, n_neighbors: int = 15, seed: int = 0, progress
 
 
 def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
-    """Replace the ``descriptions`` table (overwrite is atomic in LanceDB: a new version)."""
+    """Replace the ``descriptions`` table (overwrite is atomic in LanceDB: a new version; the
+    old ones are then dropped, so a re-run does not grow the run folder)."""
     import pyarrow as pa
 
     lancedb = import_lancedb()
@@ -258,7 +259,7 @@ def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1).astype(np.float32)), dim),
         }
     )
-    db.create_table(LANCE_TABLE, table, mode="overwrite")
+    drop_old_versions(db.create_table(LANCE_TABLE, table, mode="overwrite"))
 
 
 def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, progress: bool) -> int | None:
