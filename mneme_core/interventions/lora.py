@@ -64,13 +64,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mneme_core.collect.models import ADAPTER_WEIGHTS, check_adapter, decoder_layers
-from mneme_core.common.atomic import atomic_path
+from mneme_core.interventions.checkpoint import load_training_state, save_training_state
 
+CHECKPOINT_FORMAT = "mneme-lora-checkpoint-1"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -252,49 +251,6 @@ def _lr_at(step: int, cfg: LoRAConfig) -> float:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> None:
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
-    for n, p in params.items():
-        state = opt.state.get(p, {})
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in state:
-                tensors[f"opt/{k}/{n}"] = state[k].detach().cpu().contiguous()
-        if "step" in state:
-            tensors[f"opt/step/{n}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
-    tensors["rng/cpu"] = torch.get_rng_state()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(step), "format": "mneme-lora-checkpoint-1"})
-
-
-def _load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> int:
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("format") != "mneme-lora-checkpoint-1":
-        raise LoRAError(f"{path} is not a LoRA checkpoint of this MNEME; delete it to start over")
-    tensors = load_file(str(path))
-    missing = [n for n in params if f"param/{n}" not in tensors]
-    if missing:
-        raise LoRAError(f"checkpoint {path} was written for another adapter (no {missing[0]}); delete it to start over")
-    with torch.no_grad():
-        for n, p in params.items():
-            saved = tensors[f"param/{n}"]
-            if saved.shape != p.shape:
-                raise LoRAError(
-                    f"checkpoint {path}: {n} has shape {tuple(saved.shape)}, the adapter "
-                    f"{tuple(p.shape)} (another r?); delete it to start over"
-                )
-            p.copy_(saved)
-            if f"opt/exp_avg/{n}" in tensors:
-                opt.state[p] = {
-                    "exp_avg": tensors[f"opt/exp_avg/{n}"].to(p.device),
-                    "exp_avg_sq": tensors[f"opt/exp_avg_sq/{n}"].to(p.device),
-                    "step": tensors[f"opt/step/{n}"].reshape(()).to(torch.float32),
-                }
-    if "rng/cpu" in tensors:
-        torch.set_rng_state(tensors["rng/cpu"])
-    return int(meta.get("step", 0))
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -343,7 +299,7 @@ def _train(
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
-        start = _load_checkpoint(ckpt, params, opt)
+        start = load_training_state(ckpt, params, opt, CHECKPOINT_FORMAT)
     peft_model.train()
     history: list[dict[str, float]] = []
     n_target_tokens = 0
@@ -372,7 +328,7 @@ def _train(
         history.append({"step": step, "loss": float(loss.detach()), "lr": lr})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", lr=f"{lr:.2g}")
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(ckpt, step + 1, params, opt)
+            save_training_state(ckpt, step + 1, params, opt, CHECKPOINT_FORMAT)
     bar.close()
     peft_model.eval()
     for p in peft_model.parameters():

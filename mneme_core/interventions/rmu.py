@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mneme_core.collect.models import (
@@ -49,7 +48,9 @@ from mneme_core.collect.models import (
     save_delta,
     truncated_forward,
 )
-from mneme_core.common.atomic import atomic_path
+from mneme_core.interventions.checkpoint import load_training_state, save_training_state
+
+CHECKPOINT_FORMAT = "mneme-rmu-checkpoint-1"
 
 
 class RMUError(ValueError):
@@ -157,37 +158,6 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], layer: int)
     return truncated_forward(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), layer)
 
 
-def _save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> None:
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
-    for n, p in params.items():
-        state = opt.state.get(p, {})
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in state:
-                tensors[f"opt/{k}/{n}"] = state[k].detach().cpu().contiguous()
-        if "step" in state:
-            tensors[f"opt/step/{n}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(step)})
-
-
-def _load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        step = int((fh.metadata() or {}).get("step", 0))
-    tensors = load_file(str(path))
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"param/{n}"])
-            if f"opt/exp_avg/{n}" in tensors:
-                opt.state[p] = {
-                    "exp_avg": tensors[f"opt/exp_avg/{n}"].to(p.device),
-                    "exp_avg_sq": tensors[f"opt/exp_avg_sq/{n}"].to(p.device),
-                    "step": tensors[f"opt/step/{n}"].reshape(()).to(torch.float32),
-                }
-    return step
-
-
 @torch.no_grad()
 def activation_report(
     frozen: torch.nn.Module,
@@ -277,7 +247,7 @@ def rmu_unlearn(
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
-        start = _load_checkpoint(ckpt, params, opt)
+        start = load_training_state(ckpt, params, opt, CHECKPOINT_FORMAT, accept_untagged=True)
     history: list[dict[str, float]] = []
     bar = tqdm(
         range(start, cfg.steps),
@@ -305,7 +275,7 @@ def rmu_unlearn(
         )
         bar.set_postfix(forget=f"{history[-1]['forget_loss']:.3g}", retain=f"{history[-1]['retain_loss']:.3g}")
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(ckpt, step + 1, params, opt)
+            save_training_state(ckpt, step + 1, params, opt, CHECKPOINT_FORMAT)
     bar.close()
     updated.eval()
     for p in updated.parameters():
