@@ -149,3 +149,13 @@ def test_rebuild_refuses_a_work_folder_with_other_settings(tmp_path):
     _check_work_dir(tmp_path, REDUCED)  # same settings: resume
     with pytest.raises(DemoBuildError, match="sizes differ"):
         _check_work_dir(tmp_path, FULL)
+
+
+def test_rebuild_plan_of_runs():
+    from mneme_core.demo import rebuild_plan
+
+    assert rebuild_plan(None) == (None, True)  # every run and the null control
+    assert rebuild_plan(("lora-people",)) == (["lora-people"], False)
+    assert rebuild_plan(("rmu-strong", "null-control")) == (["rmu-strong"], True)
+    # the null control needs the first RMU run's base activations: it never builds alone
+    assert rebuild_plan(("null-control",)) == (["rmu"], True)

@@ -26,13 +26,22 @@ from mneme_core.demo.study import FINETUNES, INTERVENTIONS, NULL_RUN
 __all__ = ["main", "build", "default_demo_dir"]
 
 
+def rebuild_plan(runs: Sequence[str] | None) -> tuple[list[str] | None, bool]:
+    """``--runs`` as ``rebuild``'s (names, null_control): None = every run. The null control
+    reuses the first RMU run's base activations, so asking for it alone builds that run too."""
+    if not runs:
+        return None, True
+    names = [n for n in runs if n != NULL_RUN] or [next(iter(INTERVENTIONS))]
+    return names, NULL_RUN in runs
+
+
 def main(rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | None = None) -> int:
     """Entry point of ``mneme demo [--rebuild | --refresh] [--runs NAMES]``: (rebuild or
     refresh, then) open the dashboard. ``runs`` limits a rebuild or refresh to those runs."""
     demo_dir = default_demo_dir()
     if rebuild:
-        names = [n for n in runs or [] if n != NULL_RUN]
-        summary = build.rebuild(names=names or None, null_control=not runs or NULL_RUN in runs)
+        names, null_control = rebuild_plan(runs)
+        summary = build.rebuild(names=names, null_control=null_control)
         print(f"demo rebuilt into {demo_dir} in {summary['seconds_total'] / 60:.1f} min")
     elif refresh:
         seconds = build.refresh(names=list(runs) if runs else None)

@@ -9,10 +9,12 @@ of one intervention is never read as another's.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from mneme_core.common.atomic import atomic_path
 
@@ -73,3 +75,32 @@ def load_training_state(
     if "rng/cpu" in tensors:
         torch.set_rng_state(tensors["rng/cpu"])
     return int(meta.get("step", 0))
+
+
+def resumed_steps(
+    checkpoint: str | Path | None,
+    params: dict[str, torch.nn.Parameter],
+    opt: torch.optim.Optimizer,
+    fmt: str,
+    *,
+    steps: int,
+    desc: str,
+    progress: bool,
+    accept_untagged: bool = False,
+) -> tuple[Path | None, int, Any]:
+    """The checkpoint path, the step a run goes on from (state restored when the file
+    exists) and a progress bar over the remaining steps that counts from there."""
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    start = 0
+    if ckpt is not None and ckpt.is_file():
+        start = load_training_state(ckpt, params, opt, fmt, accept_untagged=accept_untagged)
+    bar = tqdm(
+        range(start, steps),
+        desc=desc,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=start,
+        total=steps,
+    )
+    return ckpt, start, bar

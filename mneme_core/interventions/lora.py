@@ -64,10 +64,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mneme_core.collect.models import ADAPTER_WEIGHTS, check_adapter, decoder_layers
-from mneme_core.interventions.checkpoint import load_training_state, save_training_state
+from mneme_core.interventions.checkpoint import resumed_steps, save_training_state
 
 CHECKPOINT_FORMAT = "mneme-lora-checkpoint-1"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -296,23 +295,13 @@ def _train(
     schedule = _step_order(len(pieces), cfg)
     pad_id = _pad_id(tokenizer)
 
-    start = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file():
-        start = load_training_state(ckpt, params, opt, CHECKPOINT_FORMAT)
+    ckpt, start, bar = resumed_steps(
+        checkpoint, params, opt, CHECKPOINT_FORMAT, steps=cfg.steps, desc="lora", progress=progress
+    )
     peft_model.train()
     history: list[dict[str, float]] = []
     n_target_tokens = 0
     started = time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc="lora",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-        initial=start,
-        total=cfg.steps,
-    )
     for step in bar:
         ids_BT, mask_BT = _pad([pieces[i] for i in schedule[step]], pad_id)
         lr = _lr_at(step, cfg)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mneme_core.collect.models import (
     decoder_layers,
@@ -48,7 +47,7 @@ from mneme_core.collect.models import (
     save_delta,
     truncated_forward,
 )
-from mneme_core.interventions.checkpoint import load_training_state, save_training_state
+from mneme_core.interventions.checkpoint import resumed_steps, save_training_state
 
 CHECKPOINT_FORMAT = "mneme-rmu-checkpoint-1"
 
@@ -244,20 +243,10 @@ def rmu_unlearn(
     c = cfg.steering_coef or cfg.steering_scale * median_norm
     target = (c * u).to(next(frozen.parameters()).dtype)
 
-    start = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file():
-        start = load_training_state(ckpt, params, opt, CHECKPOINT_FORMAT, accept_untagged=True)
-    history: list[dict[str, float]] = []
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc="rmu",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-        initial=start,
-        total=cfg.steps,
+    ckpt, start, bar = resumed_steps(
+        checkpoint, params, opt, CHECKPOINT_FORMAT, steps=cfg.steps, desc="rmu", progress=progress, accept_untagged=True
     )
+    history: list[dict[str, float]] = []
     for step in bar:
         fb, rb = forget_batches[step], retain_batches[step]
         h_forget = _forward(updated, fb, layer)
