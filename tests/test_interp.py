@@ -50,7 +50,7 @@ class ChatServer:
         self.faults = list(faults)
         self.delay = delay
         self.requests: list[dict] = []
-        self.answered: list[str] = []  # user prompts answered with a proper body
+        self.answered: list[str] = []  # user prompts answered with a proper body in time
         self.on_request = None
         self.lock = threading.Lock()
         server = self
@@ -81,8 +81,9 @@ class ChatServer:
                     return self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
                 time.sleep(server.delay)
                 text = server.answer(body["messages"])
-                with server.lock:
-                    server.answered.append(body["messages"][-1]["content"])
+                if fault != "timeout":  # a late answer reaches no client: it is not an answer
+                    with server.lock:
+                        server.answered.append(body["messages"][-1]["content"])
                 reply = {
                     "id": "c",
                     "object": "chat.completion",
