@@ -22,8 +22,11 @@ def _fmt(x) -> str:
 
 def main(demo: Path) -> None:
     runs = sorted(p.parent for p in demo.glob("*/run.json"))
-    print("| run | FVE base / ft | dead | L0/k | median cos (shared) | amplified | suppressed | predicted P |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | FVE base / ft | dead (all tokens) | silent on held-out | L0/k | median cos (shared) "
+        "| amplified | suppressed | predicted P |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     records = {}
     for path in runs:
         run = open_run(path)
@@ -35,7 +38,8 @@ def main(demo: Path) -> None:
         records[path.name] = ev
         print(
             f"| {path.name} | {tm.get('fve_base', float('nan')):.3f} / {tm.get('fve_ft', float('nan')):.3f} "
-            f"| {tm.get('dead_fraction', float('nan')):.1%} | {tm.get('l0_over_k', float('nan')):.2f} "
+            f"| {float((lat['freq'] == 0).mean()):.1%} | {tm.get('dead_fraction', float('nan')):.1%} "
+            f"| {tm.get('l0_over_k', float('nan')):.2f} "
             f"| {float(np.median(lat.loc[shared, 'dec_cos'])) if shared.any() else float('nan'):.3f} "
             f"| {int(counts.get('amplified', 0))} | {int(counts.get('suppressed', 0))} "
             f"| {', '.join(ev.get('P', [])) or '∅'} |"

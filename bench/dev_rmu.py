@@ -28,14 +28,24 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
+
+from mneme_core.analysis.diffing import attribution_labels
 from mneme_core.collect.models import cache_root
+from mneme_core.common.config import DiffingConfig
 from mneme_core.demo.build import apply_reading_settings, rebuild
 from mneme_core.demo.study import DEV, FULL
 from mneme_core.run.pipeline import override_section, run_study
+from mneme_core.run.store import merge_latent_columns
 
 # the chosen reading (topics + safety, both; study.reading_settings) last: the run ends as built
 TAXONOMIES = {"mmlu+safety": ["mmlu", "safety"], "topics+safety": ["topics", "safety"]}
 DIRECTIONS = ("suppressed", "amplified", "both")
+# When to believe a shift, asked after the reading was fixed: the band τ and the
+# significance z, at the evidence floor's default (50 tokens). Only values the planted
+# scenario (bench/dev_scenario.py) showed clean on both nulls are on the grid; the default
+# (τ 0.5, z 3) last, so the run ends as built.
+SHIFT_GRID = [(0.25, 2.0), (0.25, 3.0), (0.5, 2.0), (0.5, 3.0)]
 
 
 def _fmt(x: float | None) -> str:
@@ -85,6 +95,39 @@ def _relabel_each(run: Path) -> list[dict]:
     return rows
 
 
+def shift_grid(run: Path) -> list[dict]:
+    """MNEME's prediction for every (τ, z) of ``SHIFT_GRID``: the latents are relabelled
+    from the β and standard errors the diff stage stored (nothing is re-measured), then
+    the evaluate stage re-runs. The rule, written before the first run of this grid: the
+    highest MNEME F1; on a tie the higher precision; on a further tie the default."""
+    table = pd.read_parquet(run / "latents.parquet")
+    rows = []
+    for tau, z in SHIFT_GRID:
+        dcfg = DiffingConfig(tau=tau, z=z)
+        labels = attribution_labels(
+            table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], dcfg
+        )
+        merge_latent_columns(run, pd.DataFrame({"latent": table["latent"], "attribution": labels["attribution"]}))
+        cfg = override_section(run, "diffing", {"tau": tau, "z": z})
+        run_study(cfg, stages=["evaluate"], force=True, progress=False)
+        ev = json.loads((run / "evaluation.json").read_text())
+        m = ev["metrics"]
+        counts = labels["attribution"].value_counts()
+        rows.append(
+            {
+                "tau": tau,
+                "z": z,
+                "amplified": int(counts.get("amplified", 0)),
+                "suppressed": int(counts.get("suppressed", 0)),
+                "T": ev["T"],
+                "P": ev["P"],
+                "mneme": {k: m["mneme"][k] for k in ("accuracy", "precision", "f1")},
+                "naive_f1": m["naive"]["f1"],
+            }
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
@@ -118,6 +161,15 @@ def main() -> None:
     for r in rows[:: len(DIRECTIONS)]:
         print(f"{r['taxonomy']}: activation-diff set {r['actdiff_set']}; naive set {r['naive_set']}")
     (args.work / "grid.json").write_text(json.dumps(rows, indent=1))
+    shifts = shift_grid(run)
+    print(f"{'tau':>5s} {'z':>4s} | amplified suppressed | MNEME acc prec   F1 | naive F1 | P")
+    for r in shifts:
+        mn = r["mneme"]
+        print(
+            f"{r['tau']:5.2f} {r['z']:4.1f} | {r['amplified']:9d} {r['suppressed']:10d} | "
+            f"    {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} {_fmt(mn['f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
+        )
+    (args.work / "shift_grid.json").write_text(json.dumps(shifts, indent=1))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def test_overview_shows_the_run(run_copy):
     assert at.title[0].value == run.name
     assert at.query_params["run"] == str(run_copy)
     assert metric(at, "Latents") == explore.fmt(run.stage_metrics("train").get("n_latents", len(run.latents)), 4)
+    # dead = fires on none of the stored tokens (the latents table's own frequencies)
+    assert metric(at, "Dead fraction") == explore.fmt(float((run.latents["freq"] == 0).mean()), 4)
     record = run.evaluation
     assert metric(at, "accuracy (MNEME)") == explore.fmt(record["metrics"]["mneme"]["accuracy"], 3)
     assert metric(at, "degraded categories") == str(len(record["T"]))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 DEFAULT_MODEL = ""  # "" means the offline all-MiniLM-L6-v2 package
 CHUNK = 1024  # texts per call to the model (one step of the progress bar)
+MEMO_TEXTS = 200_000  # texts remembered per embedder (384 floats each: ~300 MB at most)
 
 
 class Embedder:
@@ -25,6 +26,9 @@ class Embedder:
 
         self.name = model_name or "all-MiniLM-L6-v2 (offline package)"
         self._model = SentenceTransformer(_resolve(model_name), device=device)
+        # text -> vector, for this process: a study embeds the same windows in interpret and
+        # categories, and the runs of one build share a corpus (every context, most windows)
+        self._memo: dict[str, np.ndarray] = {}
 
     @property
     def dim(self) -> int:
@@ -39,22 +43,31 @@ class Embedder:
     ) -> np.ndarray:
         """``progress`` shows a bar with rate and ETA: embedding every latent's windows or
         every context of a big study takes minutes. Texts go in chunks of ``CHUNK``, so
-        the bar moves and the numbers do not depend on whether it is shown."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        the bar moves and the numbers do not depend on whether it is shown. A text this
+        embedder has seen before (up to ``MEMO_TEXTS`` of them) is not embedded again; the
+        bar counts only the new ones."""
+        fresh = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        new: dict[str, np.ndarray] = {}
         with tqdm(
-            total=len(texts), desc=desc, unit="text", unit_scale=True, disable=not progress, dynamic_ncols=True
+            total=len(fresh), desc=desc, unit="text", unit_scale=True, disable=not progress, dynamic_ncols=True
         ) as bar:
-            for start in range(0, len(texts), CHUNK):
-                chunk = list(texts[start : start + CHUNK])
-                out[start : start + len(chunk)] = self._model.encode(
+            for start in range(0, len(fresh), CHUNK):
+                chunk = fresh[start : start + CHUNK]
+                out = self._model.encode(
                     chunk,
                     batch_size=batch_size,
                     normalize_embeddings=True,
                     convert_to_numpy=True,
                     show_progress_bar=False,
-                )
+                ).astype(np.float32, copy=False)
+                for text, vec in zip(chunk, out):
+                    new[text] = vec
+                    if len(self._memo) < MEMO_TEXTS:
+                        self._memo[text] = vec
                 bar.update(len(chunk))
-        return out
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([new[t] if t in new else self._memo[t] for t in texts])
 
 
 def _resolve(model_name: str) -> str:

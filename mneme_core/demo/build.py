@@ -652,6 +652,7 @@ def rebuild(
         t0 = time.perf_counter()
         fn()
         timings[label] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(work / "build_progress.json", timings)  # a killed build still says where time went
     bar.close()
     summary: dict[str, Any] = {
         "seconds_total": round(time.perf_counter() - t_all, 1),

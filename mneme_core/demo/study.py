@@ -203,10 +203,14 @@ def study_config(
             "reuse_base_from": str(reuse_base_from) if reuse_base_from else "",
         },
         "crosscoder": {"expansion": sizes.expansion, "k": sizes.k},
+        # lr and the dead-latent window chosen for this budget on development scenario 3
+        # (bench/dev_training.py, docs/DIFFING.md): the library's lr rule is meant for far
+        # longer runs, and a window of 1/4 of the budget starts the aux loss too late
         "training": {
             "batch_size": sizes.train_batch,
             "n_tokens": sizes.train_tokens,
-            "dead_tokens": max(sizes.train_tokens // 4, 1),
+            "lr": 1e-3,
+            "dead_tokens": max(sizes.train_tokens // 20, 1),
             "checkpoint_every": 100,
             "seed": 0,
         },

@@ -198,6 +198,22 @@ def attribution_counts(df: pd.DataFrame) -> dict[str, int]:
     return out
 
 
+def dead_fraction(train: Mapping[str, object], diff: Mapping[str, object]) -> tuple[float | None, str]:
+    """The share of dead latents and what it was measured on.
+
+    Preferred: latents that fire on none of the diff stage's analysis tokens (the whole
+    store). The train stage's figure counts latents silent on its few thousand held-out
+    tokens, where a latent firing once in 10,000 tokens looks dead more often than not;
+    it is the fallback before the diff stage has run."""
+    never, n = diff.get("never_fired"), diff.get("n_latents")
+    if isinstance(never, (int, float)) and isinstance(n, (int, float)) and n > 0:
+        return float(never) / float(n), f"fire on none of the {fmt(diff.get('n_tokens'))} analysis tokens"
+    held = train.get("dead_fraction")
+    if isinstance(held, (int, float)):
+        return float(held), f"silent on the {fmt(train.get('n_val_tokens'))} held-out tokens"
+    return None, ""
+
+
 def category_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per category: latents, amplified, suppressed, mean shift (most suppressed first)."""
     if "category" not in df.columns or "attribution" not in df.columns:

@@ -68,6 +68,7 @@ def build_report(
     m = run.manifest
     lat = run.latents
     train = run.stage_metrics("train")
+    dead, _ = explore.dead_fraction(train, run.stage_metrics("diff"))
     models = m.get("models", {})
     name = lambda spec: spec.get("path", "?") if isinstance(spec, dict) else str(spec)  # noqa: E731
     parts = [
@@ -80,7 +81,9 @@ def build_report(
         _cards(
             {
                 "latents": len(lat),
-                **{k: train[k] for k in ("fve_base", "fve_ft", "dead_fraction", "l0") if k in train},
+                **{k: train[k] for k in ("fve_base", "fve_ft") if k in train},
+                **({"dead_fraction": dead} if dead is not None else {}),
+                **{k: train[k] for k in ("l0",) if k in train},
                 **explore.attribution_counts(lat),
             }
         ),

@@ -22,6 +22,7 @@ st.markdown(
 )
 
 cols = st.columns(6)
+dead, dead_basis = explore.dead_fraction(train, run.stage_metrics("diff"))
 cc = m.get("config", {}).get("crosscoder", {})
 cards = [
     ("Tokens", collect.get("n_tokens")),
@@ -33,11 +34,12 @@ cards = [
         if "fve_base" in train
         else None,
     ),
-    ("Dead fraction", train.get("dead_fraction")),
+    ("Dead fraction", dead),
     ("L0", train.get("l0")),
 ]
+helps = {"Dead fraction": f"latents that {dead_basis}" if dead_basis else None}
 for col, (label, value) in zip(cols, cards):
-    col.metric(label, explore.fmt(value, 4) if value is not None else "—")
+    col.metric(label, explore.fmt(value, 4) if value is not None else "—", help=helps.get(label))
 
 left, right = st.columns([3, 2])
 with left:
