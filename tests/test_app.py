@@ -194,6 +194,16 @@ def test_side_effects_direction_switch_changes_T_P_and_metrics(twodir_run):
     assert at.query_params["direction"] == "degraded"
 
 
+def test_overview_shows_both_directions(twodir_run):
+    import _twodir as td
+
+    at = page(twodir_run, "overview")
+    assert metric(at, "degraded categories") == str(len(td.T_DEGRADED))
+    assert metric(at, "improved categories") == str(len(td.T_IMPROVED))
+    accuracies = [m.value for m in at.metric if m.label == "accuracy (MNEME)"]
+    assert accuracies == ["1", "0.5"]  # degraded, then improved (the two records' own metrics)
+
+
 def test_side_effects_direction_comes_from_the_link(twodir_run):
     import _twodir as td
 

@@ -64,11 +64,24 @@ evaluation = run.evaluation
 if evaluation and run.stage_status("evaluate") == "complete":
     from mneme_core.evaluation.sideeffects import headline
 
-    numbers = headline(evaluation)
-    cols = st.columns(len(numbers))
-    for col, (label, value) in zip(cols, numbers.items()):
-        col.metric(label, explore.fmt(value, 3))
-    _ui.link_to("side_effects", "Open the side-effects page", run, icon=":material/arrow_forward:")
+    # both questions: what degraded (from suppressed latents) and, for a fine-tune that
+    # taught something, what improved (from amplified latents); older records have one
+    for direction in ("degraded", "improved"):
+        numbers = headline(evaluation, direction)
+        if "note" in numbers:
+            st.caption(f"{direction.capitalize()}: {numbers['note']}")
+            continue
+        st.markdown(f"**{direction.capitalize()}**")
+        cols = st.columns(len(numbers))
+        for col, (label, value) in zip(cols, numbers.items()):
+            col.metric(label, explore.fmt(value, 3))
+        _ui.link_to(
+            "side_effects",
+            f"Open the side-effects page ({direction})",
+            run,
+            icon=":material/arrow_forward:",
+            direction=direction,
+        )
 else:
     st.caption("No evaluation yet: the **evaluate** stage compares predictions with a benchmark.")
 
