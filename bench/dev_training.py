@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from mneme_core.analysis.diffing import decoder_metrics
 from mneme_core.collect.activations import ActivationStore
 from mneme_core.collect.models import cache_root, load_model
 from mneme_core.common.config import CrossCoderConfig, ModelSpec, TrainingConfig, load_config
@@ -84,11 +85,10 @@ def never_fired(model: BatchTopKCrossCoder, store: ActivationStore) -> float:
 
 
 def shared_median_cos(model: BatchTopKCrossCoder) -> float:
-    norms = model.W_dec.detach().norm(dim=-1)  # (2, F)
-    rel = norms[1] / (norms[0] + norms[1]).clamp_min(1e-12)
-    cos = torch.nn.functional.cosine_similarity(model.W_dec[0], model.W_dec[1], dim=-1).detach()
-    shared = (rel >= 0.4) & (rel <= 0.6)
-    return float(cos[shared].median()) if shared.any() else float("nan")
+    """Median decoder cosine of the latents the diff stage would call shared."""
+    dec = decoder_metrics(model.W_dec.detach())
+    cos = dec.loc[dec["label_by_norm"] == "shared", "dec_cos"]
+    return float(cos.median()) if len(cos) else float("nan")
 
 
 def main() -> None:

@@ -283,9 +283,8 @@ class EvaluationConfig:
     # enrichment = hypergeometric test of each category's attributed latents against its
     # share of the eligible pool; shift / count = share of total |shift| or of latent count
     predict_score: Literal["enrichment", "shift", "count"] = "enrichment"
-    predict_min_latents: int = (
-        2  # a predicted category needs at least this many attributed latents (no single latent decides one)
-    )
+    # a predicted category needs at least this many attributed latents (no single latent decides one)
+    predict_min_latents: int = 2
     runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"
     runner_batch_size: int = 8
     runner_limit_per_category: int = 0  # 0 = all questions

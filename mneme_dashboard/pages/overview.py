@@ -62,11 +62,12 @@ with right:
 st.subheader("Side effects")
 evaluation = run.evaluation
 if evaluation and run.stage_status("evaluate") == "complete":
+    from mneme_core.evaluation.evaluate import DIRECTIONS
     from mneme_core.evaluation.sideeffects import headline
 
     # both questions: what degraded (from suppressed latents) and, for a fine-tune that
     # taught something, what improved (from amplified latents); older records have one
-    for direction in ("degraded", "improved"):
+    for direction in DIRECTIONS:
         numbers = headline(evaluation, direction)
         if "note" in numbers:
             st.caption(f"{direction.capitalize()}: {numbers['note']}")
