@@ -276,6 +276,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mneme_core import demo
 
+    if args.runs and not (args.rebuild or args.refresh):
+        raise ConfigError(
+            "--runs picks the runs of a rebuild or a refresh; add --rebuild or --refresh "
+            "(`mneme demo` alone opens every committed run)"
+        )
     result = demo.main(rebuild=args.rebuild, refresh=args.refresh, runs=args.runs)
     return int(result) if isinstance(result, int) else 0
 

@@ -123,3 +123,9 @@ def test_info_reports_stages_metrics_and_tables(tiny_run, capsys):
     assert cli.main(["info", str(tiny_run)]) == 0
     text = capsys.readouterr().out
     assert "collect" in text and "complete" in text and "latents  64 rows" in text
+
+
+def test_demo_runs_without_rebuild_or_refresh_is_refused(capsys):
+    """`--runs` only picks runs of a rebuild or a refresh; alone it must not open the dashboard
+    as if the choice had been applied."""
+    _fails_cleanly(capsys, ["demo", "--runs", "lora-people"], "--runs", "--rebuild or --refresh")

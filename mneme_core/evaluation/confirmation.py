@@ -68,6 +68,11 @@ runner's per-question cache of each intervened model, keyed by a hash of the edi
 latents, rows, layer, cross-coder, partner), so an intervened model never shares an entry
 with the plain one. The plain scores share ``benchmark_cache/`` with the evaluate stage's
 runner. A killed run continues at the first (category, latent set) not cached.
+
+**Cost.** Every edited scoring of a batch after its first replays both models' clean
+layer-L streams from memory (``latent_edit.PrefixCache``): the target, its controls, the
+restore and the off-target categories (the same for every target) run only the layers after
+L. Where a model cannot replay its stream, the edits run every layer (same results, slower).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mneme_core.analysis.latent_edit import LatentEdit, code_mass, intervene
+from mneme_core.analysis.latent_edit import LatentEdit, PrefixCache, code_mass, intervene
 from mneme_core.benchmarks.mc_runner import (
     MCItem,
     encode_item,
@@ -410,6 +415,7 @@ class _Lab:
     fingerprints: dict[str, str]
     skip_first: int
     massive_multiple: float
+    prefix: PrefixCache  # both models' clean layer-L streams, shared by every edit of the run
 
 
 def intervention_rows(crosscoder: Any, latents_table: pd.DataFrame, diffing_cfg: Any) -> dict[str, torch.Tensor]:
@@ -460,6 +466,7 @@ def _load_lab(inputs: _Inputs, device: str | None) -> _Lab:
         prints,
         act.skip_first_tokens,
         act.massive_norm_multiple,
+        PrefixCache(pair.base.eval(), pair.ft.eval(), pair.layer),
     )
 
 
@@ -516,7 +523,7 @@ def _edited_accuracy(
     lab: _Lab, inputs: _Inputs, kind: str, latents: Sequence[int], category: str, batch_size: int | None
 ) -> float:
     edit, model, partner, key = _edit(lab, kind, latents)
-    with intervene(model, lab.layer, edit, partner):
+    with intervene(model, lab.layer, edit, partner, lab.prefix):
         return _accuracy(model, lab, inputs.items[category], inputs.run_path / CACHE_DIR / key, inputs.cfg, batch_size)
 
 
