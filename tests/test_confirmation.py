@@ -157,6 +157,7 @@ def test_a_finished_confirmation_needs_no_models_and_a_killed_one_resumes(tmp_pa
         (0.30, [0.28, 0.31, 0.30, 0.29], cv.NOT_CONFIRMED),  # removing anything this size hurts
         (0.04, [0.00, 0.00, 0.00], cv.NOT_CONFIRMED),  # under the minimum effect
         (0.02, [0.0, 0.0, 0.0], cv.NOT_CONFIRMED),  # identical controls: SD floored at one question (0.01)
+        (0.57 - 0.52, [0.0, 0.01, 0.0], cv.CONFIRMED),  # five questions of 100 is the minimum, float rounding aside
     ],
 )
 def test_rule_verdict(effect, controls, expect):

@@ -298,7 +298,8 @@ def rule_verdict(
         return out | {"confirmed": False, "status": "zero mass"}
     if not 1 / MATCH_FACTOR <= ratio <= MATCH_FACTOR:
         return out | {"status": "controls unmatched"}
-    confirmed = bool(effect >= min_effect and effect > mean + z * sd_used)
+    # rounded as the evaluate stage rounds drops: 0.57 − 0.52 is 0.0499999… in floating point
+    confirmed = bool(round(effect, 12) >= min_effect and effect > mean + z * sd_used)
     return out | {"confirmed": confirmed, "status": CONFIRMED if confirmed else NOT_CONFIRMED}
 
 
