@@ -17,7 +17,7 @@ dictionary-free baselines of the same run. The rule, written before the first ru
 this scenario: take the combination with the highest MNEME F1 here; on a tie the higher
 precision; on a further tie the project's defaults (topics taxonomy, suppressed). That
 choice is then fixed for the demo, whatever the demo gives. Run from the project root
-(about 35 minutes on 2 cores; resumable):
+(about 25 minutes on 2 cores; resumable):
 
     python bench/dev_rmu.py [--work ~/.cache/mneme/dev-rmu]
 """
@@ -136,7 +136,13 @@ def main() -> None:
     if (run / "run.json").is_file():
         restore(run)  # an interrupted grid leaves another reading in the config
     summary = rebuild(
-        sizes=FULL, work=args.work, out=args.work / "published", names=["rmu"], null_control=False, scenario=DEV
+        sizes=FULL,
+        work=args.work,
+        out=args.work / "published",
+        names=["rmu"],
+        null_control=False,
+        confirm=False,
+        scenario=DEV,
     )
     study = json.loads((run / "run.json").read_text())["stages"]
     print(f"scenario {DEV.name}: forget {sorted(DEV.forget_subjects)}; build {summary['seconds_total']:.0f} s")

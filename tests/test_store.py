@@ -124,3 +124,41 @@ def test_open_errors_are_readable(tmp_path):
         open_run(tmp_path)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
     assert os.path.exists(tmp_path / "run.json")
+
+
+def test_a_model_rebuilt_in_place_is_not_resumed(tmp_path, tiny_model_dirs):
+    """Same config, same path, other weights: the run's finished stages belong to the old
+    weights, so the resume is refused; a byte-identical copy resumes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mneme_core.common.config import ModelsConfig, ModelSpec
+    from mneme_core.run.model_files import model_prints
+
+    ft = tmp_path / "ft"
+    shutil.copytree(tiny_model_dirs[1], ft)
+    models = ModelsConfig(base=ModelSpec(path=str(tiny_model_dirs[0])), ft=ModelSpec(path=str(ft)))
+    run = tmp_path / "run"
+    first = model_prints(models)
+    assert set(first) == {"base", "ft"}
+    init_run(run, CFG, model_files=first)
+    weights = ft / "model.safetensors"
+    shutil.copy2(weights, tmp_path / "same.safetensors")
+    shutil.copy2(tmp_path / "same.safetensors", weights)  # rewritten, same bytes
+    init_run(run, CFG, model_files=model_prints(models))
+    tensors = load_file(str(weights))
+    name = sorted(k for k in tensors if k.endswith("weight"))[-1]
+    tensors[name] = tensors[name] + 1e-3  # "retrained": another RMU setting under the same path
+    save_file(tensors, str(weights))
+    with pytest.raises(RunError, match="fine-tuned model files changed"):
+        init_run(run, CFG, model_files=model_prints(models))
+
+
+def test_a_run_without_model_prints_takes_them_on_resume(tmp_path):
+    init_run(tmp_path, CFG)
+    update_manifest(tmp_path, lambda m: m.pop("model_files"))  # as an older MNEME wrote it
+    init_run(tmp_path, CFG, model_files={"ft": "abc"})
+    assert json.loads((tmp_path / "run.json").read_text())["model_files"] == {"ft": "abc"}
+    with pytest.raises(RunError, match="fine-tuned model"):
+        init_run(tmp_path, CFG, model_files={"ft": "xyz"})

@@ -599,12 +599,15 @@ def rebuild(
     out: Path | None = None,
     names: list[str] | None = None,
     null_control: bool = True,
+    confirm: bool = True,
     progress: bool = True,
     scenario: Scenario = DEMO,
 ) -> dict[str, Any]:
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
-    ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``scenario`` picks what is
-    unlearned (the development scenario uses the same steps on another forget set)."""
+    ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``confirm`` the causal
+    confirmation of each unlearning run (a development scenario, which reads only the
+    prediction, skips it); ``scenario`` picks what is unlearned (the development scenario
+    uses the same steps on another forget set)."""
     from mneme_core.collect.models import load_model
 
     # absolute, so every path the runs record is one publish can name portably
@@ -651,7 +654,7 @@ def rebuild(
     studies = [*names, NULL_RUN] if null_control else names
     for name in studies:
         steps.append((f"study:{name}", partial(study, name)))
-    for name in [n for n in names if n in INTERVENTIONS]:  # causal confirmation of each unlearning run
+    for name in [n for n in names if confirm and n in INTERVENTIONS]:  # causal confirmation of each unlearning run
         steps.append((f"confirm:{name}", partial(confirm, name)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 

@@ -35,6 +35,7 @@ from mneme_core.common.config import (
     resolve_run_relative,
 )
 from mneme_core.common.errors import RunError
+from mneme_core.run.model_files import model_prints
 from mneme_core.run.store import (
     STAGES,
     init_run,
@@ -160,7 +161,7 @@ def run_study(
     forced = _forced(selected, force)
     named = set(selected) if force is True else set(force or ())  # forced by name, not as a later stage
     run_path = cfg.run_path
-    init_run(run_path, cfg.to_dict())
+    init_run(run_path, cfg.to_dict(), model_files=model_prints(cfg.models))
     if _is_main_process():
         atomic_write_bytes(run_path / "config.yaml", dump_config(cfg).encode())
     if not selected:

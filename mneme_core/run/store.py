@@ -96,12 +96,17 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_run(
-    run_path: str | Path, config: dict[str, Any], provenance: list[dict[str, Any]] | None = None
+    run_path: str | Path,
+    config: dict[str, Any],
+    provenance: list[dict[str, Any]] | None = None,
+    model_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Create the run folder and manifest, or check that an existing one is the same study.
 
     Re-running a study resumes it; running a different config into the same folder is an
-    error rather than a silent mix of two studies.
+    error rather than a silent mix of two studies. ``model_files`` (``model_files.model_prints``)
+    extends that to the weights: a model rebuilt in place under the same path is refused
+    too. A run recorded without them (an older MNEME) takes them on its next resume.
     """
     run_path = Path(run_path)
     with _locked(run_path):
@@ -116,6 +121,8 @@ def init_run(
                     f"{run_path} already holds a run with a different config (sections differ: "
                     f"{', '.join(differing_keys(old, new))}). Use another run_dir, or delete the folder to start over."
                 )
+            if model_files is not None:
+                _check_model_files(run_path, manifest, model_files)
             return manifest
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -127,9 +134,28 @@ def init_run(
             "config": config,
             "stages": {s: {"status": "missing"} for s in STAGES},
             "provenance": provenance or [],
+            "model_files": model_files or {},
         }
         atomic_write_json(path, manifest)
         return manifest
+
+
+def _check_model_files(run_path: Path, manifest: dict[str, Any], model_files: dict[str, str]) -> None:
+    """Refuse a resume whose model weights are not the ones the run was made from (the
+    caller holds the lock); record them where the run has none yet."""
+    recorded = manifest.get("model_files")
+    if recorded is None:
+        manifest["model_files"] = model_files
+        atomic_write_json(run_path / MANIFEST, manifest)
+        return
+    changed = sorted(role for role in set(recorded) | set(model_files) if recorded.get(role) != model_files.get(role))
+    if changed:
+        names = {"base": "base model", "ft": "fine-tuned model"}
+        raise RunError(
+            f"the {' and '.join(names.get(r, r) for r in changed)} files changed since {run_path} was made "
+            "(same path, other weights), so its finished stages belong to the old weights. "
+            "Use another run_dir, or delete the folder to start over."
+        )
 
 
 def set_stage(
