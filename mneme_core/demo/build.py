@@ -638,9 +638,6 @@ def rebuild(
     def study(n: str) -> Any:
         return run_mneme(work, n, sizes, names[0], progress, scenario)
 
-    def confirm(n: str) -> Any:
-        return confirm_run(work, n, progress)
-
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("text", lambda: prepare_text(work, sizes, scenario)),
         ("screen", lambda: screen_subjects(work, sizes, *base_pair(), progress)),
@@ -655,7 +652,7 @@ def rebuild(
     for name in studies:
         steps.append((f"study:{name}", partial(study, name)))
     for name in [n for n in names if confirm and n in INTERVENTIONS]:  # causal confirmation of each unlearning run
-        steps.append((f"confirm:{name}", partial(confirm, name)))
+        steps.append((f"confirm:{name}", partial(confirm_run, work, name, progress)))
     steps.append(("publish", lambda: publish(work, out, studies)))
 
     t_all = time.perf_counter()
