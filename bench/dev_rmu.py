@@ -128,6 +128,36 @@ def shift_grid(run: Path) -> list[dict]:
     return rows
 
 
+# How a category's attributed latents become a prediction (``evaluation.predict_score``):
+# the enrichment test on counts (the default), or the category's share of Σ|shift| or of
+# the count over the mean share 1 / K. Asked after the reading and (τ, z) were fixed.
+SCORE_GRID = ("shift", "count", "enrichment")
+
+
+def score_grid(run: Path) -> list[dict]:
+    """MNEME's prediction under each ``SCORE_GRID`` statistic (only the evaluate stage
+    re-runs). The rule, written before the first run of this grid: the highest MNEME F1; on
+    a tie the higher precision; on a further tie the default (enrichment). The default is
+    last, so the run ends as built."""
+    rows = []
+    for score in SCORE_GRID:
+        cfg = override_section(run, "evaluation", {"predict_score": score})
+        run_study(cfg, stages=["evaluate"], force=True, progress=False)
+        ev = json.loads((run / "evaluation.json").read_text())
+        m = ev["metrics"]
+        rows.append(
+            {
+                "score": score,
+                "T": ev["T"],
+                "P": ev["P"],
+                "mneme": {k: m["mneme"][k] for k in ("accuracy", "precision", "f1")},
+                "naive_f1": m["naive"]["f1"],
+                "n_attributed": int(sum(r["n_latents"] for r in ev["category_scores"])),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
@@ -176,6 +206,15 @@ def main() -> None:
             f"    {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} {_fmt(mn['f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
         )
     (args.work / "shift_grid.json").write_text(json.dumps(shifts, indent=1))
+    scores = score_grid(run)
+    print(f"{'score':>10s} | attributed | MNEME acc prec   F1 | naive F1 | P")
+    for r in scores:
+        mn = r["mneme"]
+        print(
+            f"{r['score']:>10s} | {r['n_attributed']:10d} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} "
+            f"{_fmt(mn['f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
+        )
+    (args.work / "score_grid.json").write_text(json.dumps(scores, indent=1))
 
 
 if __name__ == "__main__":

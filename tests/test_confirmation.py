@@ -158,6 +158,8 @@ def test_a_finished_confirmation_needs_no_models_and_a_killed_one_resumes(tmp_pa
         (0.04, [0.00, 0.00, 0.00], cv.NOT_CONFIRMED),  # under the minimum effect
         (0.02, [0.0, 0.0, 0.0], cv.NOT_CONFIRMED),  # identical controls: SD floored at one question (0.01)
         (0.57 - 0.52, [0.0, 0.01, 0.0], cv.CONFIRMED),  # five questions of 100 is the minimum, float rounding aside
+        (0.57 - 0.52, [0.03, 0.03, 0.03], cv.NOT_CONFIRMED),  # a tie with the bar 0.03 + 2 x 0.01: not above it
+        (0.55 - 0.50, [0.03, 0.03, 0.03], cv.NOT_CONFIRMED),  # ... whichever scores made the 0.05
     ],
 )
 def test_rule_verdict(effect, controls, expect):
@@ -249,6 +251,26 @@ def test_confirm_a_run_whose_models_are_gone(tmp_path, capsys):
     run = build_causal_run(root)
     shutil.rmtree(root / "ft")
     _fails_cleanly(capsys, ["-q", "confirm", str(run)], "models cannot be loaded", str(root / "ft"))
+
+
+def test_confirm_refuses_a_model_rebuilt_in_place(tmp_path, capsys):
+    """The run's cross-coder was trained on other weights than the ones now at the path."""
+    from safetensors.torch import load_file, save_file
+
+    from mneme_core.common.config import load_config
+    from mneme_core.run.model_files import model_prints
+    from mneme_core.run.store import update_manifest
+
+    root = tmp_path / "world"
+    root.mkdir()
+    run = build_causal_run(root)
+    cfg = load_config(json.loads((run / "run.json").read_text())["config"])
+    update_manifest(run, lambda m: m.update(model_files=model_prints(cfg.models)))  # as run_study records them
+    weights = root / "ft" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(k for k in tensors if k.endswith("weight"))[0]
+    save_file({**tensors, name: tensors[name] * 1.01}, str(weights))
+    _fails_cleanly(capsys, ["-q", "confirm", str(run)], "fine-tuned model files changed", "never saw")
 
 
 def test_confirm_a_scores_only_benchmark_asks_for_questions(tiny_run, capsys):

@@ -233,3 +233,47 @@ def test_replayed_prefix_puts_the_real_layers_back_when_the_forward_fails(pair, 
         base(input_ids=_ids(tok))
         raise RuntimeError("scoring failed")
     assert list(decoder_layers(base)) == originals and _no_hooks_left(base)
+
+
+def test_a_forward_that_fails_after_layer_l_does_not_poison_the_cache(pair, crosscoder):
+    """A forward that dies in a layer after L (say out of memory) and is caught inside the
+    block: the next batch must still be computed from the real layers 0..L."""
+    base, ft, tok = pair
+    ids = _ids(tok)
+    other = ids.flip(-1)
+    edit = _ablation(crosscoder, (3, 7, 11, 20, 41))
+    with torch.no_grad(), intervene(base, LAYER, edit, ft):
+        want = base(input_ids=other).logits
+    fail = [True]
+
+    def boom(*_a):
+        if fail[0]:
+            fail[0] = False
+            raise MemoryError("simulated")
+
+    prefix = PrefixCache(base, ft, LAYER)
+    assert prefix.can_swap(base)  # checked before the failure is armed
+    handle = decoder_layers(base)[LAYER + 1].register_forward_pre_hook(boom)
+    try:
+        with torch.no_grad(), intervene(base, LAYER, edit, ft, prefix):
+            with pytest.raises(MemoryError):
+                base(input_ids=ids)
+            got = base(input_ids=other).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_replayed_prefix_scores_a_bfloat16_model(tiny_model_dirs, crosscoder):
+    """bfloat16 models get a bfloat16 packed-option mask; the cache key must read it."""
+    base, tok = load_model(ModelSpec(path=str(tiny_model_dirs[0]), dtype="bfloat16"))
+    ft, _ = load_model(ModelSpec(path=str(tiny_model_dirs[1]), dtype="bfloat16"))
+    items = [MCItem("the cat sat on the", ("mat", "dog and the hills", "spring", "green"), 0, "animals")]
+    edit = _ablation(crosscoder, (3, 7, 11, 20, 41))
+    with intervene(base, LAYER, edit, ft):
+        full = score_questions(base, tok, items, packing="tree", progress=False)
+    prefix = PrefixCache(base, ft, LAYER)
+    with intervene(base, LAYER, edit, ft, prefix):
+        cached = score_questions(base, tok, items, packing="tree", progress=False)
+    np.testing.assert_allclose(full["logliks"][0], cached["logliks"][0], rtol=1e-2, atol=1e-2)
+    assert prefix.misses == 1

@@ -20,7 +20,7 @@ import yaml
 from mneme_core import open_run
 from mneme_core.common.atomic import atomic_write_json
 from mneme_core.common.config import load_config
-from mneme_core.demo.build import BENCHMARK_FILES, publish
+from mneme_core.demo.build import BENCHMARK_FILES, _relocate_run, publish
 from mneme_core.run.pipeline import run_config
 from mneme_core.run.store import init_run, update_manifest
 
@@ -138,6 +138,11 @@ def test_publish_writes_no_machine_path_and_the_demo_opens_after_a_move(
     assert m["provenance"][4]["files"] == "/usr/share/wordnet/data.{noun,verb,adj,adv}"  # a package's, not ours
     assert m["stages"]["collect"]["reason"].endswith("$MNEME_DEMO_WORK/runs/rmu-strong/activations")
     assert m["provenance"][5]["source"] == "../benchmark/questions.parquet"  # the published copy of the questions
+    for _ in range(2):  # `mneme demo --refresh` relocates the published run again: nothing moves
+        _relocate_run(out / "rmu", "rmu", work, out, ran_in=out / "rmu")
+        again = json.loads((out / "rmu" / "run.json").read_text())
+        assert again["provenance"][5]["source"] == "../benchmark/questions.parquet"
+        assert again["config"] == m["config"]
     assert yaml.safe_load((out / "rmu" / "config.yaml").read_text()) == cfg
     assert (
         json.loads((out / "rmu" / "evaluation.json").read_text())["benchmark_source"] == "../benchmark/scores-rmu.csv"

@@ -156,9 +156,30 @@ def test_a_model_rebuilt_in_place_is_not_resumed(tmp_path, tiny_model_dirs):
 
 
 def test_a_run_without_model_prints_takes_them_on_resume(tmp_path):
-    init_run(tmp_path, CFG)
-    update_manifest(tmp_path, lambda m: m.pop("model_files"))  # as an older MNEME wrote it
+    init_run(tmp_path, CFG)  # as an older MNEME wrote it: no fingerprints
+    assert "model_files" not in json.loads((tmp_path / "run.json").read_text())
     init_run(tmp_path, CFG, model_files={"ft": "abc"})
     assert json.loads((tmp_path / "run.json").read_text())["model_files"] == {"ft": "abc"}
     with pytest.raises(RunError, match="fine-tuned model"):
         init_run(tmp_path, CFG, model_files={"ft": "xyz"})
+    init_run(tmp_path, CFG, model_files={})  # the model's files not found now: reading the run is still allowed
+
+
+def test_an_edit_of_one_tensor_among_many_changes_the_fingerprint(tmp_path):
+    """RMU rewrites a few matrices of a full checkpoint; size and header stay the same."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mneme_core.run.model_files import file_print
+
+    tensors = {f"layers.{i:02d}.mlp.weight": torch.randn(256, 256) for i in range(40)}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    before = file_print(path)
+    for i in range(40):
+        edited = dict(tensors)
+        edited[f"layers.{i:02d}.mlp.weight"] = tensors[f"layers.{i:02d}.mlp.weight"] * 1.001
+        save_file(edited, str(path))
+        assert file_print(path) != before, f"an edit of tensor {i} went unseen"
+    save_file(tensors, str(path))
+    assert file_print(path) == before

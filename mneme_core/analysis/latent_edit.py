@@ -186,7 +186,7 @@ def _batch_key(captured: dict[str, Any]) -> str:
         h.update(name.encode())
         if t is not None:
             h.update(str((tuple(t.shape), t.dtype)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()
 
 
@@ -232,15 +232,25 @@ class _LayerSwap:
 
 
 def _swap_reproduces(model: torch.nn.Module, layer: int) -> bool:
+    """Two rows of different lengths, left-padded, with a mask and position ids (as the MC
+    runner sends them): the replayed forward must give the plain forward's logits."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 2)
-    ids = (torch.arange(3, 3 + 12) % vocab)[None].to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    ids = (torch.arange(24).reshape(2, 12) * 7 + 3) % vocab
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": pos, "use_cache": False}
     swap = _LayerSwap(model, layer)
     try:
         with torch.no_grad():
-            plain = model(input_ids=ids, use_cache=False).logits
-            swap.install(truncated_forward(model, ids, None, layer))
-            replayed = model(input_ids=ids, use_cache=False).logits
-        ok = bool(torch.allclose(plain.float(), replayed.float(), atol=1e-4, rtol=1e-4))
+            plain = model(input_ids=ids, **kwargs).logits
+            stream = truncated_forward(model, ids, mask, layer, position_ids=pos)
+            swap.install(stream)
+            replayed = model(input_ids=ids, **kwargs).logits
+        keep = mask.bool()
+        ok = bool(torch.allclose(plain[keep].float(), replayed[keep].float(), atol=1e-4, rtol=1e-4))
     except Exception:  # noqa: BLE001 - any failure means: run the layers as usual
         ok = False
     finally:
@@ -288,10 +298,13 @@ def intervene(
 
     if edit.latents and prefix is not None and prefix.layer == layer and prefix.can_swap(model):
         side, swap, busy = prefix.side_of(model), _LayerSwap(model, layer), [False]
+        if partner is not None and partner is not prefix.models[1 - side]:
+            raise ValueError("the partner is not the other model of this prefix cache's pair")
 
         def replay(_module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             if busy[0]:  # the cache's own truncated forward of this model: run it plainly
                 return
+            swap.restore()  # real layers for the cache's forward, even after a failed forward
             capture(args, kwargs)
             busy[0] = True
             try:
@@ -307,7 +320,7 @@ def intervene(
 
         handles = [
             body.register_forward_pre_hook(replay, with_kwargs=True),
-            body.register_forward_hook(put_back, with_kwargs=True),
+            body.register_forward_hook(put_back, with_kwargs=True, always_call=True),
         ]
         try:
             yield

@@ -71,6 +71,7 @@ from mneme_core.demo.study import (
 )
 from mneme_core.demo.subjects import subject_index
 from mneme_core.dictionary.crosscoder import WEIGHTS_FILE
+from mneme_core.evaluation.confirmation_view import CONFIRMATION_FILE
 from mneme_core.run.store import LOCK_FILE, add_provenance, update_manifest
 
 CHANCE = 0.25
@@ -392,8 +393,11 @@ def confirm_run(work: Path, name: str, progress: bool) -> Path:
     return run_dir
 
 
-def publish(work: Path, out: Path, names: list[str]) -> None:
-    """Step 7: copy the dashboard's files into ``out`` (atomically per run)."""
+def publish(work: Path, out: Path, names: list[str], confirmed: bool = True) -> None:
+    """Step 7: copy the dashboard's files into ``out`` (atomically per run). ``confirmed``
+    False (a build without confirmation) leaves out a confirmation an earlier build left in
+    the work folder, which would not belong to this build."""
+    skip = PUBLISH_SKIP if confirmed else (*PUBLISH_SKIP, CONFIRMATION_FILE)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("deltas", "adapters", "benchmark"):
         (out / sub).mkdir(exist_ok=True)
@@ -407,9 +411,9 @@ def publish(work: Path, out: Path, names: list[str]) -> None:
         shutil.copy2(work / "scores" / f"{name}.csv", out / "benchmark" / f"scores-{name}.csv")
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*PUBLISH_SKIP, ".*.tmp"))
+        shutil.copytree(work / "runs" / name, tmp, ignore=shutil.ignore_patterns(*skip, ".*.tmp"))
         _half_precision_weights(tmp / "crosscoder" / WEIGHTS_FILE)
-        _relocate_run(tmp, name, work, out)
+        _relocate_run(tmp, name, work, out, ran_in=work / "runs" / name)
         shutil.rmtree(out / name, ignore_errors=True)
         tmp.rename(out / name)
     for file in BENCHMARK_FILES:
@@ -488,12 +492,14 @@ def portable(obj: Any, names: list[tuple[str, str]]) -> Any:
     return obj
 
 
-def _relocate_run(run_dir: Path, name: str, work: Path, out: Path) -> None:
-    """Name every path in the published run portably, and say what was left out."""
+def _relocate_run(run_dir: Path, name: str, work: Path, out: Path, ran_in: Path) -> None:
+    """Name every path in the published run portably, and say what was left out. ``ran_in``
+    is the folder the run's own relative paths start from (the work folder's run when
+    publishing, the published run itself when refreshing)."""
     names = _portable_names(work.resolve(), out.resolve(), name)  # the runs record absolute paths (rebuild)
 
     def edit(m: dict[str, Any]) -> None:
-        _absolute_question_sources(m, work / "runs" / name)
+        _absolute_question_sources(m, ran_in)
         m.update(portable(m, names))
         m["published"] = {
             "omitted": ["activations/ (rebuild: mneme demo --rebuild)", "crosscoder/checkpoints/", "benchmark_cache/"],
@@ -553,7 +559,7 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
         finetune = FINETUNES.get(name)
         apply_reading_settings(run_dir, null=name == NULL_RUN, description=finetune.description if finetune else None)
         run_study(run_config(run_dir), stages=["categories", "evaluate"], force=True, progress=progress)
-        _relocate_run(run_dir, name, default_work_dir().resolve(), out)
+        _relocate_run(run_dir, name, default_work_dir().resolve(), out, ran_in=run_dir)
         seconds[name] = round(time.perf_counter() - t0, 1)
     return seconds
 
@@ -653,7 +659,7 @@ def rebuild(
         steps.append((f"study:{name}", partial(study, name)))
     for name in [n for n in names if confirm and n in INTERVENTIONS]:  # causal confirmation of each unlearning run
         steps.append((f"confirm:{name}", partial(confirm_run, work, name, progress)))
-    steps.append(("publish", lambda: publish(work, out, studies)))
+    steps.append(("publish", lambda: publish(work, out, studies, confirmed=confirm)))
 
     t_all = time.perf_counter()
     bar = tqdm(steps, desc="demo rebuild", unit="step", disable=not progress, dynamic_ncols=True)

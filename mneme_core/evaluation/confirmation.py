@@ -112,6 +112,7 @@ from mneme_core.evaluation.confirmation_view import (
     CONFIRMED,
     NOT_CONFIRMED,
 )
+from mneme_core.run.model_files import changed_message, changed_models, model_prints
 from mneme_core.run.reader import open_run
 from mneme_core.run.store import add_provenance
 
@@ -298,8 +299,10 @@ def rule_verdict(
         return out | {"confirmed": False, "status": "zero mass"}
     if not 1 / MATCH_FACTOR <= ratio <= MATCH_FACTOR:
         return out | {"status": "controls unmatched"}
-    # rounded as the evaluate stage rounds drops: 0.57 − 0.52 is 0.0499999… in floating point
-    confirmed = bool(round(effect, 12) >= min_effect and effect > mean + z * sd_used)
+    # both sides rounded as the evaluate stage rounds drops: 0.57 − 0.52 is 0.0499999… in
+    # floating point, and a tie with the control bar must not depend on which scores made it
+    effect_r = round(effect, 12)
+    confirmed = bool(effect_r >= round(min_effect, 12) and effect_r > round(mean + z * sd_used, 12))
     return out | {"confirmed": confirmed, "status": CONFIRMED if confirmed else NOT_CONFIRMED}
 
 
@@ -384,6 +387,12 @@ def _read_inputs(run_path: Path, settings: ConfirmSettings) -> _Inputs:
         )
     written = run.manifest.get("config", {})
     cfg = load_config(resolve_run_relative(written, run_path))
+    changed = changed_models(run.manifest.get("model_files") or {}, model_prints(cfg.models))
+    if changed:
+        raise ConfirmationError(
+            f"{changed_message(run_path, changed)}: its cross-coder would edit a model it never saw. "
+            "Re-run the study on these weights (another run_dir), or put the old weights back."
+        )
     if not (run_path / "crosscoder" / "model.safetensors").is_file():
         raise ConfirmationError(f"no trained cross-coder in {run_path / 'crosscoder'} (the train stage writes it)")
     questions = _questions_source(cfg, run_path, settings.questions)

@@ -35,6 +35,7 @@ from filelock import FileLock
 from mneme_core.common.atomic import atomic_write_json, write_parquet
 from mneme_core.common.config import MANIFEST, ConfigError, StudyConfig, build, resolve_run_relative
 from mneme_core.common.errors import RunError
+from mneme_core.run.model_files import changed_message, changed_models
 
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
@@ -134,28 +135,25 @@ def init_run(
             "config": config,
             "stages": {s: {"status": "missing"} for s in STAGES},
             "provenance": provenance or [],
-            "model_files": model_files or {},
         }
+        if model_files is not None:
+            manifest["model_files"] = model_files
         atomic_write_json(path, manifest)
         return manifest
 
 
 def _check_model_files(run_path: Path, manifest: dict[str, Any], model_files: dict[str, str]) -> None:
     """Refuse a resume whose model weights are not the ones the run was made from (the
-    caller holds the lock); record them where the run has none yet."""
-    recorded = manifest.get("model_files")
-    if recorded is None:
-        manifest["model_files"] = model_files
-        atomic_write_json(run_path / MANIFEST, manifest)
-        return
-    changed = sorted(role for role in set(recorded) | set(model_files) if recorded.get(role) != model_files.get(role))
+    caller holds the lock); record the fingerprints of models the run has none of yet."""
+    recorded = manifest.get("model_files") or {}
+    changed = changed_models(recorded, model_files)
     if changed:
-        names = {"base": "base model", "ft": "fine-tuned model"}
         raise RunError(
-            f"the {' and '.join(names.get(r, r) for r in changed)} files changed since {run_path} was made "
-            "(same path, other weights), so its finished stages belong to the old weights. "
-            "Use another run_dir, or delete the folder to start over."
+            f"{changed_message(run_path, changed)}. Use another run_dir, or delete the folder to start over."
         )
+    if set(model_files) - set(recorded):
+        manifest["model_files"] = {**model_files, **recorded}
+        atomic_write_json(run_path / MANIFEST, manifest)
 
 
 def set_stage(
