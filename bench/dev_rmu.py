@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -197,24 +198,30 @@ def main() -> None:
     for r in rows[:: len(DIRECTIONS)]:
         print(f"{r['taxonomy']}: activation-diff set {r['actdiff_set']}; naive set {r['naive_set']}")
     (args.work / "grid.json").write_text(json.dumps(rows, indent=1))
-    shifts = shift_grid(run)
-    print(f"{'tau':>5s} {'z':>4s} | amplified suppressed | MNEME acc prec   F1 | naive F1 | P")
-    for r in shifts:
+    _report(
+        f"{'tau':>5s} {'z':>4s} | amplified suppressed",
+        shift_grid(run),
+        lambda r: f"{r['tau']:5.2f} {r['z']:4.1f} | {r['amplified']:9d} {r['suppressed']:10d}",
+        args.work / "shift_grid.json",
+    )
+    _report(
+        f"{'score':>10s} | attributed",
+        score_grid(run),
+        lambda r: f"{r['score']:>10s} | {r['n_attributed']:10d}",
+        args.work / "score_grid.json",
+    )
+
+
+def _report(head: str, rows: list[dict], label: Callable[[dict], str], path: Path) -> None:
+    """Print one grid (its own columns, then MNEME's metrics, naive F1 and P) and save it."""
+    print(f"{head} | MNEME acc prec   F1 | naive F1 | P")
+    for r in rows:
         mn = r["mneme"]
         print(
-            f"{r['tau']:5.2f} {r['z']:4.1f} | {r['amplified']:9d} {r['suppressed']:10d} | "
-            f"    {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} {_fmt(mn['f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
+            f"{label(r)} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} {_fmt(mn['f1'])} |"
+            f"     {_fmt(r['naive_f1'])} | {r['P']}"
         )
-    (args.work / "shift_grid.json").write_text(json.dumps(shifts, indent=1))
-    scores = score_grid(run)
-    print(f"{'score':>10s} | attributed | MNEME acc prec   F1 | naive F1 | P")
-    for r in scores:
-        mn = r["mneme"]
-        print(
-            f"{r['score']:>10s} | {r['n_attributed']:10d} |     {_fmt(mn['accuracy'])} {_fmt(mn['precision'])} "
-            f"{_fmt(mn['f1'])} |     {_fmt(r['naive_f1'])} | {r['P']}"
-        )
-    (args.work / "score_grid.json").write_text(json.dumps(scores, indent=1))
+    path.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
