@@ -318,6 +318,29 @@ def test_confirm_on_the_tiny_pipeline_run(tiny_run, tmp_path, capsys):
     }
 
 
+def test_a_rebuild_skips_a_run_with_nothing_to_confirm(tiny_run, tmp_path, capsys):
+    """No prediction, nothing degraded, no attributed latent: `mneme confirm` says so in one
+    line, and the demo build's confirm step drops an earlier build's verdicts and goes on
+    (a reduced rebuild met this and stopped)."""
+    from mneme_core.demo.build import confirm_run
+
+    work = tmp_path / "work"
+    run = Path(shutil.copytree(tiny_run, work / "runs" / "quiet"))
+    _edit_evaluation(
+        run,
+        lambda r: r.update(P=[], T=[], category_scores=[dict(row, latents=[]) for row in r["category_scores"]]),
+    )
+    questions = work / "text" / "questions.parquet"  # where the build keeps the demo's questions
+    questions.parent.mkdir(parents=True)
+    pd.DataFrame([{"question": "the cat sat on the", "choices": ["mat", "sea"], "answer": 0}] * 2).to_parquet(questions)
+    with pytest.raises(cf.NothingToConfirm, match="nothing to test"):
+        cf.run_confirmation(run, cf.ConfirmSettings(questions=str(questions)), progress=False)
+    (run / cv.CONFIRMATION_FILE).write_bytes(b"an earlier build's table")
+    assert confirm_run(work, "quiet", progress=False) == run
+    assert not (run / cv.CONFIRMATION_FILE).exists()
+    assert "confirm:quiet: skipped, nothing to test" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- page and report
 
 

@@ -385,11 +385,19 @@ def _record_finetune(work: Path, run_dir: Path, name: str, sizes: DemoSizes, spl
 
 def confirm_run(work: Path, name: str, progress: bool) -> Path:
     """Step 6: ``mneme confirm`` at its defaults on one unlearning run (resumable per
-    category), scored on the demo's questions."""
-    from mneme_core.evaluation.confirmation import ConfirmSettings, run_confirmation
+    category), scored on the demo's questions. A run whose evaluation leaves nothing to test
+    is published without a confirmation (the dashboard then shows the command), and the
+    build goes on: a reduced build or another scenario can attribute nothing."""
+    from mneme_core.evaluation.confirmation import ConfirmSettings, NothingToConfirm, run_confirmation
 
     run_dir = work / "runs" / name
-    run_confirmation(run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress)
+    try:
+        run_confirmation(
+            run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress
+        )
+    except NothingToConfirm as exc:
+        (run_dir / CONFIRMATION_FILE).unlink(missing_ok=True)  # an earlier build's verdicts are not this build's
+        tqdm.write(f"confirm:{name}: skipped, {exc}")
     return run_dir
 
 

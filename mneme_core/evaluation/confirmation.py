@@ -129,6 +129,12 @@ class ConfirmationError(RunError):
     message says what to do. A RunError, so the CLI reports it as one line."""
 
 
+class NothingToConfirm(ConfirmationError):
+    """The evaluation leaves nothing to test: no prediction, nothing degraded, no attributed
+    latents. An outcome of the study rather than a broken input, so a build that confirms
+    every run can skip this one and go on."""
+
+
 @dataclass(frozen=True)
 class ConfirmSettings:
     """What ``mneme confirm`` tests and how; ``None`` takes the run's evaluation settings."""
@@ -739,7 +745,7 @@ def run_confirmation(
     inputs = _read_inputs(run_path, settings)
     targets = plan_targets(inputs.record, settings.categories, settings.max_latents)
     if not targets:
-        raise ConfirmationError(
+        raise NothingToConfirm(
             "nothing to test: the evaluation predicted no category, none degraded and none has "
             "attributed latents; name categories with --categories"
         )
