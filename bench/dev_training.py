@@ -42,30 +42,50 @@ from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 from mneme_core.dictionary.training import train_crosscoder
 from mneme_core.run.pipeline import override_section, run_study
 
-# (label, lr, dead_tokens): lr 0 = the library's rule; dead_tokens as the demo sets it (1/4
-# of the budget) or 1/20 of it (the aux loss starts reviving latents much earlier)
+# (label, lr, dead_tokens, balance_models, training tokens): lr 0 = the library's rule;
+# dead_tokens as the demo set it (1/4 of the budget) or 1/20 of it (the aux loss starts
+# reviving latents much earlier). The first grid ran before the loss balance existed, i.e.
+# unbalanced, at the demo's 1.2M training tokens then.
+T12 = 1_200_000
 SETTINGS = [
-    ("default lr", 0.0, FULL.train_tokens // 4),
-    ("lr 1e-3", 1e-3, FULL.train_tokens // 4),
-    ("lr 3e-3", 3e-3, FULL.train_tokens // 4),
-    ("lr 1e-3, dead 60k", 1e-3, FULL.train_tokens // 20),
-    ("lr 3e-3, dead 60k", 3e-3, FULL.train_tokens // 20),
+    ("default lr", 0.0, T12 // 4, False, T12),
+    ("lr 1e-3", 1e-3, T12 // 4, False, T12),
+    ("lr 3e-3", 3e-3, T12 // 4, False, T12),
+    ("lr 1e-3, dead 60k", 1e-3, T12 // 20, False, T12),
+    ("lr 3e-3, dead 60k", 3e-3, T12 // 20, False, T12),
 ]
+# Development scenario 4: does weighting each model's error by its inverse variance help
+# when the fine-tune grows the stream? Run on the strong RMU pair (``--pair rmu-strong``) at
+# the chosen lr and window. Rule, written before the first result: balanced is the default
+# if its lower FVE of the two models beats the unbalanced one's by >= 0.005 with the quality
+# floor below met; otherwise unbalanced. The third row asks what 2M training tokens (the
+# window kept at 1/20 of the budget) add to the chosen loss: the demo takes them if the lower
+# FVE gains >= 0.005 (more data is a budget question, not a setting to tune).
+BALANCE_SETTINGS = [
+    ("unbalanced loss", 1e-3, T12 // 20, False, T12),
+    ("balanced loss", 1e-3, T12 // 20, True, T12),
+    ("balanced loss, 2M", 1e-3, 2_000_000 // 20, True, 2_000_000),
+]
+GRIDS = {"training": SETTINGS, "balance": BALANCE_SETTINGS}
 
 
-def collect(work: Path) -> Path:
-    """Text, RMU and the paired activations of the development scenario (all resumable)."""
+def collect(work: Path, pair: str = "rmu") -> Path:
+    """Text, RMU and the paired activations of the development scenario (all resumable).
+    ``pair`` names the intervention (``study.INTERVENTIONS``) applied to the dev forget set;
+    a second pair reuses the first one's base activations when they exist."""
     prepare_text(work, FULL, DEV)
     base, tok = load_model(ModelSpec(source="named", path=BASE_MODEL, dtype="float32"))
-    make_delta(work, "rmu", FULL, base, tok, progress=True)
+    make_delta(work, pair, FULL, base, tok, progress=True)
     del base
-    run_dir = work / "runs" / "rmu"
+    run_dir = work / "runs" / pair
+    first = work / "runs" / "rmu" / "activations"
     cfg = study_config(
-        "rmu",
+        pair,
         run_dir=run_dir,
-        delta=work / "deltas" / "rmu.safetensors",
+        delta=work / "deltas" / f"{pair}.safetensors",
+        reuse_base_from=first if pair != "rmu" and (first / "index.json").is_file() else None,
         corpus=work / "text" / "neutral.jsonl",
-        benchmark=work / "scores" / "rmu.csv",
+        benchmark=work / "scores" / f"{pair}.csv",
         sizes=FULL,
         scenario=DEV,
     )
@@ -94,18 +114,25 @@ def shared_median_cos(model: BatchTopKCrossCoder) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
+    ap.add_argument("--pair", default="rmu", choices=["rmu", "rmu-strong"], help="the dev intervention")
+    ap.add_argument("--grid", default="training", choices=sorted(GRIDS))
     args = ap.parse_args()
     work = args.work.resolve()
-    store = ActivationStore(collect(work))
-    out = work / "training_grid.json"
+    store = ActivationStore(collect(work, args.pair))
+    out = work / ("training_grid.json" if args.grid == "training" else f"{args.grid}_grid_{args.pair}.json")
     rows = json.loads(out.read_text()) if out.is_file() else []
     done = {r["label"] for r in rows}
-    for label, lr, dead_tokens in SETTINGS:
+    for label, lr, dead_tokens, balance, n_tokens in GRIDS[args.grid]:
         if label in done:
             continue
         t0 = time.time()
         tcfg = TrainingConfig(
-            batch_size=FULL.train_batch, n_tokens=FULL.train_tokens, lr=lr, dead_tokens=dead_tokens, seed=0
+            batch_size=FULL.train_batch,
+            n_tokens=n_tokens,
+            lr=lr,
+            dead_tokens=dead_tokens,
+            seed=0,
+            balance_models=balance,
         )
         model, m = train_crosscoder(store, tcfg, CrossCoderConfig(expansion=FULL.expansion, k=FULL.k), progress=True)
         rows.append(
@@ -113,6 +140,8 @@ def main() -> None:
                 "label": label,
                 "lr": m["lr"],
                 "dead_tokens": dead_tokens,
+                "balance_models": balance,
+                "train_tokens": n_tokens,
                 "fve_base": m["fve_base"],
                 "fve_ft": m["fve_ft"],
                 "l0_over_k": m["l0_over_k"],
@@ -123,7 +152,7 @@ def main() -> None:
             }
         )
         out.write_text(json.dumps(rows, indent=1))
-    print(f"scenario {DEV.name}: {store.n_tokens} tokens, {FULL.train_tokens} training tokens")
+    print(f"scenario {DEV.name}, pair {args.pair}: {store.n_tokens} tokens")
     print(f"{'setting':20s} {'lr':>8s} | FVE base   ft | L0/k | dead held-out  all | cos shared | s")
     for r in rows:
         print(
@@ -136,7 +165,14 @@ def main() -> None:
         for r in rows
         if r["dead_all_tokens"] <= 0.2 and 0.8 <= r["l0_over_k"] <= 1.25 and r["median_cos_shared"] >= 0.8
     ]
-    if ok:
+    if args.grid == "balance":
+        low = {r["label"]: min(r["fve_base"], r["fve_ft"]) for r in ok}
+        balanced_wins = low.get("balanced loss", -1.0) - low.get("unbalanced loss", -1.0) >= 0.005
+        print(f"chosen by the rule: {'balanced' if balanced_wins else 'unbalanced'} loss")
+        chosen = "balanced loss" if balanced_wins else "unbalanced loss"
+        more = low.get("balanced loss, 2M", -1.0) - low.get(chosen, -1.0) >= 0.005
+        print(f"2M training tokens: {'taken' if more else 'not taken'}")
+    elif ok:
         best = max(r["fve_base"] + r["fve_ft"] for r in ok) / 2
         tied = [r for r in ok if (r["fve_base"] + r["fve_ft"]) / 2 >= best - 0.005]
         # the lower lr; among equal lrs (the rule as first written left that open) the higher FVE

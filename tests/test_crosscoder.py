@@ -25,16 +25,17 @@ def _model(d=8, F=32, k=3, selection_norm="l2", seed=1, dtype=torch.float64):
     return m
 
 
-@pytest.mark.parametrize("selection_norm", ["l2", "l2_squared"])
-def test_sparse_path_gradients_equal_dense_autograd_float64(selection_norm):
+@pytest.mark.parametrize("selection_norm,weights", [("l2", None), ("l2_squared", None), ("l2", (0.6, 1.4))])
+def test_sparse_path_gradients_equal_dense_autograd_float64(selection_norm, weights):
     m = _model(selection_norm=selection_norm)
     x = torch.randn(24, 2, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     dead = torch.zeros(32, dtype=torch.bool)
     dead[::3] = True
+    c = None if weights is None else torch.tensor(weights, dtype=torch.float64)
     grads, outs = {}, {}
     for sparse in (True, False):
         m.zero_grad()
-        out = m.training_loss(x, dead, k_aux=4, aux_alpha=0.5, sparse=sparse)
+        out = m.training_loss(x, dead, k_aux=4, aux_alpha=0.5, sparse=sparse, model_weights=c)
         out.loss.backward()
         grads[sparse] = {n: p.grad.clone() for n, p in m.named_parameters()}
         outs[sparse] = out
@@ -44,6 +45,28 @@ def test_sparse_path_gradients_equal_dense_autograd_float64(selection_norm):
     for name, g in grads[False].items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(grads[True][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_model_weights_make_the_loss_the_sum_of_both_models_unexplained_fractions():
+    """c_m = mean variance / model m's variance (brute force in float64); then the weighted
+    reconstruction error equals (mean variance) · Σ_m (1 − FVE_m); equal models weigh 1, 1."""
+    m = _model()
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(400, 8, generator=gen, dtype=torch.float64) + 0.5
+    x = torch.stack([base, 3.0 * base.flip(1) + 0.2 * torch.randn(400, 8, generator=gen, dtype=torch.float64)], 1)
+    m.fit_normalization(x)
+    c = m.model_weights_for(x)
+    xn = (x * m.norm_scale[:, None]).numpy()
+    var = [((xn[:, i] - xn[:, i].mean(0)) ** 2).sum(1).mean() for i in range(2)]
+    np.testing.assert_allclose(c.numpy(), [np.mean(var) / var[0], np.mean(var) / var[1]], rtol=1e-12)
+    assert c[0] > 5 * c[1]  # the ft half is ~9x the variance: its errors count ~9x less
+    out = m.training_loss(m.normalize(x), model_weights=c)
+    with torch.no_grad():
+        x_hat = m.normalize(m.decode(m.encode(x, use_threshold=False)))
+    err = ((x_hat - m.normalize(x)) ** 2).sum(2).mean(0).numpy()
+    torch.testing.assert_close(out.recon, torch.tensor(np.mean(var) * sum(err[i] / var[i] for i in range(2))))
+    twin = torch.stack([base, base], 1)
+    torch.testing.assert_close(m.model_weights_for(twin), torch.ones(2, dtype=torch.float64))
 
 
 def test_batch_topk_selects_the_largest_positive_scores_exactly():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -112,6 +113,25 @@ def test_metrics_follow_their_definitions(planted, trained):
     assert evaluate(model, x, start=28_500) == {k: metrics[k] for k in evaluate(model, x, start=28_500)}
 
 
+def test_balanced_loss_keeps_the_smaller_model_reconstructed():
+    """A fine-tune that triples the stream (its own features 9x the variance) takes the
+    dictionary from the base under the plain summed loss (the default); the balanced loss
+    weights each model by its inverse variance and gives both a fair share (min FVE much
+    higher)."""
+    torch.set_num_threads(1)
+    x, _ = planted_activations(12_000, 32, 24, seed=0, mean_active=3.0)
+    x[:, 1] *= 3.0
+    cfg = TrainingConfig(batch_size=256, n_tokens=40_000, lr=3e-3, warmup_steps=20, dead_tokens=3_000, val_fraction=0.1)
+    cc = CrossCoderConfig(n_latents=64, k=3)
+    _, plain = train_crosscoder(x, cfg, cc, progress=False)
+    _, balanced = train_crosscoder(x, dataclasses.replace(cfg, balance_models=True), cc, progress=False)
+    assert plain["model_loss_weights"] is None
+    c_base, c_ft = balanced["model_loss_weights"]
+    assert c_base > 5 * c_ft  # ~9x the variance in the fine-tuned half
+    assert balanced["fve_base"] > plain["fve_base"] + 0.1
+    assert min(balanced["fve_base"], balanced["fve_ft"]) > min(plain["fve_base"], plain["fve_ft"]) + 0.1
+
+
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
     x, _ = planted_activations(6_000, 16, 12, seed=3)
     cfg = TrainingConfig(
@@ -122,6 +142,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
         dead_tokens=512,
         val_fraction=0.1,
         checkpoint_every=7,
+        balance_models=True,  # its loss weights are trainer state: a resume must carry them
     )
     cc = CrossCoderConfig(n_latents=32, k=3)
     whole, whole_metrics = train_crosscoder(x, cfg, cc, progress=False, checkpoint_dir=tmp_path / "a")
@@ -137,6 +158,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.tensors()[name], t), name
     for key in ("fve_base", "fve_ft", "l0", "dead_fraction", "threshold", "dead_fraction_train"):
         assert resumed_metrics[key] == pytest.approx(whole_metrics[key], abs=1e-5), key
+    assert resumed_metrics["model_loss_weights"] == whole_metrics["model_loss_weights"] is not None
     # A finished run re-evaluates without training again.
     again, again_metrics = train_crosscoder(x, cfg, cc, progress=False, checkpoint_dir=tmp_path / "b")
     assert again_metrics["tokens_per_s"] is None and torch.equal(again.W_dec, resumed.W_dec)

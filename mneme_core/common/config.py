@@ -137,6 +137,10 @@ class TrainingConfig:
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"  # encoder matmul precision (bf16 pays on GPUs)
     sparse: bool = True  # False = dense-autograd reference path (same maths, slower; for checks)
+    # weight each model's reconstruction error by its inverse variance (BatchTopKCrossCoder.model_weights_for),
+    # so a fine-tune that grows the stream does not take the dictionary from the base; off by default: on
+    # development scenario 4 it changed nothing (docs/DIFFING.md)
+    balance_models: bool = False
 
     def validate(self, where: str) -> None:
         _positive(self.batch_size, f"{where}.batch_size")

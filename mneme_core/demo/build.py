@@ -388,9 +388,18 @@ def confirm_run(work: Path, name: str, progress: bool) -> Path:
     category), scored on the demo's questions. A run whose evaluation leaves nothing to test
     is published without a confirmation (the dashboard then shows the command), and the
     build goes on: a reduced build or another scenario can attribute nothing."""
-    from mneme_core.evaluation.confirmation import ConfirmSettings, NothingToConfirm, run_confirmation
+    from mneme_core.evaluation.confirmation import (
+        PLAIN_CACHE_DIR,
+        ConfirmSettings,
+        NothingToConfirm,
+        run_confirmation,
+    )
 
     run_dir = work / "runs" / name
+    # the build scored both models on these questions already (score step, keyed by model
+    # fingerprint and question tokens): confirmation's plain scores are then cache hits
+    if (work / "benchmark_cache").is_dir():
+        shutil.copytree(work / "benchmark_cache", run_dir / PLAIN_CACHE_DIR, dirs_exist_ok=True)
     try:
         run_confirmation(
             run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress

@@ -5,12 +5,13 @@ under ``data/`` ≤ 110 MB for the four runs):
 
 - **Layer 15** of 30 (the middle). RMU acts at layer 7 (early-middle, the paper's 7 of 32
   scaled to 30 layers), so MNEME looks downstream of the edit, as in the paper.
-- **120k neutral tokens** in 128-token contexts (≈ 2 min per model to collect on a quiet
-  machine); the neutral corpus is drawn from all domains, ≈ 8% of it from the forget
-  domain. The paper used ~200M tokens: this is the demo's main limitation.
-- **Cross-coder expansion 4 (2,304 latents), k = 32**, trained on 480k tokens (4 passes):
-  a cross-coder is 4·d·F fp32 weights (21 MB at F = 2,304), and a wider dictionary would
-  leave most latents seeing too few tokens to be described.
+- **200k neutral tokens** in 128-token contexts (2–3.5 min per model to collect); the
+  neutral corpus is drawn from all domains, ≈ 8% of it from the forget domain. The paper
+  used ~200M tokens: this is the demo's main limitation.
+- **Cross-coder expansion 4 (2,304 latents), k = 32**, trained on ``train_tokens`` (about
+  ten passes over the stored tokens; the size was fixed on development scenario 4,
+  docs/DIFFING.md): a cross-coder is 4·d·F fp32 weights (21 MB at F = 2,304), and a wider
+  dictionary would leave most latents seeing too few tokens to be described.
 - **RMU**: 100 steps per intervention (``rmu_steps_scale`` 2/3 of the 150 in
   ``INTERVENTIONS``), the cost that dominates after the benchmark.
 - **The fine-tuning study** (``FINETUNES``): a LoRA adapter over the same base, trained on
@@ -68,7 +69,7 @@ class DemoSizes:
     context_length: int = 128
     expansion: int = 4
     k: int = 32
-    train_tokens: int = 1_200_000
+    train_tokens: int = 2_000_000  # fixed on development scenario 4 (docs/DIFFING.md)
     train_batch: int = 2048
     questions_per_subject: int = 100
     screen_questions: int = 100  # per subject, for the base-accuracy screen

@@ -265,6 +265,27 @@ class BatchTopKCrossCoder(nn.Module):
         self.norm_scale.fill_(float(torch.sqrt(self.d_model / sq.mean())))
 
     @torch.no_grad()
+    def model_weights_for(self, sample_N2d: torch.Tensor) -> torch.Tensor:
+        """Loss weights (2,) that give both models' reconstruction errors the same say:
+        ``c_m = v̄ / v_m`` with ``v_m`` model m's variance in the normalised space (sum over
+        dimensions) on raw activations ``sample_N2d``, ``v̄`` their mean; (1, 1) for two
+        models of equal variance.
+
+        The shared scale keeps a fine-tune's change of size in the decoder norms, but left
+        alone it also lets the larger model's errors dominate the loss: a fine-tune that
+        doubles the variance of the stream (strong unlearning does) would buy itself the
+        dictionary's capacity at the cost of the base's reconstruction. Weighting each
+        model's error by its inverse variance makes the objective the sum of the two
+        fractions of variance unexplained. Each decoder is still fit to its own model's
+        target in the shared scale, so decoder norms and latent scaling read the same.
+        """
+        x_n = self.normalize(sample_N2d.double())
+        var_2 = (x_n - x_n.mean(0)).pow(2).sum(-1).mean(0)
+        if not torch.all(torch.isfinite(var_2)) or torch.any(var_2 <= 0):
+            raise ValueError("cannot balance the models' losses: an activation sample has no variance")
+        return (var_2.mean() / var_2).to(self.W_dec.dtype)
+
+    @torch.no_grad()
     def init_decoder_bias(self, sample_N2d: torch.Tensor) -> None:
         """``b_dec`` = mean of a first batch (in the normalised space)."""
         self.b_dec.copy_(self.normalize(sample_N2d.to(self.b_dec.dtype)).mean(0))
@@ -353,12 +374,14 @@ class BatchTopKCrossCoder(nn.Module):
         aux_alpha: float = 1.0 / 32,
         sparse: bool = True,
         compute_dtype: torch.dtype | None = None,
+        model_weights: torch.Tensor | None = None,
     ) -> LossOutput:
         """Loss on a *normalised* batch ``x_n (B, 2, d)`` with BatchTopK selection.
 
-        ``recon = mean_i Σ_m ‖x_m,i − x̂_m,i‖²``. ``sparse`` chooses the fast path or the
-        dense-autograd reference; both keep the same pairs and give the same gradients.
-        ``compute_dtype`` (e.g. bfloat16) is used for the encoder matmul only.
+        ``recon = mean_i Σ_m c_m ‖x_m,i − x̂_m,i‖²`` with ``c = model_weights`` (2,), or 1
+        for both (``model_weights_for`` gives the balanced ones). ``sparse`` chooses the fast
+        path or the dense-autograd reference; both keep the same pairs and give the same
+        gradients. ``compute_dtype`` (e.g. bfloat16) is used for the encoder matmul only.
         """
         B = x_n.shape[0]
         x_BD = x_n.reshape(B, -1)
@@ -370,7 +393,8 @@ class BatchTopKCrossCoder(nn.Module):
         else:
             x_hat, cols = self._dense_main(x_BD, w)
         x_hat = x_hat + self.b_dec
-        recon = (x_hat - x_n).pow(2).sum((1, 2)).mean()
+        sq_B2 = (x_hat - x_n).pow(2).sum(2)
+        recon = (sq_B2 if model_weights is None else sq_B2 * model_weights.to(sq_B2.dtype)).sum(1).mean()
         aux = x_n.new_zeros(())
         if dead_F is not None and k_aux > 0 and bool(dead_F.any()):
             aux = self._aux_loss(x_BD, (x_n - x_hat).detach().reshape(B, -1), dead_F.nonzero().squeeze(1), k_aux)

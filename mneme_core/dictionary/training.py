@@ -9,7 +9,9 @@ Loop, per step (global batch ``B = training.batch_size`` tokens):
 * each rank reads its ``B / world_size`` slice of the global batch (the store's
   ``iter_batches(rank=, world_size=)``), so W processes see exactly the tokens one
   process sees, and BatchTopK keeps the top ``k · B/W`` pairs of its slice;
-* loss = reconstruction + α·aux-k (``BatchTopKCrossCoder.training_loss``), gradients
+* loss = reconstruction + α·aux-k (``BatchTopKCrossCoder.training_loss``), each model's
+  reconstruction error weighted by its inverse variance on the normalisation sample
+  (``training.balance_models``, ``BatchTopKCrossCoder.model_weights_for``), gradients
   averaged by DDP (gloo on CPU, NCCL on GPU), clipped to ``grad_clip``, Adam (fused);
 * learning rate: linear warm-up over ``warmup_steps``, constant, then linear decay to 0
   over the last 20 % of steps (shrinks the final noise; standard for sparse coders);
@@ -179,9 +181,15 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_n, dead_F, tcfg: TrainingConfig, k_aux: int, compute_dtype) -> LossOutput:
+    def forward(self, x_n, dead_F, tcfg: TrainingConfig, k_aux: int, compute_dtype, model_weights) -> LossOutput:
         return self.model.training_loss(
-            x_n, dead_F, k_aux=k_aux, aux_alpha=tcfg.aux_alpha, sparse=tcfg.sparse, compute_dtype=compute_dtype
+            x_n,
+            dead_F,
+            k_aux=k_aux,
+            aux_alpha=tcfg.aux_alpha,
+            sparse=tcfg.sparse,
+            compute_dtype=compute_dtype,
+            model_weights=model_weights,
         )
 
 
@@ -204,6 +212,7 @@ class _Plan:
     lr: float
     k_aux: int
     seed: int
+    balance_models: bool
 
     def fingerprint(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -249,6 +258,7 @@ def _plan(data: Activations, tcfg: TrainingConfig, ccfg: CrossCoderConfig, world
         lr,
         tcfg.k_aux or max(1, d // 2),
         tcfg.seed,
+        tcfg.balance_models,
     )
 
 
@@ -271,6 +281,7 @@ class _State:
     step: int
     tokens_seen: int
     since_fired_F: torch.Tensor  # global tokens since each latent last fired
+    model_weights: torch.Tensor | None = None  # (2,) loss weight per model (balance_models), fixed at the start
     last_loss: float = float("nan")
     train_seconds: float = 0.0
 
@@ -313,13 +324,16 @@ def train_crosscoder(
     latest = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if latest is not None:
         _load_checkpoint(latest, plan, model, optimizer, state)
-    else:
+    if latest is None or (plan.balance_models and state.model_weights is None):
         n_sample = min(plan.n_train, max(plan.batch_size, NORM_SAMPLE_BYTES // (8 * plan.d_model)))
         sample = next(
             iter(data.iter_batches(n_sample, shuffle=True, seed=plan.seed, stop=plan.n_train, drop_last=True))
         ).to(dd.device)
-        model.fit_normalization(sample)
-        model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
+        if latest is None:
+            model.fit_normalization(sample)
+            model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
+        if plan.balance_models:
+            state.model_weights = model.model_weights_for(sample)
 
     step_fn: nn.Module = _LossModule(model)  # or its DDP wrapper
     if dd.world > 1:
@@ -367,6 +381,7 @@ def train_crosscoder(
         train_seconds=round(state.train_seconds, 3),
         tokens_per_s=round(trained / elapsed, 1) if trained and elapsed > 0 else None,
         dead_fraction_train=float(_dead(state, tcfg).float().mean()),
+        model_loss_weights=None if state.model_weights is None else [round(float(w), 4) for w in state.model_weights],
     )
     return model, metrics
 
@@ -402,7 +417,7 @@ def _train_step(
         group["lr"] = _lr_at(state.step, plan, tcfg.warmup_steps)
     with torch.no_grad():
         x_n = model.normalize(x)
-    out: LossOutput = step_fn(x_n, _dead(state, tcfg), tcfg, plan.k_aux, compute_dtype)
+    out: LossOutput = step_fn(x_n, _dead(state, tcfg), tcfg, plan.k_aux, compute_dtype, state.model_weights)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -518,6 +533,8 @@ def _save_checkpoint(ckpt_dir: Path, plan: _Plan, model, optimizer, state: _Stat
                 for key, value in st.items():
                     tensors[f"optim.{i}.{key}"] = value.detach().cpu().contiguous()
             tensors["trainer.since_fired"] = state.since_fired_F.cpu()
+            if state.model_weights is not None:
+                tensors["trainer.model_weights"] = state.model_weights.cpu()
             save_file(tensors, str(tmp / "tensors.safetensors"))
             fsync_file(tmp / "tensors.safetensors")  # on disk before the folder is renamed into place
             atomic_write_json(
@@ -565,6 +582,8 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
     state.step, state.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
     state.last_loss, state.train_seconds = float(saved["last_loss"]), float(saved["train_seconds"])
     state.since_fired_F = tensors["trainer.since_fired"].to(model.W_dec.device)
+    if "trainer.model_weights" in tensors:
+        state.model_weights = tensors["trainer.model_weights"].to(model.W_dec.device)
 
 
 # --------------------------------------------------------------------------- stage
