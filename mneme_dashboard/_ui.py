@@ -85,6 +85,17 @@ def _run_label(path: Path) -> str:
         return str(path.resolve())
 
 
+def resolve_run(runs: dict[str, str], wanted: str) -> str:
+    """The folder a ``?run=`` value names: a label this server lists, else a path, else the
+    one listed run whose folder has that name. Labels are paths relative to where the
+    server started, so a link made on another machine (``?run=rmu-strong``, or its path
+    there) still opens the run of that name here."""
+    if wanted in runs or Path(wanted).is_dir():
+        return runs.get(wanted, wanted)
+    named = [path for path in runs.values() if Path(path).name == Path(wanted).name]
+    return named[0] if len(named) == 1 else wanted
+
+
 def selected_run_path() -> str | None:
     """The run named in the URL (``?run=``), else this session's, else the first found.
 
@@ -92,7 +103,7 @@ def selected_run_path() -> str | None:
     """
     runs = discover_runs(tuple(map(str, run_roots())))
     wanted = st.query_params.get("run") or st.session_state.get("run")
-    path = runs.get(wanted, wanted) if wanted else next(iter(runs.values()), None)
+    path = resolve_run(runs, wanted) if wanted else next(iter(runs.values()), None)
     if path is None:
         return None
     st.session_state["run"] = wanted or _run_label(Path(path))

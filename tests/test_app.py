@@ -287,6 +287,18 @@ def test_run_from_env_var_goes_into_the_url(run_copy, monkeypatch):
     assert Path(at.query_params["run"]).resolve() == run_copy.resolve()
 
 
+def test_a_link_naming_the_run_folder_opens_it(run_copy, monkeypatch):
+    """A link made where the run sat at another path (``?run=/elsewhere/tiny``, or just its
+    folder name) opens the one listed run of that name; a name nobody lists still fails."""
+    monkeypatch.setenv("MNEME_RUNS", str(run_copy.parent))
+    name = open_run(run_copy).name
+    for link in (run_copy.name, f"/no/such/machine/{run_copy.name}"):
+        at = page(link, "overview")
+        assert at.title[0].value == name, link
+    at = page("no-such-run", "overview")
+    assert at.title[0].value == "This run cannot be opened"
+
+
 def test_remembered_filters_outside_the_runs_bounds_are_reset(run_copy):
     """Filters outlive a page (and a re-run stage can move a column's bounds): stale values
     must be pulled back into range instead of crashing the widgets."""
