@@ -21,6 +21,11 @@ root (resumable; the text, RMU and collection are reused from ``bench/dev_rmu.py
 folder when it exists):
 
     python bench/dev_training.py [--work ~/.cache/mneme/dev-rmu]
+
+Development scenario 4 (the balanced loss and the 2M-token budget; its rule is by
+``BALANCE_SETTINGS``) runs the same way on the strong RMU pair of the same forget set:
+
+    python bench/dev_training.py --pair rmu-strong --grid balance
 """
 
 from __future__ import annotations
@@ -119,7 +124,10 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work.resolve()
     store = ActivationStore(collect(work, args.pair))
-    out = work / ("training_grid.json" if args.grid == "training" else f"{args.grid}_grid_{args.pair}.json")
+    # scenario 3's file keeps its name; every other (grid, pair) has its own
+    out = work / (
+        "training_grid.json" if (args.grid, args.pair) == ("training", "rmu") else f"{args.grid}_grid_{args.pair}.json"
+    )
     rows = json.loads(out.read_text()) if out.is_file() else []
     done = {r["label"] for r in rows}
     for label, lr, dead_tokens, balance, n_tokens in GRIDS[args.grid]:

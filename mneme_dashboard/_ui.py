@@ -106,7 +106,8 @@ def selected_run_path() -> str | None:
     path = resolve_run(runs, wanted) if wanted else next(iter(runs.values()), None)
     if path is None:
         return None
-    st.session_state["run"] = wanted or _run_label(Path(path))
+    # a link resolved by the run's folder name gets this server's own label in the URL
+    st.session_state["run"] = wanted if wanted and (wanted in runs or path == wanted) else _run_label(Path(path))
     if st.query_params.get("run") != st.session_state["run"]:
         st.query_params["run"] = st.session_state["run"]
     return path

@@ -295,6 +295,7 @@ def test_a_link_naming_the_run_folder_opens_it(run_copy, monkeypatch):
     for link in (run_copy.name, f"/no/such/machine/{run_copy.name}"):
         at = page(link, "overview")
         assert at.title[0].value == name, link
+        assert Path(at.query_params["run"]).resolve() == run_copy.resolve()  # this server's own label
     at = page("no-such-run", "overview")
     assert at.title[0].value == "This run cannot be opened"
 

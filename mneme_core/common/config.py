@@ -138,8 +138,8 @@ class TrainingConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"  # encoder matmul precision (bf16 pays on GPUs)
     sparse: bool = True  # False = dense-autograd reference path (same maths, slower; for checks)
     # weight each model's reconstruction error by its inverse variance (BatchTopKCrossCoder.model_weights_for),
-    # so a fine-tune that grows the stream does not take the dictionary from the base; off by default: on
-    # development scenario 4 it changed nothing (docs/DIFFING.md)
+    # so a fine-tune that grows the stream does not take the dictionary from the base; off by default: it
+    # helped planted pairs whose stream grew but failed its pre-written rules (docs/DIFFING.md, scenario 4)
     balance_models: bool = False
 
     def validate(self, where: str) -> None:

@@ -9,9 +9,9 @@ Loop, per step (global batch ``B = training.batch_size`` tokens):
 * each rank reads its ``B / world_size`` slice of the global batch (the store's
   ``iter_batches(rank=, world_size=)``), so W processes see exactly the tokens one
   process sees, and BatchTopK keeps the top ``k · B/W`` pairs of its slice;
-* loss = reconstruction + α·aux-k (``BatchTopKCrossCoder.training_loss``), each model's
-  reconstruction error weighted by its inverse variance on the normalisation sample
-  (``training.balance_models``, ``BatchTopKCrossCoder.model_weights_for``), gradients
+* loss = reconstruction + α·aux-k (``BatchTopKCrossCoder.training_loss``); with
+  ``training.balance_models`` each model's reconstruction error is weighted by its inverse
+  variance on the normalisation sample (``BatchTopKCrossCoder.model_weights_for``); gradients
   averaged by DDP (gloo on CPU, NCCL on GPU), clipped to ``grad_clip``, Adam (fused);
 * learning rate: linear warm-up over ``warmup_steps``, constant, then linear decay to 0
   over the last 20 % of steps (shrinks the final noise; standard for sparse coders);
@@ -65,6 +65,8 @@ from mneme_core.dictionary.crosscoder import (
 CHECKPOINT_PREFIX = "step_"
 KEEP_CHECKPOINTS = 2
 NORM_SAMPLE_BYTES = 256 << 20  # the normalisation sample: at most 65,536 tokens at d=512
+# _Plan fields added after checkpoints existed, with the behaviour a checkpoint without them had
+PLAN_FIELDS_ADDED: dict[str, Any] = {"balance_models": False}
 DECAY_FRACTION = 0.2
 
 
@@ -324,14 +326,13 @@ def train_crosscoder(
     latest = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if latest is not None:
         _load_checkpoint(latest, plan, model, optimizer, state)
-    if latest is None or (plan.balance_models and state.model_weights is None):
+    else:
         n_sample = min(plan.n_train, max(plan.batch_size, NORM_SAMPLE_BYTES // (8 * plan.d_model)))
         sample = next(
             iter(data.iter_batches(n_sample, shuffle=True, seed=plan.seed, stop=plan.n_train, drop_last=True))
         ).to(dd.device)
-        if latest is None:
-            model.fit_normalization(sample)
-            model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
+        model.fit_normalization(sample)
+        model.init_decoder_bias(sample[: min(len(sample), plan.batch_size)])
         if plan.balance_models:
             state.model_weights = model.model_weights_for(sample)
 
@@ -562,9 +563,9 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
         raise CrossCoderFileError(
             f"checkpoint {path} has an unreadable state.json ({exc}); delete that folder to resume from an earlier one"
         ) from exc
-    changed = {
-        k: (v, plan.fingerprint().get(k)) for k, v in saved.get("plan", {}).items() if plan.fingerprint().get(k) != v
-    }
+    # a plan saved before a field existed had that field's old behaviour
+    saved_plan = PLAN_FIELDS_ADDED | saved.get("plan", {})
+    changed = {k: (v, plan.fingerprint().get(k)) for k, v in saved_plan.items() if plan.fingerprint().get(k) != v}
     if changed:
         key, (old, new) = next(iter(changed.items()))
         raise ConfigError(
@@ -582,7 +583,11 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
     state.step, state.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
     state.last_loss, state.train_seconds = float(saved["last_loss"]), float(saved["train_seconds"])
     state.since_fired_F = tensors["trainer.since_fired"].to(model.W_dec.device)
-    if "trainer.model_weights" in tensors:
+    if plan.balance_models:
+        if "trainer.model_weights" not in tensors:
+            raise CrossCoderFileError(
+                f"checkpoint {path} has no trainer.model_weights; delete {path} to resume earlier"
+            )
         state.model_weights = tensors["trainer.model_weights"].to(model.W_dec.device)
 
 
