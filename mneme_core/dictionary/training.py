@@ -583,11 +583,7 @@ def _load_checkpoint(path: Path, plan: _Plan, model, optimizer, state: _State) -
     state.step, state.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
     state.last_loss, state.train_seconds = float(saved["last_loss"]), float(saved["train_seconds"])
     state.since_fired_F = tensors["trainer.since_fired"].to(model.W_dec.device)
-    if plan.balance_models:
-        if "trainer.model_weights" not in tensors:
-            raise CrossCoderFileError(
-                f"checkpoint {path} has no trainer.model_weights; delete {path} to resume earlier"
-            )
+    if plan.balance_models:  # the plan check above guarantees a balanced checkpoint saved them
         state.model_weights = tensors["trainer.model_weights"].to(model.W_dec.device)
 
 
