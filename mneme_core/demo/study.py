@@ -9,7 +9,7 @@ under ``data/`` ≤ 110 MB for the four runs):
   neutral corpus is drawn from all domains, ≈ 8% of it from the forget domain. The paper
   used ~200M tokens: this is the demo's main limitation.
 - **Cross-coder expansion 4 (2,304 latents), k = 32**, trained on ``train_tokens`` (about
-  ten passes over the stored tokens; the size was fixed on development scenario 4,
+  fifteen passes over the stored tokens; the size was fixed on development scenarios 4 and 5,
   docs/DIFFING.md): a cross-coder is 4·d·F fp32 weights (21 MB at F = 2,304), and a wider
   dictionary would leave most latents seeing too few tokens to be described.
 - **RMU**: 100 steps per intervention (``rmu_steps_scale`` 2/3 of the 150 in
@@ -69,7 +69,7 @@ class DemoSizes:
     context_length: int = 128
     expansion: int = 4
     k: int = 32
-    train_tokens: int = 2_000_000  # fixed on development scenario 4 (docs/DIFFING.md)
+    train_tokens: int = 3_000_000  # fixed on development scenarios 4 and 5 (docs/DIFFING.md)
     train_batch: int = 2048
     questions_per_subject: int = 100
     screen_questions: int = 100  # per subject, for the base-accuracy screen
