@@ -14,7 +14,11 @@ taxonomy, embedder and benchmark mapping), so a latent has a share per category.
   dominates); p from 20,000 draws of as many latents from the eligible pool; predicted at
   p < 0.05 / K with mass ≥ 2 (the default minimum of two latents' worth).
 - V2: as V1 from the quantile samples only (uniform over the latent's firing tokens).
-- V3: V1's majority label as the one category, tested as V0.
+- V3: V1's majority label as the one category (ties to the first label by name), tested
+  with V0's hypergeometric enrichment.
+
+The pool of V1–V3 is the latents over the evidence floor with at least one window whose
+context got a label (a latent without one has no profile); V0 keeps the engine's pool.
 
 The rule, written before the first result: the highest MNEME F1; on a tie the higher
 precision; on a further tie V0 (the default), then V1, V2, V3. Run from the project root
@@ -106,7 +110,7 @@ def main() -> None:
     rows: list[tuple[float, float, int, str]] = []
     for name, P in variants.items():
         m = metrics(T, P, universe)
-        rows.append((m["f1"], m["precision"] or 0.0, -len(rows), name))
+        rows.append((m["f1"] or 0.0, m["precision"] or 0.0, -len(rows), name))
         prec = "   —" if m["precision"] is None else f"{m['precision']:4.2f}"
         print(f"{name:30s} | acc {m['accuracy']:4.2f} prec {prec} F1 {m['f1']:4.2f} | P {sorted(P)}")
     print(f"chosen by the rule: {max(rows)[3]}")

@@ -9,7 +9,7 @@ under ``data/`` ≤ 110 MB for the four runs):
   neutral corpus is drawn from all domains, ≈ 8% of it from the forget domain. The paper
   used ~200M tokens: this is the demo's main limitation.
 - **Cross-coder expansion 4 (2,304 latents), k = 32**, trained on ``train_tokens`` (about
-  fifteen passes over the stored tokens; the size was fixed on development scenarios 4 and 5,
+  sixteen passes over the stored tokens; the size was fixed on development scenarios 4 and 5,
   docs/DIFFING.md): a cross-coder is 4·d·F fp32 weights (21 MB at F = 2,304), and a wider
   dictionary would leave most latents seeing too few tokens to be described.
 - **RMU**: 100 steps per intervention (``rmu_steps_scale`` 2/3 of the 150 in
