@@ -35,15 +35,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from mneme_core.collect.activations import ActivationStore
 from mneme_core.collect.models import cache_root
-from mneme_core.evaluation.evaluate import category_mapping, metrics
+from mneme_core.common.config import EvaluationConfig
+from mneme_core.evaluation.evaluate import (
+    category_mapping,
+    category_scores,
+    default_predict_threshold,
+    metrics,
+    predict,
+)
 
 DRAWS = 20_000
-ALPHA = 0.05
-MIN_MASS = 2.0
+DEFAULTS = EvaluationConfig()  # the corrected level and minimum count of the default reading
 
 
 def window_profiles(windows: pd.DataFrame, latents: set[int], universe: list[str]) -> pd.DataFrame:
@@ -61,24 +66,25 @@ def predict_by_mass(profiles: pd.DataFrame, attributed: set[int], seed: int = 0)
         return set()
     rng = np.random.default_rng(seed)
     pool = profiles.to_numpy()
-    idx = np.argsort(rng.random((DRAWS, len(pool))), axis=1)[:, :n]
-    null = pool[idx].sum(1)
+    null = np.stack([pool[rng.choice(len(pool), n, replace=False)].sum(0) for _ in range(DRAWS)])
     p = ((null >= mass[None] - 1e-12).sum(0) + 1) / (DRAWS + 1)
     K = profiles.shape[1]
-    return {c for c, pc, m in zip(profiles.columns, p, mass) if pc < ALPHA / K and m >= MIN_MASS}
+    return {
+        c
+        for c, pc, m in zip(profiles.columns, p, mass)
+        if pc < DEFAULTS.significance / K and m >= DEFAULTS.predict_min_latents
+    }
 
 
-def predict_by_majority(profiles: pd.DataFrame, attributed: set[int]) -> set[str]:
-    """V0's enrichment test on each latent's majority label."""
-    label = profiles.idxmax(1)
-    att = label[label.index.isin(attributed)]
-    K, out = profiles.shape[1], set()
-    for c in profiles.columns:
-        k = int((att == c).sum())
-        p = stats.hypergeom.sf(k - 1, len(label), int((label == c).sum()), len(att)) if k else 1.0
-        if p < ALPHA / K and k >= 2:
-            out.add(c)
-    return out
+def predict_by_majority(profiles: pd.DataFrame, latents: pd.DataFrame) -> set[str]:
+    """V0's own enrichment rule (``category_scores`` and ``predict`` at the evaluation's
+    defaults) on each latent's majority label, which is already a benchmark category."""
+    labelled = latents[latents["latent"].isin(profiles.index)].assign(
+        category=lambda t: t["latent"].map(profiles.idxmax(axis=1))
+    )
+    universe = list(profiles.columns)
+    scores = category_scores(labelled, {c: c for c in universe}, universe, latent_direction="both")
+    return predict(scores, default_predict_threshold(scores, alpha=DEFAULTS.significance), DEFAULTS.predict_min_latents)
 
 
 def main() -> None:
@@ -102,7 +108,7 @@ def main() -> None:
         "V0 default (top-5 embedding)": set(ev["P"]),
         "V1 profile, top + quantile": predict_by_mass(both, attributed),
         "V2 profile, quantile": predict_by_mass(quantile, attributed),
-        "V3 majority of V1's windows": predict_by_majority(both, attributed),
+        "V3 majority of V1's windows": predict_by_majority(both, latents),
     }
     print(f"T = {sorted(T)}; {len(attributed)} attributed of {len(eligible)} eligible latents")
     mass = both[both.index.isin(attributed)].sum(axis=0).nlargest(4).round(2)

@@ -186,15 +186,14 @@ def main() -> None:
         for r in rows
         if r["dead_all_tokens"] <= 0.2 and 0.8 <= r["l0_over_k"] <= 1.25 and r["median_cos_shared"] >= 0.8
     ]
+    low = {r["label"]: min(r["fve_base"], r["fve_ft"]) for r in ok}  # the lower FVE of each setting
     if args.grid == "balance":
-        low = {r["label"]: min(r["fve_base"], r["fve_ft"]) for r in ok}
         balanced_wins = low.get("balanced loss", -1.0) - low.get("unbalanced loss", -1.0) >= 0.005
         print(f"chosen by the rule: {'balanced' if balanced_wins else 'unbalanced'} loss")
         chosen = "balanced loss" if balanced_wins else "unbalanced loss"
         more = low.get("balanced loss, 2M", -1.0) - low.get(chosen, -1.0) >= 0.005
         print(f"2M training tokens: {'taken' if more else 'not taken'}")
     elif args.grid == "budget":
-        low = {r["label"]: min(r["fve_base"], r["fve_ft"]) for r in ok}
         more = low.get("plain loss, 3M", -1.0) - low.get("plain loss, 2M", -1.0) >= 0.005
         print(f"3M training tokens: {'taken' if more else 'not taken'}")
     elif ok:

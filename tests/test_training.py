@@ -119,7 +119,6 @@ def test_balanced_loss_keeps_the_smaller_model_reconstructed():
     dictionary from the base under the plain summed loss (the default); the balanced loss
     weights each model by its inverse variance and gives both a fair share (min FVE much
     higher)."""
-    torch.set_num_threads(1)
     x, _ = planted_activations(12_000, 32, 24, seed=0, mean_active=3.0)
     x[:, 1] *= 3.0
     cfg = TrainingConfig(batch_size=256, n_tokens=40_000, lr=3e-3, warmup_steps=20, dead_tokens=3_000, val_fraction=0.1)

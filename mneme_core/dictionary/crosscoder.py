@@ -183,9 +183,7 @@ class LossOutput:
     """One training step's loss and the statistics the trainer tracks."""
 
     loss: torch.Tensor  # recon + alpha * aux, differentiable
-    recon: (
-        torch.Tensor
-    )  # Σ_m c_m ‖x_m − x̂_m‖² per token (c = model_weights, else 1), mean over tokens (normalised space)
+    recon: torch.Tensor  # Σ_m c_m ‖x_m − x̂_m‖² per token (c: model_weights or 1), token mean, normalised
     aux: torch.Tensor  # normalised aux-k loss (0 when no latent is dead)
     fired_F: torch.Tensor  # bool (F): latent kept for at least one token of this batch
     l0: float  # mean kept latents per token
