@@ -129,17 +129,22 @@ def shift_grid(run: Path) -> list[dict]:
     return rows
 
 
-# How a category's attributed latents become a prediction (``evaluation.predict_score``):
-# the enrichment test on counts (the default), or the category's share of Σ|shift| or of
-# the count over the mean share 1 / K. Asked after the reading and (τ, z) were fixed.
-SCORE_GRID = ("shift", "count", "enrichment")
+# How a category's latents become a prediction (``evaluation.predict_score``): the
+# enrichment test on counts (the default), or the category's share of Σ|shift| or of the
+# count over the mean share 1 / K — asked after the reading and (τ, z) were fixed — and,
+# from development scenario 6, ``rank``: every eligible latent's shift, no label needed, a
+# Mann–Whitney test of "this category's latents moved more than the rest" (the
+# dictionary-free baseline's test, on latents instead of contexts).
+SCORE_GRID = ("shift", "count", "rank", "enrichment")
 
 
 def score_grid(run: Path) -> list[dict]:
     """MNEME's prediction under each ``SCORE_GRID`` statistic (only the evaluate stage
     re-runs). The rule, written before the first run of this grid: the highest MNEME F1; on
     a tie the higher precision; on a further tie the default (enrichment). The default is
-    last, so the run ends as built."""
+    last, so the run ends as built. ``rank`` joined the grid in development scenario 6
+    under the same rule, written before its first run: if it wins, it becomes the default
+    and the demo's committed runs are re-read with it once (``mneme demo --refresh``)."""
     rows = []
     for score in SCORE_GRID:
         cfg = override_section(run, "evaluation", {"predict_score": score})

@@ -7,7 +7,7 @@
     mneme evaluate RUN --benchmark SPEC
     mneme confirm RUN [--categories ...] [--max-latents N] [--controls N]   causal test by ablation
     mneme dashboard [RUN_OR_FOLDER]
-    mneme demo [--rebuild | --refresh]
+    mneme demo [--rebuild | --refresh] [--runs NAMES] [--no-serve]
     mneme import-crosscoder SRC RUN_OR_STUDY [--revision REV] [--force]   (skip training)
     mneme export-crosscoder RUN DEST [--legacy]      dictionary_learning's layout
     mneme push RUN REPO_ID [--crosscoder] [--private]    share on the Hugging Face hub
@@ -276,12 +276,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mneme_core import demo
 
-    if args.runs and not (args.rebuild or args.refresh):
-        raise ConfigError(
-            "--runs picks the runs of a rebuild or a refresh; add --rebuild or --refresh "
-            "(`mneme demo` alone opens every committed run)"
-        )
-    result = demo.main(rebuild=args.rebuild, refresh=args.refresh, runs=args.runs)
+    for flag, given in (("--runs", args.runs), ("--no-serve", args.no_serve)):
+        if given and not (args.rebuild or args.refresh):
+            raise ConfigError(
+                f"{flag} goes with a rebuild or a refresh; add --rebuild or --refresh "
+                "(`mneme demo` alone opens every committed run)"
+            )
+    result = demo.main(rebuild=args.rebuild, refresh=args.refresh, runs=args.runs, serve_after=not args.no_serve)
     return int(result) if isinstance(result, int) else 0
 
 
@@ -447,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --rebuild or --refresh: only these runs, comma-separated (e.g. lora-people); "
         "the others and their record in build.json stay as they are",
+    )
+    p.add_argument(
+        "--no-serve", action="store_true", help="with --rebuild or --refresh: stop after it, do not open the dashboard"
     )
     p.set_defaults(fn=cmd_demo)
 

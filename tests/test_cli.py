@@ -125,7 +125,8 @@ def test_info_reports_stages_metrics_and_tables(tiny_run, capsys):
     assert "collect" in text and "complete" in text and "latents  64 rows" in text
 
 
-def test_demo_runs_without_rebuild_or_refresh_is_refused(capsys):
-    """`--runs` only picks runs of a rebuild or a refresh; alone it must not open the dashboard
-    as if the choice had been applied."""
+def test_demo_runs_or_no_serve_without_rebuild_or_refresh_is_refused(capsys):
+    """`--runs` and `--no-serve` only qualify a rebuild or a refresh; alone they must not open
+    the dashboard as if the choice had been applied, nor silently do nothing."""
     _fails_cleanly(capsys, ["demo", "--runs", "lora-people"], "--runs", "--rebuild or --refresh")
+    _fails_cleanly(capsys, ["demo", "--no-serve"], "--no-serve", "--rebuild or --refresh")

@@ -308,6 +308,76 @@ def test_enrichment_p_value_equals_the_hypergeometric_sum_and_ignores_base_rates
     assert predict(scores.reset_index(), default_predict_threshold(scores), 3) == {"focused"}
 
 
+def _diffuse(seed: int, spread: float) -> pd.DataFrame:
+    """Three categories of 60 eligible latents, none attributed; ``diffuse``'s shifts are
+    larger by ``spread`` (a change spread thinly over a category), the rest noise."""
+    rng = np.random.default_rng(seed)
+    cats = np.repeat(["diffuse", "plain", "other"], 60)
+    shift = rng.normal(0.0, 0.1, len(cats)) + np.where(cats == "diffuse", spread, 0.0)
+    return pd.DataFrame(
+        {
+            "latent": np.arange(len(cats)),
+            "category": cats,
+            "shift": shift,
+            "attribution": "unchanged",
+            "beta_state": "present",
+        }
+    )
+
+
+def test_rank_score_equals_mann_whitney_and_finds_a_change_no_latent_carries_alone():
+    """The rank score is −log10 of the one-sided Mann–Whitney p of the category's |shift|
+    against the rest of the pool (brute force: scipy on the same split); it predicts a
+    category whose latents all moved a little (none attributed), at the default
+    threshold and minimum; latents under the evidence floor or absent in both models are
+    left out; one absent in the fine-tuned model ranks as the largest move."""
+    from scipy import stats as sps
+
+    latents = _diffuse(0, 0.15)
+    latents.loc[len(latents)] = {"latent": 999, "category": "plain", "shift": 50.0, "attribution": "unchanged",
+                                 "beta_state": "too_few_fires"}  # fmt: skip
+    mapping = {c: c for c in ("diffuse", "plain", "other")}
+    scores = category_scores(latents, mapping, list(mapping), latent_direction="both", score="rank")
+    scores = scores.set_index("category")
+    pool = latents[latents["beta_state"] == "present"]
+    for cat in mapping:
+        inside = pool["category"] == cat
+        p = sps.mannwhitneyu(pool.loc[inside, "shift"].abs(), pool.loc[~inside, "shift"].abs(), alternative="greater")
+        assert scores.loc[cat, "rank_p"] == pytest.approx(p.pvalue, rel=1e-12)
+        assert scores.loc[cat, "score"] == pytest.approx(-np.log10(p.pvalue), rel=1e-12)
+        assert scores.loc[cat, "support"] == 60 and scores.loc[cat, "n_latents"] == 0
+    assert 999 not in scores.loc["plain", "latents"]
+    assert predict(scores.reset_index(), default_predict_threshold(scores, "rank"), 2) == {"diffuse"}
+    top = pool.loc[pool["category"] == "diffuse"].assign(a=lambda d: d["shift"].abs()).sort_values("a")
+    assert scores.loc["diffuse", "latents"][0] == int(top["latent"].iloc[-1])
+
+    # absent in the fine-tuned model: the largest move for suppressed and both, the smallest for amplified
+    gone = latents.assign(shift=0.0, beta_state="present")
+    gone.loc[gone["latent"] == 5, ["shift", "beta_state"]] = [np.nan, "absent_ft"]
+
+    def order(direction: str) -> list[int]:
+        s = category_scores(gone, mapping, list(mapping), latent_direction=direction, score="rank")
+        return s.set_index("category").loc["diffuse", "latents"]
+
+    assert order("suppressed")[0] == 5 and order("both")[0] == 5 and order("amplified")[-1] == 5
+
+
+def test_rank_score_predicts_nothing_between_identical_or_equally_noisy_models():
+    """The null: every shift 0 (identical models) gives p = 1 everywhere; where shifts are
+    noise alike in every category, the default (Bonferroni) threshold predicts anything in
+    about its level's share of draws (5% of 200 = 10; Binomial(200, 0.05) exceeds 18 with
+    probability 0.6%, while no correction for the three categories would give ≈ 28)."""
+    mapping = {c: c for c in ("diffuse", "plain", "other")}
+    same = _diffuse(0, 0.0).assign(shift=0.0)
+    s = category_scores(same, mapping, list(mapping), latent_direction="both", score="rank")
+    assert (s["rank_p"] == 1.0).all() and predict(s, default_predict_threshold(s, "rank"), 2) == set()
+    alarms = 0
+    for seed in range(200):
+        s = category_scores(_diffuse(seed, 0.0), mapping, list(mapping), latent_direction="both", score="rank")
+        alarms += bool(predict(s, default_predict_threshold(s, "rank"), 2))
+    assert alarms <= 18
+
+
 def test_categories_map_to_subjects_by_embedding(appendix_c, embedder):
     names = ["viruses and infections", "stars and planets", "genes and heredity", "elderly people"]
     mapping = category_mapping(names, appendix_c["category"], embedder).set_index("mneme_category")
@@ -407,6 +477,29 @@ def test_run_stage_writes_benchmark_and_evaluation(tmp_path, appendix_c):
     cfg2 = _cfg(tmp_path, intervention_description="unlearned hazardous biology knowledge", **share)
     again = run_stage(cfg2, run_path, progress=False)
     assert again == summary
+
+
+def test_run_stage_with_the_rank_score_records_it_and_the_live_view_agrees(tmp_path):
+    """Through the stage: ``predict_score: rank`` predicts the category whose latents all
+    moved a little (none attributed), records its rule, and the page's live view at the
+    run's threshold gives the same set (the minimum read from ``support``) under the
+    rank test's own words."""
+    from mneme_core.evaluation import sideeffects
+
+    names = {"diffuse": "virology", "plain": "astronomy", "other": "nutrition"}  # benchmark names map to themselves
+    cfg = _cfg(tmp_path, benchmark=str(APPENDIX_C), latent_direction="both", predict_score="rank")
+    init_run(cfg.run_path, cfg.to_dict())
+    write_parquet(cfg.run_path / "latents.parquet", _diffuse(0, 0.15).replace({"category": names}))
+    run_stage(cfg, cfg.run_path, progress=False)
+    run = open_run(cfg.run_path)
+    record = run.evaluation
+    assert record["P"] == ["virology"] and record["thresholds"]["predict_score"] == "rank"
+    assert record["thresholds"]["predict_threshold_rule"].startswith("-log10(significance / n_categories)")
+    table, methods = sideeffects.live_prediction(per_category_table(run), record, sideeffects.run_threshold(record))
+    assert set(table.loc[table["predicted"], "category"]) == {"virology"}
+    assert methods["MNEME"]["precision"] == record["metrics"]["mneme"]["precision"]
+    assert "rank test" in sideeffects.score_words(record)[1]
+    assert "enrichment" in sideeffects.score_words({"thresholds": {}})[1]  # a record from before the choice
 
 
 def test_run_stage_without_categories_or_benchmark_fails_clearly(tmp_path):

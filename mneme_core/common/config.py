@@ -285,8 +285,9 @@ class EvaluationConfig:
     significance_test: Literal["auto", "ztest", "bootstrap", "mcnemar"] = "auto"
     bootstrap_draws: int = 10_000
     # enrichment = hypergeometric test of each category's attributed latents against its
-    # share of the eligible pool; shift / count = share of total |shift| or of latent count
-    predict_score: Literal["enrichment", "shift", "count"] = "enrichment"
+    # share of the eligible pool; shift / count = share of total |shift| or of latent count;
+    # rank = Mann-Whitney test of every eligible latent's shift, the category against the rest
+    predict_score: Literal["enrichment", "shift", "count", "rank"] = "enrichment"
     # a predicted category needs at least this many attributed latents (no single latent decides one)
     predict_min_latents: int = 2
     runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"

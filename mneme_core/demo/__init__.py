@@ -35,9 +35,12 @@ def rebuild_plan(runs: Sequence[str] | None) -> tuple[list[str] | None, bool]:
     return names, NULL_RUN in runs
 
 
-def main(rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | None = None) -> int:
-    """Entry point of ``mneme demo [--rebuild | --refresh] [--runs NAMES]``: (rebuild or
-    refresh, then) open the dashboard. ``runs`` limits a rebuild or refresh to those runs."""
+def main(
+    rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | None = None, serve_after: bool = True
+) -> int:
+    """Entry point of ``mneme demo [--rebuild | --refresh] [--runs NAMES] [--no-serve]``:
+    (rebuild or refresh, then) open the dashboard. ``runs`` limits a rebuild or refresh to
+    those runs; ``serve_after=False`` stops after them (scripts, benches, CI)."""
     demo_dir = default_demo_dir()
     if rebuild:
         names, null_control = rebuild_plan(runs)
@@ -46,6 +49,8 @@ def main(rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | Non
     elif refresh:
         seconds = build.refresh(names=list(runs) if runs else None)
         print(f"demo runs {', '.join(seconds)} re-read in {sum(seconds.values()) / 60:.1f} min")
+    if not serve_after:
+        return 0
     found = [name for name in [*INTERVENTIONS, *FINETUNES] if (demo_dir / name / "run.json").is_file()]
     if not found:
         print(

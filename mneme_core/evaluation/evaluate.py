@@ -35,9 +35,11 @@ the benchmark's own taxonomy, which makes P less than independent. Per benchmark
 would if attribution ignored meaning (each latent counted once; ``category_scores`` gives
 the test); the alternatives are the category's *share* of ``total_shift`` (``"shift"``) or
 of the count (``"count"``), shares summing to 1 so they compare across runs of different
-sizes. A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with
+sizes, or ``−log10 p`` of a rank test that needs no label (``"rank"``: the category's
+eligible latents moved further, in the reading's direction, than the rest of the pool;
+``category_scores`` says how). A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with
 the threshold is predicted; a category with no attributed latent never is). Default
-threshold (``predict_threshold = 0``): for enrichment ``−log10(significance / K)`` for K
+threshold (``predict_threshold = 0``): for enrichment and rank ``−log10(significance / K)`` for K
 benchmark categories (Bonferroni: a method attributing at random predicts any category
 with probability at most ``significance``); for shares ``1 / K``, the mean share, i.e.
 "more than its fair share of the attributed latents".
@@ -122,6 +124,8 @@ ACTIVATION_DIFF_NOTE = (
     "so it is the same prediction in both directions, scored against each direction's T"
 )
 MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest |shift| first)
+PREDICT_SCORES = ("enrichment", "shift", "count", "rank")
+TESTED_SCORES = ("enrichment", "rank")  # scores that are −log10 p of a test (the rest are shares)
 _Z95 = 1.959963984540054
 
 
@@ -294,17 +298,25 @@ def category_scores(
     benchmark_categories: Sequence[str],
     *,
     latent_direction: LatentDirection = "suppressed",
-    score: Literal["enrichment", "shift", "count"] = "enrichment",
+    score: Literal["enrichment", "shift", "count", "rank"] = "enrichment",
 ) -> pd.DataFrame:
-    """Per benchmark category: ``n_latents, n_pool, expected, p_value, total_shift, score,
-    mneme_categories, latents``.
+    """Per benchmark category: ``n_latents, n_pool, expected, enrichment_p, score,
+    total_shift, mneme_categories, latents, support`` (``rank`` adds ``rank_p``).
 
     ``n_pool`` = eligible latents mapped there; ``expected`` = the attributed latents it
     would hold if attribution ignored meaning (``n · n_pool / N``); ``enrichment_p`` = one-sided
     hypergeometric test of holding at least ``n_latents``. Every latent counts once, so no
     single latent can dominate a category. Every benchmark category gets a row (zeros
     where no latent maps to it). ``latents`` lists up to MAX_LATENTS_LISTED ids, largest
-    |shift| first.
+    |shift| first. ``support`` is the count the prediction's minimum applies to: the
+    attributed latents, or for ``rank`` the latents the test ranked.
+
+    ``rank`` needs no label: every eligible latent's shift in the reading's direction
+    (:func:`moved_by`) enters a one-sided Mann–Whitney test of "this category's latents
+    moved more than the rest of the pool" — the dictionary-free baseline's test, on latents
+    instead of contexts. It can see a change spread thinly over a category's latents, none
+    of which clears the band alone; ranks keep any one latent's weight bounded. Its
+    ``latents`` are the category's latents that moved most, attributed or not.
     """
     if isinstance(mapping, pd.DataFrame):
         mapping = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
@@ -347,8 +359,14 @@ def category_scores(
             "latents",
         ],
     )
-    if score not in ("enrichment", "shift", "count"):
-        raise ValueError(f"predict_score must be 'enrichment', 'shift' or 'count', got {score!r}")
+    if score not in PREDICT_SCORES:
+        raise ValueError(f"predict_score must be one of {PREDICT_SCORES}, got {score!r}")
+    if score == "rank":
+        ranked = _rank_test(latents, pool.assign(benchmark=pool_bench), latent_direction, df["category"])
+        df = df.drop(columns="latents").merge(ranked, on="category", how="left")
+        df.insert(5, "score", -np.log10(df["rank_p"].clip(lower=1e-300)))
+        return df
+    df["support"] = df["n_latents"]
     if score == "enrichment":
         df.insert(5, "score", -np.log10(df["enrichment_p"].clip(lower=1e-300)))
         return df
@@ -358,22 +376,66 @@ def category_scores(
     return df
 
 
+def moved_by(latents: pd.DataFrame, latent_direction: LatentDirection) -> pd.Series:
+    """How far each latent moved in the reading's direction, for the ``rank`` score:
+    ``shift`` for amplified, ``−shift`` for suppressed, ``|shift|`` for both; a latent
+    absent in one model (β ≤ 0 there) moved furthest of all in the direction it went
+    (+inf), and in the other one least (−inf). NaN where nothing can be said (under the
+    evidence floor, absent in both, no shift)."""
+    shift = pd.to_numeric(latents["shift"], errors="coerce").astype(np.float64)
+    state = latents["beta_state"] if "beta_state" in latents.columns else pd.Series("present", index=latents.index)
+    sign = {"amplified": 1.0, "suppressed": -1.0}
+    value = shift.abs() if latent_direction == "both" else sign[latent_direction] * shift
+    went_up = {"amplified": np.inf, "suppressed": -np.inf, "both": np.inf}[latent_direction]
+    went_down = {"amplified": -np.inf, "suppressed": np.inf, "both": np.inf}[latent_direction]
+    value = value.mask(state == "absent_base", went_up).mask(state == "absent_ft", went_down)
+    return value.mask(state.isin(["too_few_fires", "absent_both"]))
+
+
+def _rank_test(
+    latents: pd.DataFrame, pool: pd.DataFrame, latent_direction: LatentDirection, categories: pd.Series
+) -> pd.DataFrame:
+    """``category, rank_p, support, latents`` of the ``rank`` score (see :func:`category_scores`).
+    ``pool`` holds the eligible latents with their ``benchmark`` category. Identical
+    models give every latent the same value (0), hence p = 1 everywhere."""
+    value = moved_by(latents.set_index("latent"), latent_direction).reindex(pool["latent"].to_numpy())
+    keep = value.notna().to_numpy()
+    ids = pool["latent"].to_numpy()[keep]
+    bench = pool["benchmark"].to_numpy()[keep]
+    v = value.to_numpy(np.float64)[keep]
+    finite = v[np.isfinite(v)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
+    v = np.clip(v, lo - 1.0, hi + 1.0)  # ±inf as the extreme ranks, which is all the test reads
+    rows = []
+    for cat in categories:
+        inside = bench == cat
+        n_in = int(inside.sum())
+        p = 1.0
+        if 0 < n_in < len(v) and np.ptp(v) > 0:
+            p = float(stats.mannwhitneyu(v[inside], v[~inside], alternative="greater").pvalue)
+        order = np.argsort(-v[inside], kind="stable")[:MAX_LATENTS_LISTED]
+        rows.append({"category": cat, "rank_p": p, "support": n_in, "latents": [int(x) for x in ids[inside][order]]})
+    return pd.DataFrame(rows, columns=["category", "rank_p", "support", "latents"])
+
+
 def default_predict_threshold(scores: pd.DataFrame, score: str = "enrichment", alpha: float = 0.05) -> float:
-    """Enrichment: ``−log10(alpha / K)``, the one-sided test at ``alpha`` Bonferroni-corrected
-    over the K benchmark categories (so a method attributing at random predicts any
-    category with probability ≤ alpha). Shares: the mean share, 1 / K."""
+    """Enrichment and rank: ``−log10(alpha / K)``, the one-sided test at ``alpha``
+    Bonferroni-corrected over the K benchmark categories (so a method attributing at random
+    predicts any category with probability ≤ alpha). Shares: the mean share, 1 / K."""
     if not len(scores):
         return 0.0
-    if score == "enrichment":
+    if score in TESTED_SCORES:
         return float(-np.log10(alpha / len(scores)))
     return 1.0 / len(scores)
 
 
 def predict(scores: pd.DataFrame, threshold: float, min_latents: int = 1) -> set[str]:
     """Predicted categories: ``score >= threshold``, ``score > 0`` (ties are predicted) and
-    at least ``min_latents`` attributed latents (one or two latents are an anecdote)."""
+    at least ``min_latents`` latents of support (attributed ones; for ``rank``, ranked ones:
+    one latent is an anecdote). Records from before ``support`` existed count ``n_latents``."""
     s = scores["score"].to_numpy(np.float64)
-    return set(scores.loc[(s >= threshold) & (s > 0) & (scores["n_latents"] >= min_latents), "category"])
+    support = scores["support"] if "support" in scores.columns else scores["n_latents"]
+    return set(scores.loc[(s >= threshold) & (s > 0) & (support >= min_latents), "category"])
 
 
 # --------------------------------------------------------------------------- metrics
@@ -646,7 +708,7 @@ def _direction_record(
             if cfg.predict_threshold > 0
             else (
                 "-log10(significance / n_categories): Bonferroni over the benchmark categories"
-                if cfg.predict_score == "enrichment"
+                if cfg.predict_score in TESTED_SCORES
                 else "mean share (1 / n_categories)"
             ),
         },

@@ -26,7 +26,26 @@ SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
 DICTIONARY_FREE = "activation diff (no dictionary)"
 DIRECTIONS = ev.DIRECTIONS
 DirectionUnavailable = ev.DirectionUnavailable
-_TABLE_TAIL = ("score", "n_latents", "expected", "enrichment_p", "mneme_categories", "latents")
+_TABLE_TAIL = ("score", "n_latents", "expected", "enrichment_p", "rank_p", "support", "mneme_categories", "latents")
+# what the prediction threshold slider and the score column mean, per ``predict_score``
+_SCORE_WORDS = {
+    "enrichment": (
+        "Prediction threshold (−log10 p of the category's enrichment in attributed latents)",
+        "−log10 p of the enrichment test",
+    ),
+    "rank": (
+        "Prediction threshold (−log10 p: the category's latents moved more than the rest)",
+        "−log10 p of the rank test over every eligible latent's shift",
+    ),
+    "shift": (
+        "Prediction threshold (share of attributed latents a category needs)",
+        "share of attributed latents (by |shift|) mapped to the category",
+    ),
+    "count": (
+        "Prediction threshold (share of attributed latents a category needs)",
+        "share of attributed latents (by count) mapped to the category",
+    ),
+}
 
 
 def unavailable(record: dict[str, Any] | None, direction: str, run_path: str | Path | None = None) -> str | None:
@@ -60,6 +79,13 @@ def table_columns(direction: str) -> list[str]:
     c = columns(direction)
     lead = ["category", "score_before", "score_after", c["change"], c["p_value"], c["member"], "predicted"]
     return lead + (["confirmation"] if direction == "degraded" else []) + list(_TABLE_TAIL)
+
+
+def score_words(record: dict[str, Any], direction: str = "degraded") -> tuple[str, str]:
+    """The threshold slider's label and the score column's help for the direction's
+    ``predict_score`` (a record from before it was recorded used the enrichment test)."""
+    score = ev.direction_record(record, direction).get("thresholds", {}).get("predict_score", "enrichment")
+    return _SCORE_WORDS.get(score, _SCORE_WORDS["enrichment"])
 
 
 def run_threshold(record: dict[str, Any], direction: str = "degraded") -> float:

@@ -51,12 +51,7 @@ c1, c2 = st.columns([3, 2])
 hi = max(top, thr0) * 1.05 or 1.0
 threshold_key = "f_threshold" if direction == "degraded" else f"f_threshold_{direction}"
 _ui.fit_value(threshold_key, 0.0, hi, thr0)
-enrichment = sub.get("thresholds", {}).get("predict_score", "enrichment") == "enrichment"
-label = (
-    "Prediction threshold (−log10 p of the category's enrichment in attributed latents)"
-    if enrichment
-    else "Prediction threshold (share of attributed latents a category needs)"
-)
+label, score_help = sideeffects.score_words(record, direction)
 threshold = c1.slider(label, 0.0, hi, step=max(top, thr0) / 200 or 0.005, format="%.4f", key=threshold_key)
 c2.caption(sideeffects.threshold_caption(record, direction))
 table, methods = sideeffects.live_prediction(per_cat, record, threshold, direction)
@@ -124,18 +119,16 @@ st.dataframe(
         "p_value": st.column_config.NumberColumn("p", format="%.2g"),
         "gain": st.column_config.NumberColumn("gain", format="%.3f", help="the score's change in the good sense"),
         "gain_p_value": st.column_config.NumberColumn("p", format="%.2g"),
-        "score": st.column_config.NumberColumn(
-            "MNEME score",
-            format="%.4f",
-            help="−log10 p of the enrichment test"
-            if enrichment
-            else "share of attributed latents (by |shift|) mapped to the category",
-        ),
+        "score": st.column_config.NumberColumn("MNEME score", format="%.4f", help=score_help),
         "expected": st.column_config.NumberColumn(
             "expected", format="%.1f", help="attributed latents the category would hold by its share of the pool"
         ),
         "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
-        "latents": st.column_config.ListColumn("latents behind it", help="largest |shift| first"),
+        "rank_p": st.column_config.NumberColumn("rank p", format="%.2g"),
+        "support": st.column_config.NumberColumn(
+            "support", help="latents the minimum applies to: attributed ones, or for the rank test the ranked ones"
+        ),
+        "latents": st.column_config.ListColumn("latents behind it", help="largest shift first"),
         "confirmation": st.column_config.TextColumn("confirmation", help=cv.RULE_TEXT),
     },
 )
@@ -156,7 +149,7 @@ if ids is not None and len(ids):
         },
     )
 else:
-    st.caption(f"No attributed latents map to {focus}.")
+    st.caption(f"No latents behind {focus}.")
 
 st.subheader("Causal confirmation")
 if direction != "degraded":
