@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from mneme_core import open_run
 from mneme_core.evaluation import evaluate as ev
+from mneme_core.evaluation import sideeffects
 from mneme_core.run.store import init_run, set_stage
 from mneme_core.views import explore
 from mneme_core.views.triage import TriageStore
@@ -177,6 +178,8 @@ def test_side_effects_direction_switch_changes_T_P_and_metrics(twodir_run):
     assert _shown_sets(at, "degraded") == (set(td.T_DEGRADED), set(td.P_SUPPRESSED))
     assert metric(at, "MNEME accuracy") == "1.000" and metric(at, "MNEME precision") == "1.000"
     assert "improved" not in at.dataframe[1].value.columns
+    assert "enrichment in attributed latents" in at.slider(key="f_threshold").label  # the run's predict_score
+    assert any(sideeffects.BASELINE_CAVEAT in c.value for c in at.caption)  # the baseline's blind spot, beside it
     at.radio(key="f_direction").set_value("improved").run()
     assert not at.exception, [e.value for e in at.exception]
     assert _shown_sets(at, "improved") == (set(td.T_IMPROVED), set(td.P_AMPLIFIED))

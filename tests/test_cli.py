@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,11 @@ def test_demo_runs_or_no_serve_without_rebuild_or_refresh_is_refused(capsys):
     the dashboard as if the choice had been applied, nor silently do nothing."""
     _fails_cleanly(capsys, ["demo", "--runs", "lora-people"], "--runs", "--rebuild or --refresh")
     _fails_cleanly(capsys, ["demo", "--no-serve"], "--no-serve", "--rebuild or --refresh")
+
+
+def test_demo_main_without_serving_returns_instead_of_opening_the_dashboard():
+    """``serve_after=False`` (what --no-serve passes after a rebuild or refresh) returns 0;
+    serving would block until the timeout, so a regression fails here instead of hanging."""
+    code = "import sys; from mneme_core import demo; sys.exit(demo.main(serve_after=False))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

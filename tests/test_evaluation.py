@@ -329,8 +329,8 @@ def test_rank_score_equals_mann_whitney_and_finds_a_change_no_latent_carries_alo
     """The rank score is −log10 of the one-sided Mann–Whitney p of the category's |shift|
     against the rest of the pool (brute force: scipy on the same split); it predicts a
     category whose latents all moved a little (none attributed), at the default
-    threshold and minimum; latents under the evidence floor or absent in both models are
-    left out; one absent in the fine-tuned model ranks as the largest move."""
+    threshold and minimum; a latent under the evidence floor is left out; one absent in
+    the fine-tuned model ranks as the largest move only if the attribution labelled it."""
     from scipy import stats as sps
 
     latents = _diffuse(0, 0.15)
@@ -346,20 +346,43 @@ def test_rank_score_equals_mann_whitney_and_finds_a_change_no_latent_carries_alo
         assert scores.loc[cat, "rank_p"] == pytest.approx(p.pvalue, rel=1e-12)
         assert scores.loc[cat, "score"] == pytest.approx(-np.log10(p.pvalue), rel=1e-12)
         assert scores.loc[cat, "support"] == 60 and scores.loc[cat, "n_latents"] == 0
-    assert 999 not in scores.loc["plain", "latents"]
+        assert scores.loc[cat, "latents"] == []  # the attributed latents, whatever the score
+    assert 999 not in scores.loc["plain", "ranked_latents"]
     assert predict(scores.reset_index(), default_predict_threshold(scores, "rank"), 2) == {"diffuse"}
     top = pool.loc[pool["category"] == "diffuse"].assign(a=lambda d: d["shift"].abs()).sort_values("a")
-    assert scores.loc["diffuse", "latents"][0] == int(top["latent"].iloc[-1])
+    assert scores.loc["diffuse", "ranked_latents"][0] == int(top["latent"].iloc[-1])
 
     # absent in the fine-tuned model: the largest move for suppressed and both, the smallest for amplified
-    gone = latents.assign(shift=0.0, beta_state="present")
-    gone.loc[gone["latent"] == 5, ["shift", "beta_state"]] = [np.nan, "absent_ft"]
+    gone = latents.assign(shift=0.01, beta_state="present")
+    gone.loc[gone["latent"] == 5, ["shift", "beta_state", "attribution"]] = [np.nan, "absent_ft", "suppressed"]
 
-    def order(direction: str) -> list[int]:
-        s = category_scores(gone, mapping, list(mapping), latent_direction=direction, score="rank")
-        return s.set_index("category").loc["diffuse", "latents"]
+    def moved(direction: str, table: pd.DataFrame = gone) -> list[int]:
+        s = category_scores(table, mapping, list(mapping), latent_direction=direction, score="rank")
+        return s.set_index("category").loc["diffuse", "ranked_latents"]
 
-    assert order("suppressed")[0] == 5 and order("both")[0] == 5 and order("amplified")[-1] == 5
+    assert moved("suppressed") == [5] and moved("both")[0] == 5 and 5 not in moved("amplified")
+    faint = gone.assign(attribution="unchanged")  # β ≤ 0 by noise, not labelled: no extreme rank
+    assert 5 not in moved("both", faint)
+
+
+@pytest.mark.parametrize("direction, sign", [("suppressed", -1.0), ("amplified", 1.0)])
+def test_rank_score_reads_the_sign_of_the_shift_in_one_direction(direction, sign):
+    """Suppressed ranks −shift, amplified +shift: a category whose latents all went down
+    is predicted when reading suppressed latents and not when reading amplified ones, with
+    scipy's Mann–Whitney on the signed values as the brute force."""
+    from scipy import stats as sps
+
+    down = _diffuse(1, 0.0)
+    down.loc[down["category"] == "diffuse", "shift"] -= 0.15
+    mapping = {c: c for c in ("diffuse", "plain", "other")}
+    scores = category_scores(down, mapping, list(mapping), latent_direction=direction, score="rank")
+    scores = scores.set_index("category")
+    inside = down["category"] == "diffuse"
+    p = sps.mannwhitneyu(sign * down.loc[inside, "shift"], sign * down.loc[~inside, "shift"], alternative="greater")
+    assert scores.loc["diffuse", "rank_p"] == pytest.approx(p.pvalue, rel=1e-12)
+    predicted = predict(scores.reset_index(), default_predict_threshold(scores, "rank"), 2)
+    # (read as amplified, the other two now sit above the rest: the test is relative to the pool)
+    assert ("diffuse" in predicted) == (direction == "suppressed")
 
 
 def test_rank_score_predicts_nothing_between_identical_or_equally_noisy_models():

@@ -64,6 +64,15 @@ def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progres
     )
 
 
+def moved_more_p(values: np.ndarray, inside: np.ndarray) -> float:
+    """One-sided Mann–Whitney p of "the values ``inside`` are larger than the rest"; 1 when
+    either side is empty or every value is equal (identical models: nothing moved)."""
+    n_in = int(inside.sum())
+    if not 0 < n_in < len(values) or np.ptp(values) == 0:
+        return 1.0
+    return float(stats.mannwhitneyu(values[inside], values[~inside], alternative="greater").pvalue)
+
+
 def predict_from_diffs(
     diffs: pd.DataFrame,
     mapping: Mapping[str, str],
@@ -84,9 +93,7 @@ def predict_from_diffs(
     for cat in sorted(benchmark_categories):
         inside = (bench == cat).to_numpy()
         n_in = int(inside.sum())
-        p = 1.0
-        if 0 < n_in < len(values) and np.ptp(values) > 0:
-            p = float(stats.mannwhitneyu(values[inside], values[~inside], alternative="greater").pvalue)
+        p = moved_more_p(values, inside)
         rows.append(
             {
                 "category": cat,

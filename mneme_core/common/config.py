@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- sections
 
 
+# how a category's latents become a prediction (``evaluation.predict_score``)
+PredictScore = Literal["enrichment", "shift", "count", "rank"]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Where a model comes from.
@@ -287,8 +291,9 @@ class EvaluationConfig:
     # enrichment = hypergeometric test of each category's attributed latents against its
     # share of the eligible pool; shift / count = share of total |shift| or of latent count;
     # rank = Mann-Whitney test of every eligible latent's shift, the category against the rest
-    predict_score: Literal["enrichment", "shift", "count", "rank"] = "enrichment"
-    # a predicted category needs at least this many attributed latents (no single latent decides one)
+    predict_score: PredictScore = "enrichment"
+    # a predicted category needs at least this many latents of support (attributed ones; for
+    # rank, ranked ones), so no single latent decides one
     predict_min_latents: int = 2
     runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"
     runner_batch_size: int = 8

@@ -38,7 +38,8 @@ of the count (``"count"``), shares summing to 1 so they compare across runs of d
 sizes, or ``−log10 p`` of a rank test that needs no label (``"rank"``: the category's
 eligible latents moved further, in the reading's direction, than the rest of the pool;
 ``category_scores`` says how). A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with
-the threshold is predicted; a category with no attributed latent never is). Default
+the threshold is predicted; under the enrichment and share scores a category with no
+attributed latent never is). Default
 threshold (``predict_threshold = 0``): for enrichment and rank ``−log10(significance / K)`` for K
 benchmark categories (Bonferroni: a method attributing at random predicts any category
 with probability at most ``significance``); for shares ``1 / K``, the mean share, i.e.
@@ -76,6 +77,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -91,7 +93,7 @@ from mneme_core.benchmarks.loaders import (
     validate_benchmark,
 )
 from mneme_core.common.atomic import atomic_write_json, write_parquet
-from mneme_core.common.config import RUNNER_PREFIX, EvaluationConfig, StudyConfig
+from mneme_core.common.config import RUNNER_PREFIX, EvaluationConfig, PredictScore, StudyConfig
 from mneme_core.run.reader import Run
 from mneme_core.run.store import add_provenance
 
@@ -123,8 +125,8 @@ ACTIVATION_DIFF_NOTE = (
     "activation_diff has no direction: it ranks categories by how much their contexts' activations changed, "
     "so it is the same prediction in both directions, scored against each direction's T"
 )
-MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest |shift| first)
-PREDICT_SCORES = ("enrichment", "shift", "count", "rank")
+MAX_LATENTS_LISTED = 100  # latents named per category in evaluation.json (largest move first)
+PREDICT_SCORES = typing.get_args(PredictScore)
 TESTED_SCORES = ("enrichment", "rank")  # scores that are −log10 p of a test (the rest are shares)
 _Z95 = 1.959963984540054
 
@@ -298,25 +300,27 @@ def category_scores(
     benchmark_categories: Sequence[str],
     *,
     latent_direction: LatentDirection = "suppressed",
-    score: Literal["enrichment", "shift", "count", "rank"] = "enrichment",
+    score: PredictScore = "enrichment",
 ) -> pd.DataFrame:
     """Per benchmark category: ``n_latents, n_pool, expected, enrichment_p, score,
-    total_shift, mneme_categories, latents, support`` (``rank`` adds ``rank_p``).
+    total_shift, mneme_categories, latents`` (``rank`` adds ``rank_p, support,
+    ranked_latents``).
 
     ``n_pool`` = eligible latents mapped there; ``expected`` = the attributed latents it
     would hold if attribution ignored meaning (``n · n_pool / N``); ``enrichment_p`` = one-sided
     hypergeometric test of holding at least ``n_latents``. Every latent counts once, so no
     single latent can dominate a category. Every benchmark category gets a row (zeros
-    where no latent maps to it). ``latents`` lists up to MAX_LATENTS_LISTED ids, largest
-    |shift| first. ``support`` is the count the prediction's minimum applies to: the
-    attributed latents, or for ``rank`` the latents the test ranked.
+    where no latent maps to it). ``latents`` lists up to MAX_LATENTS_LISTED attributed ids,
+    largest |shift| first, whatever the score (what ``mneme confirm`` ablates).
 
     ``rank`` needs no label: every eligible latent's shift in the reading's direction
     (:func:`moved_by`) enters a one-sided Mann–Whitney test of "this category's latents
     moved more than the rest of the pool" — the dictionary-free baseline's test, on latents
     instead of contexts. It can see a change spread thinly over a category's latents, none
-    of which clears the band alone; ranks keep any one latent's weight bounded. Its
-    ``latents`` are the category's latents that moved most, attributed or not.
+    of which clears the band alone; ranks keep any one latent's weight bounded.
+    ``support`` (what the prediction's minimum counts) is the category's ranked latents;
+    ``ranked_latents`` those that moved in the reading's direction, furthest first,
+    attributed or not.
     """
     if isinstance(mapping, pd.DataFrame):
         mapping = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
@@ -363,10 +367,9 @@ def category_scores(
         raise ValueError(f"predict_score must be one of {PREDICT_SCORES}, got {score!r}")
     if score == "rank":
         ranked = _rank_test(latents, pool.assign(benchmark=pool_bench), latent_direction, df["category"])
-        df = df.drop(columns="latents").merge(ranked, on="category", how="left")
+        df = df.merge(ranked, on="category", how="left")
         df.insert(5, "score", -np.log10(df["rank_p"].clip(lower=1e-300)))
         return df
-    df["support"] = df["n_latents"]
     if score == "enrichment":
         df.insert(5, "score", -np.log10(df["enrichment_p"].clip(lower=1e-300)))
         return df
@@ -378,26 +381,32 @@ def category_scores(
 
 def moved_by(latents: pd.DataFrame, latent_direction: LatentDirection) -> pd.Series:
     """How far each latent moved in the reading's direction, for the ``rank`` score:
-    ``shift`` for amplified, ``−shift`` for suppressed, ``|shift|`` for both; a latent
-    absent in one model (β ≤ 0 there) moved furthest of all in the direction it went
-    (+inf), and in the other one least (−inf). NaN where nothing can be said (under the
-    evidence floor, absent in both, no shift)."""
+    ``shift`` for amplified, ``−shift`` for suppressed, ``|shift|`` for both. A latent
+    absent in one model (β ≤ 0 there) that the attribution rule labelled moved furthest of
+    all in the direction it went (+inf) and least in the other (−inf); one it did not label
+    (β ≤ 0 can be noise where the latent is faint in both) says nothing: NaN, as where the
+    shift is undefined."""
     shift = pd.to_numeric(latents["shift"], errors="coerce").astype(np.float64)
     state = latents["beta_state"] if "beta_state" in latents.columns else pd.Series("present", index=latents.index)
     sign = {"amplified": 1.0, "suppressed": -1.0}
     value = shift.abs() if latent_direction == "both" else sign[latent_direction] * shift
     went_up = {"amplified": np.inf, "suppressed": -np.inf, "both": np.inf}[latent_direction]
     went_down = {"amplified": -np.inf, "suppressed": np.inf, "both": np.inf}[latent_direction]
-    value = value.mask(state == "absent_base", went_up).mask(state == "absent_ft", went_down)
-    return value.mask(state.isin(["too_few_fires", "absent_both"]))
+    labelled = latents["attribution"].isin(["amplified", "suppressed"])
+    value = value.mask((state == "absent_base") & labelled, went_up).mask((state == "absent_ft") & labelled, went_down)
+    return value.mask(state.isin(["absent_base", "absent_ft"]) & ~labelled)
 
 
 def _rank_test(
     latents: pd.DataFrame, pool: pd.DataFrame, latent_direction: LatentDirection, categories: pd.Series
 ) -> pd.DataFrame:
-    """``category, rank_p, support, latents`` of the ``rank`` score (see :func:`category_scores`).
-    ``pool`` holds the eligible latents with their ``benchmark`` category. Identical
-    models give every latent the same value (0), hence p = 1 everywhere."""
+    """``category, rank_p, support, ranked_latents`` of the ``rank`` score (see
+    :func:`category_scores`). ``pool`` holds the eligible latents with their ``benchmark``
+    category; a latent mapped to none is left out, as the enrichment test leaves it out.
+    Identical models give every latent the same value (0), hence p = 1 everywhere."""
+    from mneme_core.analysis.actdiff import moved_more_p
+
+    pool = pool[pool["benchmark"].notna()]
     value = moved_by(latents.set_index("latent"), latent_direction).reindex(pool["latent"].to_numpy())
     keep = value.notna().to_numpy()
     ids = pool["latent"].to_numpy()[keep]
@@ -409,13 +418,17 @@ def _rank_test(
     rows = []
     for cat in categories:
         inside = bench == cat
-        n_in = int(inside.sum())
-        p = 1.0
-        if 0 < n_in < len(v) and np.ptp(v) > 0:
-            p = float(stats.mannwhitneyu(v[inside], v[~inside], alternative="greater").pvalue)
-        order = np.argsort(-v[inside], kind="stable")[:MAX_LATENTS_LISTED]
-        rows.append({"category": cat, "rank_p": p, "support": n_in, "latents": [int(x) for x in ids[inside][order]]})
-    return pd.DataFrame(rows, columns=["category", "rank_p", "support", "latents"])
+        moved = inside & (v > 0)
+        order = np.argsort(-v[moved], kind="stable")[:MAX_LATENTS_LISTED]
+        rows.append(
+            {
+                "category": cat,
+                "rank_p": moved_more_p(v, inside),
+                "support": int(inside.sum()),
+                "ranked_latents": [int(x) for x in ids[moved][order]],
+            }
+        )
+    return pd.DataFrame(rows, columns=["category", "rank_p", "support", "ranked_latents"])
 
 
 def default_predict_threshold(scores: pd.DataFrame, score: str = "enrichment", alpha: float = 0.05) -> float:
@@ -432,7 +445,8 @@ def default_predict_threshold(scores: pd.DataFrame, score: str = "enrichment", a
 def predict(scores: pd.DataFrame, threshold: float, min_latents: int = 1) -> set[str]:
     """Predicted categories: ``score >= threshold``, ``score > 0`` (ties are predicted) and
     at least ``min_latents`` latents of support (attributed ones; for ``rank``, ranked ones:
-    one latent is an anecdote). Records from before ``support`` existed count ``n_latents``."""
+    one latent is an anecdote). Scores without a ``support`` column (all but rank, and
+    records from before it) count ``n_latents``."""
     s = scores["score"].to_numpy(np.float64)
     support = scores["support"] if "support" in scores.columns else scores["n_latents"]
     return set(scores.loc[(s >= threshold) & (s > 0) & (support >= min_latents), "category"])

@@ -24,9 +24,25 @@ from mneme_core.evaluation import evaluate as ev
 
 SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
 DICTIONARY_FREE = "activation diff (no dictionary)"
+# shown beside the baseline's prediction: its test's known blind spot (docs/DIFFING.md, scenario 6)
+BASELINE_CAVEAT = (
+    "Its rank test makes a small excess that is consistent over a large category very significant, "
+    "so text that moves under any fine-tune of this model (a style shared with the training text) can "
+    "look like a side effect; read it against an unrelated fine-tune of the same model before trusting it."
+)
 DIRECTIONS = ev.DIRECTIONS
 DirectionUnavailable = ev.DirectionUnavailable
-_TABLE_TAIL = ("score", "n_latents", "expected", "enrichment_p", "rank_p", "support", "mneme_categories", "latents")
+_TABLE_TAIL = (
+    "score",
+    "n_latents",
+    "expected",
+    "enrichment_p",
+    "rank_p",
+    "support",
+    "mneme_categories",
+    "latents",
+    "ranked_latents",
+)
 # what the prediction threshold slider and the score column mean, per ``predict_score``
 _SCORE_WORDS = {
     "enrichment": (

@@ -98,7 +98,8 @@ with right:
         st.caption(
             f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
             f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts. "
-            "It has no direction: the same prediction in both, scored against each direction's own T."
+            "It has no direction: the same prediction in both, scored against each direction's own T. "
+            + sideeffects.BASELINE_CAVEAT
         )
     elif baseline:
         st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
@@ -128,12 +129,16 @@ st.dataframe(
         "support": st.column_config.NumberColumn(
             "support", help="latents the minimum applies to: attributed ones, or for the rank test the ranked ones"
         ),
-        "latents": st.column_config.ListColumn("latents behind it", help="largest shift first"),
+        "latents": st.column_config.ListColumn("latents behind it", help="attributed latents, largest |shift| first"),
+        "ranked_latents": st.column_config.ListColumn(
+            "moved latents", help="the rank test's latents that moved in the reading's direction, furthest first"
+        ),
         "confirmation": st.column_config.TextColumn("confirmation", help=cv.RULE_TEXT),
     },
 )
 focus = st.selectbox("Latents behind a category", table["category"].tolist(), key="f_focus_cat")
-ids = next(iter(table.loc[table["category"] == focus, "latents"]), None)
+behind = "ranked_latents" if "ranked_latents" in table.columns else "latents"  # the rank test needs no label
+ids = next(iter(table.loc[table["category"] == focus, behind]), None)
 if ids is not None and len(ids):
     lat = run.latents
     sub = lat[lat["latent"].isin(list(ids))]
