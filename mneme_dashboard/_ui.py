@@ -186,7 +186,7 @@ def run_picker() -> None:
                 key="run_picker",
                 help="Runs found under " + ", ".join(map(str, run_roots())) + " (set MNEME_RUNS or pass a folder)",
             )
-            if choice != current:
+            if choice is not None and choice != current:
                 _switch_run(choice)
         other = st.text_input("Open another run folder", key="run_other", placeholder="/path/to/run")
         if other and other != current:

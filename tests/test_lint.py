@@ -39,7 +39,7 @@ def test_ruff_format_check_passes():
     assert out.returncode == 0, "run `ruff format .`:\n" + out.stdout[-5000:] + out.stderr[-2000:]
 
 
-def test_mypy_passes_on_the_engine():
+def test_mypy_passes_on_the_engine_and_the_dashboard():
     out = _run(_tool("mypy"), "--cache-dir", str(ROOT / ".mypy_cache"))
     assert out.returncode == 0, out.stdout[-8000:] + out.stderr[-2000:]
     assert "Success" in out.stdout

@@ -1,5 +1,7 @@
 """Latent explorer: filter, search and sort the latents table; each row opens its page."""
 
+from typing import cast
+
 import streamlit as st
 
 from mneme_core.views import explore
@@ -37,7 +39,11 @@ with st.container(border=True):
         for i, (name, (lo, hi)) in enumerate(bounds.items()):
             if hi > lo:
                 _ui.fit_range(f"f_{name}", lo, hi)
-                chosen = range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g")
+                # a range slider: fit_range seeded its state with a (low, high) pair
+                chosen = cast(
+                    tuple[float, float],
+                    range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g"),
+                )
                 if tuple(chosen) != (lo, hi):  # a slider at full range keeps latents missing that value
                     ranges[name] = chosen
     sort_cols = st.columns([2, 1, 3])

@@ -1,5 +1,7 @@
 """One latent: what it is, the numbers behind its attribution, where it fires."""
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -26,9 +28,9 @@ if row is None:
 st.query_params["latent"] = str(latent)
 
 
-def val(col: str) -> object:
+def val(col: str) -> Any:
     """The row's value, or None when the column is absent or the value missing (NaN / NA)."""
-    value = row[col] if col in row.index else None
+    value = row.get(col) if row is not None else None
     return None if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else value
 
 

@@ -73,8 +73,7 @@ if evaluation and run.stage_status("evaluate") == "complete":
             st.caption(f"{direction.capitalize()}: {numbers['note']}")
             continue
         st.markdown(f"**{direction.capitalize()}**")
-        cols = st.columns(len(numbers))
-        for col, (label, value) in zip(cols, numbers.items()):
+        for col, (label, value) in zip(st.columns(len(numbers)), numbers.items()):
             col.metric(label, explore.fmt(value, 3))
         _ui.link_to(
             "side_effects",
