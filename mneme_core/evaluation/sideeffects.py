@@ -27,7 +27,7 @@ DICTIONARY_FREE = "activation diff (no dictionary)"
 # shown beside the baseline's prediction: its test's known blind spot (docs/DIFFING.md, scenario 6)
 BASELINE_CAVEAT = (
     "Its rank test makes a small excess that is consistent over a large category very significant, "
-    "so text that moves under any fine-tune of this model (a style shared with the training text) can "
+    "so text that moves a little whatever the fine-tune taught (text in its training data's style, say) can "
     "look like a side effect; read it against an unrelated fine-tune of the same model before trusting it."
 )
 DIRECTIONS = ev.DIRECTIONS
