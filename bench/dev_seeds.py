@@ -36,8 +36,9 @@ def replicate(run: Path, seed: int, work: Path) -> Path:
         shutil.copytree(run, partial, ignore=shutil.ignore_patterns("crosscoder", ".lock"))
         partial.rename(copy)
         run_study(override_section(copy, "training", {"seed": seed}), stages=RETRAINED, force=True)
-    else:  # resume an interrupted seed; a finished one is left as it is
-        run_study(run_config(copy), stages=RETRAINED)
+    else:  # resume: the copy left out the dictionary, so until its own exists every stage is redone
+        trained = (copy / "crosscoder" / "model.safetensors").is_file()
+        run_study(run_config(copy), stages=RETRAINED, force=False if trained else ["train"])
     return copy
 
 

@@ -37,10 +37,10 @@ the test); the alternatives are the category's *share* of ``total_shift`` (``"sh
 of the count (``"count"``), shares summing to 1 so they compare across runs of different
 sizes, or ``−log10 p`` of a rank test that needs no label (``"rank"``: the category's
 eligible latents moved further, in the reading's direction, than the rest of the pool;
-``category_scores`` says how). A category is predicted when ``score >= threshold`` and ``score > 0`` (a tie with
-the threshold is predicted; under the enrichment and share scores a category with no
-attributed latent never is). Default
-threshold (``predict_threshold = 0``): for enrichment and rank ``−log10(significance / K)`` for K
+``category_scores`` says how). A category is predicted when ``score >= threshold`` and
+``score > 0`` (a tie with the threshold is predicted; under the enrichment and share
+scores a category with no attributed latent never is). Default threshold
+(``predict_threshold = 0``): for enrichment and rank ``−log10(significance / K)`` for K
 benchmark categories (Bonferroni: a method attributing at random predicts any category
 with probability at most ``significance``); for shares ``1 / K``, the mean share, i.e.
 "more than its fair share of the attributed latents".
@@ -382,19 +382,17 @@ def category_scores(
 def moved_by(latents: pd.DataFrame, latent_direction: LatentDirection) -> pd.Series:
     """How far each latent moved in the reading's direction, for the ``rank`` score:
     ``shift`` for amplified, ``−shift`` for suppressed, ``|shift|`` for both. A latent
-    absent in one model (β ≤ 0 there) that the attribution rule labelled moved furthest of
-    all in the direction it went (+inf) and least in the other (−inf); one it did not label
-    (β ≤ 0 can be noise where the latent is faint in both) says nothing: NaN, as where the
-    shift is undefined."""
+    absent in one model (β ≤ 0 there, so its shift is NaN) that the attribution rule
+    labelled moved furthest of all in the direction it went (+inf) and least in the other
+    (−inf); one it did not label (β ≤ 0 can be noise where the latent is faint in both)
+    keeps its NaN and is left out, as is any latent whose shift is undefined."""
     shift = pd.to_numeric(latents["shift"], errors="coerce").astype(np.float64)
     state = latents["beta_state"] if "beta_state" in latents.columns else pd.Series("present", index=latents.index)
-    sign = {"amplified": 1.0, "suppressed": -1.0}
-    value = shift.abs() if latent_direction == "both" else sign[latent_direction] * shift
-    went_up = {"amplified": np.inf, "suppressed": -np.inf, "both": np.inf}[latent_direction]
-    went_down = {"amplified": -np.inf, "suppressed": np.inf, "both": np.inf}[latent_direction]
+    value = shift.abs() if latent_direction == "both" else (1.0 if latent_direction == "amplified" else -1.0) * shift
+    went_up = -np.inf if latent_direction == "suppressed" else np.inf  # present in the fine-tuned model only
+    went_down = -np.inf if latent_direction == "amplified" else np.inf  # present in the base only
     labelled = latents["attribution"].isin(["amplified", "suppressed"])
-    value = value.mask((state == "absent_base") & labelled, went_up).mask((state == "absent_ft") & labelled, went_down)
-    return value.mask(state.isin(["absent_base", "absent_ft"]) & ~labelled)
+    return value.mask((state == "absent_base") & labelled, went_up).mask((state == "absent_ft") & labelled, went_down)
 
 
 def _rank_test(

@@ -127,7 +127,7 @@ st.dataframe(
         "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
         "rank_p": st.column_config.NumberColumn("rank p", format="%.2g"),
         "support": st.column_config.NumberColumn(
-            "support", help="latents the minimum applies to: attributed ones, or for the rank test the ranked ones"
+            "support", help="the category's latents the rank test ranked (what the prediction's minimum counts)"
         ),
         "latents": st.column_config.ListColumn("latents behind it", help="attributed latents, largest |shift| first"),
         "ranked_latents": st.column_config.ListColumn(
