@@ -164,9 +164,55 @@ def score_grid(run: Path) -> list[dict]:
     return rows
 
 
+# The dictionary-free baseline's effect floor (development scenario 7,
+# ``evaluation.baseline_min_ratio``): √2, the factor of MNEME's own band (τ = 0.5), so a
+# category's contexts must have moved √2 times as much as the other contexts on average,
+# against 0 (no floor: the rank test alone, the default until then). The current default
+# last, so the run ends as built.
+BASELINE_GRID = (2**0.5, 0.0)
+
+
+def baseline_grid(run: Path) -> list[dict]:
+    """The dictionary-free baseline under each ``BASELINE_GRID`` floor (only the evaluate
+    stage re-runs; MNEME's figures do not move). The rule, written before the first run of
+    this grid: the higher baseline F1 on this pair; on a tie the higher precision; on a
+    further tie the current default (0, no floor). If √2 wins it becomes the default and the demo's
+    committed runs are re-evaluated with it once (the evaluate stage only), with the old
+    rule's figures reported beside the new."""
+    rows = []
+    try:
+        for ratio in BASELINE_GRID:
+            cfg = override_section(run, "evaluation", {"baseline_min_ratio": ratio})
+            run_study(cfg, stages=["evaluate"], force=True, progress=False)
+            ev = json.loads((run / "evaluation.json").read_text())
+            ad = ev["metrics"]["activation_diff"]
+            rows.append(
+                {
+                    "min_ratio": ratio,
+                    "T": ev["T"],
+                    "P": ad["set"],
+                    "actdiff": {k: ad[k] for k in ("accuracy", "precision", "f1")},
+                    "ratios": {r["category"]: r["ratio"] for r in ad["per_category"] if r["category"] in ad["set"]},
+                }
+            )
+    finally:
+        restore(run)
+    return rows
+
+
+def _print_baseline(rows: list[dict], path: Path) -> None:
+    print(f"{'min ratio':>9s} | act-diff acc prec   F1 | P (ratio)")
+    for r in rows:
+        ad = r["actdiff"]
+        named = ", ".join(f"{c} ({r['ratios'][c]:.2f})" for c in r["P"])
+        print(f"{r['min_ratio']:9.3f} |     {_fmt(ad['accuracy'])} {_fmt(ad['precision'])} {_fmt(ad['f1'])} | {named}")
+    path.write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
+    ap.add_argument("--only", choices=["baseline"], help="only this grid (on the built pair)")
     args = ap.parse_args()
     run = args.work.resolve() / "runs" / "rmu"
     if (run / "run.json").is_file():
@@ -180,6 +226,9 @@ def main() -> None:
         confirm=False,
         scenario=DEV,
     )
+    if args.only == "baseline":
+        _print_baseline(baseline_grid(run), args.work / "baseline_grid.json")
+        return
     study = json.loads((run / "run.json").read_text())["stages"]
     print(f"scenario {DEV.name}: forget {sorted(DEV.forget_subjects)}; build {summary['seconds_total']:.0f} s")
     for stage in ("train", "diff"):
@@ -215,6 +264,7 @@ def main() -> None:
         lambda r: f"{r['score']:>10s} | {r['n_attributed']:10d}",
         args.work / "score_grid.json",
     )
+    _print_baseline(baseline_grid(run), args.work / "baseline_grid.json")
 
 
 def _report(head: str, rows: list[dict], label: Callable[[dict], str], path: Path) -> None:

@@ -179,7 +179,14 @@ def test_side_effects_direction_switch_changes_T_P_and_metrics(twodir_run):
     assert metric(at, "MNEME accuracy") == "1.000" and metric(at, "MNEME precision") == "1.000"
     assert "improved" not in at.dataframe[1].value.columns
     assert "enrichment in attributed latents" in at.slider(key="f_threshold").label  # the run's predict_score
-    assert any(sideeffects.BASELINE_CAVEAT in c.value for c in at.caption)  # the baseline's blind spot, beside it
+    baseline = record["metrics"]["activation_diff"]
+    assert any(sideeffects.baseline_caveat(baseline) in c.value for c in at.caption)  # its blind spot, beside it
+    assert "mean change >= 1.41" in baseline["rule"]  # the default effect floor, named where it is shown
+    assert sideeffects.baseline_caveat({}) != sideeffects.baseline_caveat(baseline)  # a record from before it
+    shown = at.dataframe[1].value.set_index("category")
+    for row in baseline["per_category"]:  # the baseline's own figures beside MNEME's, per category
+        assert shown.loc[row["category"], "baseline_p"] == pytest.approx(row["p_value"])
+        assert shown.loc[row["category"], "baseline_ratio"] == pytest.approx(row["ratio"], nan_ok=True)
     at.radio(key="f_direction").set_value("improved").run()
     assert not at.exception, [e.value for e in at.exception]
     assert _shown_sets(at, "improved") == (set(td.T_IMPROVED), set(td.P_AMPLIFIED))

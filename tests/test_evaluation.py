@@ -15,7 +15,7 @@ import pytest
 
 from mneme_core.benchmarks import load_benchmark_table
 from mneme_core.common.atomic import write_parquet
-from mneme_core.common.config import ConfigError, load_config
+from mneme_core.common.config import ConfigError, EvaluationConfig, load_config
 from mneme_core.common.embeddings import get_embedder
 from mneme_core.evaluation.evaluate import (
     EvaluationError,
@@ -769,3 +769,53 @@ def test_per_category_table_and_live_view_per_direction(tmp_path):
     assert sideeffects.headline(run.evaluation, "improved") == {"note": sideeffects.unavailable(old, "improved")}
     assert sideeffects.headline(run.evaluation) == sideeffects.headline(record)
     assert "Improved ←" not in build_report(run, no_marks)
+
+
+def test_baseline_floor_stops_a_large_category_with_a_small_consistent_excess():
+    """The dictionary-free baseline's test alone names a large category that moved only a
+    few percent more than the rest (the confound of development scenario 7); the default
+    effect floor keeps the category that moved far more, and the ratio is the plain mean
+    over the other contexts' mean."""
+    from mneme_core.analysis.actdiff import predict_from_diffs
+
+    rng = np.random.default_rng(0)
+    means = {"plants": 0.058, "religion": 0.050, "history": 0.050, "chemistry": 0.110}
+    sizes = {"plants": 300, "religion": 300, "history": 300, "chemistry": 25}
+    diffs = pd.DataFrame(
+        {
+            "category": np.concatenate([[c] * n for c, n in sizes.items()]),
+            "rel_diff": np.concatenate([rng.normal(means[c], 0.008, n) for c, n in sizes.items()]),
+        }
+    )
+    mapping = {c: c for c in sizes}
+    cfg = EvaluationConfig()
+    table, P = predict_from_diffs(
+        diffs,
+        mapping,
+        sorted(sizes),
+        alpha=cfg.significance,
+        min_contexts=cfg.predict_min_latents,
+        min_ratio=cfg.baseline_min_ratio,
+    )
+    rows = table.set_index("category")
+    assert rows.loc["plants", "p_value"] < cfg.significance / len(sizes)  # significant ...
+    assert rows.loc["plants", "ratio"] < cfg.baseline_min_ratio  # ... but a small excess
+    assert P == {"chemistry"}
+    inside = diffs["category"] == "chemistry"
+    brute = diffs.loc[inside, "rel_diff"].mean() / diffs.loc[~inside, "rel_diff"].mean()
+    assert rows.loc["chemistry", "ratio"] == pytest.approx(brute, rel=1e-12)
+    # without the floor the test alone names the large category too
+    _, P_rank = predict_from_diffs(
+        diffs, mapping, sorted(sizes), alpha=cfg.significance, min_contexts=cfg.predict_min_latents, min_ratio=0.0
+    )
+    assert P_rank == {"chemistry", "plants"}
+    # identical models: nothing moved, no ratio, no prediction
+    still, P_null = predict_from_diffs(
+        diffs.assign(rel_diff=0.0), mapping, sorted(sizes), min_ratio=cfg.baseline_min_ratio
+    )
+    assert P_null == set() and still["ratio"].isna().all()
+
+
+def test_baseline_floor_below_zero_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="baseline_min_ratio must be >= 0"):
+        EvaluationConfig(baseline_min_ratio=-1.0).validate("evaluation")

@@ -13,8 +13,12 @@ activation-difference lenses). If MNEME cannot beat this, the dictionary adds no
   the benchmark with the same mapping.
 * ``predict_from_diffs``: per benchmark category, a one-sided Mann–Whitney test of "the
   contexts of this category changed more than the other contexts", predicted at the
-  same Bonferroni-corrected level as MNEME's enrichment test. Two identical models give
-  a difference of exactly zero everywhere, hence no prediction.
+  same Bonferroni-corrected level as MNEME's enrichment test, and only where the
+  category's mean change is at least ``min_ratio`` times the other contexts' mean. The
+  test alone rewards a large category for a small excess it shows consistently (a few
+  percent more change over a hundred contexts is very significant); the ratio asks the
+  excess to be large as well, as MNEME's band asks of a latent's shift. Two identical
+  models give a difference of exactly zero everywhere, hence no prediction.
 """
 
 from __future__ import annotations
@@ -80,11 +84,16 @@ def predict_from_diffs(
     *,
     alpha: float = 0.05,
     min_contexts: int = 3,
+    min_ratio: float = 0.0,
 ) -> tuple[pd.DataFrame, set[str]]:
-    """Per benchmark category ``n_contexts, mean_rel_diff, p_value, score`` and the predicted set.
+    """Per benchmark category ``n_contexts, mean_rel_diff, ratio, p_value, score`` and the
+    predicted set.
 
     ``diffs`` needs ``rel_diff`` and ``category`` (a taxonomy label, mapped through
-    ``mapping``). Predicted: ``p < alpha / K`` and at least ``min_contexts`` contexts.
+    ``mapping``). ``ratio`` is the category's mean change over the other contexts' mean
+    (NaN where either side is empty or the others did not move; the test's p is then 1).
+    Predicted: ``p < alpha / K``, at least ``min_contexts`` contexts and, where
+    ``min_ratio`` is above 0, ``ratio >= min_ratio``.
     """
     bench = diffs["category"].map(mapping)
     values = diffs["rel_diff"].to_numpy(np.float64)
@@ -94,15 +103,19 @@ def predict_from_diffs(
         inside = (bench == cat).to_numpy()
         n_in = int(inside.sum())
         p = moved_more_p(values, inside)
+        mean_in = float(values[inside].mean()) if n_in else float("nan")
+        mean_rest = float(values[~inside].mean()) if n_in < len(values) else float("nan")
+        ratio = mean_in / mean_rest if mean_rest > 0 else float("nan")
         rows.append(
             {
                 "category": cat,
                 "n_contexts": n_in,
-                "mean_rel_diff": float(values[inside].mean()) if n_in else float("nan"),
+                "mean_rel_diff": mean_in,
+                "ratio": ratio,
                 "p_value": p,
                 "score": float(-np.log10(max(p, 1e-300))),
             }
         )
-        if K and p < alpha / K and n_in >= min_contexts:
+        if K and p < alpha / K and n_in >= min_contexts and (min_ratio <= 0 or ratio >= min_ratio):
             predicted.add(cat)
     return pd.DataFrame(rows), predicted

@@ -295,6 +295,10 @@ class EvaluationConfig:
     # a predicted category needs at least this many latents of support (attributed ones; for
     # rank, ranked ones), so no single latent decides one
     predict_min_latents: int = 2
+    # the dictionary-free baseline predicts a category only where its contexts' mean change
+    # is at least this many times the other contexts' (0 = the rank test alone); √2, the
+    # factor of the diffing band τ = 0.5, won on development scenario 7 (docs/DIFFING.md)
+    baseline_min_ratio: float = 2**0.5
     runner_style: Literal["cloze", "letters"] = "cloze"  # for benchmark "runner:FILE"
     runner_batch_size: int = 8
     runner_limit_per_category: int = 0  # 0 = all questions
@@ -308,6 +312,11 @@ class EvaluationConfig:
             raise ConfigError(f"{where}.predict_threshold must be >= 0 (0 = the default rule)")
         _positive(self.random_draws, f"{where}.random_draws")
         _positive(self.predict_min_latents, f"{where}.predict_min_latents")
+        if not self.baseline_min_ratio >= 0.0:
+            raise ConfigError(
+                f"{where}.baseline_min_ratio must be >= 0 (how many times the other contexts' mean "
+                "change a predicted category needs, e.g. 1.41; 0 = no floor)"
+            )
         _positive(self.bootstrap_draws, f"{where}.bootstrap_draws")
         _positive(self.runner_batch_size, f"{where}.runner_batch_size")
 

@@ -750,11 +750,16 @@ def _activation_diff_prediction(
         universe,
         alpha=cfg.significance,
         min_contexts=cfg.predict_min_latents,
+        min_ratio=cfg.baseline_min_ratio,
     )
+    rule = "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories"
+    if cfg.baseline_min_ratio > 0.0:
+        rule += f", mean change >= {cfg.baseline_min_ratio:.2f} x the rest's"
     return {
         "set": sorted(P),
         "n_contexts": int(len(diffs)),
-        "rule": "Mann-Whitney: contexts of the category changed more than the rest, p < significance / n_categories",
+        "min_ratio": cfg.baseline_min_ratio,
+        "rule": rule,
         "per_category": _records(per_cat),
     }
 

@@ -24,11 +24,18 @@ from mneme_core.evaluation import evaluate as ev
 
 SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
 DICTIONARY_FREE = "activation diff (no dictionary)"
-# shown beside the baseline's prediction: its test's known blind spot (docs/DIFFING.md, scenario 6)
-BASELINE_CAVEAT = (
+# shown beside the baseline's prediction: its test's known blind spots (docs/DIFFING.md,
+# development scenarios 6 and 7), the second only where the effect floor is on
+_RANK_CAVEAT = (
     "Its rank test makes a small excess that is consistent over a large category very significant, "
     "so text that moves a little whatever the fine-tune taught (text in its training data's style, say) can "
     "look like a side effect; read it against an unrelated fine-tune of the same model before trusting it."
+)
+_FLOOR_CAVEAT = (
+    "Its rank test alone makes a small excess that is consistent over a large category very significant; "
+    "the floor on the mean change keeps only categories that moved far more than the rest, so it also drops "
+    "one that moved moderately beside categories that moved a lot (their change lifts the rest's mean): "
+    "the 'baseline p' and 'baseline ratio' columns show both."
 )
 DIRECTIONS = ev.DIRECTIONS
 DirectionUnavailable = ev.DirectionUnavailable
@@ -42,6 +49,8 @@ _TABLE_TAIL = (
     "mneme_categories",
     "latents",
     "ranked_latents",
+    "baseline_p",
+    "baseline_ratio",
 )
 # what the prediction threshold slider and the score column mean, per ``predict_score``
 _SCORE_WORDS = {
@@ -62,6 +71,25 @@ _SCORE_WORDS = {
         "share of attributed latents (by count) mapped to the category",
     ),
 }
+
+
+def baseline_caveat(baseline: dict[str, Any]) -> str:
+    """The dictionary-free baseline's blind spot under the rule it ran with (a record from
+    before the effect floor has no ``min_ratio``: the rank test alone)."""
+    return _FLOOR_CAVEAT if float(baseline.get("min_ratio") or 0.0) > 0 else _RANK_CAVEAT
+
+
+def with_baseline(table: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
+    """``table`` with the dictionary-free baseline's own per-category figures beside MNEME's:
+    ``baseline_p`` (its rank test) and ``baseline_ratio`` (the category's mean change over
+    the other contexts'). Unchanged when the record has no baseline table."""
+    rows = record.get("metrics", {}).get("activation_diff", {}).get("per_category")
+    if not rows:
+        return table
+    base = pd.DataFrame(rows)
+    keep = {"p_value": "baseline_p", "ratio": "baseline_ratio"}
+    base = base[["category", *[c for c in keep if c in base.columns]]].rename(columns=keep)
+    return table.merge(base, on="category", how="left")
 
 
 def unavailable(record: dict[str, Any] | None, direction: str, run_path: str | Path | None = None) -> str | None:

@@ -99,7 +99,7 @@ with right:
             f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
             f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts. "
             "It has no direction: the same prediction in both, scored against each direction's own T. "
-            + sideeffects.BASELINE_CAVEAT
+            + sideeffects.baseline_caveat(baseline)
         )
     elif baseline:
         st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
@@ -108,6 +108,7 @@ with right:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
+table = sideeffects.with_baseline(table, record)
 shown = [c for c in sideeffects.table_columns(direction) if c in table.columns]
 st.dataframe(
     table[shown],
@@ -126,6 +127,12 @@ st.dataframe(
         ),
         "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
         "rank_p": st.column_config.NumberColumn("rank p", format="%.2g"),
+        "baseline_p": st.column_config.NumberColumn(
+            "baseline p", format="%.2g", help="dictionary-free baseline: its contexts changed more than the rest"
+        ),
+        "baseline_ratio": st.column_config.NumberColumn(
+            "baseline ratio", format="%.2f", help="dictionary-free baseline: mean change over the other contexts'"
+        ),
         "support": st.column_config.NumberColumn(
             "support", help="the category's latents the rank test ranked (what the prediction's minimum counts)"
         ),
