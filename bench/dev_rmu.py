@@ -33,10 +33,10 @@ import pandas as pd
 
 from mneme_core.analysis.diffing import attribution_labels
 from mneme_core.collect.models import cache_root
-from mneme_core.common.config import DiffingConfig
+from mneme_core.common.config import DiffingConfig, EvaluationConfig
 from mneme_core.demo.build import apply_reading_settings, rebuild
 from mneme_core.demo.study import DEV, FULL
-from mneme_core.run.pipeline import override_section, run_study
+from mneme_core.run.pipeline import override_section, run_config, run_study
 from mneme_core.run.store import merge_latent_columns
 
 # the chosen reading (topics + safety, both; study.reading_settings) last: the run ends as built
@@ -64,8 +64,30 @@ def grid(run: Path) -> list[dict]:
 
 
 def restore(run: Path) -> None:
-    """The run's config back to the scenario's reading settings (what the build wrote)."""
+    """The run back to what the build wrote: the scenario's reading settings, and the
+    defaults of every setting a grid below changes (a killed grid leaves its last value,
+    and the build would then refuse the run as built with another config)."""
     apply_reading_settings(run, null=False, scenario=DEV)
+    defaults = EvaluationConfig()
+    override_section(
+        run,
+        "evaluation",
+        {"predict_score": defaults.predict_score, "baseline_min_ratio": defaults.baseline_min_ratio},
+    )
+    if (run / "latents.parquet").is_file():
+        _relabel(run, DiffingConfig())
+
+
+def _relabel(run: Path, dcfg: DiffingConfig) -> pd.Series:
+    """Attribution labels at ``dcfg``'s (τ, z) from the β and standard errors the diff stage
+    stored (nothing is re-measured), written into the run and its config; returns them."""
+    table = pd.read_parquet(run / "latents.parquet")
+    labels = attribution_labels(
+        table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], dcfg
+    )
+    merge_latent_columns(run, pd.DataFrame({"latent": table["latent"], "attribution": labels["attribution"]}))
+    override_section(run, "diffing", {"tau": dcfg.tau, "z": dcfg.z})
+    return labels["attribution"]
 
 
 def _relabel_each(run: Path) -> list[dict]:
@@ -101,19 +123,12 @@ def shift_grid(run: Path) -> list[dict]:
     from the β and standard errors the diff stage stored (nothing is re-measured), then
     the evaluate stage re-runs. The rule, written before the first run of this grid: the
     highest MNEME F1; on a tie the higher precision; on a further tie the default."""
-    table = pd.read_parquet(run / "latents.parquet")
     rows = []
     for tau, z in SHIFT_GRID:
-        dcfg = DiffingConfig(tau=tau, z=z)
-        labels = attribution_labels(
-            table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], dcfg
-        )
-        merge_latent_columns(run, pd.DataFrame({"latent": table["latent"], "attribution": labels["attribution"]}))
-        cfg = override_section(run, "diffing", {"tau": tau, "z": z})
-        run_study(cfg, stages=["evaluate"], force=True, progress=False)
+        counts = _relabel(run, DiffingConfig(tau=tau, z=z)).value_counts()
+        run_study(run_config(run), stages=["evaluate"], force=True, progress=False)
         ev = json.loads((run / "evaluation.json").read_text())
         m = ev["metrics"]
-        counts = labels["attribution"].value_counts()
         rows.append(
             {
                 "tau": tau,
@@ -167,8 +182,8 @@ def score_grid(run: Path) -> list[dict]:
 # The dictionary-free baseline's effect floor (development scenario 7,
 # ``evaluation.baseline_min_ratio``): √2, the factor of MNEME's own band (τ = 0.5), so a
 # category's contexts must have moved √2 times as much as the other contexts on average,
-# against 0 (no floor: the rank test alone, the default until then). The current default
-# last, so the run ends as built.
+# against 0 (no floor: the rank test alone, the default until this grid chose √2). The run
+# ends as built either way: ``restore`` puts the default back.
 BASELINE_GRID = (2**0.5, 0.0)
 
 
