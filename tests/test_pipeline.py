@@ -199,6 +199,22 @@ def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
     assert open_run(run_copy).missing_stages() == []
 
 
+def test_retraining_at_another_size_gives_a_latents_table_of_the_new_dictionary(run_copy):
+    """The diff stage sets the table's rows: a dictionary retrained larger in the same run
+    (or in a copy of it) is not cut to the old table's latents, and the old dictionary's
+    descriptions and categories do not linger on the new latents."""
+    old = open_run(run_copy).latents
+    assert len(old) == 64 and {"description", "category"} <= set(old.columns)
+    override_section(run_copy, "crosscoder", {"n_latents": 96})
+    shutil.rmtree(run_copy / "crosscoder")  # the old plan's checkpoints would be refused
+    run_study(run_config(run_copy), stages=["train", "diff"], force=True, progress=False)
+    run = open_run(run_copy)
+    assert run.latents["latent"].tolist() == list(range(96))
+    assert run.latents["attribution"].notna().all()
+    assert not {"description", "category"} & set(run.latents.columns)
+    assert run.missing_stages() == ["contexts", "interpret", "categories", "evaluate"]
+
+
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):
     assert cli.main(["dashboard", str(tmp_path / "nope")]) == 2
     assert "no run or folder" in capsys.readouterr().err

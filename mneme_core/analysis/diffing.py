@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mneme_core.common.config import DiffingConfig, StudyConfig
-from mneme_core.run.store import merge_latent_columns
+from mneme_core.run.store import replace_latent_table
 
 # Dense codes f (batch × latents) are the biggest tensor per batch; cap their size so a
 # 131k-latent cross-coder streams in smaller batches rather than exhausting memory.
@@ -440,7 +440,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
     store = ActivationStore(run_path / "activations")
     table = latent_table(model, store, cfg.diffing, progress=progress)
-    merge_latent_columns(run_path, table)
+    replace_latent_table(run_path, table)
     counts = table["attribution"].value_counts()
     norm_counts = table["label_by_norm"].value_counts()
     return {

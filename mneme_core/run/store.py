@@ -192,11 +192,27 @@ def add_provenance(run_path: str | Path, items: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- tables
 
 
+def replace_latent_table(run_path: str | Path, df: pd.DataFrame) -> None:
+    """Start the latents table afresh from ``df``: one row per latent of the dictionary.
+
+    The diff stage's job. Its rows are the dictionary's latents; a table left by an earlier
+    dictionary (a retrain at another size, or one copied with the run) must not decide
+    them, and its later stages' columns (contexts, descriptions, categories) describe
+    latents that no longer exist, so they go; re-running diff marks those stages stale
+    and they write their columns again.
+    """
+    if "latent" not in df.columns:
+        raise ValueError("replace_latent_table needs a 'latent' column")
+    with _locked(Path(run_path)):
+        write_parquet(Path(run_path) / "latents.parquet", df.sort_values("latent").reset_index(drop=True))
+
+
 def merge_latent_columns(run_path: str | Path, df: pd.DataFrame) -> None:
     """Add or replace columns of the latents table, keyed on ``latent``.
 
     Stages own their columns (diff: norms and β; contexts: freq, max_act; interpret:
-    description ...); this lets each write its own without touching the others.
+    description ...); this lets each write its own without touching the others. The rows
+    are the table's own (the diff stage set them with :func:`replace_latent_table`).
     """
     if "latent" not in df.columns:
         raise ValueError("merge_latent_columns needs a 'latent' column")
