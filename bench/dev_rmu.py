@@ -25,6 +25,7 @@ choice is then fixed for the demo, whatever the demo gives. Run from the project
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -63,10 +64,13 @@ def grid(run: Path) -> list[dict]:
         restore(run)
 
 
-def restore(run: Path) -> None:
-    """The run back to what the build wrote: the scenario's reading settings, and the
-    defaults of every setting a grid below changes (a killed grid leaves its last value,
-    and the build would then refuse the run as built with another config)."""
+def restore(run: Path, *, rerun: bool = False) -> None:
+    """The run's config back to what the build wrote: the scenario's reading settings, and
+    the default of every setting a grid below changes (a killed grid leaves its last value,
+    and the build would then refuse the run as built with another config), with the latents
+    relabelled at the default (τ, z). ``rerun``: also redo the categories and evaluate
+    stages, whose outputs a killed grid may have left at another setting (the stages stay
+    marked complete, so the build would not redo them)."""
     apply_reading_settings(run, null=False, scenario=DEV)
     defaults = EvaluationConfig()
     override_section(
@@ -75,18 +79,22 @@ def restore(run: Path) -> None:
         {"predict_score": defaults.predict_score, "baseline_min_ratio": defaults.baseline_min_ratio},
     )
     if (run / "latents.parquet").is_file():
-        _relabel(run, DiffingConfig())
+        _relabel(run, DiffingConfig().tau, DiffingConfig().z)
+        if rerun:
+            run_study(run_config(run), stages=["categories", "evaluate"], force=True, progress=False)
 
 
-def _relabel(run: Path, dcfg: DiffingConfig) -> pd.Series:
-    """Attribution labels at ``dcfg``'s (τ, z) from the β and standard errors the diff stage
-    stored (nothing is re-measured), written into the run and its config; returns them."""
+def _relabel(run: Path, tau: float, z: float) -> pd.Series:
+    """Attribution labels at (τ, z), every other diffing setting the run's own, from the β
+    and standard errors the diff stage stored (nothing is re-measured), written into the
+    run and its config; returns them."""
+    dcfg = dataclasses.replace(run_config(run).diffing, tau=tau, z=z)
     table = pd.read_parquet(run / "latents.parquet")
     labels = attribution_labels(
         table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], dcfg
     )
     merge_latent_columns(run, pd.DataFrame({"latent": table["latent"], "attribution": labels["attribution"]}))
-    override_section(run, "diffing", {"tau": dcfg.tau, "z": dcfg.z})
+    override_section(run, "diffing", {"tau": tau, "z": z})
     return labels["attribution"]
 
 
@@ -125,7 +133,7 @@ def shift_grid(run: Path) -> list[dict]:
     highest MNEME F1; on a tie the higher precision; on a further tie the default."""
     rows = []
     for tau, z in SHIFT_GRID:
-        counts = _relabel(run, DiffingConfig(tau=tau, z=z)).value_counts()
+        counts = _relabel(run, tau, z).value_counts()
         run_study(run_config(run), stages=["evaluate"], force=True, progress=False)
         ev = json.loads((run / "evaluation.json").read_text())
         m = ev["metrics"]
@@ -182,16 +190,16 @@ def score_grid(run: Path) -> list[dict]:
 # The dictionary-free baseline's effect floor (development scenario 7,
 # ``evaluation.baseline_min_ratio``): √2, the factor of MNEME's own band (τ = 0.5), so a
 # category's contexts must have moved √2 times as much as the other contexts on average,
-# against 0 (no floor: the rank test alone, the default until this grid chose √2). The run
-# ends as built either way: ``restore`` puts the default back.
-BASELINE_GRID = (2**0.5, 0.0)
+# against 0 (no floor: the rank test alone, the default until this grid chose √2). The
+# default last, so the run ends as built.
+BASELINE_GRID = (0.0, 2**0.5)
 
 
 def baseline_grid(run: Path) -> list[dict]:
     """The dictionary-free baseline under each ``BASELINE_GRID`` floor (only the evaluate
     stage re-runs; MNEME's figures do not move). The rule, written before the first run of
     this grid: the higher baseline F1 on this pair; on a tie the higher precision; on a
-    further tie the current default (0, no floor). If √2 wins it becomes the default and the demo's
+    further tie the default at the time (0, no floor). If √2 wins it becomes the default and the demo's
     committed runs are re-evaluated with it once (the evaluate stage only), with the old
     rule's figures reported beside the new."""
     rows = []
@@ -216,10 +224,12 @@ def baseline_grid(run: Path) -> list[dict]:
 
 
 def _print_baseline(rows: list[dict], path: Path) -> None:
+    """Print the baseline grid (its metrics and each predicted category's ratio) and save it."""
     print(f"{'min ratio':>9s} | act-diff acc prec   F1 | P (ratio)")
     for r in rows:
         ad = r["actdiff"]
-        named = ", ".join(f"{c} ({r['ratios'][c]:.2f})" for c in r["P"])
+        ratios = {c: "—" if v is None else f"{v:.2f}" for c, v in r["ratios"].items()}  # None: the rest never moved
+        named = ", ".join(f"{c} ({ratios[c]})" for c in r["P"])
         print(f"{r['min_ratio']:9.3f} |     {_fmt(ad['accuracy'])} {_fmt(ad['precision'])} {_fmt(ad['f1'])} | {named}")
     path.write_text(json.dumps(rows, indent=1))
 
@@ -231,7 +241,7 @@ def main() -> None:
     args = ap.parse_args()
     run = args.work.resolve() / "runs" / "rmu"
     if (run / "run.json").is_file():
-        restore(run)  # an interrupted grid leaves another reading in the config
+        restore(run, rerun=True)  # an interrupted grid leaves another reading in the config and outputs
     summary = rebuild(
         sizes=FULL,
         work=args.work,

@@ -186,7 +186,8 @@ def test_side_effects_direction_switch_changes_T_P_and_metrics(twodir_run):
     shown = at.dataframe[1].value.set_index("category")
     for row in baseline["per_category"]:  # the baseline's own figures beside MNEME's, per category
         assert shown.loc[row["category"], "baseline_p"] == pytest.approx(row["p_value"])
-        assert shown.loc[row["category"], "baseline_ratio"] == pytest.approx(row["ratio"], nan_ok=True)
+        ratio = float("nan") if row["ratio"] is None else row["ratio"]  # JSON's null: no ratio
+        assert shown.loc[row["category"], "baseline_ratio"] == pytest.approx(ratio, nan_ok=True)
     at.radio(key="f_direction").set_value("improved").run()
     assert not at.exception, [e.value for e in at.exception]
     assert _shown_sets(at, "improved") == (set(td.T_IMPROVED), set(td.P_AMPLIFIED))

@@ -817,5 +817,64 @@ def test_baseline_floor_stops_a_large_category_with_a_small_consistent_excess():
 
 
 def test_baseline_floor_below_zero_is_refused_before_any_work():
-    with pytest.raises(ConfigError, match="baseline_min_ratio must be >= 0"):
-        EvaluationConfig(baseline_min_ratio=-1.0).validate("evaluation")
+    for bad in (-1.0, float("inf"), float("nan")):  # inf would silently predict nothing
+        with pytest.raises(ConfigError, match="baseline_min_ratio must be a finite number >= 0"):
+            EvaluationConfig(baseline_min_ratio=bad).validate("evaluation")
+
+
+def test_baseline_floor_keeps_the_only_category_that_moved_when_the_rest_did_not():
+    """Nothing else moved: no ratio can be formed, but the moved category is the plainest
+    prediction there is and the floor must not drop it."""
+    from mneme_core.analysis.actdiff import predict_from_diffs
+
+    diffs = pd.DataFrame({"category": ["a"] * 8 + ["b"] * 60, "rel_diff": [0.3] * 8 + [0.0] * 60})
+    table, P = predict_from_diffs(
+        diffs, {"a": "a", "b": "b"}, ["a", "b"], min_ratio=EvaluationConfig().baseline_min_ratio
+    )
+    assert P == {"a"} and np.isnan(table.set_index("category").loc["a", "ratio"])
+
+
+def test_evaluate_applies_the_configured_baseline_floor(embedder):
+    """Through ``evaluate``: a large category with a small consistent excess is in the
+    baseline's set with the floor off and out of it at the default; the record names the
+    floor in its rule."""
+    import _twodir as td
+
+    rng = np.random.default_rng(1)
+    sizes = {"history": 300, "law": 300, "poetry": 300, "chemistry": 20}
+    level = {"history": 0.058, "law": 0.050, "poetry": 0.050, "chemistry": 0.110}
+    diffs = pd.DataFrame(
+        {
+            "category": np.concatenate([[c] * n for c, n in sizes.items()]),
+            "rel_diff": np.concatenate([rng.normal(level[c], 0.008, n) for c, n in sizes.items()]),
+        }
+    )
+    sets = {}
+    for ratio in (0.0, EvaluationConfig().baseline_min_ratio):
+        cfg = _cfg(Path("unused"), baseline_min_ratio=ratio).evaluation
+        _, record = evaluate(td.BENCHMARK, td.latents(), cfg, embedder=embedder, context_diffs=diffs)
+        baseline = record["metrics"]["activation_diff"]
+        sets[ratio] = baseline["set"]
+        assert baseline["min_ratio"] == ratio and ("mean change >=" in baseline["rule"]) == (ratio > 0)
+    assert sets == {0.0: ["chemistry", "history"], EvaluationConfig().baseline_min_ratio: ["chemistry"]}
+
+
+def test_page_table_takes_the_baselines_figures_from_new_and_old_records():
+    from mneme_core.evaluation import sideeffects
+
+    table = pd.DataFrame({"category": ["a", "b"], "drop": [0.1, 0.0]})
+    new = {
+        "per_category": [
+            {"category": "a", "p_value": 1e-5, "ratio": None},
+            {"category": "b", "p_value": 1.0, "ratio": None},
+        ]
+    }
+    shown = sideeffects.with_baseline(table, new)
+    assert shown["baseline_ratio"].dtype == np.float64 and shown["baseline_ratio"].isna().all()
+    assert shown["baseline_p"].tolist() == [1e-5, 1.0]
+    old = {"per_category": [{"category": "a", "p_value": 1e-5}]}  # before the floor: no ratio
+    shown = sideeffects.with_baseline(table, old)
+    assert (
+        "baseline_ratio" not in shown and shown["baseline_p"].iloc[0] == 1e-5 and np.isnan(shown["baseline_p"].iloc[1])
+    )
+    assert sideeffects.with_baseline(table, {}).equals(table)

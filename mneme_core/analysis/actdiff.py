@@ -91,9 +91,10 @@ def predict_from_diffs(
 
     ``diffs`` needs ``rel_diff`` and ``category`` (a taxonomy label, mapped through
     ``mapping``). ``ratio`` is the category's mean change over the other contexts' mean
-    (NaN where either side is empty or the others did not move; the test's p is then 1).
-    Predicted: ``p < alpha / K``, at least ``min_contexts`` contexts and, where
-    ``min_ratio`` is above 0, ``ratio >= min_ratio``.
+    (NaN where either side is empty, or where the others did not move at all; such a
+    category still passes the floor if it moved). Predicted: ``p < alpha / K``, at least
+    ``min_contexts`` contexts and, where ``min_ratio`` is above 0, a mean change of at least
+    ``min_ratio`` times the others' (compared as a product, so a zero rest is no division).
     """
     bench = diffs["category"].map(mapping)
     values = diffs["rel_diff"].to_numpy(np.float64)
@@ -116,6 +117,6 @@ def predict_from_diffs(
                 "score": float(-np.log10(max(p, 1e-300))),
             }
         )
-        if K and p < alpha / K and n_in >= min_contexts and (min_ratio <= 0 or ratio >= min_ratio):
+        if K and p < alpha / K and n_in >= min_contexts and (min_ratio <= 0 or mean_in >= min_ratio * mean_rest):
             predicted.add(cat)
     return pd.DataFrame(rows), predicted

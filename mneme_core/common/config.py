@@ -312,9 +312,9 @@ class EvaluationConfig:
             raise ConfigError(f"{where}.predict_threshold must be >= 0 (0 = the default rule)")
         _positive(self.random_draws, f"{where}.random_draws")
         _positive(self.predict_min_latents, f"{where}.predict_min_latents")
-        if not self.baseline_min_ratio >= 0.0:
+        if not 0.0 <= self.baseline_min_ratio < float("inf"):
             raise ConfigError(
-                f"{where}.baseline_min_ratio must be >= 0 (how many times the other contexts' mean "
+                f"{where}.baseline_min_ratio must be a finite number >= 0 (how many times the other contexts' mean "
                 "change a predicted category needs, e.g. 1.41; 0 = no floor)"
             )
         _positive(self.bootstrap_draws, f"{where}.bootstrap_draws")

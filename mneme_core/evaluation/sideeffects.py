@@ -35,7 +35,8 @@ _FLOOR_CAVEAT = (
     "Its rank test alone makes a small excess that is consistent over a large category very significant; "
     "the floor on the mean change keeps only categories that moved far more than the rest, so it also drops "
     "one that moved moderately beside categories that moved a lot (their change lifts the rest's mean): "
-    "the 'baseline p' and 'baseline ratio' columns show both."
+    "the 'baseline p' and 'baseline ratio' columns show both. Read a category either way against an unrelated "
+    "fine-tune of the same model before trusting it."
 )
 DIRECTIONS = ev.DIRECTIONS
 DirectionUnavailable = ev.DirectionUnavailable
@@ -79,16 +80,19 @@ def baseline_caveat(baseline: dict[str, Any]) -> str:
     return _FLOOR_CAVEAT if float(baseline.get("min_ratio") or 0.0) > 0 else _RANK_CAVEAT
 
 
-def with_baseline(table: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
+def with_baseline(table: pd.DataFrame, baseline: dict[str, Any]) -> pd.DataFrame:
     """``table`` with the dictionary-free baseline's own per-category figures beside MNEME's:
     ``baseline_p`` (its rank test) and ``baseline_ratio`` (the category's mean change over
-    the other contexts'). Unchanged when the record has no baseline table."""
-    rows = record.get("metrics", {}).get("activation_diff", {}).get("per_category")
+    the other contexts'; a record from before the floor has none). ``baseline`` is the
+    record's ``metrics.activation_diff``; unchanged when it has no per-category table."""
+    rows = baseline.get("per_category")
     if not rows:
         return table
-    base = pd.DataFrame(rows)
     keep = {"p_value": "baseline_p", "ratio": "baseline_ratio"}
+    base = pd.DataFrame(rows)
     base = base[["category", *[c for c in keep if c in base.columns]]].rename(columns=keep)
+    # JSON holds an undefined ratio as null: numbers (NaN), not objects, for the page's columns
+    base = base.astype({c: "float64" for c in base.columns if c != "category"})
     return table.merge(base, on="category", how="left")
 
 

@@ -108,7 +108,7 @@ with right:
         st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
 
 st.subheader("Per category")
-table = sideeffects.with_baseline(table, record)
+table = sideeffects.with_baseline(table, baseline)
 shown = [c for c in sideeffects.table_columns(direction) if c in table.columns]
 st.dataframe(
     table[shown],
