@@ -771,6 +771,21 @@ def test_per_category_table_and_live_view_per_direction(tmp_path):
     assert "Improved ←" not in build_report(run, no_marks)
 
 
+def _confounded_diffs(names: tuple[str, str, str, str], seed: int) -> pd.DataFrame:
+    """Per-context changes of four categories: a large one a few percent above two large
+    unmoved ones (significant, small), and a small one that moved twice as much."""
+    large, calm1, calm2, moved = names
+    level = {large: 0.058, calm1: 0.050, calm2: 0.050, moved: 0.110}
+    sizes = {large: 300, calm1: 300, calm2: 300, moved: 25}
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "category": np.concatenate([[c] * n for c, n in sizes.items()]),
+            "rel_diff": np.concatenate([rng.normal(level[c], 0.008, n) for c, n in sizes.items()]),
+        }
+    )
+
+
 def test_baseline_floor_stops_a_large_category_with_a_small_consistent_excess():
     """The dictionary-free baseline's test alone names a large category that moved only a
     few percent more than the rest (the confound of development scenario 7); the default
@@ -778,27 +793,20 @@ def test_baseline_floor_stops_a_large_category_with_a_small_consistent_excess():
     over the other contexts' mean."""
     from mneme_core.analysis.actdiff import predict_from_diffs
 
-    rng = np.random.default_rng(0)
-    means = {"plants": 0.058, "religion": 0.050, "history": 0.050, "chemistry": 0.110}
-    sizes = {"plants": 300, "religion": 300, "history": 300, "chemistry": 25}
-    diffs = pd.DataFrame(
-        {
-            "category": np.concatenate([[c] * n for c, n in sizes.items()]),
-            "rel_diff": np.concatenate([rng.normal(means[c], 0.008, n) for c, n in sizes.items()]),
-        }
-    )
-    mapping = {c: c for c in sizes}
+    diffs = _confounded_diffs(("plants", "religion", "history", "chemistry"), seed=0)
+    names = sorted(set(diffs["category"]))
+    mapping = {c: c for c in names}
     cfg = EvaluationConfig()
     table, P = predict_from_diffs(
         diffs,
         mapping,
-        sorted(sizes),
+        names,
         alpha=cfg.significance,
         min_contexts=cfg.predict_min_latents,
         min_ratio=cfg.baseline_min_ratio,
     )
     rows = table.set_index("category")
-    assert rows.loc["plants", "p_value"] < cfg.significance / len(sizes)  # significant ...
+    assert rows.loc["plants", "p_value"] < cfg.significance / len(names)  # significant ...
     assert rows.loc["plants", "ratio"] < cfg.baseline_min_ratio  # ... but a small excess
     assert P == {"chemistry"}
     inside = diffs["category"] == "chemistry"
@@ -806,13 +814,11 @@ def test_baseline_floor_stops_a_large_category_with_a_small_consistent_excess():
     assert rows.loc["chemistry", "ratio"] == pytest.approx(brute, rel=1e-12)
     # without the floor the test alone names the large category too
     _, P_rank = predict_from_diffs(
-        diffs, mapping, sorted(sizes), alpha=cfg.significance, min_contexts=cfg.predict_min_latents, min_ratio=0.0
+        diffs, mapping, names, alpha=cfg.significance, min_contexts=cfg.predict_min_latents, min_ratio=0.0
     )
     assert P_rank == {"chemistry", "plants"}
     # identical models: nothing moved, no ratio, no prediction
-    still, P_null = predict_from_diffs(
-        diffs.assign(rel_diff=0.0), mapping, sorted(sizes), min_ratio=cfg.baseline_min_ratio
-    )
+    still, P_null = predict_from_diffs(diffs.assign(rel_diff=0.0), mapping, names, min_ratio=cfg.baseline_min_ratio)
     assert P_null == set() and still["ratio"].isna().all()
 
 
@@ -840,15 +846,7 @@ def test_evaluate_applies_the_configured_baseline_floor(embedder):
     floor in its rule."""
     import _twodir as td
 
-    rng = np.random.default_rng(1)
-    sizes = {"history": 300, "law": 300, "poetry": 300, "chemistry": 20}
-    level = {"history": 0.058, "law": 0.050, "poetry": 0.050, "chemistry": 0.110}
-    diffs = pd.DataFrame(
-        {
-            "category": np.concatenate([[c] * n for c, n in sizes.items()]),
-            "rel_diff": np.concatenate([rng.normal(level[c], 0.008, n) for c, n in sizes.items()]),
-        }
-    )
+    diffs = _confounded_diffs(("history", "law", "poetry", "chemistry"), seed=1)
     sets = {}
     for ratio in (0.0, EvaluationConfig().baseline_min_ratio):
         cfg = _cfg(Path("unused"), baseline_min_ratio=ratio).evaluation
