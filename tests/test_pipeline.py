@@ -213,6 +213,15 @@ def test_retraining_at_another_size_gives_a_latents_table_of_the_new_dictionary(
     assert run.latents["attribution"].notna().all()
     assert not {"description", "category"} & set(run.latents.columns)
     assert run.missing_stages() == ["contexts", "interpret", "categories", "evaluate"]
+    run_study(run_config(run_copy), progress=False)  # the new dictionary's contexts, descriptions, ...
+    described = open_run(run_copy).latents.dropna(subset=["description"])
+    # every description is of a latent the new dictionary gave contexts to: none left over
+    # from the old dictionary's pass under the same number
+    with_contexts = set(pd.read_parquet(run_copy / "contexts.parquet", columns=["latent"])["latent"])
+    assert len(described) and set(described["latent"]) <= with_contexts
+    explained = pd.read_parquet(run_copy / "explanations.parquet")
+    assert set(explained["latent"]) == set(described["latent"])
+    assert len(explained) == open_run(run_copy).stage_metrics("interpret")["n_explained"]  # this pass's only
 
 
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):

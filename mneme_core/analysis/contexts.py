@@ -567,11 +567,17 @@ def default_batch_size(n_latents: int, window: int) -> int:
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Contexts stage. The explanations a previous pass left described the previous
+    contexts (and, after a retrain, other latents under the same numbers), so they go; the
+    interpret stage, stale now, writes them again, from its answer cache where a latent's
+    prompt is unchanged."""
     from mneme_core.collect.activations import ActivationStore
     from mneme_core.collect.models import load_tokenizer, resolve_device
     from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+    from mneme_core.interp import EXPLANATIONS
 
     run_path = Path(run_path)
+    (run_path / EXPLANATIONS).unlink(missing_ok=True)
     ccfg = cfg.contexts
     store = ActivationStore(run_path / "activations")
     model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
