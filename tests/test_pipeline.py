@@ -18,7 +18,7 @@ from conftest import TINY_BENCHMARK, tiny_study_dict
 
 from mneme_core import cli, open_run
 from mneme_core.common.errors import RunError
-from mneme_core.run.pipeline import override_section, run_config, run_study
+from mneme_core.run.pipeline import StageError, override_section, run_config, run_study
 from mneme_core.run.store import STAGES, read_manifest
 
 LATENT_COLUMNS = [
@@ -189,7 +189,9 @@ def test_interpret_command_explains_the_named_latents_and_keeps_the_others(run_c
 
 
 def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
+    explained = set(pd.read_parquet(run_copy / "explanations.parquet")["latent"])
     run_study(run_config(run_copy), stages=["contexts"], force=True, progress=False)
+    assert (run_copy / "explanations.parquet").is_file()  # the same dictionary: its descriptions stay
     run = open_run(run_copy)
     assert run.stage_status("contexts") == "complete"
     assert [run.stage_status(s) for s in ("interpret", "categories", "evaluate")] == ["stale"] * 3
@@ -197,6 +199,19 @@ def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
     assert "contexts" in run.manifest["stages"]["evaluate"]["reason"]
     run_study(run_config(run_copy), progress=False)  # `mneme run` brings them up to date
     assert open_run(run_copy).missing_stages() == []
+    assert explained <= set(pd.read_parquet(run_copy / "explanations.parquet")["latent"])
+
+
+def test_a_contexts_pass_that_cannot_run_keeps_the_explanations(run_copy):
+    """A new dictionary's contexts pass drops the old explanations only once its inputs
+    have loaded: without the activation store it fails and the file is still there."""
+    shutil.rmtree(run_copy / "crosscoder")
+    override_section(run_copy, "crosscoder", {"n_latents": 96})
+    run_study(run_config(run_copy), stages=["train", "diff"], force=True, progress=False)
+    shutil.rmtree(run_copy / "activations")
+    with pytest.raises(StageError, match="contexts"):
+        run_study(run_config(run_copy), stages=["contexts"], force=True, progress=False)
+    assert (run_copy / "explanations.parquet").is_file()
 
 
 def test_retraining_at_another_size_gives_a_latents_table_of_the_new_dictionary(run_copy):

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from mneme_core.common.atomic import atomic_path, write_parquet
 from mneme_core.common.config import ContextsConfig, StudyConfig
-from mneme_core.run.store import merge_latent_columns
+from mneme_core.run.store import merge_latent_columns, read_manifest
 
 ROW_GROUP = 8192
 
@@ -567,17 +567,20 @@ def default_batch_size(n_latents: int, window: int) -> int:
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Contexts stage. The explanations a previous pass left described the previous
-    contexts (and, after a retrain, other latents under the same numbers), so they go; the
-    interpret stage, stale now, writes them again, from its answer cache where a latent's
-    prompt is unchanged."""
+    """Contexts stage. Records which dictionary it read (``dictionary_trained_at``: when
+    the train stage finished, or imported the cross-coder). If that is not the dictionary
+    of its previous pass, the explanations kept across interpret runs describe other
+    latents under the same numbers and go, once every input has loaded; with the same
+    dictionary they stay (``mneme interpret`` adds to them, explainers are compared)."""
     from mneme_core.collect.activations import ActivationStore
     from mneme_core.collect.models import load_tokenizer, resolve_device
     from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
     from mneme_core.interp import EXPLANATIONS
 
     run_path = Path(run_path)
-    (run_path / EXPLANATIONS).unlink(missing_ok=True)
+    stages = read_manifest(run_path).get("stages", {})
+    trained_at = stages.get("train", {}).get("at")
+    previous = (stages.get("contexts", {}).get("metrics") or {}).get("dictionary_trained_at")
     ccfg = cfg.contexts
     store = ActivationStore(run_path / "activations")
     model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
@@ -593,9 +596,12 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         return model.encode(x_B2d.to(device, torch.float32), use_threshold=True)
 
     batches = store.iter_batches(batch_size, shuffle=False, stop=n_tokens)
-    return collect_run_contexts(
+    if previous != trained_at:  # another dictionary, or a pass from before this was recorded
+        (run_path / EXPLANATIONS).unlink(missing_ok=True)
+    metrics = collect_run_contexts(
         encode, batches, tokens, n_latents, n_tokens, tokenizer, run_path, ccfg, seed=ccfg.seed, progress=progress
     )
+    return {**metrics, "dictionary_trained_at": trained_at}
 
 
 __all__ = [

@@ -6,7 +6,8 @@ transformers model) and scores each description. Writes:
 
 - ``explanations.parquet``: latent, explainer, description, scorer, score — one row per
   latent × explainer × scorer, kept across runs so explainers can be compared on the
-  same latents (a rerun replaces only its own rows);
+  same latents (a rerun replaces only its own rows) for as long as the dictionary is the
+  same (the contexts stage drops them when it reads another one);
 - latents columns ``description, explainer, explanation_score`` (this run's explainer
   where it answered, otherwise the best-scored earlier one).
 
