@@ -123,6 +123,18 @@ def test_latent_page_shows_its_numbers_and_contexts(run_copy):
     assert at.query_params["latent"] == str(latent)
 
 
+def test_latent_page_hides_a_stale_contexts_stages_histogram(tiny_run, tmp_path):
+    """Once an earlier stage re-ran, the histograms on disk are the previous dictionary's:
+    the page says the stage is not complete instead of drawing one under this number."""
+    stale = Path(shutil.copytree(tiny_run, tmp_path / "stale"))
+    latent = int(open_run(stale).contexts()["latent"].iloc[0])
+    assert len(page(stale, "latent", latent=latent).get("plotly_chart")) == 1
+    set_stage(stale, "contexts", "stale")
+    at = page(stale, "latent", latent=latent)
+    assert len(at.get("plotly_chart")) == 0
+    assert any("it is not complete" in c.value for c in at.caption)
+
+
 def test_latent_page_unknown_latent_says_so(run_copy):
     at = page(run_copy, "latent", latent=10**6)
     assert at.title[0].value == "Latent not found" and "no latent" in at.error[0].value

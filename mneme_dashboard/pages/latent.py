@@ -109,12 +109,17 @@ with left:
         )
     st.caption(f"max activation {explore.fmt(val('max_act'), 4)}")
 with right:
-    hist = _ui.histogram(path, mtime, latent)
+    # a stale contexts stage's histograms are of the previous dictionary's latent of this number
+    contexts_done = run.stage_status("contexts") == "complete"
+    hist = _ui.histogram(path, mtime, latent) if contexts_done else pd.DataFrame()
     if len(hist):
         h = hist.iloc[0]
         st.plotly_chart(plots.activation_histogram(h["edges"], h["counts"], latent), key="act_hist")
     else:
-        st.caption("No activation histogram (the **contexts** stage writes them).")
+        st.caption(
+            "No activation histogram (the **contexts** stage writes them"
+            + (")." if contexts_done else "; it is not complete).")
+        )
 
 st.subheader("Where it fires")
 ctx = _ui.contexts(path, mtime, latent)
