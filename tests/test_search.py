@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from _planted import build_planted_run
 
@@ -9,6 +11,7 @@ from mneme_core import interp
 from mneme_core.common.errors import RunError
 from mneme_core.interp import categories
 from mneme_core.run.reader import open_run
+from mneme_core.run.store import set_stage
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +47,12 @@ def test_search_rejects_bad_queries(searched_run):
     with pytest.raises(ValueError, match="non-empty query"):
         open_run(run_path).search("  ")
     assert len(open_run(run_path).search("music", k=50)) == 10  # only described latents exist
+
+
+def test_search_refuses_a_stale_index(searched_run, tmp_path):
+    """After an earlier stage re-ran, the index holds the previous descriptions: search
+    says so and names the command, instead of answering with them."""
+    run_path = shutil.copytree(searched_run[0], tmp_path / "stale")
+    set_stage(run_path, "categories", "stale")
+    with pytest.raises(RunError, match="stale.*mneme run"):
+        open_run(run_path).search("music")

@@ -32,7 +32,15 @@ def search_descriptions(run_path: str | Path, query: str, k: int = 20) -> pd.Dat
             f"{run_path} has no description index yet: run the interpret and categories stages "
             f"(`mneme interpret {run_path}`)"
         )
-    model = read_manifest(run_path).get("config", {}).get("interpret", {}).get("embedding_model", "") or ""
+    manifest = read_manifest(run_path)
+    if manifest.get("stages", {}).get("categories", {}).get("status") == "stale":
+        # an earlier stage re-ran: the index holds the previous descriptions (after a retrain,
+        # of other latents under the same numbers)
+        raise RunError(
+            f"{run_path}'s description index is stale (an earlier stage re-ran after it): "
+            f"`mneme run {run_path / 'config.yaml'}` brings it up to date"
+        )
+    model = manifest.get("config", {}).get("interpret", {}).get("embedding_model", "") or ""
     vec = get_embedder(model).encode([query])[0]
     table = import_lancedb().connect(str(db_path)).open_table(LANCE_TABLE)
     hits = table.search(vec).distance_type("cosine").limit(int(k)).to_pandas()
