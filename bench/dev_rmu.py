@@ -25,7 +25,6 @@ choice is then fixed for the demo, whatever the demo gives. Run from the project
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -64,13 +63,14 @@ def grid(run: Path) -> list[dict]:
         restore(run)
 
 
-def restore(run: Path, *, rerun: bool = False) -> None:
-    """The run's config back to what the build wrote: the scenario's reading settings, and
-    the default of every setting a grid below changes (a killed grid leaves its last value,
-    and the build would then refuse the run as built with another config), with the latents
-    relabelled at the default (τ, z). ``rerun``: also redo the categories and evaluate
-    stages, whose outputs a killed grid may have left at another setting (the stages stay
-    marked complete, so the build would not redo them)."""
+def restore(run: Path) -> None:
+    """The run back to what the build wrote: the scenario's reading settings and the
+    default of every setting a grid below changes. A grid that ends normally has already
+    put them back, so nothing more happens; one that was killed or failed left its last
+    value (and the build would refuse the run as built with another config), so the
+    latents are relabelled at the default (τ, z) and the categories and evaluate stages,
+    still marked complete but written at that other value, are redone."""
+    before = run_config(run).to_dict()
     apply_reading_settings(run, null=False, scenario=DEV)
     defaults = EvaluationConfig()
     override_section(
@@ -78,23 +78,23 @@ def restore(run: Path, *, rerun: bool = False) -> None:
         "evaluation",
         {"predict_score": defaults.predict_score, "baseline_min_ratio": defaults.baseline_min_ratio},
     )
-    if (run / "latents.parquet").is_file():
+    override_section(run, "diffing", {"tau": DiffingConfig().tau, "z": DiffingConfig().z})
+    if run_config(run).to_dict() != before and (run / "latents.parquet").is_file():
         _relabel(run, DiffingConfig().tau, DiffingConfig().z)
-        if rerun:
-            run_study(run_config(run), stages=["categories", "evaluate"], force=True, progress=False)
+        run_study(run_config(run), stages=["categories", "evaluate"], force=True, progress=False)
 
 
 def _relabel(run: Path, tau: float, z: float) -> pd.Series:
     """Attribution labels at (τ, z), every other diffing setting the run's own, from the β
     and standard errors the diff stage stored (nothing is re-measured), written into the
-    run and its config; returns them."""
-    dcfg = dataclasses.replace(run_config(run).diffing, tau=tau, z=z)
+    run and its config (the config first: a run killed between the two shows a config that
+    differs from the build's, which ``restore`` repairs); returns them."""
+    dcfg = override_section(run, "diffing", {"tau": tau, "z": z}).diffing
     table = pd.read_parquet(run / "latents.parquet")
     labels = attribution_labels(
         table["beta_base"], table["beta_ft"], table["beta_se_base"], table["beta_se_ft"], table["n_fires"], dcfg
     )
     merge_latent_columns(run, pd.DataFrame({"latent": table["latent"], "attribution": labels["attribution"]}))
-    override_section(run, "diffing", {"tau": tau, "z": z})
     return labels["attribution"]
 
 
@@ -241,7 +241,7 @@ def main() -> None:
     args = ap.parse_args()
     run = args.work.resolve() / "runs" / "rmu"
     if (run / "run.json").is_file():
-        restore(run, rerun=True)  # an interrupted grid leaves another reading in the config and outputs
+        restore(run)  # an interrupted grid leaves another reading in the config and outputs
     summary = rebuild(
         sizes=FULL,
         work=args.work,

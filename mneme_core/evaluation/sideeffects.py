@@ -26,17 +26,17 @@ SHOWN_METRICS = ("accuracy", "precision", "f1", "balanced_accuracy")
 DICTIONARY_FREE = "activation diff (no dictionary)"
 # shown beside the baseline's prediction: its test's known blind spots (docs/DIFFING.md,
 # development scenarios 6 and 7), the second only where the effect floor is on
+_LARGE_CATEGORY = "makes a small excess that is consistent over a large category very significant"
+_READ_AGAINST = "read it against an unrelated fine-tune of the same model before trusting it."
 _RANK_CAVEAT = (
-    "Its rank test makes a small excess that is consistent over a large category very significant, "
-    "so text that moves a little whatever the fine-tune taught (text in its training data's style, say) can "
-    "look like a side effect; read it against an unrelated fine-tune of the same model before trusting it."
+    f"Its rank test {_LARGE_CATEGORY}, so text that moves a little whatever the fine-tune taught (text in its "
+    f"training data's style, say) can look like a side effect; {_READ_AGAINST}"
 )
 _FLOOR_CAVEAT = (
-    "Its rank test alone makes a small excess that is consistent over a large category very significant; "
-    "the floor on the mean change keeps only categories that moved far more than the rest, so it also drops "
-    "one that moved moderately beside categories that moved a lot (their change lifts the rest's mean): "
-    "the 'baseline p' and 'baseline ratio' columns show both. Read a category either way against an unrelated "
-    "fine-tune of the same model before trusting it."
+    f"Its rank test alone {_LARGE_CATEGORY}; the floor on the mean change keeps only categories that moved far "
+    "more than the rest, so it also drops one that moved moderately beside categories that moved a lot (their "
+    f"change lifts the rest's mean): the 'baseline p' and 'baseline ratio' columns show both. Either way, "
+    f"{_READ_AGAINST}"
 )
 DIRECTIONS = ev.DIRECTIONS
 DirectionUnavailable = ev.DirectionUnavailable
