@@ -273,6 +273,19 @@ def test_triage_form_persists_and_explorer_filters_marks(run_copy):
     assert showing(at)[0] == len(confirmed) and set(at.dataframe[0].value["latent"]) == set(confirmed)
 
 
+def test_triage_keeps_marks_of_an_earlier_dictionary_off_the_latents(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    latent = int(open_run(run).latents["latent"].iloc[0])
+    TriageStore(run, dictionary="0123456789abcdef").set_mark(latent, "false alarm", "before the retrain")
+    at = page(run, "triage")
+    assert metric(at, "false alarm") == "0"
+    assert any("1 mark(s) were made on an earlier dictionary" in w.value for w in at.warning)
+    assert at.dataframe[0].value["note"].tolist() == ["before the retrain"]
+    at = page(run, "explorer")
+    assert set(at.dataframe[0].value["mark"]) == {""}
+
+
 def test_prompt_lab_runs_the_models(run_copy):
     at = page(run_copy, "prompt_lab")
     if at.warning:  # the models could not be loaded: the page must say so, not fail

@@ -106,3 +106,68 @@ def test_stakeholder_report_escapes_run_text_and_embeds_figures(tmp_path):
     assert "<script>alert(1)</script>" not in page and "<img src=x" not in page and "<b>note</b>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "confirmed side effect" in page
     assert page.count('class="plotly-graph-div"') == 4  # rel norm, shift, β scatter, categories
+
+
+def _dictionary(run_path, seed: int) -> None:
+    """A real cross-coder saved into the run, as training leaves it."""
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+
+    BatchTopKCrossCoder(d_model=8, n_latents=16, k=2, seed=seed).save(run_path / "crosscoder")
+
+
+def test_marks_stay_with_the_dictionary_they_were_made_on(tmp_path):
+    import shutil
+
+    from mneme_core.views.triage import dictionary_fingerprint
+
+    run = tmp_path / "run"
+    _dictionary(run, seed=0)
+    first = dictionary_fingerprint(run)
+    TriageStore(run).set_mark(5, "confirmed side effect", "chemistry")
+    # copied without its file dates (cp -r, a git checkout): the same dictionary, the same marks
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, copy_function=shutil.copy)
+    assert dictionary_fingerprint(copy) == first
+    assert TriageStore(copy).get_mark(5)["note"] == "chemistry"
+    # retrained: latent 5 is another feature now
+    _dictionary(run, seed=1)
+    assert dictionary_fingerprint(run) not in ("", first)
+    store = TriageStore(run)
+    assert store.get_mark(5) is None and store.marks().empty
+    assert store.stale_marks()[["latent", "mark", "dictionary"]].values.tolist() == [
+        [5, "confirmed side effect", first]
+    ]
+    store.set_mark(5, "false alarm")  # marks of the new dictionary do not overwrite the old one's
+    assert store.marks()["mark"].tolist() == ["false alarm"]
+    assert store.stale_marks()["mark"].tolist() == ["confirmed side effect"]
+    assert store.history(5)["dictionary"].tolist() == [first, store.dictionary]
+    assert TriageStore(run, dictionary=first).get_mark(5)["mark"] == "confirmed side effect"
+
+
+def test_a_file_from_before_dictionaries_is_upgraded_once(tmp_path):
+    import sqlite3
+
+    _dictionary(tmp_path, seed=0)
+    con = sqlite3.connect(tmp_path / "triage.sqlite")
+    con.executescript(
+        """
+        CREATE TABLE marks (latent INTEGER PRIMARY KEY, mark TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+                            author TEXT NOT NULL DEFAULT '', updated REAL NOT NULL);
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, latent INTEGER NOT NULL, mark TEXT,
+                             note TEXT NOT NULL DEFAULT '', author TEXT NOT NULL DEFAULT '', at REAL NOT NULL);
+        INSERT INTO marks VALUES (3, 'expected', 'old note', 'ana', 1.0), (7, 'unsure', '', '', 2.0);
+        INSERT INTO events(latent, mark, note, author, at) VALUES (3, 'expected', 'old note', 'ana', 1.0),
+                                                                  (7, 'unsure', '', '', 2.0);
+        """
+    )
+    con.commit()
+    con.close()
+    store = TriageStore(tmp_path)
+    assert store.marks()[["latent", "mark", "note", "author"]].values.tolist() == [
+        [3, "expected", "old note", "ana"],
+        [7, "unsure", "", ""],
+    ]
+    assert set(store.history()["dictionary"]) == {store.dictionary} and store.stale_marks().empty
+    store.set_mark(3, "false alarm")
+    again = TriageStore(tmp_path)  # a second open finds the new layout and changes nothing
+    assert again.get_mark(3)["mark"] == "false alarm" and len(again.marks()) == 2 and len(again.history()) == 3

@@ -5,11 +5,22 @@ dashboard), so marks live in SQLite in WAL mode: every write is its own short
 transaction, readers never block writers, and a crash or restart loses nothing that
 was committed. ``marks`` holds the current mark per latent; ``events`` keeps every change
 so a disputed mark can be traced.
+
+A latent number means something only within one dictionary: after a retrain, latent 5 is
+another feature. So every mark and event records the dictionary it was made on (a hash
+of the cross-coder's weights, ``dictionary_fingerprint``), and a store answers with the
+marks of the run's current dictionary. Marks from an earlier dictionary are kept, not
+attached to the new latents: ``stale_marks`` lists them. A file from before marks
+recorded their dictionary is upgraded on first open, its marks assigned to the
+dictionary the run holds then (the only one they can have been made on, unless the run
+was retrained before the upgrade).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,23 +30,56 @@ import pandas as pd
 
 MARKS = ("confirmed side effect", "expected", "false alarm", "unsure")
 DB_NAME = "triage.sqlite"
-_SCHEMA = """
+WEIGHTS = Path("crosscoder") / "model.safetensors"  # where training and import put it
+_MARKS_TABLE = """
 CREATE TABLE IF NOT EXISTS marks (
-    latent  INTEGER PRIMARY KEY,
-    mark    TEXT NOT NULL,
-    note    TEXT NOT NULL DEFAULT '',
-    author  TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    latent  INTEGER NOT NULL,
-    mark    TEXT,
-    note    TEXT NOT NULL DEFAULT '',
-    author  TEXT NOT NULL DEFAULT '',
-    at      REAL NOT NULL
+    dictionary TEXT NOT NULL,
+    latent     INTEGER NOT NULL,
+    mark       TEXT NOT NULL,
+    note       TEXT NOT NULL DEFAULT '',
+    author     TEXT NOT NULL DEFAULT '',
+    updated    REAL NOT NULL,
+    PRIMARY KEY (dictionary, latent)
 );
 """
+_SCHEMA = (
+    _MARKS_TABLE
+    + """
+CREATE TABLE IF NOT EXISTS events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    dictionary TEXT NOT NULL DEFAULT '',
+    latent     INTEGER NOT NULL,
+    mark       TEXT,
+    note       TEXT NOT NULL DEFAULT '',
+    author     TEXT NOT NULL DEFAULT '',
+    at         REAL NOT NULL
+);
+"""
+)
+_COLUMNS = ("latent", "mark", "note", "author", "updated")
+
+
+def dictionary_fingerprint(run_path: str | Path) -> str:
+    """Which dictionary a run holds: the first 16 hex digits of the SHA-256 of its
+    cross-coder weights ('' before one is trained). The content, not a timestamp or a
+    file date, so a copied or re-published run keeps its marks and a retrain (or an
+    imported cross-coder) does not inherit them. Hashed once per file state per process."""
+    path = Path(run_path) / WEIGHTS
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ""
+    return _file_hash(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: str, inode: int, size: int, mtime_ns: int) -> str:  # all four: the cache key
+    """The hash of one state of a file (an atomic rewrite gives it a new inode and date)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class TriageError(ValueError):
@@ -49,11 +93,36 @@ class TriageStore:
     Streamlit sessions and threads, which sqlite3 connections are not.
     """
 
-    def __init__(self, run_path: str | Path, timeout_s: float = 30.0):
+    def __init__(self, run_path: str | Path, timeout_s: float = 30.0, dictionary: str | None = None):
+        """``dictionary`` names the dictionary marks belong to; by default the run's own
+        (``dictionary_fingerprint``)."""
         self.path = Path(run_path) / DB_NAME
         self.timeout_s = timeout_s
+        self.dictionary = dictionary_fingerprint(run_path) if dictionary is None else dictionary
         with self._connect() as con:
-            con.executescript(_SCHEMA)
+            if "dictionary" in _columns(con, "marks") and _columns(con, "events"):
+                return  # the usual case: no write lock for opening a store
+            con.execute("BEGIN IMMEDIATE")  # two first opens of an old file upgrade it once
+            if _columns(con, "marks") and "dictionary" not in _columns(con, "marks"):
+                self._upgrade(con)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                con.execute(statement)
+            con.execute("COMMIT")
+
+    def _upgrade(self, con: sqlite3.Connection) -> None:
+        """Give a file from before marks recorded their dictionary the new layout, inside
+        the caller's transaction; its marks and events go to this store's dictionary."""
+        con.execute("ALTER TABLE marks RENAME TO marks_before_dictionary")
+        con.execute(_MARKS_TABLE)
+        con.execute(
+            "INSERT INTO marks(dictionary, latent, mark, note, author, updated) "
+            "SELECT ?, latent, mark, note, author, updated FROM marks_before_dictionary",
+            (self.dictionary,),
+        )
+        con.execute("DROP TABLE marks_before_dictionary")
+        if _columns(con, "events") and "dictionary" not in _columns(con, "events"):
+            con.execute("ALTER TABLE events ADD COLUMN dictionary TEXT NOT NULL DEFAULT ''")
+            con.execute("UPDATE events SET dictionary = ?", (self.dictionary,))
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -67,8 +136,8 @@ class TriageStore:
             con.close()
 
     def set_mark(self, latent: int, mark: str, note: str = "", author: str = "") -> None:
-        """Store (or replace) the mark of one latent; an immediate transaction so two
-        writers serialise instead of failing."""
+        """Store (or replace) the mark of one latent of this dictionary; an immediate
+        transaction so two writers serialise instead of failing."""
         if mark not in MARKS:
             raise TriageError(f"unknown mark {mark!r}; use one of {', '.join(MARKS)}")
         latent = _check_latent(latent)
@@ -76,14 +145,14 @@ class TriageStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute(
-                "INSERT INTO marks(latent, mark, note, author, updated) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(latent) DO UPDATE SET mark=excluded.mark, note=excluded.note, "
+                "INSERT INTO marks(dictionary, latent, mark, note, author, updated) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(dictionary, latent) DO UPDATE SET mark=excluded.mark, note=excluded.note, "
                 "author=excluded.author, updated=excluded.updated",
-                (latent, mark, note, author, now),
+                (self.dictionary, latent, mark, note, author, now),
             )
             con.execute(
-                "INSERT INTO events(latent, mark, note, author, at) VALUES (?,?,?,?,?)",
-                (latent, mark, note, author, now),
+                "INSERT INTO events(dictionary, latent, mark, note, author, at) VALUES (?,?,?,?,?,?)",
+                (self.dictionary, latent, mark, note, author, now),
             )
             con.execute("COMMIT")
 
@@ -91,44 +160,61 @@ class TriageStore:
         latent = _check_latent(latent)
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
-            con.execute("DELETE FROM marks WHERE latent=?", (latent,))
+            con.execute("DELETE FROM marks WHERE dictionary=? AND latent=?", (self.dictionary, latent))
             con.execute(
-                "INSERT INTO events(latent, mark, note, author, at) VALUES (?,NULL,'',?,?)",
-                (latent, author, time.time()),
+                "INSERT INTO events(dictionary, latent, mark, note, author, at) VALUES (?,?,NULL,'',?,?)",
+                (self.dictionary, latent, author, time.time()),
             )
             con.execute("COMMIT")
 
     def get_mark(self, latent: int) -> dict | None:
         with self._connect() as con:
             row = con.execute(
-                "SELECT latent, mark, note, author, updated FROM marks WHERE latent=?", (_check_latent(latent),)
+                f"SELECT {', '.join(_COLUMNS)} FROM marks WHERE dictionary=? AND latent=?",
+                (self.dictionary, _check_latent(latent)),
             ).fetchone()
-        return None if row is None else dict(zip(("latent", "mark", "note", "author", "updated"), row))
+        return None if row is None else dict(zip(_COLUMNS, row))
 
     def marks(self) -> pd.DataFrame:
-        """All current marks, one row per latent, oldest first."""
+        """The current marks of this dictionary, one row per latent, oldest first."""
+        return self._marks("dictionary = ?")
+
+    def stale_marks(self) -> pd.DataFrame:
+        """Marks made on other dictionaries (before a retrain), with a ``dictionary``
+        column: kept for the record, attached to no latent of this one."""
+        return self._marks("dictionary != ?", with_dictionary=True)
+
+    def _marks(self, where: str, with_dictionary: bool = False) -> pd.DataFrame:
+        cols = [*_COLUMNS, "dictionary"] if with_dictionary else list(_COLUMNS)
         with self._connect() as con:
             rows = con.execute(
-                "SELECT latent, mark, note, author, updated FROM marks ORDER BY updated, latent"
+                f"SELECT {', '.join(cols)} FROM marks WHERE {where} ORDER BY updated, latent", (self.dictionary,)
             ).fetchall()
-        df = pd.DataFrame(rows, columns=["latent", "mark", "note", "author", "updated"])
+        df = pd.DataFrame(rows, columns=cols)
         df["latent"] = df["latent"].astype("int64")
         df["updated"] = pd.to_datetime(df["updated"].astype("float64"), unit="s")
         return df
 
     def history(self, latent: int | None = None) -> pd.DataFrame:
-        query = "SELECT latent, mark, note, author, at FROM events"
+        """Every change, oldest first, with the dictionary each was made on; ``latent``
+        keeps that latent number's changes on any dictionary."""
+        query = "SELECT latent, mark, note, author, at, dictionary FROM events"
         args: tuple = ()
         if latent is not None:
             query, args = query + " WHERE latent=?", (_check_latent(latent),)
         with self._connect() as con:
             rows = con.execute(query + " ORDER BY id", args).fetchall()
-        return pd.DataFrame(rows, columns=["latent", "mark", "note", "author", "at"])
+        return pd.DataFrame(rows, columns=["latent", "mark", "note", "author", "at", "dictionary"])
 
     def version(self) -> int:
         """A number that grows with every change: a cheap cache key for the marks."""
         with self._connect() as con:
             return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+
+def _columns(con: sqlite3.Connection, table: str) -> list[str]:
+    """The columns of ``table`` ([] where there is no such table)."""
+    return [row[1] for row in con.execute(f"PRAGMA table_info({table})")]
 
 
 def _check_latent(latent: int) -> int:

@@ -71,6 +71,17 @@ else:
         },
     )
 
+stale = store.stale_marks()
+if not stale.empty:
+    st.warning(
+        f"{len(stale)} mark(s) were made on an earlier dictionary of this run: it was retrained since, and "
+        "its latent numbers now name other features, so those marks are not shown on any latent. "
+        f"They are kept in `{store.path.name}`.",
+        icon=":material/history:",
+    )
+    with st.expander("Marks from earlier dictionaries"):
+        st.dataframe(stale, hide_index=True)
+
 a, b = st.columns(2)
 a.download_button(
     "Export marked set (CSV)",
