@@ -32,6 +32,16 @@ def test_set_replace_clear_and_history(tmp_path):
     assert hist["mark"].tolist() == ["unsure", "confirmed side effect"] and hist["author"].tolist() == ["ana", "bo"]
 
 
+def test_reading_a_run_without_marks_writes_nothing(tmp_path):
+    store = TriageStore(tmp_path)
+    assert store.marks().empty and store.stale_marks().empty and store.history().empty
+    assert store.get_mark(1) is None and store.version() == 0
+    store.clear_mark(1)
+    assert list(tmp_path.iterdir()) == []
+    store.set_mark(1, "unsure")
+    assert (tmp_path / "triage.sqlite").is_file() and store.version() == 1
+
+
 def test_bad_marks_are_refused(tmp_path):
     store = TriageStore(tmp_path)
     with pytest.raises(TriageError, match="unknown mark"):
@@ -58,7 +68,7 @@ def _writer(run_path: str, start: int, n: int) -> None:
 
 
 def test_two_concurrent_writers_then_restart_lose_nothing(tmp_path):
-    TriageStore(tmp_path)  # create the schema before the race
+    # no file yet: the two writers' first marks race to create it
     n = 150
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), start, n)) for start in (0, 1000)]

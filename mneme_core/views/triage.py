@@ -90,7 +90,9 @@ class TriageStore:
     """Marks of one run. Cheap to create; each call opens its own short connection.
 
     A connection per call (not one per object) keeps the store safe to share between
-    Streamlit sessions and threads, which sqlite3 connections are not.
+    Streamlit sessions and threads, which sqlite3 connections are not. Reading never
+    writes: the file appears with the first mark, so browsing a run (a checkout of the
+    bundled demo, a folder someone shared) leaves it as it was.
     """
 
     def __init__(self, run_path: str | Path, timeout_s: float = 30.0, dictionary: str | None = None):
@@ -99,15 +101,18 @@ class TriageStore:
         self.path = Path(run_path) / DB_NAME
         self.timeout_s = timeout_s
         self.dictionary = dictionary_fingerprint(run_path) if dictionary is None else dictionary
-        with self._connect() as con:
-            if "dictionary" in _columns(con, "marks") and _columns(con, "events"):
-                return  # the usual case: no write lock for opening a store
-            con.execute("BEGIN IMMEDIATE")  # two first opens of an old file upgrade it once
-            if _columns(con, "marks") and "dictionary" not in _columns(con, "marks"):
-                self._upgrade(con)
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                con.execute(statement)
-            con.execute("COMMIT")
+
+    def _prepare(self, con: sqlite3.Connection) -> None:
+        """Create the tables, or give an older file the current layout; a write lock only
+        when there is something to do (two first opens of an old file upgrade it once)."""
+        if "dictionary" in _columns(con, "marks") and _columns(con, "events"):
+            return
+        con.execute("BEGIN IMMEDIATE")
+        if _columns(con, "marks") and "dictionary" not in _columns(con, "marks"):
+            self._upgrade(con)
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            con.execute(statement)
+        con.execute("COMMIT")
 
     def _upgrade(self, con: sqlite3.Connection) -> None:
         """Give a file from before marks recorded their dictionary the new layout, inside
@@ -135,6 +140,16 @@ class TriageStore:
         finally:
             con.close()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read from, or None where no mark was ever made (no file)."""
+        if not self.path.is_file():
+            yield None
+            return
+        with self._connect() as con:
+            self._prepare(con)  # an older layout, or a file a first writer is creating now
+            yield con
+
     def set_mark(self, latent: int, mark: str, note: str = "", author: str = "") -> None:
         """Store (or replace) the mark of one latent of this dictionary; an immediate
         transaction so two writers serialise instead of failing."""
@@ -143,6 +158,7 @@ class TriageStore:
         latent = _check_latent(latent)
         now = time.time()
         with self._connect() as con:
+            self._prepare(con)
             con.execute("BEGIN IMMEDIATE")
             con.execute(
                 "INSERT INTO marks(dictionary, latent, mark, note, author, updated) VALUES (?,?,?,?,?,?) "
@@ -158,7 +174,9 @@ class TriageStore:
 
     def clear_mark(self, latent: int, author: str = "") -> None:
         latent = _check_latent(latent)
-        with self._connect() as con:
+        with self._reading() as con:
+            if con is None:
+                return
             con.execute("BEGIN IMMEDIATE")
             con.execute("DELETE FROM marks WHERE dictionary=? AND latent=?", (self.dictionary, latent))
             con.execute(
@@ -168,10 +186,13 @@ class TriageStore:
             con.execute("COMMIT")
 
     def get_mark(self, latent: int) -> dict | None:
-        with self._connect() as con:
+        latent = _check_latent(latent)
+        with self._reading() as con:
+            if con is None:
+                return None
             row = con.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM marks WHERE dictionary=? AND latent=?",
-                (self.dictionary, _check_latent(latent)),
+                (self.dictionary, latent),
             ).fetchone()
         return None if row is None else dict(zip(_COLUMNS, row))
 
@@ -186,10 +207,9 @@ class TriageStore:
 
     def _marks(self, where: str, with_dictionary: bool = False) -> pd.DataFrame:
         cols = [*_COLUMNS, "dictionary"] if with_dictionary else list(_COLUMNS)
-        with self._connect() as con:
-            rows = con.execute(
-                f"SELECT {', '.join(cols)} FROM marks WHERE {where} ORDER BY updated, latent", (self.dictionary,)
-            ).fetchall()
+        with self._reading() as con:
+            query = f"SELECT {', '.join(cols)} FROM marks WHERE {where} ORDER BY updated, latent"
+            rows = [] if con is None else con.execute(query, (self.dictionary,)).fetchall()
         df = pd.DataFrame(rows, columns=cols)
         df["latent"] = df["latent"].astype("int64")
         df["updated"] = pd.to_datetime(df["updated"].astype("float64"), unit="s")
@@ -202,14 +222,14 @@ class TriageStore:
         args: tuple = ()
         if latent is not None:
             query, args = query + " WHERE latent=?", (_check_latent(latent),)
-        with self._connect() as con:
-            rows = con.execute(query + " ORDER BY id", args).fetchall()
+        with self._reading() as con:
+            rows = [] if con is None else con.execute(query + " ORDER BY id", args).fetchall()
         return pd.DataFrame(rows, columns=["latent", "mark", "note", "author", "at", "dictionary"])
 
     def version(self) -> int:
         """A number that grows with every change: a cheap cache key for the marks."""
-        with self._connect() as con:
-            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        with self._reading() as con:
+            return 0 if con is None else int(con.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
 
 def _columns(con: sqlite3.Connection, table: str) -> list[str]:
