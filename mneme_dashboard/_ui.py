@@ -256,21 +256,25 @@ def setup() -> Any:
         ],
         "Audit": [("triage", "Triage", "fact_check"), ("prompt_lab", "Prompt lab", "science")],
     }
-    page = st.navigation(
-        {
-            section: [
-                st.Page(
-                    PAGE_FILES[key],
-                    title=title,
-                    icon=f":material/{icon}:",
-                    url_path=Path(PAGE_FILES[key]).stem,
-                    default=key == "overview",
-                )
-                for key, title, icon in items
-            ]
-            for section, items in sections.items()
-        }
-    )
+    pages = {
+        section: [
+            st.Page(
+                PAGE_FILES[key],
+                title=title,
+                icon=f":material/{icon}:",
+                # the default page is served at "/" only; its own url_path is reserved, never routed
+                url_path="home" if key == "overview" else Path(PAGE_FILES[key]).stem,
+                default=key == "overview",
+            )
+            for key, title, icon in items
+        ]
+        for section, items in sections.items()
+    }
+    # "/overview?run=..." (typed, or a link made by hand) would get "Page not found": a hidden
+    # second entry serves the same script there. It comes after the default, so page links
+    # to the overview still point at "/".
+    pages["Study"].append(st.Page(PAGE_FILES["overview"], title="Overview", url_path="overview", visibility="hidden"))
+    page = st.navigation(pages)
     keep_filters()
     selected_run_path()
     run_picker()

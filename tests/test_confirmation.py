@@ -410,3 +410,15 @@ def test_info_lists_the_verdicts(confirmed, capsys):
     tables = json.loads(capsys.readouterr().out)["tables"]
     assert tables["confirmation"]["verdicts"] == {"planted": cv.CONFIRMED, "steady": cv.NOT_CONFIRMED}
     assert tables["confirmation"]["rows"] == len(cv.load(run))
+
+
+def test_the_not_run_note_suggests_confirm_only_where_there_is_something_to_test(confirmed):
+    run, _ = confirmed
+    opened = open_run(run)
+    record = opened.evaluation
+    assert record["P"] and cv.command(opened) in cv.not_run_note(opened, record)
+    missed = {**record, "P": [], "T": ["chemistry"]}  # nothing predicted, but a degraded category to test
+    assert cv.command(opened) in cv.not_run_note(opened, missed) and "missed" in cv.not_run_note(opened, missed)
+    nothing = {**record, "P": [], "T": []}  # a null control, say
+    assert cv.command(opened) not in cv.not_run_note(opened, nothing)
+    assert cv.not_run_note(opened, nothing).startswith("Nothing to confirm")

@@ -876,3 +876,73 @@ def test_page_table_takes_the_baselines_figures_from_new_and_old_records():
         "baseline_ratio" not in shown and shown["baseline_p"].iloc[0] == 1e-5 and np.isnan(shown["baseline_p"].iloc[1])
     )
     assert sideeffects.with_baseline(table, {}).equals(table)
+
+
+def _two_way_record(degraded: str, improved: str, P_degraded: list[str], P_improved: list[str]) -> dict:
+    """A minimal two-direction record: what the page's words read (latent directions and P's)."""
+    sub = {"degraded": (degraded, P_degraded), "improved": (improved, P_improved)}
+    directions = {d: {"latent_direction": ld, "P": P, "T": [], "metrics": {}} for d, (ld, P) in sub.items()}
+    return {"latent_direction": degraded, "P": P_degraded, "T": [], "directions": directions}
+
+
+@pytest.mark.parametrize(
+    ("degraded", "improved", "label", "reason"),
+    [
+        ("both", "amplified", "Degraded ← suppressed and amplified latents", "holding many amplified latents"),
+        ("suppressed", "amplified", "Degraded ← suppressed latents", "holding many suppressed and amplified"),
+    ],
+)
+def test_page_words_follow_the_records_latent_direction(degraded, improved, label, reason):
+    from mneme_core.evaluation import sideeffects
+
+    record = _two_way_record(degraded, improved, ["plants", "animals"], ["plants", "music"])
+    assert sideeffects.direction_label(record, "degraded") == label
+    assert sideeffects.in_both_directions(record) == ["plants"]
+    note = sideeffects.both_directions_note(record)
+    assert note is not None and note.startswith("**plants** is predicted both degraded and improved")
+    assert f"degraded is predicted from {sideeffects.latent_words(record, 'degraded')} latents" in note
+    assert reason in note
+    assert sideeffects.both_directions_note(_two_way_record(degraded, improved, ["animals"], ["music"])) is None
+    old = {"latent_direction": degraded, "P": ["plants"], "T": []}  # evaluated before there were two directions
+    assert sideeffects.in_both_directions(old) == [] and sideeffects.both_directions_note(old) is None
+    assert sideeffects.direction_label({}, "degraded") == f"Degraded ← {EvaluationConfig().latent_direction} latents"
+
+
+def test_null_control_verdict_fails_on_a_prediction_or_on_many_attributed_latents():
+    from mneme_core.evaluation import sideeffects
+
+    quiet = pd.DataFrame({"attribution": ["unchanged"] * 199 + ["amplified"]})  # 0.5%: the test's own noise
+    passed, text = sideeffects.null_control_verdict(_two_way_record("both", "amplified", [], []), quiet)
+    assert passed and "P = ∅ in both directions and 1 of 200 latents are attributed" in text
+    passed, text = sideeffects.null_control_verdict(_two_way_record("both", "amplified", ["plants"], []), quiet)
+    assert not passed and text.startswith("**Null control failed**") and "degraded: {plants}; improved: ∅" in text
+    noisy = pd.DataFrame({"attribution": ["unchanged"] * 190 + ["suppressed"] * 10})  # 5%
+    passed, text = sideeffects.null_control_verdict(_two_way_record("both", "amplified", [], []), noisy)
+    assert not passed and "10 of 200 latents" in text
+
+
+def test_delta_vs_random_is_level_when_it_rounds_to_zero():
+    from mneme_core.evaluation import sideeffects
+
+    assert sideeffects.delta_vs_random(0.5, 0.5004) == ("0.000 vs random", True)
+    assert sideeffects.delta_vs_random(0.5, 0.517) == ("-0.017 vs random", False)
+    assert sideeffects.delta_vs_random(None, 0.5) == (None, True)
+
+
+def test_chart_gaps_name_the_charts_that_would_be_blank():
+    from mneme_core.evaluation import sideeffects
+
+    still = pd.DataFrame({"category": ["a", "b"], "drop": [0.0, 0.0], "gain": [0.0, float("nan")]})
+    one_point = [{"threshold": 0.0, "accuracy": None}]
+    gaps = sideeffects.chart_gaps(still, "improved", one_point)
+    assert set(gaps) == {"bars", "curve"} and "every gain is 0" in gaps["bars"]
+    moved = still.assign(drop=[0.1, 0.0])
+    assert sideeffects.chart_gaps(moved, "degraded", one_point + [{"threshold": 1.0, "accuracy": 1.0}]) == {}
+
+
+def test_metrics_frame_keeps_numbers_and_leaves_undefined_as_nan():
+    from mneme_core.evaluation import sideeffects
+
+    frame = sideeffects.metrics_frame({"MNEME": {"accuracy": None, "precision": 0.0}, "oracle": {"accuracy": 1.0}})
+    assert (frame.dtypes == np.float64).all() and list(frame.columns) == list(sideeffects.SHOWN_METRICS)
+    assert np.isnan(frame.loc["MNEME", "accuracy"]) and frame.loc["oracle", "accuracy"] == 1.0

@@ -116,3 +116,52 @@ def test_dead_fraction_prefers_the_whole_store_and_says_what_it_counted():
     assert explore.dead_fraction(train, diff) == (0.1, "fire on none of the 195958 analysis tokens")
     assert explore.dead_fraction(train, {}) == (0.3, "silent on the 4899 held-out tokens")
     assert explore.dead_fraction({}, {}) == (None, "")
+
+
+def test_latents_under_the_evidence_floor_are_counted_apart_from_unchanged(table):
+    t = table.assign(beta_state=["present", "too_few_fires", "present", "present", "present", "too_few_fires"])
+    t.loc[5, "attribution"] = "unchanged"  # stored as the label's default
+    counts = explore.attribution_counts(t)
+    assert counts == {"suppressed": 2, "unchanged": 1, explore.TOO_FEW_FIRES: 2, "amplified": 1}
+    assert list(counts) == list(explore.ATTRIBUTION_ORDER)
+    assert "shared" not in counts  # norm labels are their own count
+    assert explore.norm_label_counts(t) == {"shared": 3, "base_only": 1, "ft_only": 1, "other": 1}
+    assert explore.shown_attribution("unchanged", "too_few_fires") == explore.TOO_FEW_FIRES
+    assert explore.shown_attribution("unchanged", "present") == "unchanged"
+    assert "too few" in explore.shift_note("too_few_fires") and "undefined" in explore.shift_note("absent_ft")
+
+
+def test_quantile_samples_that_repeat_a_top_context_are_dropped():
+    ctx = pd.DataFrame(
+        {
+            "kind": ["top", "top", "quantile", "quantile", "quantile", "quantile"],
+            "tokens": [["a", "b", "c"], ["x", "y"], ["b", "c", "d"], ["a", "b", "c"], ["p", "q"], ["r"]],
+            "token_index": [100, 200, 101, 900, 500, 202],
+        }
+    )
+    # 101 and 202 are centred inside a top window (within 3 tokens), 900 shows a top's text
+    assert explore.distinct_samples(ctx).index.tolist() == [0, 1, 4]
+    assert explore.distinct_samples(ctx.drop(columns="token_index")).index.tolist() == [0, 1, 2, 4, 5]
+
+
+def test_confirmation_headline_counts_confirmed_predicted_categories():
+    table = pd.DataFrame(
+        {
+            "category": ["animals", "plants", "law"],
+            "scored_category": ["animals", "plants", "law"],
+            "intervention": "ablate",
+            "set": "target",
+            "role": ["predicted", "predicted", "degraded, not predicted"],
+            "status": ["confirmed", "not confirmed", "confirmed"],
+            "latents": [[1], [2], [3]],
+            **{c: 0.0 for c in ("n_latents", "score_before", "score_after", "effect", "control_mean", "control_sd")},
+        }
+    )
+    record = {"P": ["animals", "plants"], "T": ["animals", "law"], "category_scores": []}
+    assert explore.confirmation_headline(None, record) is None
+    # the evaluation no longer lists these latents, so both verdicts are stale
+    line = explore.confirmation_headline(table, record)
+    assert line == "Causal confirmation: 0 of 2 predicted categories confirmed (2 stale: the evaluation changed since)"
+    record["category_scores"] = [{"category": c, "latents": [j]} for c, j in (("animals", 1), ("plants", 2))]
+    line = explore.confirmation_headline(table, record)
+    assert line == "Causal confirmation: 1 of 2 predicted categories confirmed"

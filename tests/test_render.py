@@ -112,3 +112,17 @@ def test_markdown_escaping_keeps_links_and_images_as_text():
 
     out = escape_markdown("see [x](http://a) ![i](u) <b>*bold*</b>")
     assert "](" not in out.replace("\\]\\(", "") and "\\!\\[" in out and "\\<b\\>" in out and "\\*bold\\*" in out
+
+
+def test_sub_word_tokens_sit_flush_without_a_gap():
+    """Stored tokens carry their own spaces ("Ox" "alid" "aceae" is one word): spans join with
+    nothing between them and the token box adds no horizontal space, which read as
+    "Ox alid aceae" in the browser."""
+    out = contexts_html([(["Ox", "alid", "aceae", " family"], [0.0, 2.0, 1.0, 0.0], "")])
+    assert "".join(parse(out).text).endswith("Oxalidaceae family")
+    assert "</span><span" in out and "</span> <span" not in out
+    rule = re.search(r"\.ctx \.tok\{([^}]*)\}", out).group(1)
+    boxes = dict(d.split(":", 1) for d in rule.split(";") if d)
+    for side in ("padding", "margin"):
+        assert boxes.get(side, "0").strip() in ("0", "0px"), f"{side} puts a gap between sub-word tokens"
+    assert not any(k.startswith(("padding-left", "padding-right", "margin-left", "margin-right")) for k in boxes)

@@ -57,7 +57,7 @@ def load_lab(run_path: str | Path, manifest: dict[str, Any], device: str = "cpu"
 
 @dataclass
 class Analysis:
-    tokens: list[str]  # as the tokenizer names them (render.readable_token shows them)
+    tokens: list[str]  # decoded text with its leading space, as the contexts stage stores tokens
     f_TF: np.ndarray  # latent activations per token
     base_write_T: np.ndarray  # Σ_j f_j ‖d_base,j‖ per token
     ft_write_T: np.ndarray
@@ -65,6 +65,7 @@ class Analysis:
 
 def analyse(lab: Lab, text: str, max_tokens: int = 256) -> Analysis:
     """Encode ``text`` with both models up to the run's layer and through the cross-coder."""
+    from mneme_core.analysis.contexts import TokenDecoder
     from mneme_core.collect.models import truncated_forward
 
     if not text.strip():
@@ -81,8 +82,9 @@ def analyse(lab: Lab, text: str, max_tokens: int = 256) -> Analysis:
         a_f = truncated_forward(lab.ft, ids, None, lab.layer)[0, len(lead) :]
         x_T2d = torch.stack([a_b, a_f], dim=1).float()
         f_TF = lab.crosscoder.encode(x_T2d).float().cpu().numpy()
-    tokens = lab.tokenizer.convert_ids_to_tokens(list(ids_list))
-    return Analysis(list(map(str, tokens)), f_TF, f_TF @ lab.norms_MF[0], f_TF @ lab.norms_MF[1])
+    # decoded like the stored contexts, not the tokenizer's own names ("Ġvirus", "▁virus")
+    tokens = TokenDecoder(lab.tokenizer).strings(np.asarray(ids_list, dtype=np.int64)).to_pylist()
+    return Analysis(tokens, f_TF, f_TF @ lab.norms_MF[0], f_TF @ lab.norms_MF[1])
 
 
 def firing_table(analysis: Analysis, latents: pd.DataFrame | None = None, top: int = 5) -> pd.DataFrame:

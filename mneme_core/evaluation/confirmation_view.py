@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
 CONFIRMATION_FILE = "confirmation.parquet"
 NOT_RUN = "not run"
@@ -49,6 +47,25 @@ def command(run: Any) -> str:
     benchmark = str(run.manifest.get("config", {}).get("evaluation", {}).get("benchmark", ""))
     questions = "" if benchmark.startswith("runner:") else " --questions QUESTIONS_FILE"
     return f"mneme confirm {run.path}{questions}"
+
+
+def not_run_note(run: Any, record: dict[str, Any] | None) -> str:
+    """What the page says where ``mneme confirm`` has not run: the command and what it tests.
+    With no prediction it still tests the degraded categories MNEME missed; only where
+    nothing was predicted and nothing degraded (a null control, say) is there nothing to
+    test, and then the page says so rather than suggesting a command."""
+    record = record or {}
+    if record.get("P"):
+        return (
+            f"Not run yet. `{command(run)}` ablates each predicted category's latents at the study's layer and "
+            "compares the score change with random latents of the same activation mass."
+        )
+    if record.get("T"):
+        return (
+            f"Not run yet. MNEME predicted no category; `{command(run)}` tests the degraded categories it missed "
+            "(do their latents, ablated, move the score more than random latents of the same activation mass?)."
+        )
+    return "Nothing to confirm: MNEME predicted no category (P = ∅) and no category degraded (T = ∅)."
 
 
 def _own_rows(table: pd.DataFrame, intervention: str) -> pd.DataFrame:
@@ -140,53 +157,3 @@ def summary(table: pd.DataFrame, record: dict[str, Any] | None = None) -> pd.Dat
         }
     )
     return out.reset_index(drop=True)
-
-
-def figure(table: pd.DataFrame) -> go.Figure:
-    """Per category: the target set's ablation effect (diamond, green when confirmed) over its
-    random controls (grey dots) and their mean ± z·SD (the bar the target must clear)."""
-    own = table[(table["scored_category"] == table["category"]) & (table["intervention"] == "ablate")]
-    target = own[own["set"] == "target"].dropna(subset=["effect"])
-    controls = own[own["set"] == "control"]
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=controls["category"],
-            y=controls["effect"],
-            mode="markers",
-            name="random controls",
-            marker=dict(color="#9e9e9e", size=7),
-            hovertemplate="%{x}<br>control effect %{y:.3f}<extra></extra>",
-        )
-    )
-    bar = target["rule_z"].to_numpy(np.float64) * target["control_sd_used"].to_numpy(np.float64)
-    fig.add_trace(
-        go.Scatter(
-            x=target["category"],
-            y=target["control_mean"],
-            mode="markers",
-            name="control mean ± z·SD",
-            marker=dict(color="#555555", symbol="line-ew-open", size=18),
-            error_y=dict(type="data", array=bar, visible=True, color="#555555"),
-            hovertemplate="%{x}<br>control mean %{y:.3f}<extra></extra>",
-        )
-    )
-    colour = np.where(target["status"] == CONFIRMED, "#2ca02c", "#d62728")
-    fig.add_trace(
-        go.Scatter(
-            x=target["category"],
-            y=target["effect"],
-            mode="markers",
-            name="the category's latents",
-            marker=dict(color=colour, symbol="diamond", size=13),
-            customdata=target["status"],
-            hovertemplate="%{x}<br>ablation effect %{y:.3f}<br>%{customdata}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title="Ablation effect of the category's latents vs random latents of the same mass",
-        yaxis_title="score change in the side effect's direction",
-        margin=dict(l=50, r=20, t=50, b=45),
-        legend=dict(orientation="h", y=-0.18),
-    )
-    return fig

@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 import numpy as np
 import pandas as pd
 
+from mneme_core.evaluation import confirmation_view as cv
+
 # Columns offered as label filters / range sliders, when the run has them.
 LABEL_COLUMNS = ("attribution", "beta_state", "label_by_norm", "category", "mark")
 RANGE_COLUMNS = (
@@ -30,6 +32,11 @@ RANGE_COLUMNS = (
     "max_act",
     "explanation_score",
 )
+# ``beta_state`` of a latent under the diff stage's evidence floor (diffing.BETA_STATES[0]),
+# and how the views name its attribution.
+UNDER_FLOOR = "too_few_fires"
+TOO_FEW_FIRES = "too few fires to tell"
+ATTRIBUTION_ORDER = ("suppressed", "unchanged", TOO_FEW_FIRES, "amplified")
 # What the explorer shows by default, in this order (others are one click away).
 DEFAULT_COLUMNS = (
     "latent",
@@ -190,12 +197,85 @@ def similar_latents(dec_FD: np.ndarray, latent: int, k: int = 10) -> pd.DataFram
 
 
 def attribution_counts(df: pd.DataFrame) -> dict[str, int]:
-    """Latents per attribution label and per norm label (for the overview card)."""
-    out: dict[str, int] = {}
-    for col in ("attribution", "label_by_norm"):
-        if col in df.columns:
-            out.update({str(k): int(v) for k, v in df[col].value_counts().items()})
-    return out
+    """Latents per attribution as the views name them (:func:`shown_attribution`), in
+    display order; the decoder-norm labels are another question (:func:`norm_label_counts`)."""
+    if "attribution" not in df.columns:
+        return {}
+    shown = df["attribution"].astype(object).where(~_under_floor(df), TOO_FEW_FIRES)
+    counts = shown.value_counts()
+    order = [k for k in ATTRIBUTION_ORDER if k in counts.index] + [
+        k for k in counts.index if k not in ATTRIBUTION_ORDER
+    ]
+    return {str(k): int(counts[k]) for k in order}
+
+
+def norm_label_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Latents per relative-decoder-norm band (base_only / ft_only / shared / other)."""
+    if "label_by_norm" not in df.columns:
+        return {}
+    return {str(k): int(v) for k, v in df["label_by_norm"].value_counts().items()}
+
+
+def shown_attribution(attribution: object, beta_state: object) -> str:
+    """One latent's attribution as a reader should see it.
+
+    The diff stage stores ``unchanged`` for a latent under the evidence floor
+    (``beta_state == "too_few_fires"``): a default, since no β was compared. Showing it
+    as "unchanged" would claim a measurement that was never made.
+    """
+    return TOO_FEW_FIRES if beta_state == UNDER_FLOOR else str(attribution)
+
+
+def shift_note(beta_state: object) -> str:
+    """Why a latent has no shift, for the place the number would stand."""
+    if beta_state == UNDER_FLOOR:
+        return "too few firing tokens to compare β"
+    return f"β ≤ 0 in a model ({beta_state}): the ratio is undefined"
+
+
+def _under_floor(df: pd.DataFrame) -> pd.Series:
+    if "beta_state" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["beta_state"] == UNDER_FLOOR
+
+
+def distinct_samples(ctx: pd.DataFrame) -> pd.DataFrame:
+    """A latent's contexts without the quantile samples that repeat a top context.
+
+    The top contexts and the quantile samples are drawn independently, so a sample near a
+    top activation shows the same passage again. A sample is a repeat when its text equals
+    a top context's, or when its centre lies within a window of a top context's centre
+    (the rule the contexts stage uses to keep its top windows apart).
+    """
+    if not len(ctx) or "kind" not in ctx.columns:
+        return ctx
+    top = (ctx["kind"] == "top").to_numpy()
+    texts = ctx["tokens"].map(lambda tokens: "".join(map(str, tokens)))
+    repeat = texts.isin(set(texts[top])).to_numpy()
+    if "token_index" in ctx.columns and top.any():
+        window = int(ctx["tokens"].map(len).max())
+        centres = ctx["token_index"].to_numpy(dtype=np.int64)
+        repeat = repeat | (np.abs(centres[:, None] - centres[top][None, :]) < window).any(axis=1)
+    return ctx[top | ~repeat]
+
+
+def confirmation_headline(table: pd.DataFrame | None, record: Mapping[str, object] | None) -> str | None:
+    """One line on the causal check of the prediction, or None before ``mneme confirm`` ran.
+
+    Precision and recall say whether predicted categories degraded; only the ablation says
+    whether the latents behind a prediction cause the drop, so the headline names both.
+    """
+    if table is None or table.empty:
+        return None
+    summary = cv.summary(table, dict(record) if record is not None else None)
+    predicted = summary[summary["role"] == "predicted"]
+    if predicted.empty:
+        return "Causal confirmation: no predicted category was tested"
+    confirmed = int((predicted["confirmation"] == cv.CONFIRMED).sum())
+    stale = int((predicted["confirmation"] == cv.STALE).sum())
+    return f"Causal confirmation: {confirmed} of {len(predicted)} predicted categories confirmed" + (
+        f" ({stale} {cv.STALE}: the evaluation changed since)" if stale else ""
+    )
 
 
 def dead_fraction(train: Mapping[str, object], diff: Mapping[str, object]) -> tuple[float | None, str]:

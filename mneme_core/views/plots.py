@@ -4,29 +4,79 @@ Each builder takes plain DataFrames and returns a ``go.Figure``; none touches St
 so the same figures go into the HTML report and are tested on their own. Scatter plots
 carry the latent id in ``customdata[0]``: a click on a point opens that latent.
 Scatter traces use WebGL (``Scattergl``) because a paper-size run has 131,072 points.
+Histograms are binned here with numpy and drawn as bars, so what is drawn is exactly the
+counted data (plotly's own binning drops a value on the top edge and draws nothing for a
+constant series).
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-ATTRIBUTION_COLOURS = {"suppressed": "#d62728", "amplified": "#1f77b4", "unchanged": "#b0b0b0"}
+from mneme_core.evaluation import confirmation_view
+from mneme_core.views import explore
+
+ATTRIBUTION_COLOURS = {
+    "suppressed": "#d62728",
+    "amplified": "#1f77b4",
+    "unchanged": "#b0b0b0",
+    explore.TOO_FEW_FIRES: "#e0e0e0",  # shown apart from "unchanged": nothing was compared
+}
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 # No template here: resolving one by name deep-copies it (~65 ms per figure). The
 # dashboard's Streamlit theme styles the figures; the report applies REPORT_TEMPLATE.
-LAYOUT = dict(margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.18))
+LAYOUT = dict(margin=dict(l=60, r=20, t=84, b=45), legend=dict(orientation="h", y=-0.18))
 REPORT_TEMPLATE = "plotly_white"
+# Plotly's modebar (the toolbar shown over the figure's top right corner) is ~30 px tall:
+# titles are pinned to the figure's top edge and pushed this far down, below it, and the
+# top margin (LAYOUT) leaves room for one title line under that.
+TITLE_PAD = 34
+# The β pair the scatter shows, per choice: the column prefix and what it is. The primary β
+# is the one the shift and the attribution labels come from (mneme_core.analysis.diffing:
+# error target, each latent probed along the dominant decoder row or, when the two rows
+# point different ways, each model's own row); the other two are diagnostics.
+BETA_TARGETS: dict[str, tuple[str, str]] = {
+    "primary": ("beta", "primary β (error target, probe per latent): the one the labels use"),
+    "err": ("beta_err", "error target, dominant decoder row; the labels use the primary β"),
+    "recon": ("beta_recon", "reconstruction target, dominant decoder row; the labels use the primary β"),
+}
+
+
+def _style(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
+    """The shared layout, then the figure's own. Titles sit below the modebar, and every
+    axis grows the margins to fit its tick labels and title, so neither is hidden or clipped."""
+    fig.update_layout(title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=TITLE_PAD)), **LAYOUT)
+    fig.update_layout(**layout)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
 
 
 def _finite(values: pd.Series) -> np.ndarray:
     arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
     return arr[np.isfinite(arr)]
+
+
+def _histogram(values: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and edges of ``bins`` equal bins over [lo, hi] that count every value.
+
+    numpy closes the top bin, so a value on ``hi`` (a cosine of exactly 1) is kept; values
+    just past the range (float noise beyond a cosine's ±1) are clipped into the edge bins;
+    a range of zero width (every shift 0) becomes one narrow bin centred on the value, a
+    spike there rather than a bar that reads as a spread.
+    """
+    if hi <= lo:
+        half = 0.005 * max(1.0, abs(lo))
+        lo, hi, bins = lo - half, hi + half, 1
+    counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
+    return counts, edges
 
 
 def _overlay_histogram(
@@ -37,34 +87,37 @@ def _overlay_histogram(
     bins: int,
     xrange: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """One histogram per run on shared bins; several runs are drawn as probability so
-    runs of different sizes compare."""
+    """One histogram per run on shared bins; several runs are drawn as fractions so runs
+    of different sizes compare."""
     fig = go.Figure()
     several = len(runs) > 1
     arrays = {name: _finite(df[column]) for name, df in runs.items() if column in df.columns}
     values = [a for a in arrays.values() if a.size]
     if values:
         lo, hi = xrange or (min(float(a.min()) for a in values), max(float(a.max()) for a in values))
-        size = (hi - lo) / bins if hi > lo else 1.0
         for i, (name, arr) in enumerate(arrays.items()):
+            counts, edges = _histogram(arr, bins, lo, hi)
             fig.add_trace(
-                go.Histogram(
-                    x=arr,
+                go.Bar(
+                    x=(edges[:-1] + edges[1:]) / 2,
+                    y=counts / max(arr.size, 1) if several else counts,
+                    width=np.diff(edges),
                     name=name,
-                    xbins=dict(start=lo, end=hi + 1e-12, size=size),
-                    histnorm="probability" if several else "",
                     opacity=0.6 if several else 0.9,
                     marker_color=RUN_COLOURS[i % len(RUN_COLOURS)],
+                    customdata=np.column_stack([edges[:-1], edges[1:], counts]),
+                    hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}<br>%{customdata[2]} latents"
+                    f"<extra>{html.escape(name)}</extra>",
                 )
             )
-    fig.update_layout(
-        title=title,
+    return _style(
+        fig,
+        title,
         barmode="overlay",
+        bargap=0,
         xaxis_title=xaxis,
         yaxis_title="fraction of latents" if several else "latents",
-        **LAYOUT,
     )
-    return fig
 
 
 def rel_norm_histogram(
@@ -108,13 +161,26 @@ def shift_histogram(runs: Mapping[str, pd.DataFrame], tau: float = 1.0) -> go.Fi
     return fig
 
 
-def beta_scatter(df: pd.DataFrame, target: str = "err") -> go.Figure:
+def _outline(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram as a closed step path (positions, heights): drawn as a filled line it
+    sits at its true edges on any axis type, where a bar on a log axis would not."""
+    position = np.concatenate([edges[:1], np.repeat(edges, 2)[1:-1], edges[-1:]])
+    height = np.concatenate([[0], np.repeat(counts, 2), [0]])
+    return position, height
+
+
+def beta_scatter(df: pd.DataFrame, target: str = "primary") -> go.Figure:
     """β_base vs β_ft on log axes, coloured by attribution, with marginal histograms.
 
-    Points with β ≤ 0 cannot sit on a log axis; they are counted in the title instead
-    of vanishing silently.
+    ``target`` picks the β pair (``BETA_TARGETS``); the default is the primary β, the one
+    the colours (the attribution labels) come from, so a point's distance from the
+    diagonal is the shift its label was decided on. The marginals are binned on log10 β
+    and drawn at the bins' true β edges on log axes matched to the scatter's, so they line
+    up with the points. Points with β ≤ 0 or no β cannot sit on a log axis; they are
+    counted in the subtitle instead of vanishing silently.
     """
-    bx, by = f"beta_{target}_base", f"beta_{target}_ft"
+    prefix, what = BETA_TARGETS[target]
+    bx, by = f"{prefix}_base", f"{prefix}_ft"
     fig = make_subplots(
         rows=2,
         cols=2,
@@ -126,8 +192,7 @@ def beta_scatter(df: pd.DataFrame, target: str = "err") -> go.Figure:
         vertical_spacing=0.01,
     )
     if bx not in df.columns or by not in df.columns:
-        fig.update_layout(title=f"β scatter: no {bx}/{by} columns (run `mneme run` through the diff stage)", **LAYOUT)
-        return fig
+        return _style(fig, f"β scatter: no {bx}/{by} columns (run `mneme run` through the diff stage)")
     x = pd.to_numeric(df[bx], errors="coerce").to_numpy(dtype="float64")
     y = pd.to_numeric(df[by], errors="coerce").to_numpy(dtype="float64")
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
@@ -152,11 +217,14 @@ def beta_scatter(df: pd.DataFrame, target: str = "err") -> go.Figure:
             row=2,
             col=1,
         )
-    lx, ly = np.log10(x[ok]), np.log10(y[ok])
-    fig.add_trace(go.Histogram(x=lx, nbinsx=60, marker_color="#888", showlegend=False, hoverinfo="skip"), row=1, col=1)
-    fig.add_trace(go.Histogram(y=ly, nbinsy=60, marker_color="#888", showlegend=False, hoverinfo="skip"), row=2, col=2)
     if ok.any():
+        lx, ly = np.log10(x[ok]), np.log10(y[ok])
         lo, hi = float(min(lx.min(), ly.min())), float(max(lx.max(), ly.max()))
+        marginal = dict(mode="lines", line=dict(color="#888", width=1), showlegend=False, hoverinfo="skip")
+        at, height = _outline(*_histogram(lx, 60, lo, hi))
+        fig.add_trace(go.Scatter(x=10**at, y=height, fill="tozeroy", **marginal), row=1, col=1)
+        at, height = _outline(*_histogram(ly, 60, lo, hi))
+        fig.add_trace(go.Scatter(x=height, y=10**at, fill="tozerox", **marginal), row=2, col=2)
         fig.add_trace(
             go.Scatter(
                 x=[10**lo, 10**hi],
@@ -168,13 +236,26 @@ def beta_scatter(df: pd.DataFrame, target: str = "err") -> go.Figure:
             row=2,
             col=1,
         )
-    # marginals are binned in log10 space; the scatter axes are log
-    fig.update_xaxes(type="log", title_text=f"β base ({target} target)", row=2, col=1)
-    fig.update_yaxes(type="log", title_text=f"β fine-tuned ({target} target)", row=2, col=1)
-    dropped = int((~ok).sum())
-    title = "Latent scaling β: base vs fine-tuned" + (f" ({dropped} latents with β ≤ 0 not shown)" if dropped else "")
-    fig.update_layout(title=title, height=620, **{**LAYOUT, "legend": dict(orientation="h", y=-0.1)})
-    return fig
+    # the β axes are log in the scatter and in the marginal that shares them
+    fig.update_xaxes(type="log", col=1)
+    fig.update_yaxes(type="log", row=2)
+    fig.update_xaxes(title_text="β base", row=2, col=1)
+    fig.update_yaxes(title_text="β fine-tuned", row=2, col=1)
+    undefined = int((~np.isfinite(x) | ~np.isfinite(y)).sum())
+    dropped = [
+        f"{n} latents {why}"
+        for n, why in ((int((~ok).sum()) - undefined, "with β ≤ 0"), (undefined, "without a β (never fired)"))
+        if n
+    ]
+    notes = [what] + ([f"not shown: {', '.join(dropped)}"] if dropped else [])
+    return _style(
+        fig,
+        "Latent scaling β: base vs fine-tuned",
+        title_subtitle_text="<br>".join(notes),
+        height=640,
+        margin=dict(t=90 + 16 * len(notes)),
+        legend=dict(orientation="h", y=-0.1),
+    )
 
 
 def activation_histogram(edges: Sequence[float], counts: Sequence[int], latent: int) -> go.Figure:
@@ -189,24 +270,22 @@ def activation_histogram(edges: Sequence[float], counts: Sequence[int], latent: 
             hovertemplate="act %{x:.3g}<br>%{y} tokens<extra></extra>",
         )
     )
-    fig.update_layout(
-        title=f"Non-zero activations of latent {latent}",
-        xaxis_title="activation",
-        yaxis_title="tokens",
-        height=300,
-        **LAYOUT,
+    return _style(
+        fig, f"Non-zero activations of latent {latent}", xaxis_title="activation", yaxis_title="tokens", height=300
     )
-    return fig
 
 
 def category_map(df: pd.DataFrame, attributions: Sequence[str] | None = None) -> go.Figure:
-    """UMAP of description embeddings: colour = category, size = |shift|, click → latent."""
+    """UMAP of description embeddings: colour = category, size = |shift|, click → latent.
+
+    ``attributions`` keeps the latents with those labels (``None``: all of them); an empty
+    selection draws no point, so the figure never contradicts the selection.
+    """
     fig = go.Figure()
     if not {"umap_x", "umap_y"} <= set(df.columns):
-        fig.update_layout(title="No map yet: run `mneme run` through the categories stage", **LAYOUT)
-        return fig
+        return _style(fig, "No map yet: run `mneme run` through the categories stage")
     sub = df[np.isfinite(pd.to_numeric(df["umap_x"], errors="coerce"))]
-    if attributions and "attribution" in sub.columns:
+    if attributions is not None and "attribution" in sub.columns:
         sub = sub[sub["attribution"].isin(list(attributions))]
     shift = (
         pd.to_numeric(sub["shift"], errors="coerce").abs().fillna(0).to_numpy()
@@ -239,34 +318,46 @@ def category_map(df: pd.DataFrame, attributions: Sequence[str] | None = None) ->
                 hovertemplate="latent %{customdata[0]}<br>%{customdata[1]}<extra>" + html.escape(cat) + "</extra>",
             )
         )
-    fig.update_layout(
-        title="Category map (UMAP of descriptions; size = |shift|)",
+    return _style(
+        fig,
+        "Category map (UMAP of descriptions; size = |shift|)",
         height=620,
         xaxis=dict(showticklabels=False, title=""),
         yaxis=dict(showticklabels=False, title=""),
-        **{**LAYOUT, "legend": dict(orientation="v", x=1.01, y=1)},
+        legend=dict(orientation="v", x=1.01, y=1),
     )
-    return fig
 
 
 def category_bars(summary: pd.DataFrame, top: int = 25) -> go.Figure:
-    """Amplified and suppressed latents per category."""
-    part = summary.head(top)
+    """Suppressed and amplified latents per category, as horizontal bars so long category
+    names stay readable, with the legend above the plot where it covers no name.
+
+    Categories with no attributed latent are left out: they have no bar to show and would
+    fill the axis.
+    """
+    attributed = summary[(summary["suppressed"] > 0) | (summary["amplified"] > 0)].head(top)
     fig = go.Figure(
         [
             go.Bar(
-                x=part["category"],
-                y=part["suppressed"],
-                name="suppressed",
-                marker_color=ATTRIBUTION_COLOURS["suppressed"],
-            ),
-            go.Bar(
-                x=part["category"], y=part["amplified"], name="amplified", marker_color=ATTRIBUTION_COLOURS["amplified"]
-            ),
+                y=attributed["category"],
+                x=attributed[label],
+                name=label,
+                orientation="h",
+                marker_color=ATTRIBUTION_COLOURS[label],
+            )
+            for label in ("suppressed", "amplified")
         ]
     )
-    fig.update_layout(title="Attributed latents per category", barmode="group", yaxis_title="latents", **LAYOUT)
-    return fig
+    shown = bool(len(attributed))  # no empty axes under "no category holds one"
+    return _style(
+        fig,
+        "Attributed latents per category" if shown else "No category holds an attributed latent",
+        barmode="group",
+        height=max(300, 140 + 30 * len(attributed)),
+        xaxis=dict(title="latents", visible=shown),
+        yaxis=dict(type="category", autorange="reversed", visible=shown),
+        legend=dict(orientation="h", x=1, xanchor="right", y=1, yanchor="bottom"),
+    )
 
 
 def benchmark_bars(
@@ -296,8 +387,7 @@ def benchmark_bars(
             hovertemplate=f"%{{x}}<br>{change} %{{y:.3f}}<br>%{{customdata}}<extra></extra>",
         )
     )
-    fig.update_layout(title=f"Benchmark {change} per category", yaxis_title=axis, **LAYOUT)
-    return fig
+    return _style(fig, f"Benchmark {change} per category", yaxis_title=axis)
 
 
 def metrics_bars(
@@ -315,13 +405,12 @@ def metrics_bars(
                 marker_color=RUN_COLOURS[i % len(RUN_COLOURS)],
             )
         )
-    fig.update_layout(
-        title="Side-effect prediction: MNEME vs baselines",
+    return _style(
+        fig,
+        "Side-effect prediction: MNEME vs baselines",
         barmode="group",
         yaxis=dict(range=[0, 1.05], title="score"),
-        **LAYOUT,
     )
-    return fig
 
 
 def threshold_curve(
@@ -330,31 +419,45 @@ def threshold_curve(
     x: str = "threshold",
     keys: Sequence[str] = ("accuracy", "precision", "f1"),
 ) -> go.Figure:
-    """Metrics as the prediction threshold moves, with the chosen threshold marked."""
+    """Metrics as the prediction threshold moves, with the chosen threshold marked.
+
+    A category is predicted when its score ≥ the threshold (``evaluate.predict``) and the
+    curve has a point at every distinct score, so between two points a metric keeps the
+    value of the higher one: drawn as steps (``vh`` over ascending thresholds), not as
+    straight lines between the points. Past the outermost points the prediction does not
+    change, so the steps are extended flat to ``current`` when it lies out there: the curve
+    at the current threshold reads what the metric cards say.
+    """
+    points = curve.sort_values(x)
+    if current is not None and len(points):
+        if current < points[x].iloc[0]:
+            points = pd.concat([points.iloc[[0]].assign(**{x: current}), points])
+        if current > points[x].iloc[-1]:
+            points = pd.concat([points, points.iloc[[-1]].assign(**{x: current})])
     fig = go.Figure()
-    for i, key in enumerate(k for k in keys if k in curve.columns):
+    for i, key in enumerate(k for k in keys if k in points.columns):
         fig.add_trace(
             go.Scatter(
-                x=curve[x],
-                y=curve[key],
+                x=points[x],
+                y=points[key],
                 mode="lines+markers",
                 name=key,
-                line=dict(color=RUN_COLOURS[i % len(RUN_COLOURS)]),
+                line=dict(color=RUN_COLOURS[i % len(RUN_COLOURS)], shape="vh"),
             )
         )
     if current is not None:
         fig.add_vline(x=current, line_dash="dash", line_color="#555", annotation_text="current")
-    fig.update_layout(
-        title="Metrics over the prediction threshold",
+    return _style(
+        fig,
+        "Metrics over the prediction threshold",
         xaxis_title=x,
         yaxis=dict(range=[0, 1.05], title="score"),
-        **LAYOUT,
     )
-    return fig
 
 
 def attribution_bar(counts: Mapping[str, int]) -> go.Figure:
-    labels = [k for k in ("suppressed", "unchanged", "amplified") if k in counts]
+    """Latents per attribution as ``explore.attribution_counts`` names them."""
+    labels = [k for k in explore.ATTRIBUTION_ORDER if k in counts]
     fig = go.Figure(
         go.Bar(
             x=[counts[k] for k in labels],
@@ -364,10 +467,52 @@ def attribution_bar(counts: Mapping[str, int]) -> go.Figure:
             text=[counts[k] for k in labels],
         )
     )
-    fig.update_layout(
-        title="Latents by attribution",
-        height=220,
-        xaxis_title="latents",
-        **{**LAYOUT, "margin": dict(l=90, r=20, t=40, b=40)},
+    return _style(fig, "Latents by attribution", height=260, xaxis_title="latents", margin=dict(l=90, b=40))
+
+
+def confirmation_effects(table: pd.DataFrame) -> go.Figure:
+    """Per category: the target set's ablation effect (diamond, green when confirmed) over its
+    random controls (grey dots) and their mean ± z·SD (the bar the target must clear)."""
+    own = table[(table["scored_category"] == table["category"]) & (table["intervention"] == "ablate")]
+    target = own[own["set"] == "target"].dropna(subset=["effect"])
+    controls = own[own["set"] == "control"]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=controls["category"],
+            y=controls["effect"],
+            mode="markers",
+            name="random controls",
+            marker=dict(color="#9e9e9e", size=7),
+            hovertemplate="%{x}<br>control effect %{y:.3f}<extra></extra>",
+        )
     )
-    return fig
+    bar = target["rule_z"].to_numpy(np.float64) * target["control_sd_used"].to_numpy(np.float64)
+    fig.add_trace(
+        go.Scatter(
+            x=target["category"],
+            y=target["control_mean"],
+            mode="markers",
+            name="control mean ± z·SD",
+            marker=dict(color="#555555", symbol="line-ew-open", size=18),
+            error_y=dict(type="data", array=bar, visible=True, color="#555555"),
+            hovertemplate="%{x}<br>control mean %{y:.3f}<extra></extra>",
+        )
+    )
+    colour = np.where(target["status"] == confirmation_view.CONFIRMED, "#2ca02c", "#d62728")
+    fig.add_trace(
+        go.Scatter(
+            x=target["category"],
+            y=target["effect"],
+            mode="markers",
+            name="the category's latents",
+            marker=dict(color=colour, symbol="diamond", size=13),
+            customdata=target["status"],
+            hovertemplate="%{x}<br>ablation effect %{y:.3f}<br>%{customdata}<extra></extra>",
+        )
+    )
+    return _style(
+        fig,
+        "Ablation effect of the category's latents vs random latents of the same mass",
+        yaxis_title="score change in the side effect's direction",
+    )

@@ -6,6 +6,10 @@ Tokenizers store text in forms people cannot read (GPT-2 byte-level ``Ġ``/``Ċ`
 SentencePiece ``▁`` and ``<0x0A>`` byte fallback); :func:`readable_token` turns them
 back into text and makes whitespace visible (``↵`` for newlines, ``⇥`` for tabs, ``·``
 for a run of spaces that would otherwise vanish).
+
+Stored tokens already carry their own spacing (a word-initial token starts with a space),
+so spans are joined with nothing between them and the token boxes have no horizontal
+padding: a sub-word piece ("Ox" "alid" "aceae") must sit flush against the next.
 """
 
 from __future__ import annotations
@@ -143,7 +147,7 @@ CONTEXT_CSS = """
 .ctx{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.86rem;line-height:1.7;
      white-space:pre-wrap;word-break:break-word;padding:6px 10px;margin:4px 0;border-radius:6px;
      border:1px solid rgba(128,128,128,0.25)}
-.ctx .tok{border-radius:3px;padding:0 1px}
+.ctx .tok{border-radius:3px;padding:0;margin:0}
 .ctx .ctx-label{color:#888;font-size:0.75rem;margin-right:6px}
 .ctx details summary{cursor:pointer;color:#888;font-size:0.75rem}
 </style>

@@ -85,6 +85,7 @@ def build_report(
                 **({"dead_fraction": dead} if dead is not None else {}),
                 **{k: train[k] for k in ("l0",) if k in train},
                 **explore.attribution_counts(lat),
+                **explore.norm_label_counts(lat),
             }
         ),
         "<h2>Stages</h2>",
@@ -151,7 +152,7 @@ def _confirmation_section(run: Run, figures: list[go.Figure]) -> list[str]:
             f"<p>Not run. <code>{html.escape(confirmation_view.command(run))}</code> tests each predicted "
             "category by ablating its latents.</p>",
         ]
-    figures.append(confirmation_view.figure(table))
+    figures.append(plots.confirmation_effects(table))
     record = run.evaluation
     stale = confirmation_view.stale_note(table, record, run)
     warning = [f"<p><strong>{html.escape(stale)}</strong></p>"] if stale else []

@@ -1,7 +1,10 @@
 """Diff distributions: relative norm, cosine, β scatter, shift; overlay runs of one base model."""
 
+from dataclasses import fields
+
 import streamlit as st
 
+from mneme_core.common.config import DiffingConfig
 from mneme_core.views import plots
 from mneme_dashboard import _ui
 
@@ -10,7 +13,9 @@ _ui.require(run, "diff", what="The diff distributions")
 path, mtime = _ui.run_key(run)
 
 st.title("Diff distributions")
-diffing = run.manifest.get("config", {}).get("diffing", {})
+recorded = run.manifest.get("config", {}).get("diffing", {})
+# the run's settings, the defaults where an older manifest did not record one
+diffing = DiffingConfig(**{f.name: recorded[f.name] for f in fields(DiffingConfig) if f.name in recorded})
 others = {
     label: p
     for label, p in _ui.discover_runs(tuple(map(str, _ui.run_roots()))).items()
@@ -31,29 +36,43 @@ for label in overlay:
         st.warning(f"{label} could not be opened: {exc}")
 
 a, b = st.columns(2)
-band = tuple(diffing.get("shared_band", (0.4, 0.6)))
 a.plotly_chart(
-    plots.rel_norm_histogram(runs, diffing.get("base_only_below", 0.1), diffing.get("ft_only_above", 0.9), band),
+    plots.rel_norm_histogram(runs, diffing.base_only_below, diffing.ft_only_above, diffing.shared_band),
     key="rel_hist",
 )
 b.plotly_chart(plots.cosine_histogram(runs), key="cos_hist")
 a, b = st.columns([3, 2])
 with a:
     target = st.segmented_control(
-        "β target",
-        ["err", "recon"],
-        default="err",
+        "β shown",
+        list(plots.BETA_TARGETS),
+        default="primary",
         key="f_beta_target",
-        format_func=lambda t: {"err": "error (paper)", "recon": "reconstruction"}[t],
+        format_func=lambda t: {
+            "primary": "primary (the labels')",
+            "err": "error target, dominant row",
+            "recon": "reconstruction target, dominant row",
+        }[t],
+        help="The attribution labels (the colours) are decided on the primary β: the error target, each latent "
+        "probed along its dominant decoder row, or along each model's own row when the two rows disagree.",
     )
     event = st.plotly_chart(
-        _ui.cached_figure("beta_scatter", path, mtime, target or "err"),
+        _ui.cached_figure("beta_scatter", path, mtime, target or "primary"),
         key="beta_scatter",
         on_select="rerun",
         selection_mode="points",
     )
-    st.caption("Click a point to open its latent.")
+    st.caption("Colours are the attribution labels, decided on the primary β. Click a point to open its latent.")
     picked = _ui.clicked_latent(event)
     if picked is not None:
         _ui.open_latent(picked)
-b.plotly_chart(plots.shift_histogram(runs, float(diffing.get("tau", 1.0))), key="shift_hist")
+b.plotly_chart(plots.shift_histogram(runs, diffing.tau), key="shift_hist")
+b.caption(
+    f"The dashed lines are ±τ (τ = {diffing.tau:g}); a label needs the shift to clear them by z = {diffing.z:g} "
+    "standard errors, tested on the primary β: **amplified** when "
+    r"$\beta_{ft} - 2^{\tau}\beta_{base} > z\sqrt{se_{ft}^2 + 4^{\tau} se_{base}^2}$ and "
+    r"$\beta_{ft} > z\,se_{ft}$; **suppressed** when "
+    r"$2^{-\tau}\beta_{base} - \beta_{ft} > z\sqrt{se_{ft}^2 + 4^{-\tau} se_{base}^2}$ and "
+    r"$\beta_{base} > z\,se_{base}$; a latent firing on fewer than "
+    f"{diffing.min_fires} analysis tokens is never labelled. So a latent just past a line can be unchanged."
+)

@@ -61,15 +61,10 @@ n_pages = max(1, -(-len(order) // PAGE_ROWS))
 if st.session_state.get("f_page", 1) > n_pages:  # the filter shrank the list under the page
     st.session_state["f_page"] = 1
 default("f_page", 1)
-head = st.columns([4, 1, 1])
+head = st.columns([4, 1, 1], vertical_alignment="bottom")
 head[0].markdown(f"Showing **{len(order):,}** of **{len(table):,}** latents")
-page = (
-    head[1].number_input(
-        f"Page (of {n_pages})", min_value=1, max_value=n_pages, key="f_page", label_visibility="collapsed"
-    )
-    if n_pages > 1
-    else 1
-)
+# a visible label: a collapsed one leaves the input with no name for screen readers
+page = head[1].number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, key="f_page") if n_pages > 1 else 1
 head[2].download_button(
     "Download CSV",
     data=lambda: table.iloc[order].to_csv(index=False).encode(),

@@ -64,7 +64,7 @@ nav[3].caption(
 md = render.escape_markdown
 st.markdown(f"#### {md(val('description')) if val('description') else '_no description yet (interpret stage)_'}")
 badges = [
-    f"**{md(val('attribution') or '?')}**",
+    f"**{md(explore.shown_attribution(val('attribution') or '?', val('beta_state')))}**",
     f"norm label **{md(val('label_by_norm') or '?')}**",
     f"category **{md(val('category') or '—')}**",
 ]
@@ -103,8 +103,13 @@ with left:
         st.markdown(
             f"**Primary β** (what the label uses; {md(val('probe') or '?')}-row probe): base "
             f"{explore.fmt(val('beta_base'), 4)} ± {explore.fmt(val('beta_se_base'), 4)} · fine-tuned "
-            f"{explore.fmt(val('beta_ft'), 4)} ± {explore.fmt(val('beta_se_ft'), 4)} · shift "
-            f"{explore.fmt(val('shift'), 3)} ± {explore.fmt(val('shift_se'), 3)} · state **{md(val('beta_state'))}** · "
+            f"{explore.fmt(val('beta_ft'), 4)} ± {explore.fmt(val('beta_se_ft'), 4)} · "
+            + (
+                f"shift {explore.fmt(val('shift'), 3)} ± {explore.fmt(val('shift_se'), 3)}"
+                if val("shift") is not None
+                else f"no shift: {md(explore.shift_note(val('beta_state')))}"
+            )
+            + f" · state **{md(val('beta_state'))}** · "
             f"{explore.fmt(val('n_fires'), 0)} firing tokens"
         )
     st.caption(f"max activation {explore.fmt(val('max_act'), 4)}")
@@ -122,7 +127,7 @@ with right:
         )
 
 st.subheader("Where it fires")
-ctx = _ui.contexts(path, mtime, latent)
+ctx = explore.distinct_samples(_ui.contexts(path, mtime, latent))
 if not _ui.note_missing(run, "contexts", what="Activating contexts"):
     pass
 elif len(ctx):

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
+from mneme_core.evaluation import confirmation_view as cv
 from mneme_core.run.store import STAGES
-from mneme_core.views import explore, plots
+from mneme_core.views import explore, plots, render
 from mneme_dashboard import _ui
 
 run = _ui.current_run()
@@ -21,22 +22,18 @@ st.markdown(
     f"`{', '.join(corpus.get('files', [])) or corpus.get('dataset', '?')}`"
 )
 
-cols = st.columns(6)
 dead, dead_basis = explore.dead_fraction(train, run.stage_metrics("diff"))
 cc = m.get("config", {}).get("crosscoder", {})
 cards = [
     ("Tokens", collect.get("n_tokens")),
     ("Latents", train.get("n_latents", cc.get("n_latents") or len(run.latents) or None)),
     ("k", train.get("k", cc.get("k"))),
-    (
-        "FVE base / ft",
-        f"{explore.fmt(train.get('fve_base'), 3)} / {explore.fmt(train.get('fve_ft'), 3)}"
-        if "fve_base" in train
-        else None,
-    ),
+    ("FVE base", train.get("fve_base")),  # one card per model: "0.815 / 0.8" did not fit one
+    ("FVE ft", train.get("fve_ft")),
     ("Dead fraction", dead),
     ("L0", train.get("l0")),
 ]
+cols = st.columns(len(cards))
 helps = {"Dead fraction": f"latents that {dead_basis}" if dead_basis else None}
 for col, (label, value) in zip(cols, cards):
     col.metric(label, explore.fmt(value, 4) if value is not None else "—", help=helps.get(label))
@@ -53,9 +50,12 @@ with right:
     counts = explore.attribution_counts(run.latents)
     if counts:
         st.plotly_chart(plots.attribution_bar(counts), key="attr_bar")
-        st.caption(
-            " · ".join(f"{k}: **{counts[k]}**" for k in ("base_only", "ft_only", "shared", "other") if k in counts)
-        )
+        st.caption("By attribution: " + " · ".join(f"{k}: **{v}**" for k, v in counts.items()))
+        norms = explore.norm_label_counts(run.latents)
+        if norms:
+            st.caption(
+                "By relative decoder norm (a separate label): " + " · ".join(f"{k}: **{v}**" for k, v in norms.items())
+            )
     else:
         st.info("No attribution yet: the **diff** stage labels latents.", icon=":material/hourglass_empty:")
 
@@ -82,6 +82,13 @@ if evaluation and run.stage_status("evaluate") == "complete":
             icon=":material/arrow_forward:",
             direction=direction,
         )
+    try:
+        confirmation = explore.confirmation_headline(cv.load(run.path), evaluation)
+    except cv.ConfirmationFileError as exc:
+        st.warning(render.escape_markdown(str(exc)), icon=":material/error:")
+    else:
+        if confirmation:
+            _ui.link_to("side_effects", confirmation, run, icon=":material/science:")
 else:
     st.caption("No evaluation yet: the **evaluate** stage compares predictions with a benchmark.")
 

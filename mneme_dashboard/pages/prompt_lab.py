@@ -36,9 +36,12 @@ except promptlab.LabError as exc:
     st.stop()
 
 firing = promptlab.firing_table(analysis, run.latents)
-st.markdown("**Tokens coloured by how much more the fine-tuned model receives than the base** (hover for the value)")
-diff = firing["ft − base"].abs().to_numpy()
-st.html(render.contexts_html([(analysis.tokens, diff.tolist(), "|ft − base|")]))
+# one colour scale cannot show a sign, so it shows the size of the difference; the table has the sign
+st.markdown(
+    "**Tokens coloured by how much the fine-tuned model's write differs from the base's, |ft − base|, "
+    "in either direction** (hover for the value; the table's *ft − base* column has the sign)"
+)
+st.html(render.contexts_html([(analysis.tokens, firing["ft − base"].abs().tolist(), "|ft − base|")]))
 st.dataframe(
     firing,
     hide_index=True,

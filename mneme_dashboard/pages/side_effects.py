@@ -1,5 +1,6 @@
 """Side effects: predicted vs measured per category, metrics vs baselines, live threshold;
-either direction (degraded from suppressed latents, improved from amplified ones)."""
+either direction (degraded, improved), each predicted from the attributed latents its
+record names (``latent_direction``: the switch says which)."""
 
 import pandas as pd
 import streamlit as st
@@ -20,6 +21,12 @@ except ev.EvaluationError as exc:
     _ui.error_page(str(exc))
 
 st.title("Side effects")
+if run.manifest.get("null_control"):
+    passed, verdict = sideeffects.null_control_verdict(record, run.latents)
+    if passed:
+        st.success(verdict, icon=":material/check_circle:")
+    else:
+        st.error(verdict, icon=":material/error:")
 directions = list(sideeffects.DIRECTIONS)
 _ui.url_choice("f_direction", "direction", directions, default="degraded")
 direction = st.radio(
@@ -28,9 +35,13 @@ direction = st.radio(
     format_func=lambda d: sideeffects.direction_label(record, d),
     horizontal=True,
     key="f_direction",
-    help="Degraded: categories whose score changed in the bad sense, predicted from the latents the study reads "
-    "for damage. Improved: the good sense, predicted from the latents a fine-tune learned more of.",
+    help=f"Degraded: categories whose score changed in the bad sense, predicted from "
+    f"{sideeffects.latent_words(record, 'degraded')} latents. Improved: the good sense, predicted from "
+    f"{sideeffects.latent_words(record, 'improved')} latents.",
 )
+both_note = sideeffects.both_directions_note(record)
+if both_note:
+    st.caption(both_note)
 _ui.to_url("direction", direction)
 note = sideeffects.unavailable(record, direction, run.path)
 if note:
@@ -61,80 +72,114 @@ except cv.ConfirmationFileError as exc:
     confirmation, confirmation_problem = None, str(exc)
 if direction == "degraded":  # mneme confirm tests the degraded direction's predictions
     table = table.assign(confirmation=cv.statuses(table["category"], confirmation, record))
-if run.manifest.get("null_control"):
-    st.info(
-        "This run is a **null control**: the base model compared with itself. Whatever it predicts is the "
-        "method's own noise; the right answer is nothing."
-    )
 baseline = sub.get("metrics", {}).get("activation_diff", {})
 
 cols = st.columns(4)
 mneme = methods["MNEME"]
 for c, key in zip(cols, sideeffects.SHOWN_METRICS):
     value = mneme.get(key)
-    rnd = methods.get("random", {}).get(key)
+    delta, level = sideeffects.delta_vs_random(value, methods.get("random", {}).get(key))
     c.metric(
         f"MNEME {key.replace('_', ' ')}",
-        "—" if value is None else f"{value:.3f}",
-        delta=None if value is None or rnd is None else f"{value - rnd:+.3f} vs random",
+        sideeffects.UNDEFINED if value is None else f"{value:.3f}",
+        delta=delta,
+        delta_color="off" if level else "normal",
+        delta_arrow="off" if level else "auto",
     )
 
+curve = sub.get("curve")
+gaps = sideeffects.chart_gaps(table, direction, curve)
 left, right = st.columns([3, 2])
-left.plotly_chart(
-    plots.benchmark_bars(table, change, member, sideeffects.change_axis(record, direction)), key="bench_bars"
-)
-left.caption(
-    f"Green: {member} and predicted · red: {member}, missed · orange: predicted, not {member} · grey: neither."
-)
-with right:
-    st.markdown("**MNEME vs baselines**")
-    st.dataframe(
-        sideeffects.metrics_frame(methods),
-        column_config={
-            k: st.column_config.NumberColumn(k.replace("_", " "), format="%.3f") for k in sideeffects.SHOWN_METRICS
-        },
+if "bars" in gaps:
+    left.info(gaps["bars"], icon=":material/bar_chart_off:")
+else:
+    left.plotly_chart(
+        plots.benchmark_bars(table, change, member, sideeffects.change_axis(record, direction)), key="bench_bars"
     )
-    if "set" in baseline:
-        st.caption(
-            f"Dictionary-free baseline ({baseline.get('rule', '')}) predicts: "
-            f"{', '.join(baseline['set']) or 'nothing'}, from {baseline.get('n_contexts', 0):,} contexts. "
-            "It has no direction: the same prediction in both, scored against each direction's own T. "
-            + sideeffects.baseline_caveat(baseline)
-        )
-    elif baseline:
-        st.caption(f"Dictionary-free baseline: {baseline.get('skipped', 'not run')}.")
-    curve = sub.get("curve")
-    if curve:
-        st.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
+    left.caption(
+        f"Green: {member} and predicted · red: {member}, missed · orange: predicted, not {member} · grey: neither."
+    )
+if "curve" in gaps:
+    right.info(gaps["curve"], icon=":material/show_chart:")
+elif curve:
+    right.plotly_chart(plots.threshold_curve(pd.DataFrame(curve), current=threshold), key="curve")
+
+st.markdown("**MNEME vs baselines**")
+methods_col, notes_col = st.columns([3, 2])
+methods_col.dataframe(
+    sideeffects.metrics_frame(methods),
+    placeholder=sideeffects.UNDEFINED,
+    column_config={
+        "_index": st.column_config.TextColumn("method", width="medium"),
+        "accuracy": st.column_config.NumberColumn("accuracy", format="%.3f", width="small"),
+        "precision": st.column_config.NumberColumn("precision", format="%.3f", width="small"),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f", width="small"),
+        "balanced_accuracy": st.column_config.NumberColumn(
+            "bal. accuracy", format="%.3f", width="small", help="balanced accuracy: (recall + specificity) / 2"
+        ),
+    },
+)
+notes_col.caption(sideeffects.baseline_notes(baseline))
 
 st.subheader("Per category")
 table = sideeffects.with_baseline(table, baseline)
+details = st.toggle(
+    "Test details",
+    key="f_details",
+    help="the tests' own figures: expected count, enrichment / rank p, MNEME categories, the baseline's p and ratio",
+)
 shown = [c for c in sideeffects.table_columns(direction) if c in table.columns]
 st.dataframe(
     table[shown],
     hide_index=True,
     key="per_category",
+    column_order=[c for c in sideeffects.table_columns(direction, details) if c in shown],
+    placeholder=sideeffects.UNDEFINED,
     column_config={
-        "score_before": st.column_config.NumberColumn("before", format="%.3f"),
-        "score_after": st.column_config.NumberColumn("after", format="%.3f"),
-        "drop": st.column_config.NumberColumn("drop", format="%.3f", help=sideeffects.change_axis(record)),
-        "p_value": st.column_config.NumberColumn("p", format="%.2g"),
-        "gain": st.column_config.NumberColumn("gain", format="%.3f", help="the score's change in the good sense"),
-        "gain_p_value": st.column_config.NumberColumn("p", format="%.2g"),
-        "score": st.column_config.NumberColumn("MNEME score", format="%.4f", help=score_help),
-        "expected": st.column_config.NumberColumn(
-            "expected", format="%.1f", help="attributed latents the category would hold by its share of the pool"
+        "category": st.column_config.TextColumn("category", pinned=True),
+        "score_before": st.column_config.NumberColumn("before", format="%.3f", width="small"),
+        "score_after": st.column_config.NumberColumn("after", format="%.3f", width="small"),
+        "drop": st.column_config.NumberColumn(
+            "drop", format="%.3f", width="small", help=sideeffects.change_axis(record)
         ),
-        "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g"),
-        "rank_p": st.column_config.NumberColumn("rank p", format="%.2g"),
+        "p_value": st.column_config.NumberColumn("p", format="%.2g", width="small"),
+        "gain": st.column_config.NumberColumn(
+            "gain", format="%.3f", width="small", help="the score's change in the good sense"
+        ),
+        "gain_p_value": st.column_config.NumberColumn("p", format="%.2g", width="small"),
+        member: st.column_config.CheckboxColumn(member, width="small", help=f"in T: truly {member}"),
+        "predicted": st.column_config.CheckboxColumn("predicted", width="small", help="in P at the threshold above"),
+        "score": st.column_config.NumberColumn("MNEME score", format="%.2f", help=score_help),
+        "n_latents": st.column_config.NumberColumn(
+            "attributed", width="small", help="attributed latents whose MNEME category maps to this category"
+        ),
+        "expected": st.column_config.NumberColumn(
+            "expected",
+            format="%.1f",
+            width="small",
+            help="attributed latents the category would hold by its share of the pool",
+        ),
+        "enrichment_p": st.column_config.NumberColumn("enrichment p", format="%.2g", width="small"),
+        "rank_p": st.column_config.NumberColumn("rank p", format="%.2g", width="small"),
         "baseline_p": st.column_config.NumberColumn(
-            "baseline p", format="%.2g", help="dictionary-free baseline: its contexts changed more than the rest"
+            "baseline p",
+            format="%.2g",
+            width="small",
+            help="dictionary-free baseline: its contexts changed more than the rest",
         ),
         "baseline_ratio": st.column_config.NumberColumn(
-            "baseline ratio", format="%.2f", help="dictionary-free baseline: mean change over the other contexts'"
+            "baseline ratio",
+            format="%.2f",
+            width="small",
+            help="dictionary-free baseline: mean change over the other contexts'",
         ),
         "support": st.column_config.NumberColumn(
-            "support", help="the category's latents the rank test ranked (what the prediction's minimum counts)"
+            "support",
+            width="small",
+            help="the category's latents the rank test ranked (what the prediction's minimum counts)",
+        ),
+        "mneme_categories": st.column_config.ListColumn(
+            "MNEME categories", help="MNEME's own categories mapped to this benchmark category"
         ),
         "latents": st.column_config.ListColumn("latents behind it", help="attributed latents, largest |shift| first"),
         "ranked_latents": st.column_config.ListColumn(
@@ -154,6 +199,7 @@ if ids is not None and len(ids):
     st.dataframe(
         view,
         hide_index=True,
+        placeholder=sideeffects.UNDEFINED,
         column_order=["open", *keep],
         column_config={
             "open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40),
@@ -169,15 +215,16 @@ if direction != "degraded":
 if confirmation_problem:
     st.warning(confirmation_problem, icon=":material/error:")
 elif confirmation is None:
-    st.info(
-        f"Not run yet. `{cv.command(run)}` ablates each predicted category's latents at the study's layer and "
-        "compares the score change with random latents of the same activation mass.",
-        icon=":material/hourglass_empty:",
-    )
+    st.info(cv.not_run_note(run, record), icon=":material/hourglass_empty:")
 else:
     stale = cv.stale_note(confirmation, record, run)
     if stale:
         st.warning(stale, icon=":material/update:")
-    st.dataframe(cv.summary(confirmation, record), hide_index=True, key="confirmation_summary")
-    st.plotly_chart(cv.figure(confirmation), key="confirmation_figure")
+    st.dataframe(
+        cv.summary(confirmation, record),
+        hide_index=True,
+        key="confirmation_summary",
+        placeholder=sideeffects.UNDEFINED,
+    )
+    st.plotly_chart(plots.confirmation_effects(confirmation), key="confirmation_figure")
     st.caption(cv.RULE_TEXT)
