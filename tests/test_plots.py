@@ -301,10 +301,11 @@ def test_category_map_page_follows_the_selection():
     at.pills(key="f_map_attr").set_value([]).run()
     assert not _chart(at, "umap")  # nothing selected: no map that shows every latent anyway
     assert "Select at least one attribution" in at.info[0].value
-    # food and cooking's mean shift is -0.0005: no change, shown without a sign
+    # a mean shift just under 0 (the run has several) is no change, shown without a sign
     summary = at.dataframe[0].value
     shown = dict(zip(summary["category"], _shown(at, "mean_shift")))
-    assert shown["food and cooking"] == "0.00" and "-0.00" not in shown.values()
+    near_zero = summary.loc[summary["mean_shift"].between(-0.005, 0, inclusive="left"), "category"]
+    assert len(near_zero) and all(shown[c] == "0.00" for c in near_zero) and "-0.00" not in shown.values()
     assert shown["plants"] == f"{summary.set_index('category').loc['plants', 'mean_shift']:.2f}"
 
 
