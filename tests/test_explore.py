@@ -165,3 +165,11 @@ def test_confirmation_headline_counts_confirmed_predicted_categories():
     record["category_scores"] = [{"category": c, "latents": [j]} for c, j in (("animals", 1), ("plants", 2))]
     line = explore.confirmation_headline(table, record)
     assert line == "Causal confirmation: 1 of 2 predicted categories confirmed"
+
+
+def test_diffing_settings_are_the_runs_own_with_defaults_for_what_it_did_not_record():
+    from mneme_core.common.config import DiffingConfig
+
+    recorded = explore.diffing_settings({"config": {"diffing": {"tau": 0.25, "z": 2.0}}})
+    assert (recorded.tau, recorded.z, recorded.min_fires) == (0.25, 2.0, DiffingConfig().min_fires)
+    assert explore.diffing_settings({}) == DiffingConfig()  # a manifest from before any config was kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -54,12 +55,15 @@ def test_rel_norm_overlay_shares_bins_and_normalises(lat):
     assert np.array_equal(single.y, np.histogram(lat["rel_norm"], bins=50, range=(0, 1))[0])
 
 
+SHIFT_HISTOGRAM = functools.partial(plots.shift_histogram, tau=0.5)
+
+
 @pytest.mark.parametrize(
     "build, column, values, peak",
     [
         (plots.cosine_histogram, "dec_cos", [1.0] * 40 + [np.nan] * 3, 1.0),  # a null control: every cosine 1
-        (plots.shift_histogram, "shift", [0.0] * 40 + [np.nan] * 3, 0.0),  # every shift 0: a zero-width range
-        (plots.shift_histogram, "shift", [-2.0, -1.0, 0.5, 3.0, 3.0, 3.0], 3.0),  # the maximum, on the top edge
+        (SHIFT_HISTOGRAM, "shift", [0.0] * 40 + [np.nan] * 3, 0.0),  # every shift 0: a zero-width range
+        (SHIFT_HISTOGRAM, "shift", [-2.0, -1.0, 0.5, 3.0, 3.0, 3.0], 3.0),  # the maximum, on the top edge
         (plots.rel_norm_histogram, "rel_norm", [0.0, 0.2, 1.0, 1.0 + 1e-7], 1.0),  # float noise past the range
     ],
 )
@@ -234,7 +238,7 @@ def _all_figures(lat: pd.DataFrame) -> list[go.Figure]:
     return [
         plots.rel_norm_histogram({"r": lat}),
         plots.cosine_histogram({"r": lat}),
-        plots.shift_histogram({"r": lat}),
+        plots.shift_histogram({"r": lat}, tau=0.5),
         plots.beta_scatter(lat),
         plots.beta_scatter(pd.DataFrame({"latent": [0]})),
         plots.activation_histogram([0, 1], [2], latent=1),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 
+from mneme_core.common.config import DiffingConfig
 from mneme_core.evaluation import confirmation_view as cv
 
 # Columns offered as label filters / range sliders, when the run has them.
@@ -194,6 +195,15 @@ def similar_latents(dec_FD: np.ndarray, latent: int, k: int = 10) -> pd.DataFram
     top = np.argpartition(-cos, k)[:k] if k < cos.size else np.arange(cos.size)
     top = top[np.argsort(-cos[top])]
     return pd.DataFrame({"latent": top.astype(np.int64), "cosine": cos[top].astype(np.float64)})
+
+
+def diffing_settings(manifest: Mapping[str, object]) -> DiffingConfig:
+    """The diff stage's settings as the run recorded them (τ, z, bands, evidence floor), the
+    defaults where an older manifest did not record one: what the figures mark must be the
+    rule the labels were made with."""
+    config = manifest.get("config")
+    recorded = config.get("diffing", {}) if isinstance(config, dict) else {}
+    return DiffingConfig(**{f.name: recorded[f.name] for f in fields(DiffingConfig) if f.name in recorded})
 
 
 def attribution_counts(df: pd.DataFrame) -> dict[str, int]:

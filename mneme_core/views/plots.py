@@ -153,8 +153,8 @@ def cosine_histogram(runs: Mapping[str, pd.DataFrame]) -> go.Figure:
     )
 
 
-def shift_histogram(runs: Mapping[str, pd.DataFrame], tau: float = 1.0) -> go.Figure:
-    """log2(β_ft/β_base) with the ±τ attribution thresholds."""
+def shift_histogram(runs: Mapping[str, pd.DataFrame], tau: float) -> go.Figure:
+    """log2(β_ft/β_base) with the ±τ attribution thresholds (the run's τ: ``explore.diffing_settings``)."""
     fig = _overlay_histogram(runs, "shift", "Latent-scaling shift", "log2(β_ft / β_base)", bins=60)
     for x, text in ((-tau, "suppressed ←"), (tau, "→ amplified")):
         fig.add_vline(x=x, line_dash="dash", line_color="#555", annotation_text=text)

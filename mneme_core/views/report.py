@@ -109,7 +109,7 @@ def build_report(
     if "rel_norm" in lat.columns:
         figures.append(plots.rel_norm_histogram({run.name: lat}))
     if "shift" in lat.columns:
-        figures.append(plots.shift_histogram({run.name: lat}))
+        figures.append(plots.shift_histogram({run.name: lat}, explore.diffing_settings(run.manifest).tau))
         sample = lat.sample(MAX_SCATTER_POINTS, random_state=0) if len(lat) > MAX_SCATTER_POINTS else lat
         figures.append(plots.beta_scatter(sample))
     if "category" in lat.columns:

@@ -59,11 +59,17 @@ CREATE TABLE IF NOT EXISTS events (
 _COLUMNS = ("latent", "mark", "note", "author", "updated")
 
 
+SAMPLE_BYTES = 4 << 20  # read from each end of the weights file for its fingerprint
+
+
 def dictionary_fingerprint(run_path: str | Path) -> str:
-    """Which dictionary a run holds: the first 16 hex digits of the SHA-256 of its
-    cross-coder weights ('' before one is trained). The content, not a timestamp or a
-    file date, so a copied or re-published run keeps its marks and a retrain (or an
-    imported cross-coder) does not inherit them. Hashed once per file state per process."""
+    """Which dictionary a run holds ('' before one is trained): 16 hex digits of a SHA-256
+    over the weights file's size, its first and its last ``SAMPLE_BYTES``. The content, not
+    a timestamp or a file date, so a copied or re-published run keeps its marks and a
+    retrain (or an imported cross-coder) does not inherit them: new weights differ from
+    the first tensor bytes on. Not the whole file, because a paper-size cross-coder is
+    gigabytes and the first page that opens marks would read all of it. Computed once per
+    file state per process."""
     path = Path(run_path) / WEIGHTS
     try:
         stat = path.stat()
@@ -74,11 +80,13 @@ def dictionary_fingerprint(run_path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _file_hash(path: str, inode: int, size: int, mtime_ns: int) -> str:  # all four: the cache key
-    """The hash of one state of a file (an atomic rewrite gives it a new inode and date)."""
-    digest = hashlib.sha256()
+    """The fingerprint of one state of a file (an atomic rewrite gives it a new inode and date)."""
+    digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        digest.update(f.read(SAMPLE_BYTES))
+        if size > 2 * SAMPLE_BYTES:
+            f.seek(size - SAMPLE_BYTES)
+        digest.update(f.read())  # the rest of a small file, the tail of a large one
     return digest.hexdigest()[:16]
 
 

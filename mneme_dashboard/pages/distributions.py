@@ -1,11 +1,8 @@
 """Diff distributions: relative norm, cosine, β scatter, shift; overlay runs of one base model."""
 
-from dataclasses import fields
-
 import streamlit as st
 
-from mneme_core.common.config import DiffingConfig
-from mneme_core.views import plots
+from mneme_core.views import explore, plots
 from mneme_dashboard import _ui
 
 run = _ui.current_run()
@@ -13,9 +10,7 @@ _ui.require(run, "diff", what="The diff distributions")
 path, mtime = _ui.run_key(run)
 
 st.title("Diff distributions")
-recorded = run.manifest.get("config", {}).get("diffing", {})
-# the run's settings, the defaults where an older manifest did not record one
-diffing = DiffingConfig(**{f.name: recorded[f.name] for f in fields(DiffingConfig) if f.name in recorded})
+diffing = explore.diffing_settings(run.manifest)
 others = {
     label: p
     for label, p in _ui.discover_runs(tuple(map(str, _ui.run_roots()))).items()
