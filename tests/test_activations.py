@@ -297,3 +297,20 @@ def test_massive_activation_tokens_are_dropped_by_the_base_norm_and_counted(stud
     assert drop.tolist() == [[False, True, True, False, False, False]] and counts == {"first": 1, "massive": 1}
     drop, counts = massive_token_mask(norms, keep, skip_first=0, multiple=0.0)
     assert not drop.any() and counts == {"first": 0, "massive": 0}
+
+
+def test_a_bfloat16_forward_pass_collects_the_float32_activations_to_bfloat16_precision(study, tmp_path):
+    """``activations.forward_dtype`` runs the models in bf16 while collecting: the same
+    tokens, activations within bf16's rounding of the float32 ones; a collection begun in
+    one precision does not resume in the other."""
+    cfg, _, store = study
+    act = dataclasses.replace(cfg.activations, forward_dtype="bfloat16")
+    metrics = collect(cfg.models, cfg.corpus, act, tmp_path / "bf16", progress=False)
+    bf16 = ActivationStore(tmp_path / "bf16")
+    assert metrics["n_tokens"] == store.n_tokens and np.array_equal(bf16.token_ids, store.token_ids)
+    a, b = bf16.read(), store.read()
+    for m in range(2):
+        rel = float((a[:, m] - b[:, m]).norm() / b[:, m].norm())
+        assert 1e-4 < rel < 0.02, (m, rel)  # really computed in bf16 (~3 significant digits), and close
+    with pytest.raises(StoreError, match="other settings"):
+        collect(cfg.models, cfg.corpus, cfg.activations, tmp_path / "bf16", progress=False)

@@ -132,6 +132,7 @@ def test_demo_runs_or_no_serve_without_rebuild_or_refresh_is_refused(capsys):
     the dashboard as if the choice had been applied, nor silently do nothing."""
     _fails_cleanly(capsys, ["demo", "--runs", "lora-people"], "--runs", "--rebuild or --refresh")
     _fails_cleanly(capsys, ["demo", "--no-serve"], "--no-serve", "--rebuild or --refresh")
+    _fails_cleanly(capsys, ["demo", "--refresh", "--precision", "bfloat16"], "--precision", "--rebuild")
 
 
 def test_demo_main_without_serving_returns_instead_of_opening_the_dashboard():

@@ -434,10 +434,13 @@ def latent_table(
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Diff stage: the latents table from the trained cross-coder and the activation store."""
     from mneme_core.collect.activations import ActivationStore
+    from mneme_core.collect.models import resolve_device
     from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 
     run_path = Path(run_path)
-    model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
+    # on the study's device: one encode per token, which on a paper-size dictionary is
+    # the same work as an epoch of training
+    model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder").to(resolve_device(cfg.models.device))
     store = ActivationStore(run_path / "activations")
     table = latent_table(model, store, cfg.diffing, progress=progress)
     replace_latent_table(run_path, table)

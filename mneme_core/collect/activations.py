@@ -260,6 +260,8 @@ def _fingerprint(
             "shard_tokens": act_cfg.shard_tokens,
             "skip_first_tokens": act_cfg.skip_first_tokens,
             "massive_norm_multiple": act_cfg.massive_norm_multiple,
+            # only when set, so a collection made before the setting existed still resumes
+            **({"forward_dtype": act_cfg.forward_dtype} if act_cfg.forward_dtype else {}),
         },
         "world_size": world_size,
     }
@@ -524,7 +526,7 @@ def collect(
                 bar.update(sum(int(c.attention_mask.sum()) for c in group))
                 continue
             if pair is None:
-                pair = load_model_pair(models_cfg)
+                pair = _forward_pair(models_cfg, act_cfg.forward_dtype)
             donor_shard = _donor_base(donor, path.name, group) if donor else None
             t_fwd = time.perf_counter()
             tensors, excluded = _forward_group(pair, group, act_cfg, dtype, bar.update, donor_shard, same_model)
@@ -656,6 +658,16 @@ def _summary(store: ActivationStore) -> dict[str, Any]:
         "excluded_first_tokens": store.index.get("excluded_tokens", {}).get("first", 0),
         "excluded_massive_tokens": store.index.get("excluded_tokens", {}).get("massive", 0),
     }
+
+
+def _forward_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
+    """The pair in the precision collection runs in: loaded as configured (a delta or an
+    adapter is applied at the models' own precision), then cast."""
+    pair = load_model_pair(models_cfg)
+    if forward_dtype:
+        for model in {id(pair.base): pair.base, id(pair.ft): pair.ft}.values():
+            model.to(DTYPES[forward_dtype])
+    return pair
 
 
 def _dist_rank() -> tuple[int, int]:

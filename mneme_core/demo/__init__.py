@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
+from mneme_core.common.config import Precision
 from mneme_core.demo import build
 from mneme_core.demo.build import default_demo_dir
-from mneme_core.demo.study import FINETUNES, INTERVENTIONS, NULL_RUN
+from mneme_core.demo.study import FINETUNES, FULL, INTERVENTIONS, NULL_RUN
 
 __all__ = ["main", "build", "default_demo_dir"]
 
@@ -36,15 +38,22 @@ def rebuild_plan(runs: Sequence[str] | None) -> tuple[list[str] | None, bool]:
 
 
 def main(
-    rebuild: bool = False, refresh: bool = False, runs: Sequence[str] | None = None, serve_after: bool = True
+    rebuild: bool = False,
+    refresh: bool = False,
+    runs: Sequence[str] | None = None,
+    serve_after: bool = True,
+    precision: Precision | None = None,
 ) -> int:
-    """Entry point of ``mneme demo [--rebuild | --refresh] [--runs NAMES] [--no-serve]``:
-    (rebuild or refresh, then) open the dashboard. ``runs`` limits a rebuild or refresh to
-    those runs; ``serve_after=False`` stops after them (scripts, benches, CI)."""
+    """Entry point of ``mneme demo [--rebuild [--precision P] | --refresh] [--runs NAMES]
+    [--no-serve]``: (rebuild or refresh, then) open the dashboard. ``runs`` limits a rebuild
+    or refresh to those runs; ``serve_after=False`` stops after them (scripts, benches, CI);
+    ``precision`` overrides the rebuild's (``DemoSizes.precision``)."""
     demo_dir = default_demo_dir()
     if rebuild:
         names, null_control = rebuild_plan(runs)
-        summary = build.rebuild(names=names, null_control=null_control)
+        summary = build.rebuild(
+            sizes=replace(FULL, precision=precision or FULL.precision), names=names, null_control=null_control
+        )
         print(f"demo rebuilt into {demo_dir} in {summary['seconds_total'] / 60:.1f} min")
     elif refresh:
         seconds = build.refresh(names=list(runs) if runs else None)

@@ -34,7 +34,7 @@ import shutil
 import sysconfig
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ from mneme_core.common.atomic import (
     atomic_write_json,
     write_parquet,
 )
-from mneme_core.common.config import ModelSpec, load_config
+from mneme_core.common.config import PRECISIONS, ModelSpec, load_config
+from mneme_core.common.hardware import cpu_bf16_speedup
 from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
 from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
@@ -65,6 +66,7 @@ from mneme_core.demo.study import (
     DemoSizes,
     Scenario,
     reading_settings,
+    resolve_precision,
     scaled,
     scaled_lora,
     study_config,
@@ -615,6 +617,18 @@ def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> 
         atomic_write_json(path, key)
 
 
+def _precision_for(work: Path, sizes: DemoSizes) -> DemoSizes:
+    """``sizes`` with a concrete precision: the one a build in ``work`` started with (a
+    build resumed on another machine must not mix precisions), else what this machine
+    runs fast."""
+    key = work / "build_key.json"
+    if sizes.precision == "auto" and key.is_file():
+        recorded = json.loads(key.read_text()).get("sizes", {}).get("precision")
+        if recorded in PRECISIONS and recorded != "auto":
+            return replace(sizes, precision=recorded)
+    return resolve_precision(sizes)
+
+
 def rebuild(
     *,
     sizes: DemoSizes = FULL,
@@ -642,6 +656,7 @@ def rebuild(
     if unknown:
         raise DemoBuildError(f"no demo intervention {unknown[0]!r}; known: {', '.join([*INTERVENTIONS, *FINETUNES])}")
     work.mkdir(parents=True, exist_ok=True)
+    sizes = _precision_for(work, sizes)
     _check_work_dir(work, sizes, scenario)
     timings: dict[str, float] = {}
     state: dict[str, Any] = {}
@@ -691,7 +706,12 @@ def rebuild(
         "seconds_total": round(time.perf_counter() - t_all, 1),
         "seconds": timings,
         "sizes": asdict(sizes),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "bf16_matmul_speedup": round(cpu_bf16_speedup(), 2),
+        },
         "runs": studies,
     }
     if some_runs and (out / "build.json").is_file():  # runs built apart keep the others' record

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mneme_core.common.config import PRECISIONS, Precision
 from mneme_core.demo.benchmark import BenchmarkSpec
 from mneme_core.demo.split import SplitSpec
 from mneme_core.demo.subjects import FORGET_SUBJECTS
@@ -78,6 +79,27 @@ class DemoSizes:
     rmu_steps_scale: float = 2 / 3  # multiplies every intervention's steps
     collect_batch: int = 8
     subjects: tuple[str, ...] = ()  # benchmark subjects to screen; () = all
+    # collection's forward pass and the cross-coder's encoder: "auto" = bfloat16 where this
+    # CPU runs a bf16 matmul at least BF16_MIN_SPEEDUP x float32 (native bf16), else float32.
+    # The interventions, the benchmark scores and confirmation stay float32. The demo stays
+    # float32: bf16 was 1.8x / 1.3x faster on the development pair with the same quality and
+    # prediction, but moved the activations by 1.4%, over the 1% its rule allowed
+    # (development scenario 9, bench/dev_precision.py).
+    precision: Precision = "float32"
+
+
+BF16_MIN_SPEEDUP = 1.5
+
+
+def resolve_precision(sizes: DemoSizes) -> DemoSizes:
+    """``sizes`` with ``precision`` "auto" replaced by what this machine runs fast."""
+    if sizes.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {sizes.precision!r}")
+    if sizes.precision != "auto":
+        return sizes
+    from mneme_core.common.hardware import cpu_bf16_speedup
+
+    return replace(sizes, precision="bfloat16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "float32")
 
 
 FULL = DemoSizes()
@@ -174,6 +196,7 @@ def study_config(
     behaviours, never from the benchmark's subject names, so no benchmark information
     reaches discovery.
     """
+    precision = resolve_precision(sizes).precision
     config: dict[str, Any] = {
         "name": f"demo-{name}",
         "run_dir": str(run_dir),
@@ -202,6 +225,7 @@ def study_config(
             "dtype": "float16",
             "batch_size": sizes.collect_batch,
             "reuse_base_from": str(reuse_base_from) if reuse_base_from else "",
+            "forward_dtype": "" if precision == "float32" else precision,  # "": the models' own, float32
         },
         "crosscoder": {"expansion": sizes.expansion, "k": sizes.k},
         # lr and the dead-latent window chosen for this budget on development scenario 3
@@ -214,6 +238,7 @@ def study_config(
             "dead_tokens": max(sizes.train_tokens // 20, 1),
             "checkpoint_every": 100,
             "seed": 0,
+            "dtype": precision,
         },
         "diffing": {},
         "contexts": {"top_n": sizes.top_n, "window": sizes.window, "n_quantiles": 4, "per_quantile": 2},
