@@ -80,6 +80,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     n_val = int(B * args.steps / 9) + 1
     x, _ = planted_activations(B * args.steps + n_val, D, 1024, seed=0, mean_active=48)
+    x = x.to(args.device)  # on a GPU, batches gathered on the CPU would time the CPU
     print(
         f"torch {torch.__version__} on {_device_name(args.device)}, {torch.get_num_threads()} threads; d={D} k={K} batch={B}, "
         f"{args.steps} steps per run on planted activations (1,024 features)"

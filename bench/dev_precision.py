@@ -112,13 +112,13 @@ def main() -> None:
     speedup = cpu_bf16_speedup()
     print(f"bf16 matmul on this CPU: {speedup:.2f}x float32")
     rebuild(
-        sizes=replace(FULL, precision="float32"),
         work=work,
         out=work / "published",
         names=["rmu"],
         null_control=False,
         confirm=False,
         scenario=DEV,
+        precision="float32",
     )
     runs = {"float32": work / "runs" / "rmu", "bfloat16": bf16_study(work)}
     rows = {p: summary(run) | quality(run) | costs(run) for p, run in runs.items()}

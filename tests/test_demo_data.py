@@ -147,7 +147,7 @@ def test_rebuild_refuses_a_work_folder_with_other_settings(tmp_path):
 
     _check_work_dir(tmp_path, REDUCED)
     _check_work_dir(tmp_path, REDUCED)  # same settings: resume
-    with pytest.raises(DemoBuildError, match="sizes differ"):
+    with pytest.raises(DemoBuildError, match=r"sizes\.context_length, sizes\.corpus_tokens, .* differ"):
         _check_work_dir(tmp_path, FULL)
 
 
@@ -177,10 +177,27 @@ def test_a_build_runs_at_one_concrete_precision_and_a_resumed_build_keeps_it(tmp
     assert bf16["models"]["base"]["dtype"] == "float32"  # prompt lab and confirmation stay float32
 
     monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 3.0)
-    started = build._precision_for(tmp_path, auto)
+    started = build._precision_for(tmp_path, REDUCED, "auto")
     build._check_work_dir(tmp_path, started)
     monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 0.02)  # resumed on a CPU without native bf16
-    assert build._precision_for(tmp_path, auto).precision == started.precision == "bfloat16"
+    assert build._precision_for(tmp_path, REDUCED, None).precision == started.precision == "bfloat16"
+    with pytest.raises(build.DemoBuildError, match=r"sizes\.precision differ"):  # asked for another: named
+        build._check_work_dir(tmp_path, build._precision_for(tmp_path, REDUCED, "float32"))
+
+
+def test_a_work_folder_from_before_the_precision_setting_resumes_as_float32(tmp_path):
+    import json
+
+    from mneme_core.demo import build
+    from mneme_core.demo.study import REDUCED
+
+    build._check_work_dir(tmp_path, REDUCED)
+    key = json.loads((tmp_path / "build_key.json").read_text())
+    del key["sizes"]["precision"]
+    (tmp_path / "build_key.json").write_text(json.dumps(key))
+    sizes = build._precision_for(tmp_path, REDUCED, None)
+    assert sizes.precision == "float32"
+    build._check_work_dir(tmp_path, sizes)  # no "sizes differ"
 
 
 def test_rebuild_plan_of_runs():

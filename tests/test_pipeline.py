@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import TINY_BENCHMARK, tiny_study_dict
 
@@ -242,6 +243,18 @@ def test_retraining_at_another_size_gives_a_latents_table_of_the_new_dictionary(
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):
     assert cli.main(["dashboard", str(tmp_path / "nope")]) == 2
     assert "no run or folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the study asks for")
+def test_a_gpu_study_on_a_machine_without_one_says_so_and_how_to_go_on(tmp_path, tiny_model_dirs, tiny_corpus, capsys):
+    study = tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run")
+    study["models"]["device"] = "cuda"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'collect' failed" in err and "no CUDA GPU" in err and "auto or cpu" in err
+    assert "Traceback" not in err
 
 
 def test_null_control_identical_models_attribute_nothing_and_predict_nothing(tmp_path, tiny_model_dirs, tiny_corpus):

@@ -260,8 +260,9 @@ def _fingerprint(
             "shard_tokens": act_cfg.shard_tokens,
             "skip_first_tokens": act_cfg.skip_first_tokens,
             "massive_norm_multiple": act_cfg.massive_norm_multiple,
-            # only when set, so a collection made before the setting existed still resumes
-            **({"forward_dtype": act_cfg.forward_dtype} if act_cfg.forward_dtype else {}),
+            # only where it changes the numbers (set, and not the models' own dtype), so a
+            # collection made before the setting existed, or with it spelled out, still resumes
+            **({"forward_dtype": act_cfg.forward_dtype} if _recast(models_cfg, act_cfg.forward_dtype) else {}),
         },
         "world_size": world_size,
     }
@@ -660,11 +661,16 @@ def _summary(store: ActivationStore) -> dict[str, Any]:
     }
 
 
+def _recast(models_cfg: ModelsConfig, forward_dtype: str) -> bool:
+    """Whether collection runs the models in another precision than they load in."""
+    return bool(forward_dtype) and not forward_dtype == models_cfg.base.dtype == models_cfg.ft.dtype
+
+
 def _forward_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
     """The pair in the precision collection runs in: loaded as configured (a delta or an
     adapter is applied at the models' own precision), then cast."""
     pair = load_model_pair(models_cfg)
-    if forward_dtype:
+    if _recast(models_cfg, forward_dtype):
         for model in {id(pair.base): pair.base, id(pair.ft): pair.ft}.values():
             model.to(DTYPES[forward_dtype])
     return pair

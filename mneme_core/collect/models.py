@@ -231,9 +231,17 @@ class ModelPair(NamedTuple):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``models.device`` as a torch device ("auto": a GPU where torch sees one). A GPU asked
+    for on a machine without one is refused here, with the fix, not deep inside a stage."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"models.device is {device!r} but torch sees no CUDA GPU on this machine: run this stage "
+            "where there is one, or set models.device to auto or cpu"
+        )
+    return dev
 
 
 def resolve_folder(spec: ModelSpec) -> str:

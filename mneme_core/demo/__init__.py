@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 
 from mneme_core.common.config import Precision
 from mneme_core.demo import build
 from mneme_core.demo.build import default_demo_dir
-from mneme_core.demo.study import FINETUNES, FULL, INTERVENTIONS, NULL_RUN
+from mneme_core.demo.study import FINETUNES, INTERVENTIONS, NULL_RUN
 
 __all__ = ["main", "build", "default_demo_dir"]
 
@@ -47,13 +46,12 @@ def main(
     """Entry point of ``mneme demo [--rebuild [--precision P] | --refresh] [--runs NAMES]
     [--no-serve]``: (rebuild or refresh, then) open the dashboard. ``runs`` limits a rebuild
     or refresh to those runs; ``serve_after=False`` stops after them (scripts, benches, CI);
-    ``precision`` overrides the rebuild's (``DemoSizes.precision``)."""
+    ``precision`` overrides the rebuild's (``DemoSizes.precision``; None: float32, or what
+    a resumed build began with)."""
     demo_dir = default_demo_dir()
     if rebuild:
         names, null_control = rebuild_plan(runs)
-        summary = build.rebuild(
-            sizes=replace(FULL, precision=precision or FULL.precision), names=names, null_control=null_control
-        )
+        summary = build.rebuild(names=names, null_control=null_control, precision=precision)
         print(f"demo rebuilt into {demo_dir} in {summary['seconds_total'] / 60:.1f} min")
     elif refresh:
         seconds = build.refresh(names=list(runs) if runs else None)

@@ -49,7 +49,7 @@ from mneme_core.common.atomic import (
     atomic_write_json,
     write_parquet,
 )
-from mneme_core.common.config import PRECISIONS, ModelSpec, load_config
+from mneme_core.common.config import PRECISIONS, ModelSpec, Precision, load_config
 from mneme_core.common.hardware import cpu_bf16_speedup
 from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
@@ -607,8 +607,10 @@ def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> 
     path = work / "build_key.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old.get("sizes", {}).setdefault("precision", "float32")  # a build from before the setting: float32
         if old != key:
-            changed = sorted(k for k in key if old.get(k) != key[k])
+            changed = sorted(k for k in key if old.get(k) != key[k] and k != "sizes")
+            changed += sorted(f"sizes.{k}" for k in key["sizes"] if old.get("sizes", {}).get(k) != key["sizes"][k])
             raise DemoBuildError(
                 f"{work} holds a demo build with other settings ({', '.join(changed)} differ); "
                 f"delete it or pass another work folder (MNEME_DEMO_WORK) to rebuild from nothing"
@@ -617,13 +619,16 @@ def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> 
         atomic_write_json(path, key)
 
 
-def _precision_for(work: Path, sizes: DemoSizes) -> DemoSizes:
-    """``sizes`` with a concrete precision: the one a build in ``work`` started with (a
-    build resumed on another machine must not mix precisions), else what this machine
-    runs fast."""
+def _precision_for(work: Path, sizes: DemoSizes, asked: Precision | None) -> DemoSizes:
+    """``sizes`` with a concrete precision: the one asked for; else the one a build in
+    ``work`` began with (a build resumed on another machine must not mix precisions; a build
+    from before the setting was float32); else the sizes' own. "auto" becomes what this
+    machine runs fast."""
+    if asked is not None:
+        return resolve_precision(replace(sizes, precision=asked))
     key = work / "build_key.json"
-    if sizes.precision == "auto" and key.is_file():
-        recorded = json.loads(key.read_text()).get("sizes", {}).get("precision")
+    if key.is_file():
+        recorded = json.loads(key.read_text()).get("sizes", {}).get("precision", "float32")
         if recorded in PRECISIONS and recorded != "auto":
             return replace(sizes, precision=recorded)
     return resolve_precision(sizes)
@@ -639,12 +644,14 @@ def rebuild(
     confirm: bool = True,
     progress: bool = True,
     scenario: Scenario = DEMO,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """Rebuild the demo into ``out`` (default ``data/demo``); returns a summary with timings.
     ``null_control`` adds the base-vs-base study (``NULL_RUN``); ``confirm`` the causal
     confirmation of each unlearning run (a development scenario, which reads only the
     prediction, skips it); ``scenario`` picks what is unlearned (the development scenario
-    uses the same steps on another forget set)."""
+    uses the same steps on another forget set); ``precision`` overrides ``sizes.precision``
+    (None: a resumed build keeps the precision it began with)."""
     from mneme_core.collect.models import load_model
 
     # absolute, so every path the runs record is one publish can name portably
@@ -656,7 +663,7 @@ def rebuild(
     if unknown:
         raise DemoBuildError(f"no demo intervention {unknown[0]!r}; known: {', '.join([*INTERVENTIONS, *FINETUNES])}")
     work.mkdir(parents=True, exist_ok=True)
-    sizes = _precision_for(work, sizes)
+    sizes = _precision_for(work, sizes, precision)
     _check_work_dir(work, sizes, scenario)
     timings: dict[str, float] = {}
     state: dict[str, Any] = {}
