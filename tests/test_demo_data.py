@@ -129,6 +129,17 @@ def test_split_is_disjoint_and_complete(items, questions):
     assert {it.key for it in shuffled.neutral} <= sets["neutral"]
 
 
+def test_a_larger_neutral_corpus_starts_with_the_smaller_one(items, questions):
+    """bench/dev_corpus.py compares a study on more neutral text with the demo-size one: the
+    larger corpus must be the smaller one plus more, never a different draw."""
+    from mneme_core.demo.build import CHARS_PER_TOKEN, neutral_documents
+
+    split = split_items(items, questions["item_key"], SplitSpec())
+    small, large = (neutral_documents(split, n) for n in (20_000, 40_000))
+    assert large[: len(small)] == small and len(large) > len(small)
+    assert sum(len(d["text"]) for d in small) >= 20_000 * CHARS_PER_TOKEN  # headroom over the token count
+
+
 def test_documents_group_and_shuffle():
     items = [TextItem(f"n:{i}", "wordnet", "animals" if i % 2 else "law", f"text {i}") for i in range(40)]
     items += [TextItem(f"kjv:Ge1:{i}", "kjv", "Ge", f"verse {i}") for i in range(1, 17)]

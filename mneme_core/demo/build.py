@@ -53,7 +53,7 @@ from mneme_core.common.config import PRECISIONS, ModelSpec, Precision, load_conf
 from mneme_core.common.hardware import cpu_bf16_speedup
 from mneme_core.demo import sources
 from mneme_core.demo.benchmark import make_questions, to_mc_items
-from mneme_core.demo.split import all_items, documents, split_items, write_jsonl
+from mneme_core.demo.split import DemoSplit, all_items, documents, split_items, write_jsonl
 from mneme_core.demo.study import (
     BASE_MODEL,
     BENCHMARK,
@@ -105,20 +105,11 @@ def prepare_text(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> dic
     summary_path = out / "split.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    wn = sources.read_wordnet()
-    subjects = subject_index(wn)
-    questions = make_questions(wn, subjects, BENCHMARK)
-    split = split_items(all_items(wn, subjects), questions["item_key"], SPLIT, scenario.forget_subjects)
+    questions, split = text_split(scenario)
     write_parquet(out / "questions_all.parquet", questions)
     write_jsonl(out / "forget.jsonl", documents(split.forget, seed=SPLIT.seed))
     write_jsonl(out / "retain.jsonl", documents(split.retain, seed=SPLIT.seed))
-    neutral, chars = [], 0
-    budget = 1.5 * sizes.corpus_tokens * CHARS_PER_TOKEN
-    for doc in documents(split.neutral, seed=SPLIT.seed):
-        if chars > budget:
-            break
-        neutral.append(doc)
-        chars += len(doc["text"])
+    neutral = neutral_documents(split, sizes.corpus_tokens)
     write_jsonl(out / "neutral.jsonl", neutral)
     summary = {
         "items": {name: len(items) for name, items in split.sets().items()} | {"benchmark": len(split.benchmark_keys)},
@@ -133,6 +124,27 @@ def prepare_text(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> dic
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def text_split(scenario: Scenario = DEMO) -> tuple[pd.DataFrame, DemoSplit]:
+    """The questions and the disjoint item split, from the Debian text packages (seconds)."""
+    wn = sources.read_wordnet()
+    subjects = subject_index(wn)
+    questions = make_questions(wn, subjects, BENCHMARK)
+    return questions, split_items(all_items(wn, subjects), questions["item_key"], SPLIT, scenario.forget_subjects)
+
+
+def neutral_documents(split: DemoSplit, corpus_tokens: int) -> list[dict[str, Any]]:
+    """The neutral corpus's documents, in their fixed order, with headroom over
+    ``corpus_tokens`` (the corpus reader stops at the token count)."""
+    neutral, chars = [], 0
+    budget = 1.5 * corpus_tokens * CHARS_PER_TOKEN
+    for doc in documents(split.neutral, seed=SPLIT.seed):
+        if chars > budget:
+            break
+        neutral.append(doc)
+        chars += len(doc["text"])
+    return neutral
 
 
 def screen_subjects(work: Path, sizes: DemoSizes, base: Any, tokenizer: Any, progress: bool) -> pd.DataFrame:
