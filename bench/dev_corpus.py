@@ -29,7 +29,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from dev_precision import quality
+from dev_precision import ROW_HEAD, quality, row
 from dev_seeds import summary
 
 from mneme_core.collect.models import cache_root
@@ -70,15 +70,9 @@ def main() -> None:
     runs = {FULL.corpus_tokens: base_run, args.tokens: larger_corpus_study(work, args.tokens)}
     rows = {n: summary(run) | quality(run) for n, run in runs.items()}
     print(f"T = {rows[FULL.corpus_tokens]['T']}")
-    print("tokens  | FVE base   ft | dead  L0/k  cos | amp sup | MNEME acc prec   F1 | act-diff F1 | attributed")
+    print(f"tokens  | {ROW_HEAD} | attributed")
     for n, r in rows.items():
-        m = {k: "   —" if v is None else f"{v:4.2f}" for k, v in r["mneme"].items()}
-        ad = "   —" if r["actdiff"]["f1"] is None else f"{r['actdiff']['f1']:4.2f}"
-        print(
-            f"{n:7,d} |    {r['fve'][0]:.3f} {r['fve'][1]:.3f} | {r['dead_held_out']:4.1%} {r['l0_over_k']:4.2f} "
-            f"{r['median_shared_cos']:.3f} | {r['amplified']:3d} {r['suppressed']:3d} | {m['accuracy']} "
-            f"{m['precision']} {m['f1']} |        {ad} | {r['attributed_categories']}"
-        )
+        print(f"{n:7,d} | {row(r)} | {r['attributed_categories']}")
     for n, r in rows.items():
         print(f"{n:,} tokens: P = {r['P']}; act-diff set {r['actdiff_set']}")
     small, large = rows[FULL.corpus_tokens], rows[args.tokens]

@@ -104,6 +104,20 @@ def quality(run: Path) -> dict:
     }
 
 
+ROW_HEAD = "FVE base   ft | dead  L0/k  cos | amp sup | MNEME acc prec   F1 | act-diff F1"
+
+
+def row(r: dict) -> str:
+    """One study's columns under ``ROW_HEAD`` (from ``summary`` and ``quality``)."""
+    m = {k: "   —" if v is None else f"{v:4.2f}" for k, v in r["mneme"].items()}
+    ad = "   —" if r["actdiff"]["f1"] is None else f"{r['actdiff']['f1']:4.2f}"
+    return (
+        f"   {r['fve'][0]:.3f} {r['fve'][1]:.3f} | {r['dead_held_out']:4.1%} {r['l0_over_k']:4.2f} "
+        f"{r['median_shared_cos']:.3f} | {r['amplified']:3d} {r['suppressed']:3d} | {m['accuracy']} "
+        f"{m['precision']} {m['f1']} |        {ad}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
@@ -125,15 +139,9 @@ def main() -> None:
     error = activation_error(runs["bfloat16"], runs["float32"])
     f32, b16 = rows["float32"], rows["bfloat16"]
     print(f"T = {f32['T']}")
-    print("precision | FVE base   ft | dead  L0/k  cos | amp sup | MNEME acc prec   F1 | act-diff F1 | collect  train")
+    print(f"precision | {ROW_HEAD} | collect  train")
     for p, r in rows.items():
-        m = {k: "   —" if v is None else f"{v:4.2f}" for k, v in r["mneme"].items()}
-        ad = "   —" if r["actdiff"]["f1"] is None else f"{r['actdiff']['f1']:4.2f}"
-        print(
-            f"{p:9s} |    {r['fve'][0]:.3f} {r['fve'][1]:.3f} | {r['dead_held_out']:4.1%} {r['l0_over_k']:4.2f} "
-            f"{r['median_shared_cos']:.3f} | {r['amplified']:3d} {r['suppressed']:3d} | {m['accuracy']} "
-            f"{m['precision']} {m['f1']} |        {ad} | {r['collect_s']:6.0f}s {r['train_s']:5.0f}s"
-        )
+        print(f"{p:9s} | {row(r)} | {r['collect_s']:6.0f}s {r['train_s']:5.0f}s")
     for p, r in rows.items():
         print(f"{p}: P = {r['P']}; act-diff set {r['actdiff_set']}; attributed {r['attributed_categories']}")
     print(
