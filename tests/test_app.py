@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from mneme_core import open_run
 from mneme_core.evaluation import evaluate as ev
 from mneme_core.evaluation import sideeffects
-from mneme_core.run.store import init_run, set_stage
+from mneme_core.run.store import init_run, set_stage, update_manifest
 from mneme_core.views import explore
 from mneme_core.views.triage import TriageStore
 from mneme_dashboard import ENTRY as APP
@@ -68,6 +68,20 @@ def test_overview_shows_the_run(run_copy):
     assert metric(at, "degraded categories") == str(len(record["T"]))
     stages = at.dataframe[0].value
     assert stages.set_index("stage")["status"].to_dict() == {s: run.stage_status(s) for s in stages["stage"]}
+
+
+def test_overview_says_when_a_run_was_collected_and_trained_in_bfloat16(run_copy):
+    def card(at):
+        return next(m.value for m in at.markdown if m.value.startswith("**Base**"))
+
+    assert "bfloat16" not in card(page(run_copy, "overview"))  # the tiny run is float32
+
+    def edit(m):
+        m["config"]["activations"]["forward_dtype"] = "bfloat16"
+        m["config"]["training"]["dtype"] = "bfloat16"
+
+    update_manifest(run_copy, edit)
+    assert card(page(run_copy, "overview")).endswith("**collected in bfloat16 · cross-coder encoder in bfloat16**")
 
 
 def test_explorer_count_follows_filters(run_copy):

@@ -173,3 +173,19 @@ def test_diffing_settings_are_the_runs_own_with_defaults_for_what_it_did_not_rec
     recorded = explore.diffing_settings({"config": {"diffing": {"tau": 0.25, "z": 2.0}}})
     assert (recorded.tau, recorded.z, recorded.min_fires) == (0.25, 2.0, DiffingConfig().min_fires)
     assert explore.diffing_settings({}) == DiffingConfig()  # a manifest from before any config was kept
+
+
+def test_precision_note_names_what_ran_below_float32():
+    def manifest(base="float32", ft="float32", forward="", encoder="float32"):
+        models = {"base": {"dtype": base}, "ft": {"dtype": ft}}
+        return {"config": {"models": models, "activations": {"forward_dtype": forward}, "training": {"dtype": encoder}}}
+
+    assert explore.precision_note(manifest()) is None
+    assert explore.precision_note({}) is None  # an old manifest without a config
+    assert explore.precision_note(manifest(forward="bfloat16")) == "collected in bfloat16"
+    assert explore.precision_note(manifest(base="bfloat16", ft="bfloat16")) == "collected in bfloat16"
+    assert explore.precision_note(manifest(base="bfloat16", ft="bfloat16", forward="float32")) is None  # recast up
+    assert (
+        explore.precision_note(manifest(forward="bfloat16", encoder="bfloat16"))
+        == "collected in bfloat16 · cross-coder encoder in bfloat16"
+    )

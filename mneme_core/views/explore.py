@@ -206,6 +206,26 @@ def diffing_settings(manifest: Mapping[str, object]) -> DiffingConfig:
     return DiffingConfig(**{f.name: recorded[f.name] for f in fields(DiffingConfig) if f.name in recorded})
 
 
+def precision_note(manifest: Mapping[str, object]) -> str | None:
+    """Where a run computed in less than float32 (the models' dtype, collection's forward
+    pass, the cross-coder's encoder), one line saying so; None for a float32 run. bf16 moves
+    the activations by about 1% (docs/DIFFING.md), which an auditor comparing runs should see."""
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        return None
+    models = config.get("models", {})
+    loaded = {str(models.get(m, {}).get("dtype", "float32")) for m in ("base", "ft") if isinstance(models.get(m), dict)}
+    forward = str(config.get("activations", {}).get("forward_dtype", "") or "")
+    collected = {forward} if forward else loaded
+    encoder = str(config.get("training", {}).get("dtype", "float32"))
+    parts = []
+    if collected - {"float32"}:
+        parts.append(f"collected in {' / '.join(sorted(collected))}")
+    if encoder != "float32":
+        parts.append(f"cross-coder encoder in {encoder}")
+    return " · ".join(parts) or None
+
+
 def attribution_counts(df: pd.DataFrame) -> dict[str, int]:
     """Latents per attribution as the views name them (:func:`shown_attribution`), in
     display order; the decoder-norm labels are another question (:func:`norm_label_counts`)."""

@@ -17,9 +17,11 @@ models = m.get("models", {})
 base = models.get("base", {}).get("path", "?") if isinstance(models.get("base"), dict) else models.get("base", "?")
 ft = models.get("ft", {}).get("path", "?") if isinstance(models.get("ft"), dict) else models.get("ft", "?")
 corpus = m.get("corpus", {})
+precision = explore.precision_note(m)
 st.markdown(
     f"**Base** `{base}` → **fine-tuned** `{ft}` · layer **{m.get('layer', '?')}** · corpus "
     f"`{', '.join(corpus.get('files', [])) or corpus.get('dataset', '?')}`"
+    + (f" · **{precision}**" if precision else "")
 )
 
 dead, dead_basis = explore.dead_fraction(train, run.stage_metrics("diff"))
