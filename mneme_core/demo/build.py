@@ -598,6 +598,10 @@ def refresh(out: Path | None = None, names: list[str] | None = None, progress: b
 # --------------------------------------------------------------------------- driver
 
 
+# what a work folder's build key without a precision was built in (every build before the setting)
+PRECISION_BEFORE_SETTING = "float32"
+
+
 class DemoBuildError(RuntimeError):
     """The work folder holds a build with other settings; the message says how to start over."""
 
@@ -619,7 +623,7 @@ def _check_work_dir(work: Path, sizes: DemoSizes, scenario: Scenario = DEMO) -> 
     path = work / "build_key.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        old.get("sizes", {}).setdefault("precision", "float32")  # a build from before the setting: float32
+        old.get("sizes", {}).setdefault("precision", PRECISION_BEFORE_SETTING)
         if old != key:
             changed = sorted(k for k in key if old.get(k) != key[k] and k != "sizes")
             changed += sorted(f"sizes.{k}" for k in key["sizes"] if old.get("sizes", {}).get(k) != key["sizes"][k])
@@ -640,7 +644,7 @@ def _precision_for(work: Path, sizes: DemoSizes, asked: Precision | None) -> Dem
         return resolve_precision(replace(sizes, precision=asked))
     key = work / "build_key.json"
     if key.is_file():
-        recorded = json.loads(key.read_text()).get("sizes", {}).get("precision", "float32")
+        recorded = json.loads(key.read_text()).get("sizes", {}).get("precision", PRECISION_BEFORE_SETTING)
         if recorded in PRECISIONS and recorded != "auto":
             return replace(sizes, precision=recorded)
     return resolve_precision(sizes)
