@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pandas as pd
 import pytest
@@ -181,3 +183,21 @@ def test_a_file_from_before_dictionaries_is_upgraded_once(tmp_path):
     store.set_mark(3, "false alarm")
     again = TriageStore(tmp_path)  # a second open finds the new layout and changes nothing
     assert again.get_mark(3)["mark"] == "false alarm" and len(again.marks()) == 2 and len(again.history()) == 3
+
+
+def test_a_writer_waits_while_another_connection_holds_the_new_file(tmp_path):
+    """SQLite answers a switch to WAL mode that meets another connection's write lock with
+    "database is locked" at once, without its busy timeout: a writer arriving while another
+    is still creating the file must wait for it, not lose its mark (seen once as a failure of
+    the two-writer test above)."""
+    store = TriageStore(tmp_path)
+    first = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    first.execute("BEGIN IMMEDIATE")  # a write lock on a file still in rollback-journal mode
+    release = threading.Timer(0.3, first.execute, args=("COMMIT",))
+    release.start()
+    try:
+        store.set_mark(7, MARKS[0], "waited")
+    finally:
+        release.join()
+        first.close()
+    assert store.marks().set_index("latent").loc[7, "note"] == "waited"

@@ -141,12 +141,25 @@ class TriageStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            self._wal(con)
             con.execute("PRAGMA synchronous=NORMAL")
-            con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
             yield con
         finally:
             con.close()
+
+    def _wal(self, con: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (a property of the file: once set, every later connection
+        finds it). SQLite answers a switch that races another connection's lock with "database
+        is locked" at once, without waiting out the busy timeout, so the switch is retried
+        until the timeout; a file already in WAL needs no switch."""
+        deadline = time.monotonic() + self.timeout_s
+        while con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
