@@ -49,6 +49,7 @@ def test_unknown_key_is_named(patch, key):
         ({"diffing": {"shared_band": [0.7, 0.6]}}, "shared_band"),
         ({"models": {"base": {"path": ""}, "ft": {"path": "b"}}}, "models.base.path is empty"),
         ({"training": {"val_fraction": 0.9}}, "val_fraction"),
+        ({"interpret": {"embedding_dtype": "float16"}}, "interpret.embedding_dtype must be one of"),
     ],
 )
 def test_bad_values_are_named(patch, fragment):

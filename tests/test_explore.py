@@ -189,3 +189,6 @@ def test_precision_note_names_what_ran_below_float32():
         explore.precision_note(manifest(forward="bfloat16", encoder="bfloat16"))
         == "collected in bfloat16 · cross-coder encoder in bfloat16"
     )
+    embedded = manifest(encoder="bfloat16")
+    embedded["config"]["interpret"] = {"embedding_dtype": "bfloat16"}
+    assert explore.precision_note(embedded) == "cross-coder encoder in bfloat16 · sentence embedder in bfloat16"

@@ -56,3 +56,25 @@ def test_search_refuses_a_stale_index(searched_run, tmp_path):
     set_stage(run_path, "categories", "stale")
     with pytest.raises(RunError, match="stale.*mneme run"):
         open_run(run_path).search("music")
+
+
+def test_a_bfloat16_run_is_searched_in_bfloat16_and_still_finds_the_planted_latent(tmp_path):
+    """``interpret.embedding_dtype: bfloat16``: descriptions, categories and the index are
+    embedded in bf16, and the query in the precision the run recorded (a float32 query
+    against a bf16 index would compare vectors of two embedders)."""
+    run_path = tmp_path / "run"
+    cfg, _, (_, _, _, _, names) = build_planted_run(run_path, interpret={"embedding_dtype": "bfloat16"})
+    assert cfg.interpret.embedding_dtype == "bfloat16"
+    interp.run_stage(cfg, run_path, progress=False)
+    categories.run_stage(cfg, run_path, progress=False)
+    query = "viruses and infection"
+    hits = open_run(run_path).search(query, k=3)
+    assert hits["latent"].iloc[0] == names.index("virus")
+    from mneme_core.common.embeddings import get_embedder
+
+    def distance(dtype: str) -> float:
+        emb = get_embedder("", dtype)
+        return 1.0 - float(emb.encode([query])[0] @ get_embedder("", "bfloat16").encode([hits["description"][0]])[0])
+
+    assert hits["distance"].iloc[0] == pytest.approx(distance("bfloat16"), abs=1e-6)
+    assert abs(distance("float32") - distance("bfloat16")) > 1e-5  # so the line above tells them apart

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 DEFAULT_MODEL = ""  # "" means the offline all-MiniLM-L6-v2 package
+DTYPES = ("float32", "bfloat16")  # interpret.embedding_dtype
 CHUNK = 1024  # texts per call to the model (one step of the progress bar)
 MEMO_TEXTS = 200_000  # texts remembered per embedder (384 floats each: ~300 MB at most)
 
@@ -21,11 +22,17 @@ MEMO_TEXTS = 200_000  # texts remembered per embedder (384 floats each: ~300 MB 
 class Embedder:
     """Encodes texts to L2-normalised float32 vectors (cosine similarity = dot product)."""
 
-    def __init__(self, model_name: str = DEFAULT_MODEL, device: str = "cpu"):
+    def __init__(self, model_name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32"):
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        if dtype not in DTYPES:
+            raise ValueError(f"embedding dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.name = model_name or "all-MiniLM-L6-v2 (offline package)"
-        self._model = SentenceTransformer(_resolve(model_name), device=device)
+        self.dtype = dtype
+        # float32 passes nothing: a model whose loader takes no dtype still loads as before
+        kwargs = None if dtype == "float32" else {"dtype": getattr(torch, dtype)}
+        self._model = SentenceTransformer(_resolve(model_name), device=device, model_kwargs=kwargs)
         # text -> vector, for this process: a study embeds the same windows in interpret and
         # categories, and the runs of one build share a corpus (every context, most windows)
         self._memo: dict[str, np.ndarray] = {}
@@ -60,6 +67,8 @@ class Embedder:
                     convert_to_numpy=True,
                     show_progress_bar=False,
                 ).astype(np.float32, copy=False)
+                if self.dtype != "float32":  # normalised in the model's precision: make them unit vectors in float32
+                    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
                 for text, vec in zip(chunk, out):
                     new[text] = vec
                     if len(self._memo) < MEMO_TEXTS:
@@ -84,6 +93,7 @@ def _resolve(model_name: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def get_embedder(model_name: str = DEFAULT_MODEL) -> Embedder:
-    """One shared embedder per model name per process (loading costs seconds)."""
-    return Embedder(model_name)
+def get_embedder(model_name: str = DEFAULT_MODEL, dtype: str = "float32") -> Embedder:
+    """One shared embedder per model name and precision per process (loading costs seconds;
+    each keeps its own memo, so vectors of two precisions never mix)."""
+    return Embedder(model_name, dtype=dtype)

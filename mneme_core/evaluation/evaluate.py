@@ -860,7 +860,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         bench,
         pd.read_parquet(latents_path),
         cfg.evaluation,
-        embedder=get_embedder(cfg.interpret.embedding_model),
+        embedder=get_embedder(cfg.interpret.embedding_model, cfg.interpret.embedding_dtype),
         context_diffs=pd.read_parquet(diffs_path) if diffs_path.is_file() else None,
     )
     record["benchmark_source"] = source

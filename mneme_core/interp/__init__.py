@@ -104,7 +104,9 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
 
     scorer: EmbeddingScorer | LLMJudgeScorer | None
     if icfg.scorer == "embedding":
-        scorer = EmbeddingScorer(get_embedder(icfg.embedding_model), n_examples=icfg.n_score_examples)
+        scorer = EmbeddingScorer(
+            get_embedder(icfg.embedding_model, icfg.embedding_dtype), n_examples=icfg.n_score_examples
+        )
     elif icfg.scorer in ("detection", "fuzzing"):
         if backend is None:  # the offline explainer: validate() rejects this, a config built in code may not
             raise ConfigError(

@@ -299,7 +299,7 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         raise ValueError(f"{run_path}: latents have no descriptions yet; run the interpret stage first")
     described = latents[latents["description"].notna() & (latents["description"].astype(str) != "")]
     described = described[["latent", "description"]].reset_index(drop=True)
-    embedder = get_embedder(cfg.interpret.embedding_model)
+    embedder = get_embedder(cfg.interpret.embedding_model, cfg.interpret.embedding_dtype)
     vecs = embedder.encode(
         described["description"].astype(str).tolist(), progress=progress, desc="categories: embed descriptions"
     )
@@ -334,5 +334,6 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
         "n_categories": int(len(counts)),
         "top_categories": {str(k): int(v) for k, v in counts.head(10).items()},
         "embedding_model": embedder.name,
+        "embedding_dtype": embedder.dtype,
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -40,8 +40,10 @@ def search_descriptions(run_path: str | Path, query: str, k: int = 20) -> pd.Dat
             f"{run_path}'s description index is stale (an earlier stage re-ran after it): "
             f"`mneme run {run_path / 'config.yaml'}` brings it up to date"
         )
-    model = manifest.get("config", {}).get("interpret", {}).get("embedding_model", "") or ""
-    vec = get_embedder(model).encode([query])[0]
+    interpret = manifest.get("config", {}).get("interpret", {})
+    # the query in the precision the index was built in (a run from before the setting: float32)
+    embedder = get_embedder(interpret.get("embedding_model", "") or "", interpret.get("embedding_dtype", "float32"))
+    vec = embedder.encode([query])[0]
     table = import_lancedb().connect(str(db_path)).open_table(LANCE_TABLE)
     hits = table.search(vec).distance_type("cosine").limit(int(k)).to_pandas()
     if not len(hits):

@@ -208,8 +208,9 @@ def diffing_settings(manifest: Mapping[str, object]) -> DiffingConfig:
 
 def precision_note(manifest: Mapping[str, object]) -> str | None:
     """Where a run computed in less than float32 (the models' dtype, collection's forward
-    pass, the cross-coder's encoder), one line saying so; None for a float32 run. bf16 moves
-    the activations by about 1% (docs/DIFFING.md), which an auditor comparing runs should see."""
+    pass, the cross-coder's encoder, the sentence embedder), one line saying so; None for a
+    float32 run. bf16 moves the activations by about 1% and the embeddings by less
+    (docs/DIFFING.md), which an auditor comparing runs should see."""
     config = manifest.get("config")
     if not isinstance(config, dict):
         return None
@@ -223,6 +224,9 @@ def precision_note(manifest: Mapping[str, object]) -> str | None:
         parts.append(f"collected in {' / '.join(sorted(collected))}")
     if encoder != "float32":
         parts.append(f"cross-coder encoder in {encoder}")
+    embedder = str(config.get("interpret", {}).get("embedding_dtype", "float32"))
+    if embedder != "float32":
+        parts.append(f"sentence embedder in {embedder}")
     return " · ".join(parts) or None
 
 
