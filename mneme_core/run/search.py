@@ -1,7 +1,9 @@
 """Semantic search over latent descriptions (LanceDB table ``descriptions`` in the run).
 
 ``Run.search`` and the dashboard call ``search_descriptions``; the query is embedded with
-the same model the categories stage used (the run's ``interpret.embedding_model``).
+the same model, in the same precision, as the index: the ``embedding_dtype`` the categories
+stage recorded when it built the index (the run's ``interpret`` settings for a run from
+before it recorded one, float32 before the setting existed).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def search_descriptions(run_path: str | Path, query: str, k: int = 20) -> pd.Dat
             f"`mneme run {run_path / 'config.yaml'}` brings it up to date"
         )
     interpret = manifest.get("config", {}).get("interpret", {})
-    # the query in the precision the index was built in (a run from before the setting: float32)
-    embedder = get_embedder(interpret.get("embedding_model", "") or "", interpret.get("embedding_dtype", "float32"))
+    built = manifest.get("stages", {}).get("categories", {}).get("metrics", {}) or {}
+    dtype = built.get("embedding_dtype") or interpret.get("embedding_dtype", "float32")
+    embedder = get_embedder(interpret.get("embedding_model", "") or "", dtype)
     vec = embedder.encode([query])[0]
     table = import_lancedb().connect(str(db_path)).open_table(LANCE_TABLE)
     hits = table.search(vec).distance_type("cosine").limit(int(k)).to_pandas()
