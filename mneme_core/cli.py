@@ -3,6 +3,7 @@
     mneme run STUDY.yaml [--stages collect,train,...] [--force STAGE]
     mneme collect|train|diff|contexts STUDY.yaml [--force]   one stage (e.g. per machine)
     mneme info RUN [--json]
+    mneme layers STUDY.yaml [--tokens N] [--json]   where along the depth the two models differ
     mneme interpret RUN [--explainer offline|openai|transformers] [--latents ...]
     mneme evaluate RUN --benchmark SPEC
     mneme confirm RUN [--categories ...] [--max-latents N] [--controls N]   causal test by ablation
@@ -187,6 +188,20 @@ def _latents_spec(text: str) -> str:
     raise argparse.ArgumentTypeError(
         f"--latents {text!r}: use 'attributed', 'all', labels like 'amplified,suppressed', or ids like '3,17,42'"
     )
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from mneme_core.analysis.layers import profile_lines, scan_study
+
+    cfg = load_config(args.study)
+    if args.tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")
+    profile, chosen = scan_study(cfg, args.tokens, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"layer": chosen, "profile": profile.to_dict(orient="records")}, indent=2))
+    else:
+        print("\n".join(profile_lines(profile, chosen)))
+    return 0
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
@@ -375,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser(
+        "layers",
+        help="how much the two models' activations differ at every layer, on the study's corpus (reads no benchmark)",
+    )
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--tokens", type=int, default=20_000, help="corpus tokens to scan (default 20,000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_layers)
 
     p = sub.add_parser("interpret", help="(re)describe latents of a run, then categorise them")
     p.add_argument("run", help="run directory")

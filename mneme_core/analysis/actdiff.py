@@ -36,6 +36,13 @@ CONTEXT_DIFFS_FILE = "context_diffs.parquet"
 TEXT_CHARS = 2000  # of each context's text kept for embedding and display
 
 
+def relative_change(x_raw_B2d: torch.Tensor) -> torch.Tensor:
+    """``‖a_ft − a_base‖ / ‖a_base‖`` per token of paired activations (N, 2, d), in float64
+    on the CPU: the one per-token measure of change, for the baseline and the layer scan."""
+    x = x_raw_B2d.detach().cpu().double()
+    return (x[:, 1] - x[:, 0]).norm(dim=-1) / x[:, 0].norm(dim=-1).clamp_min(1e-12)
+
+
 @torch.no_grad()
 def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progress: bool = False) -> pd.DataFrame:
     """``context_id, n_tokens, rel_diff, text`` for every context of an ActivationStore."""
@@ -47,9 +54,7 @@ def context_diffs(store: Any, tokenizer: Any, *, batch_size: int = 8192, progres
         total=store.n_tokens, unit="tok", desc="activation difference", disable=not progress, dynamic_ncols=True
     ) as bar:
         for x in store.iter_batches(batch_size, shuffle=False):
-            x = x.double()
-            rel = (x[:, 1] - x[:, 0]).norm(dim=-1) / x[:, 0].norm(dim=-1).clamp_min(1e-12)
-            np.add.at(sums, ctx[start : start + len(x)], rel.numpy())
+            np.add.at(sums, ctx[start : start + len(x)], relative_change(x).numpy())
             start += len(x)
             bar.update(len(x))
     counts = np.bincount(ctx, minlength=n_ctx)
