@@ -192,11 +192,16 @@ def _latents_spec(text: str) -> str:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from mneme_core.analysis.layers import profile_lines, scan_study
+    from mneme_core.collect.corpus import CorpusError
+    from mneme_core.collect.models import ModelError
 
     cfg = load_config(args.study)
     if args.tokens < 1:
         raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")
-    profile, chosen = scan_study(cfg, args.tokens, progress=not args.quiet)
+    try:
+        profile, chosen = scan_study(cfg, args.tokens, progress=not args.quiet)
+    except (ModelError, CorpusError) as exc:  # the study's models or corpus: the user's input
+        raise ConfigError(str(exc)) from exc
     if args.json:
         print(json.dumps({"layer": chosen, "profile": profile.to_dict(orient="records")}, indent=2))
     else:
@@ -396,7 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much the two models' activations differ at every layer, on the study's corpus (reads no benchmark)",
     )
     p.add_argument("study", help="study YAML file")
-    p.add_argument("--tokens", type=int, default=20_000, help="corpus tokens to scan (default 20,000)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=20_000,
+        help="corpus tokens to scan, in whole contexts and at most the study's corpus.n_tokens (default 20,000)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_layers)
 

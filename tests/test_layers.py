@@ -51,3 +51,37 @@ def test_an_identical_pair_has_nothing_to_diff_and_bad_token_counts_are_refused(
     assert cli.main(["layers", str(study), "--tokens", "0"]) == 2
     assert "--tokens must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # a scan writes nothing
+
+
+def test_bfloat16_collection_is_scanned_in_bfloat16(tiny_model_dirs, tiny_corpus, tmp_path, capsys):
+    """With ``activations.forward_dtype: bfloat16`` the scan runs the pair as collection
+    does, so at the study's layer it still equals the store."""
+    from mneme_core.common.config import load_config
+    from mneme_core.run.pipeline import run_study
+
+    data = tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run")
+    data["activations"]["forward_dtype"] = "bfloat16"
+    run = run_study(load_config(data), stages=["collect"], progress=False)
+    assert cli.main(["-q", "layers", str(run / "config.yaml"), "--json", "--tokens", "1024"]) == 0
+    at_layer = json.loads(capsys.readouterr().out)["profile"][2]["rel_change"]
+    assert at_layer == pytest.approx(
+        float(relative_change(ActivationStore(run / "activations").read()).mean()), rel=1e-5
+    )
+
+
+def test_bad_models_or_an_empty_corpus_are_one_line_errors_and_the_corpus_is_read_first(
+    tiny_model_dirs, tiny_corpus, tmp_path, capsys
+):
+    base, ft = tiny_model_dirs
+    study = tmp_path / "bad.yaml"
+    study.write_text(yaml.safe_dump(tiny_study_dict(base, tmp_path / "no_such_model", tiny_corpus, tmp_path / "run")))
+    assert cli.main(["layers", str(study)]) == 2
+    assert "no_such_model" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n' * 3)
+    broken = tmp_path / "broken"  # the corpus is refused before this empty model folder is read
+    broken.mkdir()
+    study.write_text(yaml.safe_dump(tiny_study_dict(base, broken, empty, tmp_path / "run")))
+    assert cli.main(["layers", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("mneme: error: the corpus gave no text")

@@ -527,7 +527,7 @@ def collect(
                 bar.update(sum(int(c.attention_mask.sum()) for c in group))
                 continue
             if pair is None:
-                pair = _forward_pair(models_cfg, act_cfg.forward_dtype)
+                pair = collection_pair(models_cfg, act_cfg.forward_dtype)
             donor_shard = _donor_base(donor, path.name, group) if donor else None
             t_fwd = time.perf_counter()
             tensors, excluded = _forward_group(pair, group, act_cfg, dtype, bar.update, donor_shard, same_model)
@@ -666,7 +666,7 @@ def _recast(models_cfg: ModelsConfig, forward_dtype: str) -> bool:
     return bool(forward_dtype) and not forward_dtype == models_cfg.base.dtype == models_cfg.ft.dtype
 
 
-def _forward_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
+def collection_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
     """The pair in the precision collection runs in: loaded as configured (a delta or an
     adapter is applied at the models' own precision), then cast."""
     pair = load_model_pair(models_cfg)
