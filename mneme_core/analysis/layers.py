@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from mneme_core.analysis.actdiff import relative_change
 from mneme_core.collect.activations import massive_token_mask
 from mneme_core.collect.corpus import PackedContext
-from mneme_core.collect.models import ModelPair, decoder_layers
+from mneme_core.collect.models import ModelPair, decoder_layers, hidden_size_of
 from mneme_core.common.config import ActivationsConfig, StudyConfig
+
+HOST_BYTES = 2 << 30
 
 
 def _each_layer(
@@ -58,9 +60,14 @@ def layer_profile(
 ) -> pd.DataFrame:
     """``layer, rel_change, n_tokens`` for every decoder layer (0-based, MNEME's layer
     numbering), over the kept tokens of ``contexts``. Identical models give 0 everywhere.
-    Host memory: one batch of the base model's outputs at every layer."""
+    Host memory: one batch of the base model's outputs at every layer, the batch made
+    smaller than ``batch_size`` where that would exceed ``HOST_BYTES`` (a 7B model's
+    1,024-token contexts: 4 at a time)."""
     device = next(pair.base.parameters()).device
     n_layers = len(decoder_layers(pair.base))
+    if contexts:  # the base's outputs of one batch at every layer, float32 on the host, kept in budget
+        per_context = len(contexts[0].input_ids) * hidden_size_of(pair.base.config) * n_layers * 4
+        batch_size = max(1, min(batch_size, HOST_BYTES // per_context))
     sums, counts = np.zeros(n_layers), np.zeros(n_layers, dtype=np.int64)
     total = int(sum(int(c.attention_mask.sum()) for c in contexts))
     with tqdm(total=total, unit="tok", desc="layer profile", disable=not progress, dynamic_ncols=True) as bar:
