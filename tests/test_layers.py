@@ -85,3 +85,21 @@ def test_bad_models_or_an_empty_corpus_are_one_line_errors_and_the_corpus_is_rea
     assert cli.main(["layers", str(study)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("mneme: error: the corpus gave no text")
+
+
+def test_a_small_host_budget_scans_in_smaller_batches_with_the_same_answer(tiny_study, monkeypatch):
+    """The host-memory budget only shrinks the batch: one context at a time gives the
+    profile the configured batch gives."""
+    from mneme_core.analysis import layers
+
+    forwards = []
+    real = layers._each_layer
+    monkeypatch.setattr(layers, "_each_layer", lambda model, ids, *a: forwards.append(len(ids)) or real(model, ids, *a))
+    whole, _ = layers.scan_study(tiny_study, 600, progress=False)
+    assert max(forwards) == tiny_study.activations.batch_size
+    forwards.clear()
+    monkeypatch.setattr(layers, "HOST_BYTES", 1)
+    single, _ = layers.scan_study(tiny_study, 600, progress=False)
+    assert set(forwards) == {1}
+    assert (single["n_tokens"] == whole["n_tokens"]).all() and whole["n_tokens"].min() > 0
+    np.testing.assert_allclose(single["rel_change"], whole["rel_change"], rtol=1e-5)
