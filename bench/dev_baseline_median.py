@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dev_rmu import build_pair
 
 from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE, moved_more_p
 from mneme_core.collect.models import cache_root
 from mneme_core.common.embeddings import get_embedder
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
 from mneme_core.evaluation.evaluate import category_mapping, metrics
 from mneme_core.run.pipeline import run_config
 
@@ -59,10 +58,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
     args = ap.parse_args()
     work = args.work.resolve()
-    rebuild(
-        sizes=FULL, work=work, out=work / "published", names=["rmu"], null_control=False, confirm=False, scenario=DEV
-    )
-    run = work / "runs" / "rmu"
+    run = build_pair(work)[0]
     cfg = run_config(run).evaluation
     record = json.loads((run / "evaluation.json").read_text())
     universe, T = record["universe"], record["T"]

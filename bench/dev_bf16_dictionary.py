@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
-from dev_seeds import RETRAINED, summary
+from dev_rmu import build_pair
+from dev_seeds import summary, variant
 
 from mneme_core.collect.models import cache_root
 from mneme_core.common.hardware import cpu_bf16_speedup
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
-from mneme_core.run.pipeline import override_section, run_config, run_study
 from mneme_core.run.reader import open_run
 
 FVE_TOLERANCE = 0.005
@@ -52,18 +49,8 @@ TIMED = ("train", "interpret", "categories")  # the stages bf16 changes here
 def bf16_copy(run: Path, work: Path) -> Path:
     """A copy of the float32 run with the encoder and the embedder in bf16, re-run from
     ``train`` (resumes a finished copy)."""
-    copy = work / "bf16-dictionary"
-    if not (copy / "run.json").is_file():
-        partial = copy.with_name(copy.name + ".partial")  # a killed copy never looks finished
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(run, partial, ignore=shutil.ignore_patterns("crosscoder", ".lock"))
-        partial.rename(copy)
-        override_section(copy, "interpret", {"embedding_dtype": "bfloat16"})
-        run_study(override_section(copy, "training", {"dtype": "bfloat16"}), stages=RETRAINED, force=True)
-    else:
-        trained = (copy / "crosscoder" / "model.safetensors").is_file()
-        run_study(run_config(copy), stages=RETRAINED, force=False if trained else ["train"])
-    return copy
+    bf16 = {"interpret": {"embedding_dtype": "bfloat16"}, "training": {"dtype": "bfloat16"}}
+    return variant(run, work / "bf16-dictionary", bf16)
 
 
 def seconds(run: Path) -> dict:
@@ -77,10 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work.resolve()
     print(f"bf16 matmul on this CPU: {cpu_bf16_speedup():.2f}x float32")
-    rebuild(
-        sizes=FULL, work=work, out=work / "published", names=["rmu"], null_control=False, confirm=False, scenario=DEV
-    )
-    runs = {"float32": work / "runs" / "rmu", "bfloat16": bf16_copy(work / "runs" / "rmu", work)}
+    pair = build_pair(work)[0]
+    runs = {"float32": pair, "bfloat16": bf16_copy(pair, work)}
     rows = {p: summary(run) | quality(run) | {"seconds": seconds(run)} for p, run in runs.items()}
     f32, b16 = rows["float32"], rows["bfloat16"]
     print(f"T = {f32['T']}")

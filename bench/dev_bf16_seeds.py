@@ -33,11 +33,10 @@ from pathlib import Path
 
 from dev_bf16_dictionary import FVE_TOLERANCE, bf16_copy
 from dev_precision import ROW_HEAD, quality, row
+from dev_rmu import build_pair
 from dev_seeds import replicate, summary
 
 from mneme_core.collect.models import cache_root
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
 
 SEEDS = (0, 1, 2)
 
@@ -47,10 +46,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
     args = ap.parse_args()
     work = args.work.resolve()
-    rebuild(
-        sizes=FULL, work=work, out=work / "published", names=["rmu"], null_control=False, confirm=False, scenario=DEV
-    )
-    f32_run = work / "runs" / "rmu"
+    f32_run = build_pair(work)[0]
     arms = {"float32": f32_run, "bfloat16": bf16_copy(f32_run, work)}
     runs = {
         arm: {seed: run if seed == 0 else replicate(run, seed, work / "bf16-seeds" / arm) for seed in SEEDS}

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from dev_rmu import build_pair
 
 from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE
 from mneme_core.benchmarks.loaders import load_benchmark
@@ -50,8 +51,7 @@ from mneme_core.collect.activations import ActivationStore
 from mneme_core.collect.models import cache_root
 from mneme_core.common.config import DiffingConfig
 from mneme_core.common.embeddings import get_embedder
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
+from mneme_core.demo.study import DEV
 from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
 from mneme_core.evaluation.evaluate import evaluate
 from mneme_core.run.pipeline import run_config
@@ -114,16 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
     args = ap.parse_args()
-    run = args.work.resolve() / "runs" / "rmu"
-    rebuild(
-        sizes=FULL,
-        work=args.work,
-        out=args.work / "published",
-        names=["rmu"],
-        null_control=False,
-        confirm=False,
-        scenario=DEV,
-    )
+    run = build_pair(args.work.resolve())[0]
     cfg = run_config(run)
     model = BatchTopKCrossCoder.from_pretrained(run / "crosscoder").eval()
     change = context_change(model, ActivationStore(run / "activations"))

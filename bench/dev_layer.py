@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
-from dev_seeds import RETRAINED, replicate, summary
+from dev_rmu import build_pair
+from dev_seeds import replicate, summary, variant
 
 from mneme_core.analysis.layers import scan_study
 from mneme_core.collect.models import cache_root
-from mneme_core.demo.build import rebuild
-from mneme_core.demo.study import DEV, FULL
-from mneme_core.run.pipeline import override_section, run_config, run_study
+from mneme_core.run.pipeline import run_config
 
 SCAN_TOKENS = 20_000  # what `mneme layers` reads by default
 SEEDS = (0, 1)
@@ -44,16 +42,7 @@ SEEDS = (0, 1)
 def at_layer(run: Path, layer: int, work: Path) -> Path:
     """A copy of the development run collected at ``layer`` (same corpus, models, settings),
     every stage from ``collect`` re-run (resumes a finished copy)."""
-    copy = work / f"layer{layer}"
-    if not (copy / "run.json").is_file():
-        partial = copy.with_name(copy.name + ".partial")  # a killed copy never looks finished
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(run, partial, ignore=shutil.ignore_patterns("crosscoder", "activations", ".lock"))
-        partial.rename(copy)
-        run_study(override_section(copy, "models", {"layer": layer}), stages=["collect", *RETRAINED], force=True)
-    else:
-        run_study(run_config(copy), stages=["collect", *RETRAINED])
-    return copy
+    return variant(run, work / f"layer{layer}", {"models": {"layer": layer}}, first="collect")
 
 
 def main() -> None:
@@ -61,10 +50,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
     args = ap.parse_args()
     work = args.work.resolve()
-    rebuild(
-        sizes=FULL, work=work, out=work / "published", names=["rmu"], null_control=False, confirm=False, scenario=DEV
-    )
-    middle = work / "runs" / "rmu"
+    middle = build_pair(work)[0]
     profile, current = scan_study(run_config(middle), SCAN_TOKENS, progress=False)
     largest = int(profile.loc[profile["rel_change"].idxmax(), "layer"])
     print(f"scan over {SCAN_TOKENS:,} tokens: largest change at layer {largest}; the demo's layer {current}")

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dev_rmu import build_pair
 from dev_seeds import summary
 
 from mneme_core.collect.activations import ActivationStore
 from mneme_core.collect.models import cache_root
 from mneme_core.common.config import load_config
 from mneme_core.common.hardware import cpu_bf16_speedup
-from mneme_core.demo.build import rebuild
 from mneme_core.demo.study import DEV, FULL, study_config
 from mneme_core.run.pipeline import run_study
 from mneme_core.run.reader import open_run
@@ -125,16 +125,7 @@ def main() -> None:
     work = args.work.resolve()
     speedup = cpu_bf16_speedup()
     print(f"bf16 matmul on this CPU: {speedup:.2f}x float32")
-    rebuild(
-        work=work,
-        out=work / "published",
-        names=["rmu"],
-        null_control=False,
-        confirm=False,
-        scenario=DEV,
-        precision="float32",
-    )
-    runs = {"float32": work / "runs" / "rmu", "bfloat16": bf16_study(work)}
+    runs = {"float32": build_pair(work, precision="float32")[0], "bfloat16": bf16_study(work)}
     rows = {p: summary(run) | quality(run) | costs(run) for p, run in runs.items()}
     error = activation_error(runs["bfloat16"], runs["float32"])
     f32, b16 = rows["float32"], rows["bfloat16"]

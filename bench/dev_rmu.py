@@ -28,6 +28,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -234,6 +235,22 @@ def _print_baseline(rows: list[dict], path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
+def build_pair(work: Path, **options: Any) -> tuple[Path, dict]:
+    """The development pair's study at the defaults, built in ``work`` (or resumed there):
+    its run folder and the build's summary. ``options`` go to the build (``precision``)."""
+    summary = rebuild(
+        sizes=FULL,
+        work=work,
+        out=work / "published",
+        names=["rmu"],
+        null_control=False,
+        confirm=False,
+        scenario=DEV,
+        **options,
+    )
+    return work / "runs" / "rmu", summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
@@ -242,15 +259,7 @@ def main() -> None:
     run = args.work.resolve() / "runs" / "rmu"
     if (run / "run.json").is_file():
         restore(run)  # an interrupted grid leaves another reading in the config and outputs
-    summary = rebuild(
-        sizes=FULL,
-        work=args.work,
-        out=args.work / "published",
-        names=["rmu"],
-        null_control=False,
-        confirm=False,
-        scenario=DEV,
-    )
+    summary = build_pair(args.work)[1]
     if args.only == "baseline":
         _print_baseline(baseline_grid(run), args.work / "baseline_grid.json")
         return
