@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from mneme_core.collect.models import decoder_layers, resolve_layer, truncated_forward
+from mneme_core.collect.models import decoder_layers, layer_output, model_body, resolve_layer, truncated_forward
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def intervene(
     """
     layers = decoder_layers(model)
     layer = resolve_layer(layer, len(layers))
-    body = getattr(model, "base_model", model)
+    body = model_body(model)
     partner = None if partner is model else partner
     captured: dict[str, Any] = {}
 
@@ -333,7 +333,7 @@ def intervene(
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
         if not edit.latents:
             return None
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        hidden = layer_output(output)
         with torch.no_grad():
             other = hidden if partner is None else _replay_stream(partner, captured, layer)
         out = edited(hidden, other)

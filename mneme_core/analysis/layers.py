@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mneme_core.analysis.actdiff import relative_change
 from mneme_core.collect.activations import massive_token_mask
 from mneme_core.collect.corpus import PackedContext
-from mneme_core.collect.models import ModelPair, decoder_layers, hidden_size_of
+from mneme_core.collect.models import ModelPair, decoder_layers, hidden_size_of, layer_output, model_body
 from mneme_core.common.config import ActivationsConfig, StudyConfig
 
 HOST_BYTES = 2 << 30
@@ -37,13 +37,11 @@ def _each_layer(
     soon as the layer has run: nothing of the whole stack is held on the device."""
     layers = decoder_layers(model)
     hooks = [
-        layer.register_forward_hook(
-            lambda _m, _i, out, L=L: sink(L, (out[0] if isinstance(out, (tuple, list)) else out).detach().cpu().float())
-        )
+        layer.register_forward_hook(lambda _m, _i, out, L=L: sink(L, layer_output(out).detach().cpu().float()))
         for L, layer in enumerate(layers)
     ]
     try:
-        getattr(model, "base_model", model)(input_ids=ids, attention_mask=attention, use_cache=False)
+        model_body(model)(input_ids=ids, attention_mask=attention, use_cache=False)
     finally:
         for h in hooks:
             h.remove()

@@ -591,6 +591,16 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ModelError(f"cannot find the {n} decoder layers of a {type(model).__name__}")
 
 
+def model_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body without the LM head (``base_model`` of a causal LM)."""
+    return getattr(model, "base_model", model)
+
+
+def layer_output(output: Any) -> torch.Tensor:
+    """The residual stream in what a decoder block returns (a tensor, or a tuple led by one)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def truncated_forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -611,10 +621,10 @@ def truncated_forward(
     captured: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+        captured.append(layer_output(output))
         raise _Stop
 
-    body = getattr(model, "base_model", model)
+    body = model_body(model)
     handle = layers[layer].register_forward_hook(hook)
     try:
         with contextlib.suppress(_Stop):
