@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,11 @@ def _print_baseline(rows: list[dict], path: Path) -> None:
 
 def build_pair(work: Path, **options: Any) -> tuple[Path, dict]:
     """The development pair's study at the defaults, built in ``work`` (or resumed there):
-    its run folder and the build's summary. ``options`` go to the build (``precision``)."""
+    its run folder and the build's summary. ``options`` go to the build (``precision``).
+    The pair stays float32, as every development scenario measured it, whatever the
+    demo's own precision is."""
     summary = rebuild(
-        sizes=FULL,
+        sizes=replace(FULL, precision="float32"),
         work=work,
         out=work / "published",
         names=["rmu"],

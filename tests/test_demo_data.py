@@ -163,28 +163,30 @@ def test_rebuild_refuses_a_work_folder_with_other_settings(tmp_path):
 
 
 def test_a_build_runs_at_one_concrete_precision_and_a_resumed_build_keeps_it(tmp_path, monkeypatch):
-    """ "auto" becomes bfloat16 only where the CPU runs it natively; the study then collects
-    and trains in it; a build resumed on another machine keeps the precision it began with."""
+    """ "auto" becomes bfloat16 only where the CPU runs it natively; the study then trains
+    and embeds in it, and collects in float32; a build resumed on another machine keeps the precision it began with."""
     from dataclasses import replace
 
     from mneme_core.common import hardware
     from mneme_core.demo import build
-    from mneme_core.demo.study import REDUCED, resolve_precision, study_config
+    from mneme_core.demo.study import FULL, REDUCED, resolve_precision, study_config
 
     auto = replace(REDUCED, precision="auto")
     for speedup, want in ((3.0, "bfloat16"), (0.02, "float32")):
         monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda s=speedup: s)
         assert resolve_precision(auto).precision == want
     assert resolve_precision(replace(REDUCED, precision="bfloat16")).precision == "bfloat16"  # asked for: kept
-    assert REDUCED.precision == "float32"  # the demo's own (development scenario 9)
+    assert FULL.precision == "auto"  # the demo's own (development scenario 12b)
+    assert REDUCED.precision == "float32"  # the tests' build: the same on every CPU
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision(replace(REDUCED, precision="float16"))
 
     paths = {"run_dir": tmp_path / "run", "delta": None, "corpus": tmp_path / "c.jsonl", "benchmark": tmp_path / "b"}
     bf16 = study_config("x", sizes=replace(REDUCED, precision="bfloat16"), **paths)
     f32 = study_config("x", sizes=replace(REDUCED, precision="float32"), **paths)
-    assert (bf16["activations"]["forward_dtype"], bf16["training"]["dtype"]) == ("bfloat16", "bfloat16")
-    assert (f32["activations"]["forward_dtype"], f32["training"]["dtype"]) == ("", "float32")  # the models' own
+    read = lambda c: (c["activations"]["forward_dtype"], c["training"]["dtype"], c["interpret"]["embedding_dtype"])  # noqa: E731
+    assert read(bf16) == ("", "bfloat16", "bfloat16")  # collection stays the models' own float32 (scenario 9)
+    assert read(f32) == ("", "float32", "float32")
     assert bf16["models"]["base"]["dtype"] == "float32"  # prompt lab and confirmation stay float32
 
     monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 3.0)
