@@ -2,7 +2,8 @@
 
 Per run: cross-coder quality (held-out FVE per model, dead fraction, L0/k, median decoder
 cosine of the shared latents), attribution counts, and the prediction with its controls
-(MNEME, the dictionary-free activation-difference baseline, random, naive, oracle).
+(MNEME, the dictionary-free activation-difference baseline, random, naive, oracle); where
+``mneme seeds`` ran on a run, each dictionary seed's quality and degraded-direction prediction.
 Run: ``python bench/demo_results.py [data/demo]``.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mneme_core.evaluation import seeds
 from mneme_core.run.reader import open_run
 
 
@@ -75,6 +77,25 @@ def main(demo: Path) -> None:
                     f"| {name} | {direction} | {method} | {_fmt(get('accuracy'))} | {_fmt(get('precision'))} "
                     f"| {_fmt(get('f1'))} | {_fmt(get('balanced_accuracy'))} | {shown or '∅'} |"
                 )
+    print_seed_agreement(runs)
+
+
+def print_seed_agreement(runs: list[Path]) -> None:
+    """Per run and dictionary seed: FVE, attributed latents, the degraded prediction."""
+    measured = {path.name: seeds.load(path) for path in runs}
+    measured = {name: record for name, record in measured.items() if record}
+    if not measured:
+        return
+    print()
+    print("| run | seed | FVE base / ft | amplified / suppressed | predicted (degraded) | accuracy / precision / F1 |")
+    print("|---|---|---|---|---|---|")
+    for name, record in measured.items():
+        for row in record["seeds"]:
+            print(
+                f"| {name} | {row['seed']} | {row['fve_base']:.3f} / {row['fve_ft']:.3f} "
+                f"| {row['amplified']} / {row['suppressed']} | {', '.join(row['predicted']['degraded']) or '∅'} "
+                f"| {' / '.join(_fmt(row['scores']['degraded'][k]) for k in ('accuracy', 'precision', 'f1'))} |"
+            )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
 from dev_rmu import build_pair
-from dev_seeds import summary, variant
+from dev_seeds import summary
 
 from mneme_core.collect.models import cache_root
 from mneme_core.common.hardware import cpu_bf16_speedup
 from mneme_core.run.reader import open_run
+from mneme_core.run.replica import replica
 
 FVE_TOLERANCE = 0.005
 TIMED = ("train", "interpret", "categories")  # the stages bf16 changes here
@@ -50,7 +51,7 @@ def bf16_copy(run: Path, work: Path) -> Path:
     """A copy of the float32 run with the encoder and the embedder in bf16, re-run from
     ``train`` (resumes a finished copy)."""
     bf16 = {"interpret": {"embedding_dtype": "bfloat16"}, "training": {"dtype": "bfloat16"}}
-    return variant(run, work / "bf16-dictionary", bf16)
+    return replica(run, work / "bf16-dictionary", bf16)
 
 
 def seconds(run: Path) -> dict:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
 from dev_rmu import build_pair
-from dev_seeds import replicate, summary, variant
+from dev_seeds import replicate, summary
 
 from mneme_core.analysis.layers import scan_study
 from mneme_core.collect.models import cache_root
 from mneme_core.run.pipeline import run_config
+from mneme_core.run.replica import replica
 
 SCAN_TOKENS = 20_000  # what `mneme layers` reads by default
 SEEDS = (0, 1)
@@ -42,7 +43,7 @@ SEEDS = (0, 1)
 def at_layer(run: Path, layer: int, work: Path) -> Path:
     """A copy of the development run collected at ``layer`` (same corpus, models, settings),
     every stage from ``collect`` re-run (resumes a finished copy)."""
-    return variant(run, work / f"layer{layer}", {"models": {"layer": layer}}, first="collect")
+    return replica(run, work / f"layer{layer}", {"models": {"layer": layer}}, first="collect")
 
 
 def main() -> None:

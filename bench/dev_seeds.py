@@ -25,38 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from mneme_core.collect.models import cache_root
-from mneme_core.run.pipeline import override_section, run_config, run_study
 from mneme_core.run.reader import open_run
-from mneme_core.run.store import STAGES
-
-# what each stage a copy can restart from writes first: until the copy has its own, the copy
-# left it out and that stage must run again
-FIRST_OUTPUT = {"collect": Path("activations") / "index.json", "train": Path("crosscoder") / "model.safetensors"}
-
-
-def variant(run: Path, copy: Path, overrides: dict[str, dict], first: str = "train") -> Path:
-    """A copy of ``run`` at ``copy`` with its config changed by ``overrides`` (section ->
-    changes), every stage from ``first`` (``train`` or ``collect``) on re-run; the rest
-    (the activation store when ``first`` is ``train``, the benchmark scores) is reused.
-    Resumes a copy that was killed or has finished."""
-    stages = [*STAGES[STAGES.index(first) :]]
-    if not (copy / "run.json").is_file():  # the copy's own config points at the copy (run_config)
-        partial = copy.with_name(copy.name + ".partial")  # a killed copy never looks finished
-        shutil.rmtree(partial, ignore_errors=True)
-        left_out = [p.parts[0] for s, p in FIRST_OUTPUT.items() if s in stages]
-        shutil.copytree(run, partial, ignore=shutil.ignore_patterns(*left_out, ".lock"))
-        partial.rename(copy)
-        for section, changes in overrides.items():
-            override_section(copy, section, changes)
-        run_study(run_config(copy), stages=stages, force=True)
-    else:
-        started = (copy / FIRST_OUTPUT[first]).is_file()
-        run_study(run_config(copy), stages=stages, force=False if started else [first])
-    return copy
+from mneme_core.run.replica import replica
 
 
 def replicate(run: Path, seed: int, work: Path, expansion: int | None = None) -> Path:
@@ -64,7 +37,7 @@ def replicate(run: Path, seed: int, work: Path, expansion: int | None = None) ->
     ``crosscoder.expansion`` (resumes a finished copy)."""
     copy = work / (f"seed{seed}" if expansion is None else f"x{expansion}-seed{seed}")
     resized = {"crosscoder": {"expansion": expansion}} if expansion is not None else {}
-    return variant(run, copy, resized | {"training": {"seed": seed}})
+    return replica(run, copy, resized | {"training": {"seed": seed}})
 
 
 def summary(run: Path) -> dict:

@@ -7,6 +7,7 @@
     mneme interpret RUN [--explainer offline|openai|transformers] [--latents ...]
     mneme evaluate RUN --benchmark SPEC
     mneme confirm RUN [--categories ...] [--max-latents N] [--controls N]   causal test by ablation
+    mneme seeds RUN [--seeds 1,2] [--work DIR]   which predictions recur with other dictionary seeds
     mneme dashboard [RUN_OR_FOLDER]
     mneme demo [--rebuild [--precision P] | --refresh] [--runs NAMES] [--no-serve]
     mneme import-crosscoder SRC RUN_OR_STUDY [--revision REV] [--force]   (skip training)
@@ -282,6 +283,21 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from mneme_core.evaluation import seeds
+
+    record = seeds.measure(args.run, args.seeds or seeds.DEFAULT_SEEDS, work=args.work, progress=not args.quiet)
+    print(seeds.quality_frame(record).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for direction in record["seeds"][0]["predicted"]:
+        print(f"{direction}: {seeds.agreement_note(record, direction)}")
+    print(f"written: {Path(args.run) / seeds.AGREEMENT_FILE}")
+    return 0
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    return tuple(_count(s) for s in _name_list(text))
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from mneme_dashboard import serve
 
@@ -473,6 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's models.device)")
     p.set_defaults(fn=cmd_confirm)
+
+    p = sub.add_parser(
+        "seeds",
+        help="retrain a run's dictionary with other seeds and show which predictions recur",
+        description="Copy the run once per seed (its activation store hard-linked, not recomputed), retrain "
+        "the cross-coder with that seed and re-run every later stage with the run's own settings, then "
+        "write seed_agreement.json in the run: each seed's quality and predicted categories. Costs one "
+        "training and reading per seed; resumable.",
+    )
+    p.add_argument("run", help="run directory (evaluated, with its activation store)")
+    p.add_argument("--seeds", type=_seed_list, default=None, help="comma-separated training seeds (default 1,2)")
+    p.add_argument("--work", default=None, help="where the copies go (default: RUN/seeds)")
+    p.set_defaults(fn=cmd_seeds)
 
     p = sub.add_parser("dashboard", help="open the dashboard (streamlit)")
     p.add_argument("run", nargs="?", default=None, help="a run directory or a folder of runs")

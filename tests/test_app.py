@@ -181,6 +181,32 @@ def test_side_effects_metrics_follow_the_threshold(run_copy):
     assert set(table.loc[table["degraded"], "category"]) == set(record["T"])
 
 
+def test_side_effects_shows_which_predictions_recur_across_seeds(run_copy, tmp_path):
+    from mneme_core.common.atomic import atomic_write_json
+    from mneme_core.evaluation import seeds
+
+    at = page(run_copy, "side_effects")
+    assert any("mneme seeds" in c.value for c in at.caption)  # not measured: says how
+    run = tmp_path / "seeded"
+    shutil.copytree(run_copy, run)
+    record = open_run(run).evaluation
+    predicted = sorted(ev.direction_record(record, "degraded")["P"])
+    other = next(c for c in record["universe"] if c not in predicted)
+    quality = {"fve_base": 0.812, "fve_ft": 0.809, "dead_fraction": 0.05, "l0_over_k": 1.0, "suppressed": 1}
+    rows = [
+        {"seed": 0, **quality, "amplified": 3, "predicted": {"degraded": predicted}},
+        {"seed": 7, **quality, "amplified": 4, "predicted": {"degraded": [other]}, "scores": {"degraded": {"f1": 0.4}}},
+    ]
+    atomic_write_json(run / seeds.AGREEMENT_FILE, {"run_seed": 0, "seeds": rows})
+    at = page(run, "side_effects")
+    shown = next(d.value for d in at.dataframe if "seed 7" in d.value.columns)
+    assert dict(zip(shown["category"], shown["seed 7"])) == {c: c == other for c in [*predicted, other]}
+    assert set(shown["seeds"]) == {1}
+    per_seed = next(d.value for d in at.dataframe if "fve_base" in d.value.columns)
+    assert per_seed["amplified"].tolist() == [3, 4] and per_seed["f1"].tolist()[1] == 0.4
+    assert any(f"{other} (1 of 2)" in c.value for c in at.caption)
+
+
 @pytest.fixture(scope="module")
 def twodir_run(tmp_path_factory) -> Path:
     """A run whose benchmark moved both ways (tests/_twodir.py holds its truth)."""

@@ -297,12 +297,18 @@ def test_run_push_and_pull_through_a_hub(tiny_run, tmp_path):
     (run / "triage.sqlite").write_bytes(b"marks")
     (run / "crosscoder" / "checkpoints" / "step_1").mkdir(parents=True, exist_ok=True)
     (run / "crosscoder" / "checkpoints" / "step_1" / "state.json").write_text("{}")
+    (run / "seeds" / "seed1").mkdir(parents=True)  # `mneme seeds` copies stay home; their record goes
+    (run / "seeds" / "seed1" / "run.json").write_text("{}")
+    (run / "seed_agreement.json").write_text('{"run_seed": 0, "seeds": []}')
     with fake_hub() as hub:
         assert cli.main(["push", str(run), "alice/study", "--endpoint", hub.url]) == 0
         pushed = hub.files("dataset", "alice/study")
         assert {"run.json", "latents.parquet", "crosscoder/model.safetensors", "README.md"} <= set(pushed)
+        assert "seed_agreement.json" in pushed
         assert not [
-            p for p in pushed if p.startswith(("activations/", "crosscoder/checkpoints/")) or p == "triage.sqlite"
+            p
+            for p in pushed
+            if p.startswith(("activations/", "crosscoder/checkpoints/", "seeds/")) or p == "triage.sqlite"
         ]
         assert cli.main(["pull", "alice/study", str(tmp_path / "pulled"), "--endpoint", hub.url]) == 0
         cached = Run.from_pretrained("alice/study", hub=Hub(endpoint=hub.url, cache_dir=tmp_path / "cache"))

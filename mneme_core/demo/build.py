@@ -74,11 +74,19 @@ from mneme_core.demo.study import (
 from mneme_core.demo.subjects import subject_index
 from mneme_core.dictionary.crosscoder import WEIGHTS_FILE
 from mneme_core.evaluation.confirmation_view import CONFIRMATION_FILE
-from mneme_core.run.store import LOCK_FILE, add_provenance, update_manifest
+from mneme_core.run.store import LOCK_FILE, REPLICAS_DIR, add_provenance, update_manifest
 
 CHANCE = 0.25
 CHARS_PER_TOKEN = 4.0  # rough, only to size the neutral file with headroom
-PUBLISH_SKIP = ("activations", "checkpoints", "benchmark_cache", "confirmation_cache", "confirmation_parts", LOCK_FILE)
+PUBLISH_SKIP = (
+    "activations",
+    "checkpoints",
+    "benchmark_cache",
+    "confirmation_cache",
+    "confirmation_parts",
+    LOCK_FILE,
+    REPLICAS_DIR,  # `mneme seeds` copies: their record (seed_agreement.json) is published, not them
+)
 BENCHMARK_FILES = ("questions.parquet", "base_accuracy.csv", "split.json")
 
 

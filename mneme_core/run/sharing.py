@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mneme_core.common.hub import Hub
-from mneme_core.run.store import add_provenance, read_manifest
+from mneme_core.run.store import LOCK_FILE, REPLICAS_DIR, add_provenance, read_manifest
 
 # Left out of a pushed run: activation shards (large; the models reproduce them),
-# training checkpoints, the auditors' triage marks and the lock file.
-_NOT_PUSHED = ("activations", "crosscoder/checkpoints", "triage.sqlite", ".lock")
+# training checkpoints, the auditors' triage marks, the lock file and the copies `mneme seeds`
+# retrained (their record, seed_agreement.json, goes).
+_NOT_PUSHED = ("activations", "crosscoder/checkpoints", "triage.sqlite", LOCK_FILE, REPLICAS_DIR)
 
 
 def run_files(run_path: str | Path) -> dict[str, Path]:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from mneme_core.evaluation import confirmation_view as cv
 from mneme_core.evaluation import evaluate as ev
-from mneme_core.evaluation import sideeffects
+from mneme_core.evaluation import seeds, sideeffects
 from mneme_core.views import explore, plots
 from mneme_dashboard import _ui
 
@@ -208,6 +208,37 @@ if ids is not None and len(ids):
     )
 else:
     st.caption(f"No latents behind {focus}.")
+
+st.subheader("Across dictionary seeds")
+try:
+    agreement = seeds.load(run.path)
+except seeds.SeedAgreementError as exc:
+    st.warning(str(exc), icon=":material/error:")
+    agreement = None
+if agreement is None:
+    st.caption(seeds.not_measured_note(run.path))
+else:
+    st.caption(seeds.agreement_note(agreement, direction, run.path))
+    agreed_col, quality_col = st.columns([2, 3])
+    agreed_col.dataframe(
+        seeds.agreement_frame(agreement, direction),
+        hide_index=True,
+        key="seed_agreement",
+        column_config={"seeds": st.column_config.NumberColumn("seeds", help="how many seeds predict it")},
+    )
+    quality_col.dataframe(
+        seeds.quality_frame(agreement, direction),
+        hide_index=True,
+        key="seed_quality",
+        placeholder=sideeffects.UNDEFINED,
+        column_config={
+            "fve_base": st.column_config.NumberColumn("FVE base", format="%.3f"),
+            "fve_ft": st.column_config.NumberColumn("FVE ft", format="%.3f"),
+            "dead_fraction": st.column_config.NumberColumn("dead", format="%.3f"),
+            "l0_over_k": st.column_config.NumberColumn("L0/k", format="%.2f"),
+            "f1": st.column_config.NumberColumn("MNEME F1", format="%.2f", help="against this direction's T"),
+        },
+    )
 
 st.subheader("Causal confirmation")
 if direction != "degraded":
