@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mneme_core.common.config import PRECISIONS, ConfigError, load_config
 from mneme_core.common.errors import RunError
 from mneme_core.run.reader import open_run
-from mneme_core.run.store import STAGES
+from mneme_core.run.store import SEED_AGREEMENT_FILE, STAGES
 
 if TYPE_CHECKING:
     from mneme_core.common.hub import Hub
@@ -290,7 +290,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     print(seeds.quality_frame(record).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for direction in record["seeds"][0]["predicted"]:
         print(f"{direction}: {seeds.agreement_note(record, direction)}")
-    print(f"written: {Path(args.run) / seeds.AGREEMENT_FILE}")
+    print(f"written: {Path(args.run) / SEED_AGREEMENT_FILE}")
     return 0
 
 

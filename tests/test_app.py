@@ -183,7 +183,7 @@ def test_side_effects_metrics_follow_the_threshold(run_copy):
 
 def test_side_effects_shows_which_predictions_recur_across_seeds(run_copy, tmp_path):
     from mneme_core.common.atomic import atomic_write_json
-    from mneme_core.evaluation import seeds
+    from mneme_core.run.store import SEED_AGREEMENT_FILE
 
     at = page(run_copy, "side_effects")
     assert any("mneme seeds" in c.value for c in at.caption)  # not measured: says how
@@ -197,7 +197,7 @@ def test_side_effects_shows_which_predictions_recur_across_seeds(run_copy, tmp_p
         {"seed": 0, **quality, "amplified": 3, "predicted": {"degraded": predicted}},
         {"seed": 7, **quality, "amplified": 4, "predicted": {"degraded": [other]}, "scores": {"degraded": {"f1": 0.4}}},
     ]
-    atomic_write_json(run / seeds.AGREEMENT_FILE, {"run_seed": 0, "seeds": rows})
+    atomic_write_json(run / SEED_AGREEMENT_FILE, {"run_seed": 0, "seeds": rows})
     at = page(run, "side_effects")
     shown = next(d.value for d in at.dataframe if "seed 7" in d.value.columns)
     assert dict(zip(shown["category"], shown["seed 7"])) == {c: c == other for c in [*predicted, other]}
@@ -205,6 +205,7 @@ def test_side_effects_shows_which_predictions_recur_across_seeds(run_copy, tmp_p
     per_seed = next(d.value for d in at.dataframe if "fve_base" in d.value.columns)
     assert per_seed["amplified"].tolist() == [3, 4] and per_seed["f1"].tolist()[1] == 0.4
     assert any(f"{other} (1 of 2)" in c.value for c in at.caption)
+    assert any("earlier state of this run" in c.value for c in at.caption)  # seed 0's row is not the run's
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from mneme_core.evaluation import evaluate as ev
 from mneme_core.evaluation import seeds
 from mneme_core.run.pipeline import override_section, run_config
 from mneme_core.run.replica import replica
-from mneme_core.run.store import REPLICAS_DIR, read_manifest
+from mneme_core.run.store import REPLICAS_DIR, SEED_AGREEMENT_FILE, read_manifest
 
 WEIGHTS = Path("crosscoder") / "model.safetensors"
 
@@ -85,13 +85,19 @@ def test_agreement_counts_the_seeds_that_predict_each_category():
 
 def test_a_record_says_when_the_run_changed_since(measured, tmp_path):
     run, record = measured
-    assert "earlier" not in seeds.agreement_note(record, "degraded", run)
-    moved = tmp_path / "moved"  # a copy, e.g. published: the same table, the same record
+    assert "earlier state" not in seeds.agreement_note(record, "degraded", run)
+    moved = tmp_path / "moved"  # a copy, e.g. published: the same run, the same record
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("activations", REPLICAS_DIR))
-    assert "earlier" not in seeds.agreement_note(record, "degraded", moved)
-    latents = pd.read_parquet(moved / "latents.parquet")
-    latents.assign(category="re-read").to_parquet(moved / "latents.parquet")  # a re-read since
-    assert "earlier dictionary or reading" in seeds.agreement_note(record, "degraded", moved)
+    assert "earlier state" not in seeds.agreement_note(record, "degraded", moved)
+    evaluation = json.loads((moved / "evaluation.json").read_text())
+    evaluation["directions"]["degraded"]["metrics"]["mneme"]["f1"] = 0.123  # evaluated again since
+    (moved / "evaluation.json").write_text(json.dumps(evaluation))
+    assert "earlier state of this run" in seeds.agreement_note(record, "degraded", moved)
+    older = {
+        **record,
+        "seeds": [{**row, "predicted": {"degraded": row["predicted"]["degraded"]}} for row in record["seeds"]],
+    }
+    assert seeds.agreement_note(older, "improved").startswith("Not measured in this direction")
 
 
 def test_a_same_seed_copy_reproduces_the_run_and_a_half_made_copy_is_made_again(measured, tmp_path):
@@ -109,15 +115,26 @@ def test_a_same_seed_copy_reproduces_the_run_and_a_half_made_copy_is_made_again(
     )
 
 
-def test_finished_copies_are_reused_and_refused_once_the_run_reads_otherwise(measured, tmp_path):
+def test_finished_copies_are_reused_re_read_or_refused_as_the_run_changed(measured, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(measured[0], run)
-    weights = run / REPLICAS_DIR / "seed1" / WEIGHTS
-    before = weights.stat().st_mtime_ns
+    copy = run / REPLICAS_DIR / "seed1"
+    before = (copy / WEIGHTS).stat().st_mtime_ns
     assert seeds.measure(run, (1,), progress=False)["seeds"][1]["seed"] == 1
-    assert weights.stat().st_mtime_ns == before  # not retrained
-    override_section(run, "evaluation", {"random_draws": 100})
-    with pytest.raises(RunError, match="sections differ: evaluation.*delete it"):
+    assert (copy / WEIGHTS).stat().st_mtime_ns == before  # reused: not retrained
+    assert read_manifest(copy)["name"].endswith("· seed1")  # told apart where runs are listed
+    override_section(run, "evaluation", {"random_draws": 100})  # a reading setting: the copy re-reads
+    seeds.measure(run, (1,), progress=False)
+    assert run_config(copy).evaluation.random_draws == 100 and (copy / WEIGHTS).stat().st_mtime_ns == before
+    override_section(run, "training", {"lr": 5e-4})  # a training setting: the copy is another study
+    with pytest.raises(RunError, match=r"training differ.*delete it"):
+        seeds.measure(run, (1,), progress=False)
+    override_section(run, "training", {"lr": run_config(copy).training.lr})
+    index = run / "activations" / "index.json"
+    text = index.read_text()
+    index.unlink()  # collected again: a new file, the copy keeps the old one
+    index.write_text(text.replace("{", '{"again": 1, ', 1))
+    with pytest.raises(RunError, match="activation store"):
         seeds.measure(run, (1,), progress=False)
 
 
@@ -128,16 +145,24 @@ def test_runs_that_cannot_be_retrained_are_refused_by_name(measured, tmp_path):
         seeds.measure(run, progress=False)
     with pytest.raises(seeds.SeedAgreementError, match="other than the run's own"):
         seeds.measure(measured[0], (0,), progress=False)
-    (run / seeds.AGREEMENT_FILE).write_text("{")
-    with pytest.raises(seeds.SeedAgreementError, match="damaged"):
-        seeds.load(run)
+    for damaged in ("{", '{"run_seed": 0, "seeds": [{"seed": 0, "predicted": ["plants"]}]}'):
+        (run / SEED_AGREEMENT_FILE).write_text(damaged)
+        with pytest.raises(seeds.SeedAgreementError, match="damaged"):
+            seeds.load(run)
+    with pytest.raises(seeds.SeedAgreementError, match="inside the run but not"):
+        seeds.measure(measured[0], (1,), work=measured[0] / "elsewhere", progress=False)
+    own = tmp_path / "own"
+    shutil.copytree(measured[0], own, ignore=shutil.ignore_patterns(REPLICAS_DIR))
+    override_section(own, "interpret", {"latents": "1,2"})
+    with pytest.raises(seeds.SeedAgreementError, match="fixed list of latent ids"):
+        seeds.measure(own, (1,), progress=False)
 
 
 def test_the_command_prints_the_seeds_and_exits_2_on_a_bad_list(measured, capsys):
     run, record = measured
     assert main(["-q", "seeds", str(run), "--seeds", "1,2"]) == 0  # finished copies: nothing retrained
     out = capsys.readouterr().out
-    assert "degraded:" in out and f"written: {run / seeds.AGREEMENT_FILE}" in out
+    assert "degraded:" in out and f"written: {run / SEED_AGREEMENT_FILE}" in out
     with pytest.raises(SystemExit) as exc:
         main(["seeds", str(run), "--seeds", "one"])
     assert exc.value.code == 2

@@ -13,7 +13,6 @@ belongs to the change; one that comes and goes is partly the draw of the diction
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,12 +24,14 @@ from mneme_core.common.atomic import atomic_write_json
 from mneme_core.common.errors import RunError
 from mneme_core.evaluation import evaluate as ev
 from mneme_core.run.pipeline import run_config
-from mneme_core.run.replica import STORE_DIR, replica
-from mneme_core.run.store import REPLICAS_DIR, SEED_AGREEMENT_FILE, read_manifest
+from mneme_core.run.replica import replica
+from mneme_core.run.store import MANIFEST, REPLICAS_DIR, SEED_AGREEMENT_FILE, STORE_DIR, read_manifest
 
-AGREEMENT_FILE = SEED_AGREEMENT_FILE
 DEFAULT_SEEDS = (1, 2)
 _QUALITY = ("fve_base", "fve_ft", "dead_fraction", "l0_over_k")
+# what a record's own row must still match in the run for the record to describe it: a
+# retrain, a re-read and a re-evaluation each change one of these
+_OWN_STATE = ("fve_base", "fve_ft", "amplified", "suppressed", "predicted", "scores")
 
 
 class SeedAgreementError(RunError):
@@ -42,35 +43,42 @@ def measure(
 ) -> dict[str, Any]:
     """Retrain ``run_path``'s dictionary with each of ``seeds`` (copies under ``work``,
     default ``RUN/seeds``; finished copies are reused, interrupted ones resumed), then
-    write and return the agreement record (``seed_agreement.json`` in the run)."""
+    write and return the agreement record (``seed_agreement.json`` in the run). The record
+    holds the run's own seed and the seeds of this call."""
     run_path = Path(run_path)
     own_seed = _check_run(run_path)
     others = [s for s in dict.fromkeys(seeds) if s != own_seed]
     if not others:
         raise SeedAgreementError(f"give seeds other than the run's own ({own_seed}), e.g. --seeds 1,2")
-    work = Path(work) if work is not None else run_path / REPLICAS_DIR
+    work = _work_folder(run_path, work)
     copies = {
         seed: replica(run_path, work / f"seed{seed}", {"training": {"seed": seed}}, progress=progress)
         for seed in others
     }
     record = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "latents_sha256": latents_hash(run_path),
         "run_seed": own_seed,
         "seeds": [summarise(run_path, own_seed)] + [summarise(path, seed) for seed, path in copies.items()],
         "copies": {str(seed): _named_from(run_path, path) for seed, path in copies.items()},
     }
-    atomic_write_json(run_path / AGREEMENT_FILE, record)
+    atomic_write_json(run_path / SEED_AGREEMENT_FILE, record)
     return record
 
 
-def latents_hash(run_path: str | Path) -> str:
-    """SHA-256 of the run's latent table, which a retrain (new dictionary) and a re-read
-    (new categories) both rewrite: a record whose hash differs describes an earlier state
-    of the run. The table, not the weights, because a published run stores its weights
-    in half precision, and a re-read changes the prediction without touching them."""
-    path = Path(run_path) / "latents.parquet"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+def _work_folder(run_path: Path, work: str | Path | None) -> Path:
+    """Where the copies go: ``RUN/seeds`` or a folder outside the run. Another folder
+    inside it would be copied into every later copy and pushed with the run."""
+    default = run_path / REPLICAS_DIR
+    if work is None:
+        return default
+    work = Path(work)
+    inside = work.resolve().is_relative_to(run_path.resolve())
+    if inside and work.resolve() != default.resolve():
+        raise SeedAgreementError(
+            f"--work {work} is inside the run but not its {REPLICAS_DIR}/ folder; leave --work out, or give a "
+            "folder outside the run"
+        )
+    return work
 
 
 def _named_from(run_path: Path, path: Path) -> str:
@@ -83,10 +91,16 @@ def _named_from(run_path: Path, path: Path) -> str:
 
 
 def _check_run(run_path: Path) -> int:
-    """The run's own training seed, once it is known the run can be retrained."""
-    if not (run_path / "run.json").is_file():
+    """The run's own training seed, once it is known the run can be retrained and its
+    copies compared with it."""
+    if not (run_path / MANIFEST).is_file():
         raise SeedAgreementError(f"no run at {run_path}")
-    status = read_manifest(run_path).get("stages", {}).get("evaluate", {}).get("status", "missing")
+    stages = read_manifest(run_path).get("stages", {})
+    status = stages.get("evaluate", {}).get("status", "missing")
+    if status == "skipped":
+        raise SeedAgreementError(
+            f"{run_path} has no evaluation (no benchmark was given); run `mneme evaluate RUN --benchmark SPEC` first"
+        )
     if status != "complete":
         raise SeedAgreementError(
             f"{run_path}: its evaluate stage is {status}; run the study to the end first (`mneme run STUDY.yaml`)"
@@ -96,7 +110,17 @@ def _check_run(run_path: Path) -> int:
             f"{run_path} has no activation store ({STORE_DIR}/); retraining needs it. A published or pulled run "
             "(the demo's, one from the hub) leaves it out: run this on the run that collected it"
         )
-    return run_config(run_path).training.seed
+    if (stages.get("train", {}).get("metrics") or {}).get("imported") is True:
+        raise SeedAgreementError(
+            f"{run_path} holds an imported cross-coder: it has no training seed of its own to compare others with"
+        )
+    cfg = run_config(run_path)
+    if any(part.strip().isdigit() for part in cfg.interpret.latents.split(",")):
+        raise SeedAgreementError(
+            f"{run_path} describes a fixed list of latent ids (interpret.latents: {cfg.interpret.latents}), which "
+            "name other features in a dictionary trained with another seed; set it to attributed or all first"
+        )
+    return cfg.training.seed
 
 
 def summarise(run_path: Path, seed: int) -> dict[str, Any]:
@@ -131,13 +155,16 @@ def _directions(record: dict[str, Any]) -> list[str]:
 def load(run_path: str | Path) -> dict[str, Any] | None:
     """The run's agreement record, or None where ``mneme seeds`` has not run; a damaged
     file is an error that names it."""
-    path = Path(run_path) / AGREEMENT_FILE
+    path = Path(run_path) / SEED_AGREEMENT_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-        _ = [row["seed"] for row in record["seeds"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        for row in record["seeds"]:
+            if not isinstance(row["seed"], int) or not all(isinstance(p, list) for p in row["predicted"].values()):
+                raise TypeError(f"seed row {row!r:.80} is not a seed with its predicted categories")
+        _ = record["run_seed"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SeedAgreementError(f"{path} is damaged ({exc}); run `mneme seeds RUN` again to rewrite it") from exc
     return record
 
@@ -185,6 +212,8 @@ def agreement_note(record: dict[str, Any], direction: str, run_path: str | Path 
     """One paragraph: which predictions every seed makes, which only some, and, given the
     run, whether the record still describes it."""
     n = len(record["seeds"])
+    if any(direction not in row["predicted"] for row in record["seeds"]):
+        return "Not measured in this direction: the run's evaluation did not hold it when `mneme seeds` ran."
     frame = agreement_frame(record, direction)
     every = frame.loc[frame["seeds"] == n, "category"].tolist()
     some = [f"{c} ({k} of {n})" for c, k in zip(frame["category"], frame["seeds"]) if k < n]
@@ -197,10 +226,19 @@ def agreement_note(record: dict[str, Any], direction: str, run_path: str | Path 
             if some
             else "",
         ]
-    recorded = record.get("latents_sha256")
-    if run_path is not None and recorded and recorded != latents_hash(run_path):
+    if run_path is not None and _changed_since(record, Path(run_path)):
         parts.append(
-            f"Measured on an earlier dictionary or reading of this run ({record.get('measured', 'date unknown')}): "
-            "its latent table changed since; run `mneme seeds` again."
+            f"Measured on an earlier state of this run ({record.get('measured', 'date unknown')}): its dictionary, "
+            "reading or evaluation changed since; run `mneme seeds` again on the run that collected it."
         )
     return " ".join(p for p in parts if p)
+
+
+def _changed_since(record: dict[str, Any], run_path: Path) -> bool:
+    """Whether the record's row for the run's own seed no longer matches the run (compared
+    on what a copied or published run keeps unchanged)."""
+    own = next((row for row in record["seeds"] if row["seed"] == record["run_seed"]), None)
+    if own is None:
+        return True
+    now = summarise(run_path, record["run_seed"])
+    return any(own.get(key) != now.get(key) for key in _OWN_STATE)

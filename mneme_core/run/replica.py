@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from mneme_core.common.errors import RunError
 from mneme_core.run.pipeline import override_section, run_config, run_study
 from mneme_core.run.store import (
@@ -22,6 +24,7 @@ from mneme_core.run.store import (
     REPLICAS_DIR,
     SEED_AGREEMENT_FILE,
     STAGES,
+    STORE_DIR,
     differing_keys,
     set_stage,
     update_manifest,
@@ -37,11 +40,24 @@ NOT_COPIED = (
     REPLICAS_DIR,
     LOCK_FILE,
     "confirmation*",
-    "triage.sqlite",
+    "triage.sqlite*",
     SEED_AGREEMENT_FILE,
     "*.partial",
+    "*.lock",
 )
-STORE_DIR = "activations"
+# the config sections read only after training, with the stage each is first read by: a
+# copy whose original changed one of these since is brought up to date from that stage
+# instead of being retrained
+READ_AFTER_TRAINING = {
+    "diffing": "diff",
+    "contexts": "contexts",
+    "interpret": "interpret",
+    "categories": "categories",
+    "evaluation": "evaluate",
+}
+# what collection reads: a copy from ``train`` on shares the store instead, so its identity
+# (the store's index) is compared rather than these sections' paths
+COLLECTED_FROM = ("models", "corpus", "activations")
 
 
 def replica(
@@ -55,15 +71,22 @@ def replica(
     """``copy``: ``run_path`` with its config changed by ``overrides`` (section -> changes)
     and every stage from ``first`` on re-run; the earlier stages' outputs (the activation
     store, when ``first`` is ``train``; the benchmark scores) are the original's. Resumes a
-    copy that was interrupted and returns a finished one as it is."""
+    copy that was interrupted, returns a finished one as it is, and re-reads one whose
+    original's reading settings changed since (``READ_AFTER_TRAINING``)."""
     if first not in RESTARTS:
         raise ValueError(f"a copy re-runs from one of {', '.join(RESTARTS)}, not {first!r}")
     run_path, copy = Path(run_path), Path(copy)
-    if (copy / MANIFEST).is_file():
-        _check_copy(run_path, copy, overrides)
-    else:
-        _make_copy(run_path, copy, overrides, first)
-    return run_study(run_config(copy), stages=STAGES[STAGES.index(first) :], progress=progress)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(copy) + ".lock"):  # two processes must not build one copy
+        if (copy / MANIFEST).is_file():
+            forced = _bring_up_to_date(run_path, copy, overrides, first)
+        elif copy.exists():
+            raise RunError(f"{copy} exists but holds no run; delete it, or give another place for the copy")
+        else:
+            _make_copy(run_path, copy, overrides, first)
+            forced = []
+        stages = STAGES[STAGES.index(first) :]
+        return run_study(run_config(copy), stages=stages, force=forced, progress=progress)
 
 
 def _make_copy(run_path: Path, copy: Path, overrides: dict[str, dict[str, Any]], first: str) -> None:
@@ -71,12 +94,14 @@ def _make_copy(run_path: Path, copy: Path, overrides: dict[str, dict[str, Any]],
     never looks like a run; every stage from ``first`` on is marked stale there."""
     partial = copy.with_name(copy.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    skipped = NOT_COPIED + ((STORE_DIR,) if first == "collect" else ())
-    shutil.copytree(run_path, partial, ignore=shutil.ignore_patterns(*skipped), copy_function=_link_store)
+    shutil.copytree(run_path, partial, ignore=shutil.ignore_patterns(*NOT_COPIED, STORE_DIR))
+    if first == "train":
+        _share_store(run_path / STORE_DIR, partial / STORE_DIR)
     config = run_config(run_path).to_dict()  # relative paths resolved from the original's folder
 
     def own_config(m: dict[str, Any]) -> None:
         m["config"] = {**config, "run_dir": str(copy)}
+        m["name"] = f"{m.get('name', run_path.name)} · {copy.name}"  # told apart where runs are listed
 
     update_manifest(partial, own_config)
     for section, changes in overrides.items():
@@ -86,29 +111,52 @@ def _make_copy(run_path: Path, copy: Path, overrides: dict[str, dict[str, Any]],
     partial.rename(copy)
 
 
-def _check_copy(run_path: Path, copy: Path, overrides: dict[str, dict[str, Any]]) -> None:
-    """A copy made before the original's settings changed (a re-read with other reading
-    settings, say) is not the original with ``overrides`` any more: refuse it by name
-    rather than mix two readings."""
+def _share_store(store: Path, into: Path) -> None:
+    """The original's activation store in the copy without a second copy of it: a
+    symbolic link where the store is one (it lives on another disk), else hard links to
+    its files (read-only once collected, and rewritten only atomically, which gives the
+    rewritten file a new inode and leaves the other side's alone)."""
+    if store.is_symlink():
+        into.symlink_to(store.resolve(), target_is_directory=True)
+        return
+    into.mkdir()
+    for path in store.iterdir():
+        try:
+            os.link(path, into / path.name)
+        except OSError as exc:
+            raise RunError(
+                f"cannot hard-link {path} into {into} ({exc.strerror}); put the copies on the run's own file "
+                "system (the default, inside the run) rather than copy its activation store"
+            ) from exc
+
+
+def _bring_up_to_date(run_path: Path, copy: Path, overrides: dict[str, dict[str, Any]], first: str) -> list[str]:
+    """The stages a finished copy must re-run so that it is still the original with
+    ``overrides``: re-apply reading settings the original changed since; refuse a copy
+    whose collection or training settings, or whose activation store, are not the
+    original's any more, rather than mix two studies."""
     want = run_config(run_path).to_dict()
     for section, changes in overrides.items():
         want[section] = {**want[section], **changes}
     have = run_config(copy).to_dict()
     differ = [k for k in differing_keys(want, have) if k != "run_dir"]
-    if differ:
+    if first == "train":
+        differ = [k for k in differ if k not in COLLECTED_FROM]
+        if _store_index(run_path) != _store_index(copy):
+            differ.append("the activation store (collected again since)")
+    reread = [k for k in differ if k in READ_AFTER_TRAINING]
+    refused = [k for k in differ if k not in READ_AFTER_TRAINING]
+    if refused:
         raise RunError(
-            f"{copy} was made with other settings than {run_path} has now (sections differ: {', '.join(differ)}); "
+            f"{copy} was made from other settings or data than {run_path} has now ({', '.join(refused)} differ); "
             "delete it to make it again"
         )
+    for section in reread:
+        override_section(copy, section, want[section])
+    return [READ_AFTER_TRAINING[k] for k in reread]
 
 
-def _link_store(src: str, dst: str) -> str:
-    """Hard-link the activation store's files (copy where links cannot be made: another
-    file system); copy everything else, which later stages may rewrite."""
-    if Path(src).parent.name == STORE_DIR:
-        try:
-            os.link(src, dst)
-            return dst
-        except OSError:
-            pass
-    return shutil.copy2(src, dst)
+def _store_index(run_path: Path) -> bytes:
+    """The activation store's index: which shards, tokens and settings it holds."""
+    path = run_path / STORE_DIR / "index.json"
+    return path.read_bytes() if path.is_file() else b""

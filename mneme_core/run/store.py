@@ -40,6 +40,7 @@ from mneme_core.run.model_files import changed_message, changed_models
 SCHEMA_VERSION = 1
 STAGES = ("collect", "train", "diff", "contexts", "interpret", "categories", "evaluate")
 LOCK_FILE = ".lock"
+STORE_DIR = "activations"  # the paired activation store (collect)
 REPLICAS_DIR = "seeds"  # a run's copies retrained with other seeds (`mneme seeds`), inside it
 SEED_AGREEMENT_FILE = "seed_agreement.json"  # what those copies predicted (evaluation.seeds)
 
