@@ -22,8 +22,6 @@ from mneme_core.views import explore
 from mneme_dashboard import ENTRY as APP
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo" / "rmu"
-UNDER_FLOOR_LATENT = 1861  # beta_state too_few_fires, stored attribution "unchanged"
-REPEATING_LATENT = 482  # three quantile samples show passages of its top contexts
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +29,25 @@ def demo(tmp_path_factory) -> Path:
     if not (DEMO / "run.json").is_file():
         pytest.skip("the bundled demo run is not in this checkout")
     return Path(shutil.copytree(DEMO, tmp_path_factory.mktemp("demo") / "rmu"))
+
+
+def under_floor_latent(run_path: Path) -> int:
+    """A described latent that fires, under the evidence floor, stored as "unchanged"
+    (chosen from the demo as built, so a rebuild that renumbers its latents keeps the test)."""
+    lat = open_run(run_path).latents
+    rows = lat[
+        (lat["beta_state"] == "too_few_fires")
+        & (lat["attribution"] == "unchanged")
+        & (lat["freq"] > 0)
+        & lat["description"].notna()
+    ]
+    return int(rows["latent"].iloc[0])
+
+
+def repeating_latent(run_path: Path) -> int:
+    """A latent some of whose quantile samples show passages of its top contexts."""
+    contexts = open_run(run_path).contexts()
+    return next(int(k) for k, ctx in contexts.groupby("latent") if len(explore.distinct_samples(ctx)) < len(ctx))
 
 
 def captions(at: AppTest) -> list[str]:
@@ -81,18 +98,20 @@ def test_overview_without_confirmation_says_nothing_about_it(tiny_run):
 
 
 def test_latent_under_the_evidence_floor_is_not_called_unchanged(demo):
-    row = explore.latent_row(open_run(demo).latents, UNDER_FLOOR_LATENT)
+    latent = under_floor_latent(demo)
+    row = explore.latent_row(open_run(demo).latents, latent)
     assert row["beta_state"] == "too_few_fires" and row["attribution"] == "unchanged"  # as stored
-    at = page(demo, "latent", latent=UNDER_FLOOR_LATENT)
+    at = page(demo, "latent", latent=latent)
     text = " ".join(m.value for m in at.markdown)
     assert "**too few fires to tell**" in text and "**unchanged**" not in text
     assert "no shift: too few firing tokens" in text and "± —" not in text
 
 
 def test_latent_page_drops_quantile_samples_that_repeat_a_top_context(demo):
-    ctx = open_run(demo).contexts(REPEATING_LATENT)
+    latent = repeating_latent(demo)
+    ctx = open_run(demo).contexts(latent)
     top = ctx[ctx["kind"] == "top"]
-    at = page(demo, "latent", latent=REPEATING_LATENT)
+    at = page(demo, "latent", latent=latent)
     shown = explore.distinct_samples(ctx)
     assert len(shown) < len(ctx)  # the demo holds repeats
     html_out = "".join(h.value for h in at.html)
