@@ -96,6 +96,17 @@ def resolve_run(runs: dict[str, str], wanted: str) -> str:
     return named[0] if len(named) == 1 else wanted
 
 
+def ambiguity(runs: dict[str, str], wanted: str) -> str | None:
+    """Why a ``?run=`` value that names no folder opened nothing, where the reason is that
+    several listed runs share its folder name (a link by name cannot tell them apart)."""
+    if Path(wanted).is_dir():
+        return None
+    labels = [label for label, path in runs.items() if Path(path).name == Path(wanted).name]
+    if len(labels) < 2:
+        return None
+    return f"?run={wanted} names {len(labels)} listed runs ({', '.join(labels)}); pick one in the sidebar"
+
+
 def selected_run_path() -> str | None:
     """The run named in the URL (``?run=``), else this session's, else the first found.
 
@@ -312,7 +323,7 @@ def current_run() -> Run:
     try:
         return _open(path, _mtime(path))
     except RunError as exc:
-        error_page(str(exc))
+        error_page(ambiguity(discover_runs(tuple(map(str, run_roots()))), path) or str(exc))
     except Exception as exc:  # a damaged table: say which and where, not a traceback
         error_page(f"{path} could not be read: {type(exc).__name__}: {exc}")
     raise AssertionError("unreachable")

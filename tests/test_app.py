@@ -9,6 +9,7 @@ triage form, and the error / empty-state pages for broken or incomplete runs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -375,6 +376,15 @@ def test_a_link_naming_the_run_folder_opens_it(run_copy, monkeypatch):
         assert Path(at.query_params["run"]).resolve() == run_copy.resolve()  # this server's own label
     at = page("no-such-run", "overview")
     assert at.title[0].value == "This run cannot be opened"
+
+
+def test_a_link_by_a_name_two_listed_runs_share_says_so(run_copy, tmp_path, monkeypatch):
+    twin = tmp_path / "elsewhere" / run_copy.name
+    shutil.copytree(run_copy, twin)
+    monkeypatch.setenv("MNEME_RUNS", os.pathsep.join([str(run_copy.parent), str(twin.parent)]))
+    at = page(run_copy.name, "overview")
+    assert at.title[0].value == "This run cannot be opened"
+    assert "names 2 listed runs" in at.error[0].value and "pick one in the sidebar" in at.error[0].value
 
 
 def test_remembered_filters_outside_the_runs_bounds_are_reset(run_copy):
