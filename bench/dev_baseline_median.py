@@ -22,16 +22,13 @@ Seconds once the pair is built (it is built first if missing, about 25 minutes).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dev_rmu import build_pair
+from dev_rmu import pair_from_command_line
 
 from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE, moved_more_p
-from mneme_core.collect.models import cache_root
 from mneme_core.common.embeddings import get_embedder
 from mneme_core.evaluation.evaluate import category_mapping, metrics
 from mneme_core.run.pipeline import run_config
@@ -54,11 +51,7 @@ def predict(diffs: pd.DataFrame, mapping: dict, universe: list[str], alpha: floa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
-    args = ap.parse_args()
-    work = args.work.resolve()
-    run = build_pair(work)[0]
+    work, run = pair_from_command_line(__doc__)
     cfg = run_config(run).evaluation
     record = json.loads((run / "evaluation.json").read_text())
     universe, T = record["universe"], record["T"]

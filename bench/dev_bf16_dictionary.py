@@ -30,15 +30,13 @@ about 25 minutes). It needs a CPU with native bf16; elsewhere bf16 runs many tim
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
-from dev_rmu import build_pair
+from dev_rmu import pair_from_command_line
 from dev_seeds import summary
 
-from mneme_core.collect.models import cache_root
 from mneme_core.common.hardware import cpu_bf16_speedup
 from mneme_core.run.reader import open_run
 from mneme_core.run.replica import replica
@@ -60,12 +58,8 @@ def seconds(run: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
-    args = ap.parse_args()
-    work = args.work.resolve()
+    work, pair = pair_from_command_line(__doc__)
     print(f"bf16 matmul on this CPU: {cpu_bf16_speedup():.2f}x float32")
-    pair = build_pair(work)[0]
     runs = {"float32": pair, "bfloat16": bf16_copy(pair, work)}
     rows = {p: summary(run) | quality(run) | {"seconds": seconds(run)} for p, run in runs.items()}
     f32, b16 = rows["float32"], rows["bfloat16"]

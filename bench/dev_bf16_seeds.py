@@ -27,26 +27,18 @@ About 25 minutes on 2 cores after scenario 12's runs (it builds what is missing)
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 from dev_bf16_dictionary import FVE_TOLERANCE, bf16_copy
 from dev_precision import ROW_HEAD, quality, row
-from dev_rmu import build_pair
+from dev_rmu import pair_from_command_line
 from dev_seeds import replicate, summary
-
-from mneme_core.collect.models import cache_root
 
 SEEDS = (0, 1, 2)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
-    args = ap.parse_args()
-    work = args.work.resolve()
-    f32_run = build_pair(work)[0]
+    work, f32_run = pair_from_command_line(__doc__)
     arms = {"float32": f32_run, "bfloat16": bf16_copy(f32_run, work)}
     runs = {
         arm: {seed: run if seed == 0 else replicate(run, seed, work / "bf16-seeds" / arm) for seed in SEEDS}

@@ -34,21 +34,18 @@ is one encoding pass over the stored tokens (a minute).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from dev_rmu import build_pair
+from dev_rmu import pair_from_command_line
 
 from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE
 from mneme_core.benchmarks.loaders import load_benchmark
 from mneme_core.collect.activations import ActivationStore
-from mneme_core.collect.models import cache_root
 from mneme_core.common.config import DiffingConfig
 from mneme_core.common.embeddings import get_embedder
 from mneme_core.demo.study import DEV
@@ -111,10 +108,7 @@ def context_moved(change: pd.DataFrame, cfg: DiffingConfig) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
-    args = ap.parse_args()
-    run = build_pair(args.work.resolve())[0]
+    work, run = pair_from_command_line(__doc__)
     cfg = run_config(run)
     model = BatchTopKCrossCoder.from_pretrained(run / "crosscoder").eval()
     change = context_change(model, ActivationStore(run / "activations"))
@@ -155,7 +149,7 @@ def main() -> None:
     new, old = rows[1], rows[0]
     wins = (new["f1"] or 0.0) > (old["f1"] or 0.0) and (new["precision"] or 0.0) >= 0.5
     print(f"chosen by the rule: {'context-moved latents' if wins else 'current reading'}")
-    (args.work / "contexts_reading.json").write_text(
+    (work / "contexts_reading.json").write_text(
         json.dumps({"delta_mean": ref, "n_moved": int(moved.sum()), "rows": rows, "adopted": wins}, indent=2)
     )
 

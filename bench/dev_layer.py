@@ -23,16 +23,14 @@ About 30 minutes on 2 cores once the pair is built (it is built first if missing
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from dev_precision import ROW_HEAD, quality, row
-from dev_rmu import build_pair
+from dev_rmu import pair_from_command_line
 from dev_seeds import replicate, summary
 
 from mneme_core.analysis.layers import scan_study
-from mneme_core.collect.models import cache_root
 from mneme_core.run.pipeline import run_config
 from mneme_core.run.replica import replica
 
@@ -47,11 +45,7 @@ def at_layer(run: Path, layer: int, work: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
-    args = ap.parse_args()
-    work = args.work.resolve()
-    middle = build_pair(work)[0]
+    work, middle = pair_from_command_line(__doc__)
     profile, current = scan_study(run_config(middle), SCAN_TOKENS, progress=False)
     largest = int(profile.loc[profile["rel_change"].idxmax(), "layer"])
     print(f"scan over {SCAN_TOKENS:,} tokens: largest change at layer {largest}; the demo's layer {current}")

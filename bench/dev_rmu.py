@@ -254,6 +254,15 @@ def build_pair(work: Path, **options: Any) -> tuple[Path, dict]:
     return work / "runs" / "rmu", summary
 
 
+def pair_from_command_line(doc: str) -> tuple[Path, Path]:
+    """For a development bench whose only option is ``--work``: that folder and the
+    development pair's run built (or resumed) in it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")
+    work = ap.parse_args().work.resolve()
+    return work, build_pair(work)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-rmu")

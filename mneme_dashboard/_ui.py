@@ -92,19 +92,22 @@ def resolve_run(runs: dict[str, str], wanted: str) -> str:
     there) still opens the run of that name here."""
     if wanted in runs or Path(wanted).is_dir():
         return runs.get(wanted, wanted)
-    named = [path for path in runs.values() if Path(path).name == Path(wanted).name]
-    return named[0] if len(named) == 1 else wanted
+    named = _named_like(runs, wanted)
+    return next(iter(named.values())) if len(named) == 1 else wanted
+
+
+def _named_like(runs: dict[str, str], wanted: str) -> dict[str, str]:
+    """The listed runs (label -> path) whose folder has the name ``wanted`` ends in."""
+    return {label: path for label, path in runs.items() if Path(path).name == Path(wanted).name}
 
 
 def ambiguity(runs: dict[str, str], wanted: str) -> str | None:
     """Why a ``?run=`` value that names no folder opened nothing, where the reason is that
     several listed runs share its folder name (a link by name cannot tell them apart)."""
-    if Path(wanted).is_dir():
+    named = {} if Path(wanted).is_dir() else _named_like(runs, wanted)
+    if len(named) < 2:
         return None
-    labels = [label for label, path in runs.items() if Path(path).name == Path(wanted).name]
-    if len(labels) < 2:
-        return None
-    return f"?run={wanted} names {len(labels)} listed runs ({', '.join(labels)}); pick one in the sidebar"
+    return f"?run={wanted} names {len(named)} listed runs ({', '.join(named)}); pick one in the sidebar"
 
 
 def selected_run_path() -> str | None:

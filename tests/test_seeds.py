@@ -17,6 +17,7 @@ from mneme_core.common.errors import RunError
 from mneme_core.evaluation import evaluate as ev
 from mneme_core.evaluation import seeds
 from mneme_core.run.pipeline import override_section, run_config
+from mneme_core.run.reader import open_run
 from mneme_core.run.replica import replica
 from mneme_core.run.store import REPLICAS_DIR, SEED_AGREEMENT_FILE, read_manifest
 
@@ -85,14 +86,14 @@ def test_agreement_counts_the_seeds_that_predict_each_category():
 
 def test_a_record_says_when_the_run_changed_since(measured, tmp_path):
     run, record = measured
-    assert "earlier state" not in seeds.agreement_note(record, "degraded", run)
+    assert "earlier state" not in seeds.agreement_note(record, "degraded", open_run(run))
     moved = tmp_path / "moved"  # a copy, e.g. published: the same run, the same record
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("activations", REPLICAS_DIR))
-    assert "earlier state" not in seeds.agreement_note(record, "degraded", moved)
+    assert "earlier state" not in seeds.agreement_note(record, "degraded", open_run(moved))
     evaluation = json.loads((moved / "evaluation.json").read_text())
     evaluation["directions"]["degraded"]["metrics"]["mneme"]["f1"] = 0.123  # evaluated again since
     (moved / "evaluation.json").write_text(json.dumps(evaluation))
-    assert "earlier state of this run" in seeds.agreement_note(record, "degraded", moved)
+    assert "earlier state of this run" in seeds.agreement_note(record, "degraded", open_run(moved))
     older = {
         **record,
         "seeds": [{**row, "predicted": {"degraded": row["predicted"]["degraded"]}} for row in record["seeds"]],

@@ -24,8 +24,9 @@ from mneme_core.common.atomic import atomic_write_json
 from mneme_core.common.errors import RunError
 from mneme_core.evaluation import evaluate as ev
 from mneme_core.run.pipeline import run_config
+from mneme_core.run.reader import Run, open_run
 from mneme_core.run.replica import replica
-from mneme_core.run.store import MANIFEST, REPLICAS_DIR, SEED_AGREEMENT_FILE, STORE_DIR, read_manifest
+from mneme_core.run.store import MANIFEST, REPLICAS_DIR, SEED_AGREEMENT_FILE, STORE_DIR
 
 DEFAULT_SEEDS = (1, 2)
 _QUALITY = ("fve_base", "fve_ft", "dead_fraction", "l0_over_k")
@@ -46,7 +47,7 @@ def measure(
     write and return the agreement record (``seed_agreement.json`` in the run). The record
     holds the run's own seed and the seeds of this call."""
     run_path = Path(run_path)
-    own_seed = _check_run(run_path)
+    run, own_seed = _check_run(run_path)
     others = [s for s in dict.fromkeys(seeds) if s != own_seed]
     if not others:
         raise SeedAgreementError(f"give seeds other than the run's own ({own_seed}), e.g. --seeds 1,2")
@@ -58,7 +59,7 @@ def measure(
     record = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_seed": own_seed,
-        "seeds": [summarise(run_path, own_seed)] + [summarise(path, seed) for seed, path in copies.items()],
+        "seeds": [summarise(run, own_seed)] + [summarise(open_run(path), seed) for seed, path in copies.items()],
         "copies": {str(seed): _named_from(run_path, path) for seed, path in copies.items()},
     }
     atomic_write_json(run_path / SEED_AGREEMENT_FILE, record)
@@ -90,13 +91,13 @@ def _named_from(run_path: Path, path: Path) -> str:
         return str(path)
 
 
-def _check_run(run_path: Path) -> int:
-    """The run's own training seed, once it is known the run can be retrained and its
-    copies compared with it."""
+def _check_run(run_path: Path) -> tuple[Run, int]:
+    """The run and its own training seed, once it is known the run can be retrained and
+    its copies compared with it."""
     if not (run_path / MANIFEST).is_file():
         raise SeedAgreementError(f"no run at {run_path}")
-    stages = read_manifest(run_path).get("stages", {})
-    status = stages.get("evaluate", {}).get("status", "missing")
+    run = open_run(run_path)
+    status = run.stage_status("evaluate")
     if status == "skipped":
         raise SeedAgreementError(
             f"{run_path} has no evaluation (no benchmark was given); run `mneme evaluate RUN --benchmark SPEC` first"
@@ -110,7 +111,7 @@ def _check_run(run_path: Path) -> int:
             f"{run_path} has no activation store ({STORE_DIR}/); retraining needs it. A published or pulled run "
             "(the demo's, one from the hub) leaves it out: run this on the run that collected it"
         )
-    if (stages.get("train", {}).get("metrics") or {}).get("imported") is True:
+    if run.stage_metrics("train").get("imported") is True:
         raise SeedAgreementError(
             f"{run_path} holds an imported cross-coder: it has no training seed of its own to compare others with"
         )
@@ -120,17 +121,15 @@ def _check_run(run_path: Path) -> int:
             f"{run_path} describes a fixed list of latent ids (interpret.latents: {cfg.interpret.latents}), which "
             "name other features in a dictionary trained with another seed; set it to attributed or all first"
         )
-    return cfg.training.seed
+    return run, cfg.training.seed
 
 
-def summarise(run_path: Path, seed: int) -> dict[str, Any]:
+def summarise(run: Run, seed: int) -> dict[str, Any]:
     """One seed's row: its dictionary's quality, how many latents it attributed, and the
     categories it predicts in each direction with MNEME's scores there."""
-    manifest = read_manifest(run_path)
-    trained = manifest.get("stages", {}).get("train", {}).get("metrics", {}) or {}
-    record = json.loads((run_path / "evaluation.json").read_text())
-    latents = pd.read_parquet(run_path / "latents.parquet", columns=["attribution"])
-    counts = latents["attribution"].value_counts()
+    trained = run.stage_metrics("train")
+    record = run.evaluation or {}
+    counts = run.latents["attribution"].value_counts()
     return {
         "seed": seed,
         **{key: trained.get(key) for key in _QUALITY},
@@ -208,7 +207,7 @@ def not_measured_note(run_path: str | Path) -> str:
     )
 
 
-def agreement_note(record: dict[str, Any], direction: str, run_path: str | Path | None = None) -> str:
+def agreement_note(record: dict[str, Any], direction: str, run: Run | None = None) -> str:
     """One paragraph: which predictions every seed makes, which only some, and, given the
     run, whether the record still describes it."""
     n = len(record["seeds"])
@@ -226,7 +225,7 @@ def agreement_note(record: dict[str, Any], direction: str, run_path: str | Path 
             if some
             else "",
         ]
-    if run_path is not None and _changed_since(record, Path(run_path)):
+    if run is not None and _changed_since(record, run):
         parts.append(
             f"Measured on an earlier state of this run ({record.get('measured', 'date unknown')}): its dictionary, "
             "reading or evaluation changed since; run `mneme seeds` again on the run that collected it."
@@ -234,11 +233,11 @@ def agreement_note(record: dict[str, Any], direction: str, run_path: str | Path 
     return " ".join(p for p in parts if p)
 
 
-def _changed_since(record: dict[str, Any], run_path: Path) -> bool:
+def _changed_since(record: dict[str, Any], run: Run) -> bool:
     """Whether the record's row for the run's own seed no longer matches the run (compared
     on what a copied or published run keeps unchanged)."""
     own = next((row for row in record["seeds"] if row["seed"] == record["run_seed"]), None)
     if own is None:
         return True
-    now = summarise(run_path, record["run_seed"])
+    now = summarise(run, record["run_seed"])
     return any(own.get(key) != now.get(key) for key in _OWN_STATE)

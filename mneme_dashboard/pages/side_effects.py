@@ -218,7 +218,7 @@ except seeds.SeedAgreementError as exc:
 if agreement is None:
     st.caption(seeds.not_measured_note(run.path))
 else:
-    st.caption(seeds.agreement_note(agreement, direction, run.path))
+    st.caption(seeds.agreement_note(agreement, direction, run))
     agreed_col, quality_col = st.columns([2, 3])
     agreed_col.dataframe(
         seeds.agreement_frame(agreement, direction),
