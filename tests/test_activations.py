@@ -224,45 +224,33 @@ def test_reuse_base_halves_from_an_earlier_collection(study, tmp_path):
         collect(other_layer, cfg.corpus, act, tmp_path / "third", progress=False)
 
 
-TORCHRUN_SCRIPT = """
-import json, sys
-import torch.distributed as dist
-from mneme_core.collect.activations import run_stage
-from mneme_core.common.config import load_config
-from mneme_core.run.store import init_run
-dist.init_process_group("gloo")
-cfg = load_config(json.loads(sys.argv[1]))
-if dist.get_rank() == 0:
-    init_run(cfg.run_path, cfg.to_dict())
-dist.barrier()
-run_stage(cfg, cfg.run_path, progress=False)
-dist.destroy_process_group()
-"""
-
-
-@pytest.mark.slow
-def test_torchrun_two_ranks_collect_the_same_activations(study, tmp_path):
-    """Under torchrun (gloo, CPU) each rank collects its contexts; rank 0 writes the index."""
-    import json
+def test_torchrun_two_ranks_collect_the_same_activations_through_the_cli(study, tmp_path):
+    """The README's command, ``torchrun --nproc_per_node 2 -m mneme_core.cli collect STUDY.yaml``
+    (gloo, CPU): the stage joins the process group itself, each rank collects its contexts, and
+    rank 0 writes the index only after the other rank finished (no barrier, and rank 0 would
+    find rank 1's shards missing whenever it finished first)."""
     import subprocess
     import sys
 
+    from mneme_core.common.config import dump_config
+
     cfg, _, reference = study
-    script = tmp_path / "collect.py"
-    script.write_text(TORCHRUN_SCRIPT)
-    plain = cfg.to_dict() | {"run_dir": str(tmp_path / "run")}
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), json.dumps(plain)],
-        check=True,
-        env=env,
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(dump_config(dataclasses.replace(cfg, run_dir=str(tmp_path / "run"))))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "mneme_core.cli", "collect", str(study_file)],
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
         timeout=600,
         capture_output=True,
+        text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
     store = ActivationStore(tmp_path / "run" / "activations")
     assert {s["rank"] for s in store.shards} == {0, 1} and store.n_tokens == reference.n_tokens
     order = lambda s: np.argsort(s.context_ids * 10_000 + s.positions, kind="stable")  # noqa: E731
     assert torch.equal(store.read()[order(store)], reference.read()[order(reference)])
+    assert read_manifest(tmp_path / "run")["stages"]["collect"]["status"] == "complete"
 
 
 def test_massive_activation_tokens_are_dropped_by_the_base_norm_and_counted(study, tmp_path):

@@ -22,8 +22,9 @@ Layout of ``activations/``::
 
 Each shard is written atomically, so a killed collection keeps every finished shard and a
 rerun skips them (it re-tokenises, which is cheap, but never re-runs the models on them).
-Under ``torchrun`` rank r collects contexts r, r + W, r + 2W, ... into its own shards and
-rank 0 writes the index once every rank is done.
+Under ``torchrun`` the stage joins the process group (one process per GPU, each on its own
+GPU), rank r collects contexts r, r + W, r + 2W, ... into its own shards, and rank 0 writes
+the index once every rank is done.
 
 Reading never holds more than a bounded number of shards in memory.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +58,7 @@ from mneme_core.collect.models import (
     load_model_pair,
     load_tokenizer,
     model_provenance,
+    resolve_device,
     truncated_forward,
     validate_pair,
 )
@@ -68,6 +69,7 @@ from mneme_core.common.config import (
     ModelsConfig,
     StudyConfig,
 )
+from mneme_core.common.distributed import join_process_group
 from mneme_core.run.store import add_provenance, differing_keys
 
 FORMAT = "mneme-activations-1"
@@ -676,16 +678,10 @@ def collection_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
     return pair
 
 
-def _dist_rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Collect stage: ``run_path/activations/`` from the study's models and corpus."""
     run_path = Path(run_path)
-    rank, world_size = _dist_rank()
+    rank, world_size = join_process_group(resolve_device(cfg.models.device))
     metrics = collect(
         cfg.models,
         cfg.corpus,

@@ -34,6 +34,7 @@ identical on every rank.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -55,6 +56,7 @@ from mneme_core.common.config import (
     StudyConfig,
     TrainingConfig,
 )
+from mneme_core.common.distributed import join_process_group, local_cuda_device
 from mneme_core.dictionary.crosscoder import (
     BatchTopKCrossCoder,
     CrossCoderFileError,
@@ -159,21 +161,27 @@ class _Dist:
 
 def _distribution(device: str | torch.device | None) -> _Dist:
     """Join the process group ``torchrun`` describes (if any) and pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
     want_cuda = (device is None or str(device) in ("auto", "cuda")) and torch.cuda.is_available()
     if device is not None and str(device) not in ("auto", "cuda"):
         dev = torch.device(device)
     elif want_cuda:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device())
+        dev = local_cuda_device()
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return _Dist(dist.get_rank() if world > 1 else 0, world, dev)
+    rank, world = join_process_group(dev)
+    return _Dist(rank, world, dev)
+
+
+def _data_parallel(module: nn.Module) -> nn.Module:
+    """DDP without syncing buffers on every forward: the cross-coder's buffers (normalisation
+    scale, threshold) are equal on every rank and fixed while training. torch 2.13 renamed
+    that switch and warns on the old name, which older releases still need."""
+    ddp = nn.parallel.DistributedDataParallel
+    switch = (
+        "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    )
+    options: dict[str, Any] = {switch: False}
+    return ddp(module, **options)
 
 
 class _LossModule(nn.Module):
@@ -338,7 +346,7 @@ def train_crosscoder(
 
     step_fn: nn.Module = _LossModule(model)  # or its DDP wrapper
     if dd.world > 1:
-        step_fn = nn.parallel.DistributedDataParallel(step_fn, broadcast_buffers=False)
+        step_fn = _data_parallel(step_fn)
 
     bar = _progress_bar(plan, state, enabled=progress and dd.main)
     start_step, t0 = state.step, time.perf_counter()
