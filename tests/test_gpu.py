@@ -129,3 +129,14 @@ def test_confirmation_on_the_gpu_gives_the_cpu_verdicts(tmp_path):
     np.testing.assert_allclose(a["mass"], b["mass"], rtol=1e-4)
     assert a["status"].tolist() == b["status"].tolist()
     assert set(a.loc[a["status"] == cv.CONFIRMED, "category"]) == {"planted"}
+
+
+def test_a_gpu_index_this_machine_lacks_is_refused_with_the_fix():
+    """``models.device: cuda:N`` past the visible GPUs: one line naming the count, not a raw
+    CUDA "invalid device ordinal" from inside a stage."""
+    from mneme_core.collect.models import ModelError, resolve_device
+
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ModelError, match="GPU\\(s\\) here .*CUDA_VISIBLE_DEVICES"):
+        resolve_device(missing)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)

@@ -241,6 +241,11 @@ def resolve_device(device: str = "auto") -> torch.device:
             f"models.device is {device!r} but torch sees no CUDA GPU on this machine: run this stage "
             "where there is one, or set models.device to auto or cpu"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(
+            f"models.device is {device!r} but torch sees {torch.cuda.device_count()} GPU(s) here "
+            "(check CUDA_VISIBLE_DEVICES): name one of them, or set models.device to cuda or auto"
+        )
     return dev
 
 

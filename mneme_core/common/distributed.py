@@ -20,9 +20,17 @@ from __future__ import annotations
 import atexit
 import os
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from mneme_core.common.errors import RunError
+
+# How long a rank waits for the others at a collective before the group gives up. Long,
+# because collection ends in a barrier: a resumed rank whose shards are all on disk already
+# waits there for ranks that may still have hours of contexts to run.
+_GROUP_TIMEOUT = timedelta(hours=24)
 
 # long enough for a worker thread between "collective finished" and "released" (microseconds
 # of work, plus a descheduling on a loaded machine) to take the GIL and finish
@@ -38,9 +46,15 @@ def launched_world_size() -> int:
 
 def local_cuda_device() -> torch.device:
     """This process's GPU: ``LOCAL_RANK`` under ``torchrun``, else the current one."""
-    if launched_world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cuda", torch.cuda.current_device())
+    if launched_world_size() <= 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if local >= torch.cuda.device_count():
+        raise RunError(
+            f"torchrun started local rank {local} but torch sees {torch.cuda.device_count()} GPU(s) here: "
+            "start one process per visible GPU (--nproc_per_node), or set models.device to cpu"
+        )
+    return torch.device("cuda", local)
 
 
 def join_process_group(device: torch.device) -> tuple[int, int]:
@@ -50,13 +64,24 @@ def join_process_group(device: torch.device) -> tuple[int, int]:
     this process's current device (a bare ``"cuda"`` means its ``LOCAL_RANK`` GPU), so the
     models a stage then loads onto ``"cuda"`` land on this rank's own GPU.
     """
-    if device.type == "cuda":
-        torch.cuda.set_device(device if device.index is not None else local_cuda_device())
     world = launched_world_size()
+    if device.type == "cuda":
+        own = local_cuda_device()
+        if world > 1 and device.index is not None and device.index != own.index:
+            raise RunError(
+                f"models.device names one GPU ({device}) but torchrun started {world} processes, and this "
+                f"one's GPU is {own}: set models.device to cuda or auto, so that each rank takes its own"
+            )
+        device = device if device.index is not None else own
+        torch.cuda.set_device(device)
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=_GROUP_TIMEOUT,
+            device_id=device if device.type == "cuda" else None,
+        )
         atexit.register(_leave_process_group)
     return dist.get_rank(), world
 

@@ -175,7 +175,8 @@ def _distribution(device: str | torch.device | None) -> _Dist:
 def _data_parallel(module: nn.Module) -> nn.Module:
     """DDP without syncing buffers on every forward: the cross-coder's buffers (normalisation
     scale, threshold) are equal on every rank and fixed while training. torch 2.13 renamed
-    that switch and warns on the old name, which older releases still need."""
+    that switch and warns on the old name, which older releases still need; the new one
+    still broadcasts the buffers once when DDP is built, which changes nothing here."""
     ddp = nn.parallel.DistributedDataParallel
     switch = (
         "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
