@@ -681,7 +681,7 @@ def collection_pair(models_cfg: ModelsConfig, forward_dtype: str) -> ModelPair:
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Collect stage: ``run_path/activations/`` from the study's models and corpus."""
     run_path = Path(run_path)
-    rank, world_size = join_process_group(resolve_device(cfg.models.device))
+    rank, world_size, _ = join_process_group(resolve_device(cfg.models.device))
     metrics = collect(
         cfg.models,
         cfg.corpus,

@@ -44,7 +44,7 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def local_cuda_device() -> torch.device:
+def _local_cuda_device() -> torch.device:
     """This process's GPU: ``LOCAL_RANK`` under ``torchrun``, else the current one."""
     if launched_world_size() <= 1:
         return torch.device("cuda", torch.cuda.current_device())
@@ -57,16 +57,18 @@ def local_cuda_device() -> torch.device:
     return torch.device("cuda", local)
 
 
-def join_process_group(device: torch.device) -> tuple[int, int]:
-    """``(rank, world_size)`` of this process, joining ``torchrun``'s group if not yet joined.
+def join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)`` of this process, joining ``torchrun``'s group if not yet
+    joined.
 
-    ``device`` is where this rank computes: NCCL for a GPU, gloo for the CPU. A GPU becomes
-    this process's current device (a bare ``"cuda"`` means its ``LOCAL_RANK`` GPU), so the
-    models a stage then loads onto ``"cuda"`` land on this rank's own GPU.
+    ``device`` is where this rank computes (``collect.models.resolve_device``): NCCL for a
+    GPU, gloo for the CPU. A bare ``"cuda"`` becomes this rank's GPU (``LOCAL_RANK``, or the
+    current one outside torchrun), which is returned and made the current device, so the
+    models a stage then loads onto ``"cuda"`` land on it too.
     """
     world = launched_world_size()
     if device.type == "cuda":
-        own = local_cuda_device()
+        own = _local_cuda_device()
         if world > 1 and device.index is not None and device.index != own.index:
             raise RunError(
                 f"models.device names one GPU ({device}) but torchrun started {world} processes, and this "
@@ -75,7 +77,7 @@ def join_process_group(device: torch.device) -> tuple[int, int]:
         device = device if device.index is not None else own
         torch.cuda.set_device(device)
     if world <= 1:
-        return 0, 1
+        return 0, 1, device
     if not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
@@ -83,7 +85,7 @@ def join_process_group(device: torch.device) -> tuple[int, int]:
             device_id=device if device.type == "cuda" else None,
         )
         atexit.register(_leave_process_group)
-    return dist.get_rank(), world
+    return dist.get_rank(), world, device
 
 
 def _leave_process_group() -> None:

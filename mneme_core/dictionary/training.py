@@ -56,7 +56,7 @@ from mneme_core.common.config import (
     StudyConfig,
     TrainingConfig,
 )
-from mneme_core.common.distributed import join_process_group, local_cuda_device
+from mneme_core.common.distributed import join_process_group
 from mneme_core.dictionary.crosscoder import (
     BatchTopKCrossCoder,
     CrossCoderFileError,
@@ -160,15 +160,11 @@ class _Dist:
 
 
 def _distribution(device: str | torch.device | None) -> _Dist:
-    """Join the process group ``torchrun`` describes (if any) and pick this rank's device."""
-    want_cuda = (device is None or str(device) in ("auto", "cuda")) and torch.cuda.is_available()
-    if device is not None and str(device) not in ("auto", "cuda"):
-        dev = torch.device(device)
-    elif want_cuda:
-        dev = local_cuda_device()
-    else:
-        dev = torch.device("cpu")
-    rank, world = join_process_group(dev)
+    """Join the process group ``torchrun`` describes (if any) and pick this rank's device
+    (``None``: "auto", this rank's GPU where there is one)."""
+    from mneme_core.collect.models import resolve_device
+
+    rank, world, dev = join_process_group(resolve_device(str(device or "auto")))
     return _Dist(rank, world, dev)
 
 
