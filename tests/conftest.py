@@ -15,6 +15,9 @@ Session fixtures:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,23 @@ from tiny import (  # tests/ is on sys.path (rootdir conftest)
     save_tiny_pair,
     write_tiny_corpus,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun_cli(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N -m mneme_core.cli ARGS`` as the README runs it, on CPU
+    ranks (gloo) even on a GPU machine, where one GPU cannot host two NCCL ranks."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        + ["-m", "mneme_core.cli", *args],
+        env=os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+
 
 # Per-subject before/after scores for the tiny study's evaluate stage (MMLU subject
 # names, like the categories taxonomy); the numbers only need to be well-formed.

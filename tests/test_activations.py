@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_cli
 from tiny import save_model, tiny_llama, tiny_tokenizer
 
 from mneme_core.collect.activations import (
@@ -22,8 +22,6 @@ from mneme_core.collect.corpus import excluded_token_ids, iter_contexts
 from mneme_core.collect.models import ModelError, load_model_pair, truncated_forward
 from mneme_core.common.config import load_config
 from mneme_core.run.store import init_run, read_manifest
-
-REPO = Path(__file__).resolve().parents[1]
 
 LAYER = 2
 
@@ -232,24 +230,12 @@ def test_torchrun_two_ranks_collect_the_same_activations_through_the_cli(study, 
     (two gloo ranks on the CPU): the stage joins the process group itself, each rank collects its contexts, and
     rank 0 writes the index only after the other rank finished (no barrier, and rank 0 would
     find rank 1's shards missing whenever it finished first)."""
-    import subprocess
-    import sys
-
     from mneme_core.common.config import dump_config
 
     cfg, _, reference = study
     study_file = tmp_path / "study.yaml"
     study_file.write_text(dump_config(dataclasses.replace(cfg, run_dir=str(tmp_path / "run"))))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "mneme_core.cli", "collect", str(study_file)],
-        # two CPU ranks (gloo) even on a GPU machine: one GPU cannot host two NCCL ranks
-        env=os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)},
-        cwd=REPO,
-        timeout=600,
-        capture_output=True,
-        text=True,
-    )
+    proc = torchrun_cli(["collect", str(study_file)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     store = ActivationStore(tmp_path / "run" / "activations")
     assert {s["rank"] for s in store.shards} == {0, 1} and store.n_tokens == reference.n_tokens

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY_BENCHMARK, tiny_study_dict
+from conftest import TINY_BENCHMARK, tiny_study_dict, torchrun_cli
 
 from mneme_core import cli, open_run
+from mneme_core.collect.activations import ActivationStore
 from mneme_core.common.errors import RunError
 from mneme_core.run.pipeline import StageError, override_section, run_config, run_study
 from mneme_core.run.store import STAGES, read_manifest
@@ -146,6 +147,36 @@ def test_force_reruns_the_stage_and_later_ones_only(run_copy):
     after = _stage_times(run_copy)
     assert after["evaluate"] != before["evaluate"]
     assert {s: after[s] for s in STAGES[:6]} == {s: before[s] for s in STAGES[:6]}
+
+
+def test_under_torchrun_only_rank_0_runs_the_stages_after_training(run_copy, monkeypatch):
+    """A second rank takes part in collection and training only; the later stages read the
+    whole run in one process, and a second rank re-running them would write the same files
+    twice. Forced here, so a rank that ran them would rewrite their outputs."""
+    outputs = [run_copy / f for f in ("latents.parquet", "contexts.parquet", "evaluation.json")]
+    before = [p.stat().st_mtime_ns for p in outputs], _stage_times(run_copy)
+    time.sleep(1.1)  # manifest times have one-second resolution
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_study(run_config(run_copy), stages=STAGES[2:], force=True, progress=False)
+    assert ([p.stat().st_mtime_ns for p in outputs], _stage_times(run_copy)) == before
+    monkeypatch.setenv("RANK", "0")
+    run_study(run_config(run_copy), stages=["evaluate"], force=True, progress=False)
+    assert (run_copy / "evaluation.json").stat().st_mtime_ns != before[0][2]
+
+
+def test_torchrun_runs_the_whole_study_through_the_cli(tmp_path, tiny_model_dirs, tiny_corpus, tiny_benchmark):
+    """``torchrun --nproc_per_node 2 -m mneme_core.cli run STUDY.yaml``: both ranks collect
+    and train, rank 0 alone runs the rest, and the study ends complete."""
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run", tiny_benchmark)))
+    proc = torchrun_cli(["-q", "run", str(study)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = open_run(tmp_path / "run")
+    shards = ActivationStore(tmp_path / "run" / "activations").shards
+    assert run.missing_stages() == [] and {s["rank"] for s in shards} == {0, 1}
+    assert run.stage_metrics("train")["world_size"] == 2
+    assert run.evaluation["P"] is not None and run.latents["category"].notna().any()
 
 
 def test_evaluate_command_overrides_the_benchmark(run_copy, tmp_path, capsys):

@@ -12,8 +12,10 @@ and forcing a stage re-runs it *and every later selected stage*, because their i
 changed. An imported cross-coder (``mneme import-crosscoder``) is the one exception: it does
 not come from the stages before it, so it stays complete when they re-run.
 
-Under ``torchrun`` every rank calls the stage (collection and training are distributed);
-only rank 0 writes stage status.
+Under ``torchrun`` every rank runs collection and training, which are distributed
+(``DISTRIBUTED_STAGES``); the later stages read the whole run in one process, so they run on
+rank 0 alone and the other ranks end after training. ``torchrun ... mneme run STUDY.yaml`` is
+therefore the whole study. Only rank 0 writes stage status.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from mneme_core.run.store import (
     update_manifest,
 )
 
+# the stages every torchrun rank takes part in; the others are rank 0's alone
+DISTRIBUTED_STAGES = ("collect", "train")
 STAGE_MODULES = {
     "collect": "mneme_core.collect.activations",
     "train": "mneme_core.dictionary.training",
@@ -168,6 +172,8 @@ def run_study(
         return run_path
     _check_prerequisites(run_path, selected)
     for stage in selected:
+        if stage not in DISTRIBUTED_STAGES and not _is_main_process():
+            continue  # two ranks would each redo it and write the same files
         keep = stage not in forced or (stage not in named and _imported(run_path, stage))
         if keep and _status(run_path, stage) == "complete":
             continue
