@@ -53,20 +53,22 @@ def _stage_list(text: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import run_study
+    from mneme_core.run.pipeline import is_main_process, run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=args.stages, force=args.force or False, progress=not args.quiet)
-    print(f"run ready: {path}")
+    if is_main_process():  # under torchrun the other ranks end after training
+        print(f"run ready: {path}")
     return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import run_study
+    from mneme_core.run.pipeline import is_main_process, run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=[args.command], force=args.force, progress=not args.quiet)
-    print(f"stage {args.command} complete: {path}")
+    if is_main_process():  # one report for all ranks
+        print(f"stage {args.command} complete: {path}")
     return 0
 
 

@@ -172,6 +172,7 @@ def test_torchrun_runs_the_whole_study_through_the_cli(tmp_path, tiny_model_dirs
     study.write_text(yaml.safe_dump(tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run", tiny_benchmark)))
     proc = torchrun_cli(["-q", "run", str(study)])
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("run ready:") == 1, proc.stdout  # rank 0 reports, once
     run = open_run(tmp_path / "run")
     shards = ActivationStore(tmp_path / "run" / "activations").shards
     assert run.missing_stages() == [] and {s["rank"] for s in shards} == {0, 1}

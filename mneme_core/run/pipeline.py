@@ -63,7 +63,8 @@ class StageError(RunError):
     """A stage failed; the manifest records it as failed with this message."""
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, and every process outside it: the one that writes and reports."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -119,7 +120,7 @@ def _skip_reason(cfg: StudyConfig, run_path: Path, stage: str) -> str:
 
 
 def _run_one(cfg: StudyConfig, run_path: Path, stage: str, progress: bool) -> dict[str, Any]:
-    main = _is_main_process()
+    main = is_main_process()
     reason = _skip_reason(cfg, run_path, stage)
     if reason:
         if main:
@@ -166,13 +167,13 @@ def run_study(
     named = set(selected) if force is True else set(force or ())  # forced by name, not as a later stage
     run_path = cfg.run_path
     init_run(run_path, cfg.to_dict(), model_files=model_prints(cfg.models))
-    if _is_main_process():
+    if is_main_process():
         atomic_write_bytes(run_path / "config.yaml", dump_config(cfg).encode())
     if not selected:
         return run_path
     _check_prerequisites(run_path, selected)
     for stage in selected:
-        if stage not in DISTRIBUTED_STAGES and not _is_main_process():
+        if stage not in DISTRIBUTED_STAGES and not is_main_process():
             continue  # two ranks would each redo it and write the same files
         keep = stage not in forced or (stage not in named and _imported(run_path, stage))
         if keep and _status(run_path, stage) == "complete":
@@ -197,7 +198,7 @@ def mark_later_stale(run_path: Path, stage: str) -> None:
     built on what is about to change. Stale is not complete, so `mneme run` redoes them and
     the dashboard says so, instead of showing, say, a prediction from old categories.
     Imported outputs stay complete (``_imported``)."""
-    if not _is_main_process():
+    if not is_main_process():
         return
     for later in STAGES[STAGES.index(stage) + 1 :]:
         if _status(run_path, later) == "complete" and not _imported(run_path, later):
