@@ -39,8 +39,8 @@ studies, and the demo's committed runs are re-read with it once (``mneme demo
 
     python bench/dev_strong.py [--work ~/.cache/mneme/dev-strong]
 
-Builds both pairs first if they are not there (about an hour on 2 cores, resumable); the
-seed copy takes about 10 minutes and the readings a few minutes a run.
+Builds both pairs first if they are not there (36 minutes on 2 cores, resumable); the seed
+copy takes about 10 minutes and the readings a few minutes a run.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,7 @@ def firing_profiles(
     return pd.DataFrame(share[:, :-1], columns=universe)
 
 
-def readings(run: Path) -> dict:
+def readings(run: Path) -> dict[str, Any]:
     """Every reading's prediction and metrics on one trained run."""
     cfg = run_config(run)
     latents = pd.read_parquet(run / "latents.parquet").sort_values("latent").reset_index(drop=True)
@@ -207,7 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=cache_root() / "dev-strong")
     work = ap.parse_args().work.resolve()
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for name, run in build(work).items():
         results[name] = r = readings(run)
         tr = json.loads((run / "run.json").read_text())["stages"]["train"]["metrics"]

@@ -53,7 +53,8 @@ def _stage_list(text: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import is_main_process, run_study
+    from mneme_core.common.distributed import is_main_process
+    from mneme_core.run.pipeline import run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=args.stages, force=args.force or False, progress=not args.quiet)
@@ -63,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import is_main_process, run_study
+    from mneme_core.common.distributed import is_main_process
+    from mneme_core.run.pipeline import run_study
 
     cfg = load_config(args.study)
     path = run_study(cfg, stages=[args.command], force=args.force, progress=not args.quiet)
@@ -579,9 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands every torchrun rank takes part in (the stages decide which ranks run what); any
+# other command runs on rank 0 alone
+TORCHRUN_COMMANDS = frozenset({"run", *PER_STAGE_COMMANDS})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in TORCHRUN_COMMANDS and "RANK" in os.environ:  # torch is imported only then
+        from mneme_core.common.distributed import is_main_process
+
+        if not is_main_process():
+            return 0  # a second torchrun rank would redo a one-process command into the same files
     try:
         return args.fn(args)
     except USER_ERRORS as exc:

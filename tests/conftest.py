@@ -31,18 +31,30 @@ from tiny import (  # tests/ is on sys.path (rootdir conftest)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun_cli(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node N -m mneme_core.cli ARGS`` as the README runs it, on CPU
-    ranks (gloo) even on a GPU machine, where one GPU cannot host two NCCL ranks."""
+def torchrun_cli(
+    args: list[str], nproc: int = 2, entry: list[str] | None = None, log_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node N -m mneme_core.cli ARGS`` as the README runs it (``entry``
+    replaces ``-m mneme_core.cli``), on CPU ranks (gloo) even on a GPU machine, where one GPU
+    cannot host two NCCL ranks. With ``log_dir`` each rank's output goes to its own files
+    there (``rank_logs``)."""
+    logs = ["--log-dir", str(log_dir), "--redirects", "3"] if log_dir is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-        + ["-m", "mneme_core.cli", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *logs]
+        + (entry or ["-m", "mneme_core.cli"])
+        + args,
         env=os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)},
         cwd=REPO,
         timeout=600,
         capture_output=True,
         text=True,
     )
+
+
+def rank_logs(log_dir: Path, rank: int) -> tuple[str, str]:
+    """(stdout, stderr) of one rank of a ``torchrun_cli(..., log_dir=...)`` call."""
+    (folder,) = log_dir.glob(f"*/attempt_0/{rank}")
+    return (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
 
 
 # Per-subject before/after scores for the tiny study's evaluate stage (MMLU subject

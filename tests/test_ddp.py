@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun_cli
 
 from mneme_core.common.config import CrossCoderConfig, TrainingConfig
 from mneme_core.dictionary.synthetic import match_features, planted_activations
 from mneme_core.dictionary.training import train_crosscoder
 
-REPO = Path(__file__).resolve().parents[1]
 # Amplified features are left out here: in so small a study BatchTopK often shares one
 # between two co-firing latents (a flat direction of the loss), which would make "the same
 # features recovered" a coin toss unrelated to distribution. test_training covers them.
@@ -81,25 +77,7 @@ def test_two_processes_train_like_one(tmp_path, balance):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     spec = json.dumps({"data": DATA, "train": train, "cc": CC})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(tmp_path),
-            spec,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun_cli([str(tmp_path), spec], entry=[str(script)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY_BENCHMARK, tiny_study_dict, torchrun_cli
+from conftest import REPO, TINY_BENCHMARK, rank_logs, tiny_study_dict, torchrun_cli
 
 from mneme_core import cli, open_run
 from mneme_core.collect.activations import ActivationStore
@@ -167,17 +167,25 @@ def test_under_torchrun_only_rank_0_runs_the_stages_after_training(run_copy, mon
 
 def test_torchrun_runs_the_whole_study_through_the_cli(tmp_path, tiny_model_dirs, tiny_corpus, tiny_benchmark):
     """``torchrun --nproc_per_node 2 -m mneme_core.cli run STUDY.yaml``: both ranks collect
-    and train, rank 0 alone runs the rest, and the study ends complete."""
+    and train, rank 0 alone runs the rest and reports, and the study ends complete. Rank 0's
+    index is written 3 s late (``tests/_slow_finalize.py``), so a rank that went on to
+    training without waiting for it would fail there."""
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(tiny_study_dict(*tiny_model_dirs, tiny_corpus, tmp_path / "run", tiny_benchmark)))
-    proc = torchrun_cli(["-q", "run", str(study)])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("run ready:") == 1, proc.stdout  # rank 0 reports, once
+    logs = tmp_path / "logs"
+    proc = torchrun_cli(["run", str(study)], entry=[str(REPO / "tests" / "_slow_finalize.py")], log_dir=logs)
+    (out0, err0), (out1, err1) = rank_logs(logs, 0), rank_logs(logs, 1)
+    assert proc.returncode == 0, err0[-3000:] + err1[-3000:]
     run = open_run(tmp_path / "run")
     shards = ActivationStore(tmp_path / "run" / "activations").shards
     assert run.missing_stages() == [] and {s["rank"] for s in shards} == {0, 1}
     assert run.stage_metrics("train")["world_size"] == 2
     assert run.evaluation["P"] is not None and run.latents["category"].notna().any()
+    # both ranks trained (world size 2 above); the later stages' progress shows on rank 0
+    # only, and rank 0 alone reports
+    for later in ("explain", "categories"):
+        assert later in err0 and later not in err1, later
+    assert "run ready:" in out0 and "run ready:" not in out1
 
 
 def test_evaluate_command_overrides_the_benchmark(run_copy, tmp_path, capsys):
@@ -189,6 +197,18 @@ def test_evaluate_command_overrides_the_benchmark(run_copy, tmp_path, capsys):
     assert sorted(run.benchmark["category"]) == ["anatomy", "virology"]
     assert run.evaluation["benchmark_source"] == str(other)
     assert str(other) in (run_copy / "config.yaml").read_text()
+
+
+def test_a_second_torchrun_rank_leaves_one_process_commands_to_rank_0(run_copy, tmp_path, monkeypatch, capsys):
+    """``mneme evaluate`` changes the run's config and rewrites its evaluation: under torchrun
+    a second rank doing it too would race rank 0 and print a stale record."""
+    other = tmp_path / "other.csv"
+    other.write_text("category,score_before,score_after,n_questions\nvirology,0.9,0.2,300\n")
+    before = (run_copy / "run.json").read_bytes(), (run_copy / "evaluation.json").read_bytes()
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["evaluate", str(run_copy), "--benchmark", str(other)]) == 0
+    assert ((run_copy / "run.json").read_bytes(), (run_copy / "evaluation.json").read_bytes()) == before
+    assert capsys.readouterr().out == ""
 
 
 def test_unknown_stage_and_different_config_are_refused(run_copy, tiny_study):

@@ -44,6 +44,20 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, and every process outside it: the one that writes and reports.
+    Read from torchrun's environment, so it holds before the group is joined."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_every_rank() -> None:
+    """A barrier when this process joined torchrun's group, else nothing. After a stage that
+    every rank runs, so that no rank starts the next one before rank 0 has written what it
+    reads (collection's index is written by rank 0 after the other ranks finished)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _local_cuda_device() -> torch.device:
     """This process's GPU: ``LOCAL_RANK`` under ``torchrun``, else the current one."""
     if launched_world_size() <= 1:

@@ -13,16 +13,16 @@ changed. An imported cross-coder (``mneme import-crosscoder``) is the one except
 not come from the stages before it, so it stays complete when they re-run.
 
 Under ``torchrun`` every rank runs collection and training, which are distributed
-(``DISTRIBUTED_STAGES``); the later stages read the whole run in one process, so they run on
-rank 0 alone and the other ranks end after training. ``torchrun ... mneme run STUDY.yaml`` is
-therefore the whole study. Only rank 0 writes stage status.
+(``DISTRIBUTED_STAGES``), and every rank leaves each of them together, once rank 0 has
+written its outputs and status; the later stages read the whole run in one process, so they
+run on rank 0 alone and the other ranks end after training. ``torchrun ... mneme run
+STUDY.yaml`` is therefore the whole study. Only rank 0 writes stage status.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +36,7 @@ from mneme_core.common.config import (
     load_config,
     resolve_run_relative,
 )
+from mneme_core.common.distributed import is_main_process, wait_for_every_rank
 from mneme_core.common.errors import RunError
 from mneme_core.run.model_files import model_prints
 from mneme_core.run.store import (
@@ -61,11 +62,6 @@ STAGE_MODULES = {
 
 class StageError(RunError):
     """A stage failed; the manifest records it as failed with this message."""
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun, and every process outside it: the one that writes and reports."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _select(stages: Iterable[str] | None) -> list[str]:
@@ -180,6 +176,8 @@ def run_study(
             continue
         mark_later_stale(run_path, stage)
         _run_one(cfg, run_path, stage, progress)
+        if stage in DISTRIBUTED_STAGES:
+            wait_for_every_rank()  # the next stage reads what rank 0 wrote last (the store's index)
     return run_path
 
 
