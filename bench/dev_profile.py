@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,22 @@ def window_profiles(windows: pd.DataFrame, latents: set[int], universe: list[str
     w = windows[windows["latent"].isin(latents) & windows["bench"].notna()]
     tab = pd.crosstab(w["latent"], w["bench"]).reindex(columns=universe, fill_value=0)
     return tab.div(tab.sum(axis=1), axis=0)
+
+
+def context_benchmark(diffs: pd.DataFrame, universe: list[str], embedder: Any = None) -> pd.Series:
+    """context_id -> the benchmark category its label maps to (the dictionary-free baseline's
+    per-context label, mapped as the evaluation maps latents' categories)."""
+    mapping = category_mapping(sorted(diffs["category"].dropna().unique()), universe, embedder)
+    to_bench = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
+    return diffs.set_index("context_id")["category"].map(to_bench)
+
+
+def labelled_windows(run: Path, store: ActivationStore, bench_of_context: pd.Series) -> pd.DataFrame:
+    """The contexts stage's windows (``latent, kind, rank, token_index``) with ``bench``, the
+    benchmark category of the packed context each window's token lies in."""
+    windows = pd.read_parquet(run / "contexts.parquet", columns=["latent", "kind", "rank", "token_index"])
+    context = np.asarray(store.context_ids)[windows["token_index"]]
+    return windows.assign(bench=pd.Series(context).map(bench_of_context).to_numpy())
 
 
 def predict_by_mass(profiles: pd.DataFrame, attributed: set[int], seed: int = 0) -> set[str]:
@@ -94,12 +111,8 @@ def main() -> None:
     latents = pd.read_parquet(run / "latents.parquet")
     ev = json.loads((run / "evaluation.json").read_text())
     T, universe = set(ev["T"]), list(ev["universe"])
-    windows = pd.read_parquet(run / "contexts.parquet", columns=["latent", "kind", "rank", "token_index"])
     diffs = pd.read_parquet(run / "context_diffs.parquet", columns=["context_id", "category"])
-    windows["context_id"] = np.asarray(ActivationStore(run / "activations").context_ids)[windows["token_index"]]
-    windows = windows.merge(diffs, on="context_id", how="left")
-    mapping = category_mapping(sorted(diffs["category"].dropna().unique()), universe)
-    windows["bench"] = windows["category"].map(dict(zip(mapping["mneme_category"], mapping["benchmark_category"])))
+    windows = labelled_windows(run, ActivationStore(run / "activations"), context_benchmark(diffs, universe))
     eligible = set(latents.loc[latents["beta_state"] != "too_few_fires", "latent"].astype(int))
     attributed = set(latents.loc[latents["attribution"].isin(["amplified", "suppressed"]), "latent"].astype(int))
     both = window_profiles(windows[(windows["kind"] == "quantile") | (windows["rank"] < 10)], eligible, universe)

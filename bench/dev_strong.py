@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dev_contexts import context_change, context_moved
-from dev_profile import predict_by_mass, window_profiles
+from dev_profile import context_benchmark, labelled_windows, predict_by_mass, window_profiles
 from dev_seeds import replicate
 
 from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE
@@ -67,7 +67,7 @@ from mneme_core.common.embeddings import get_embedder
 from mneme_core.demo.build import rebuild
 from mneme_core.demo.study import DEV, FULL
 from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
-from mneme_core.evaluation.evaluate import category_mapping, evaluate, metrics
+from mneme_core.evaluation.evaluate import evaluate, metrics
 from mneme_core.run.pipeline import run_config
 
 READINGS = ("V0 default", "V1 window profile", "V4 firing profile", "rank", "context-moved")
@@ -134,14 +134,11 @@ def readings(run: Path) -> dict[str, Any]:
     store = ActivationStore(run / "activations")
     model = BatchTopKCrossCoder.from_pretrained(run / "crosscoder").eval()
 
-    mapping = category_mapping(sorted(diffs["category"].dropna().unique()), universe, embedder)
-    to_bench = dict(zip(mapping["mneme_category"], mapping["benchmark_category"]))
-    bench_of_context = diffs.set_index("context_id")["category"].map(to_bench)
+    bench_of_context = context_benchmark(diffs, universe, embedder)
     eligible = set(latents.loc[latents["beta_state"] != "too_few_fires", "latent"].astype(int))
     attributed = set(latents.loc[latents["attribution"].isin(["amplified", "suppressed"]), "latent"].astype(int))
 
-    windows = pd.read_parquet(run / "contexts.parquet", columns=["latent", "kind", "rank", "token_index"])
-    windows["bench"] = pd.Series(np.asarray(store.context_ids)[windows["token_index"]]).map(bench_of_context).to_numpy()
+    windows = labelled_windows(run, store, bench_of_context)
     v1 = window_profiles(windows[(windows["kind"] == "quantile") | (windows["rank"] < 10)], eligible, universe)
     v4 = firing_profiles(model, store, bench_of_context, universe)
     v4 = v4[v4.index.isin(eligible)]
