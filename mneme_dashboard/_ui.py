@@ -401,6 +401,13 @@ def contexts(path: str, mtime: float, latent: int) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+def topics(path: str, mtime: float, latent: int) -> pd.DataFrame:
+    """One latent's share of activation per topic (``mneme_core.analysis.topics``)."""
+    lookup = _lookup(path, mtime, "latent_topics")
+    return lookup.frame(latent) if lookup is not None else pd.DataFrame()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
 def histogram(path: str, mtime: float, latent: int) -> pd.DataFrame:
     lookup = _lookup(path, mtime, "histograms")
     return lookup.frame(latent) if lookup is not None else pd.DataFrame()

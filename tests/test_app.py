@@ -8,11 +8,13 @@ triage form, and the error / empty-state pages for broken or incomplete runs.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -48,6 +50,19 @@ def page(run: Path | str, name: str, **params: object) -> AppTest:
 
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """The page's Plotly figures by title."""
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {f["layout"]["title"]["text"]: f for f in figures}
+
+
+def values(data: object) -> list:
+    """A Plotly JSON array as a list (numpy arrays travel as base64 typed arrays)."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)  # type: ignore[call-overload]
 
 
 def showing(at: AppTest) -> tuple[int, int]:
@@ -136,6 +151,31 @@ def test_latent_page_shows_its_numbers_and_contexts(run_copy):
     assert html_out.count('class="ctx"') == len(explore.distinct_samples(ctx))
     assert "<script" not in html_out.lower()
     assert at.query_params["latent"] == str(latent)
+    shares = run.topics(latent)  # the tiny run kept its store: the categories stage measured it
+    assert len(shares)
+    bars = charts(at)[f"Where latent {latent}'s activation goes, by topic of the text"]["data"][0]
+    assert values(bars["y"]) == shares["category"].tolist()[::-1]  # largest share on top
+    assert values(bars["x"]) == pytest.approx(shares["share"].tolist()[::-1])
+
+
+def test_latent_outside_the_explorers_filter_walks_by_id(run_copy):
+    """Opened from a link while the explorer's filter leaves it out, a latent still gets
+    previous / next (by id), and the caption says why they do not follow the filter."""
+    ids = open_run(run_copy).latents["latent"].to_numpy()
+    latent, elsewhere = int(ids[1]), ids[3:6]
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update({"run": str(run_copy), "latent": str(latent)})
+    at.session_state["explorer_order"] = elsewhere
+    at.switch_page("pages/latent.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert f"← {int(ids[0])}" in labels and f"{int(ids[2])} →" in labels
+    assert any("not in the explorer's current filter" in c.value for c in at.caption)
+    at.session_state["explorer_order"] = ids[::-1]  # inside the filter: its order, reversed
+    at.run()
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert f"← {int(ids[2])}" in labels and f"{int(ids[0])} →" in labels
 
 
 def test_latent_page_hides_a_stale_contexts_stages_histogram(tiny_run, tmp_path):
@@ -143,10 +183,11 @@ def test_latent_page_hides_a_stale_contexts_stages_histogram(tiny_run, tmp_path)
     the page says the stage is not complete instead of drawing one under this number."""
     stale = Path(shutil.copytree(tiny_run, tmp_path / "stale"))
     latent = int(open_run(stale).contexts()["latent"].iloc[0])
-    assert len(page(stale, "latent", latent=latent).get("plotly_chart")) == 1
+    histogram = f"Non-zero activations of latent {latent}"
+    assert histogram in charts(page(stale, "latent", latent=latent))
     set_stage(stale, "contexts", "stale")
     at = page(stale, "latent", latent=latent)
-    assert len(at.get("plotly_chart")) == 0
+    assert histogram not in charts(at)
     assert any("it is not complete" in c.value for c in at.caption)
 
 

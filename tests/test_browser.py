@@ -209,3 +209,32 @@ def test_side_effects(server, browser):
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot, [data-testid='stPlotlyChart']")))
     wait.until(lambda d: "MNEME accuracy" in _body(d))
     _shot(browser, "side_effects")
+
+
+def test_a_hostile_description_shows_as_text(server, browser, tmp_path):
+    """A description is an LLM's reading of web text: links (bracketed or bare), images,
+    e-mail addresses and Streamlit's colour directives in it are drawn as the characters
+    they are, with no link, image or colour in the page."""
+    import pandas as pd
+
+    from mneme_core.run.store import merge_latent_columns
+
+    url, run = server
+    copy = Path(shutil.copytree(run, tmp_path / "hostile"))
+    latent = 0
+    hostile = (
+        "<b>x</b> [link](http://example.com/a) ![img](http://example.com/i.png) https://example.org/b "
+        "www.example.net mail@example.com :red[red] :material/home: :smile: :+1: **bold**"
+    )
+    merge_latent_columns(copy, pd.DataFrame({"latent": [latent], "description": [hostile]}))
+    wait = _open(browser, f"{url}/latent?run={quote(str(copy))}&latent={latent}")
+    _settled(browser, wait, f"Latent {latent}")
+    wait.until(lambda d: "Latent scaling" in _body(d))
+    main = browser.find_element(By.CSS_SELECTOR, "[data-testid='stMain']")
+    heading = main.find_element(By.CSS_SELECTOR, "h4")
+    assert heading.text.replace("\u2060", "") == hostile  # the word joiners that break shortcodes are invisible
+    # Streamlit gives every heading an anchor of its own (href "#…"); nothing else may be there
+    styled = heading.find_elements(By.CSS_SELECTOR, "a:not([href^='#']), img, b, strong, span[style*='color']")
+    assert not styled, [e.get_attribute("outerHTML") for e in styled]
+    hrefs = [a.get_attribute("href") or "" for a in main.find_elements(By.CSS_SELECTOR, "a")]
+    assert not [h for h in hrefs if "example" in h.split("#")[0]], hrefs

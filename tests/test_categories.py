@@ -98,3 +98,63 @@ def test_categories_stage_labels_maps_and_indexes(tmp_path):
     assert len(list(data.iterdir())) == 1
     again = categories.import_lancedb().connect(str(run_path / "lancedb")).open_table("descriptions").to_pandas()
     assert sorted(again["latent"]) == sorted(table["latent"])
+
+
+def test_share_of_activation_by_topic_equals_a_per_token_sum_and_follows_the_store(tmp_path):
+    """Each latent's share per topic is its activation summed token by token over the
+    contexts of that topic (BOS never counting), over its whole activation; without the
+    store the profile stays only while the contexts' labels stay."""
+    import shutil
+
+    import pandas as pd
+    import torch
+    from _planted import BOS_LATENT, write_planted_store_run
+
+    from mneme_core.analysis import contexts as contexts_stage
+    from mneme_core.analysis.topics import MAX_TOPICS, MIN_SHARE, TOPICS_FILE
+    from mneme_core.common.config import load_config
+
+    run_path = tmp_path / "run"
+    cfg, (tok, x, src, cc, names) = write_planted_store_run(run_path)
+    contexts_stage.run_stage(cfg, run_path, progress=False)
+    interp.run_stage(cfg, run_path, progress=False)
+    assert categories.run_stage(cfg, run_path, progress=False)["topic_profile"] == "measured"
+
+    labelled = pd.read_parquet(run_path / "context_diffs.parquet").set_index("context_id")["category"]
+    with torch.no_grad():
+        f = cc.encode(x, use_threshold=True).double().numpy()
+    want: dict[tuple[int, str], float] = {}
+    for i in range(len(x)):
+        if src.token_ids[i] == tok.bos_token_id:
+            continue
+        topic = labelled[int(src.doc_ids[i])]  # the planted store's packed contexts are its documents
+        for j in np.flatnonzero(f[i]):
+            want[(int(j), topic)] = want.get((int(j), topic), 0.0) + f[i, j]
+    got = pd.read_parquet(run_path / TOPICS_FILE)
+    assert sorted(got["latent"].unique()) == list(range(len(names)))  # the two silent latents have no row
+    for j, rows in got.groupby("latent"):
+        total = sum(v for (lat, _), v in want.items() if lat == j)
+        expected = sorted(((v / total, t) for (lat, t), v in want.items() if lat == j), reverse=True)
+        expected = [(s, t) for s, t in expected if s >= MIN_SHARE][:MAX_TOPICS]
+        assert rows["category"].tolist() == [t for _, t in expected]
+        np.testing.assert_allclose(rows["share"], [s for s, _ in expected], rtol=1e-9)
+    # BOS carries most of the BOS latent's raw activation; counted, it would move its shares
+    assert (f[src.token_ids == tok.bos_token_id, BOS_LATENT] > 0).all()
+    lat = open_run(run_path).latents.set_index("latent")
+    firsts = got.drop_duplicates("latent").set_index("latent")
+    assert lat.loc[firsts.index, "fires_most_in"].tolist() == firsts["category"].tolist()
+    assert lat.loc[[10, 11], "fires_most_in"].isna().all()
+    n_tokens = pd.read_parquet(run_path / "context_diffs.parquet").groupby("category")["n_tokens"].sum()
+    np.testing.assert_allclose(
+        got["corpus_share"], (n_tokens / n_tokens.sum()).reindex(got["category"]).to_numpy(), rtol=1e-12
+    )
+
+    # a published run has no store: the same labels keep the profile, other labels drop it
+    shutil.move(run_path / "activations", tmp_path / "store-away")
+    assert categories.run_stage(cfg, run_path, progress=False)["topic_profile"].startswith("kept")
+    assert pd.read_parquet(run_path / TOPICS_FILE).equals(got)
+    other = load_config({**cfg.to_dict(), "categories": {**cfg.to_dict()["categories"], "taxonomies": ["safety"]}})
+    assert categories.run_stage(other, run_path, progress=False)["topic_profile"].startswith("not measured")
+    assert not (run_path / TOPICS_FILE).exists()
+    assert "fires_most_in" not in open_run(run_path).latents.columns
+    assert open_run(run_path).topics(0).empty

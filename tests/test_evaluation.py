@@ -946,3 +946,14 @@ def test_metrics_frame_keeps_numbers_and_leaves_undefined_as_nan():
     frame = sideeffects.metrics_frame({"MNEME": {"accuracy": None, "precision": 0.0}, "oracle": {"accuracy": 1.0}})
     assert (frame.dtypes == np.float64).all() and list(frame.columns) == list(sideeffects.SHOWN_METRICS)
     assert np.isnan(frame.loc["MNEME", "accuracy"]) and frame.loc["oracle", "accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("own, top", [(2.699, 52.8), (0.3, 0.31), (1.3, 100.0), (0.0, 4.0), (5.0, 0.0)])
+def test_threshold_slider_steps_land_on_the_runs_own_threshold(own, top):
+    from mneme_core.evaluation.sideeffects import threshold_step
+
+    step = threshold_step(own, top)
+    assert step > 0
+    if own > 0 and top > 0:
+        assert own / step == pytest.approx(round(own / step), abs=1e-9)  # the run's threshold is on the grid
+        assert 0.5 * top / 200 <= step <= 2 * top / 200 or own / step == 1  # about 200 positions

@@ -192,3 +192,11 @@ def test_precision_note_names_what_ran_below_float32():
     embedded = manifest(encoder="bfloat16")
     embedded["config"]["interpret"] = {"embedding_dtype": "bfloat16"}
     assert explore.precision_note(embedded) == "cross-coder encoder in bfloat16 · sentence embedder in bfloat16"
+
+
+def test_numbers_read_as_people_write_them():
+    from mneme_core.views.report import _table
+
+    assert explore.fmt(-0.0) == "0" and explore.fmt(-np.log10(1.0)) == "0"  # no "-0" for a score of p = 1
+    assert explore.fmt(0.123456, 3) == "0.123" and explore.fmt(float("nan")) == "—" and explore.fmt(None) == "—"
+    assert ">-0<" not in _table(pd.DataFrame({"score": [-0.0, 2.5]})) and ">0<" in _table(pd.DataFrame({"s": [-0.0]}))

@@ -251,6 +251,16 @@ def run_threshold(record: dict[str, Any], direction: str = "degraded") -> float:
     return float(ev.direction_record(record, direction).get("thresholds", {}).get("predict_threshold", 0.0))
 
 
+def threshold_step(own: float, top: float, positions: int = 200) -> float:
+    """A slider step of about ``top / positions`` of which the run's own threshold is a
+    whole multiple, so the slider can go back to exactly the run's prediction."""
+    if top <= 0:
+        return 0.005
+    if own <= 0:
+        return top / positions
+    return own / max(1, round(positions * own / top))
+
+
 def threshold_caption(record: dict[str, Any], direction: str = "degraded") -> str:
     """The rule behind the direction's T and its threshold, in one sentence."""
     sub = ev.direction_record(record, direction)

@@ -32,7 +32,7 @@ from mneme_core.common.config import StudyConfig
 from mneme_core.common.embeddings import Embedder, get_embedder
 from mneme_core.common.lance import LANCE_TABLE, drop_old_versions, import_lancedb
 from mneme_core.run.reader import open_run
-from mneme_core.run.store import merge_latent_columns
+from mneme_core.run.store import drop_latent_columns, merge_latent_columns
 
 BUILTIN_TAXONOMIES = {
     "topics": "topics.txt",
@@ -262,32 +262,83 @@ def write_lancedb(run_path: Path, df: pd.DataFrame, vecs: np.ndarray) -> None:
     drop_old_versions(db.create_table(LANCE_TABLE, table, mode="overwrite"))
 
 
-def _label_context_diffs(cfg: StudyConfig, run_path: Path, embedder: Embedder, progress: bool) -> int | None:
+def _label_context_diffs(
+    cfg: StudyConfig, run_path: Path, embedder: Embedder, progress: bool
+) -> tuple[pd.DataFrame | None, bool]:
     """The dictionary-free baseline's input: per-context activation differences, each
     context labelled from its text with the study's taxonomies (the same vocabulary and
     embedder the latents get, so the two predictions are compared on equal terms).
     The differences come from the activation store; a run published without it relabels
-    the texts its earlier file kept (so a new taxonomy reaches the baseline too)."""
+    the texts its earlier file kept (so a new taxonomy reaches the baseline too).
+
+    Returns the labelled contexts (None when there are none) and whether their labels are
+    those the earlier file held (a relabelling that changed nothing)."""
     from mneme_core.analysis.actdiff import CONTEXT_DIFFS_FILE, context_diffs
     from mneme_core.collect.activations import INDEX, ActivationStore
     from mneme_core.collect.models import load_tokenizer
     from mneme_core.common.atomic import write_parquet
 
+    earlier = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE) if (run_path / CONTEXT_DIFFS_FILE).is_file() else None
     if (run_path / "activations" / INDEX).is_file():
         diffs = context_diffs(
             ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress
         )
-    elif (run_path / CONTEXT_DIFFS_FILE).is_file():
-        diffs = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE).drop(
-            columns=["category", "category_similarity"], errors="ignore"
-        )
+    elif earlier is not None:
+        diffs = earlier.drop(columns=["category", "category_similarity"], errors="ignore")
     else:
-        return None
+        return None, False
     vecs = embedder.encode(diffs["text"].tolist(), progress=progress, desc="categories: embed contexts")
     labels, sims = nearest_labels(vecs, load_taxonomies(cfg.categories.taxonomies), embedder)
     diffs["category"], diffs["category_similarity"] = labels, sims.astype(np.float64)
     write_parquet(run_path / CONTEXT_DIFFS_FILE, diffs)
-    return int(len(diffs))
+    same = (
+        earlier is not None
+        and "category" in earlier.columns
+        and earlier["context_id"].tolist() == diffs["context_id"].tolist()
+        and earlier["category"].astype(str).tolist() == diffs["category"].astype(str).tolist()
+    )
+    return diffs, same
+
+
+def _topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFrame | None, same: bool, progress: bool) -> str:
+    """Each latent's share of activation per topic (``analysis.topics``), from the
+    activation store and the contexts just labelled. A run without its store keeps its
+    earlier profile while the contexts' labels are unchanged (the profile is a function
+    of the two), and loses it when they changed. Returns what happened."""
+    import torch
+
+    from mneme_core.analysis.contexts import special_token_ids
+    from mneme_core.analysis.topics import TOPIC_COLUMNS, TOPICS_FILE, context_mass, fires_most_in, topic_shares
+    from mneme_core.collect.activations import INDEX, ActivationStore
+    from mneme_core.collect.models import load_tokenizer, resolve_device
+    from mneme_core.common.atomic import write_parquet
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+
+    path = run_path / TOPICS_FILE
+    has_store = (run_path / "activations" / INDEX).is_file()
+    if contexts is None or not has_store:
+        if contexts is not None and same and path.is_file():
+            return "kept (contexts' labels unchanged)"
+        path.unlink(missing_ok=True)
+        drop_latent_columns(run_path, TOPIC_COLUMNS)
+        return "not measured: it needs the activation store"
+    model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
+    device = resolve_device(cfg.models.device)
+    model = model.to(device).eval()
+
+    def encode(x_B2d: Any) -> Any:
+        return model.encode(x_B2d.to(device, torch.float32), use_threshold=True)
+
+    mass_CF = context_mass(
+        ActivationStore(run_path / "activations"),
+        encode,
+        special_token_ids(load_tokenizer(cfg.models.base)),
+        progress=progress,
+    )
+    shares = topic_shares(mass_CF, contexts)
+    write_parquet(path, shares)
+    merge_latent_columns(run_path, fires_most_in(shares, int(mass_CF.shape[1])))
+    return "measured"
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -325,10 +376,12 @@ def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dic
     described["umap_x"], described["umap_y"] = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
     merge_latent_columns(run_path, described[["latent", "category", "category_similarity", "umap_x", "umap_y"]])
     write_lancedb(run_path, described, vecs)
-    n_contexts = _label_context_diffs(cfg, run_path, embedder, progress)
+    contexts, same = _label_context_diffs(cfg, run_path, embedder, progress)
+    topics = _topic_profile(cfg, run_path, contexts, same, progress)
     counts = described["category"].value_counts()
     return {
-        "n_context_diffs": n_contexts,
+        "n_context_diffs": None if contexts is None else int(len(contexts)),
+        "topic_profile": topics,
         "labeler": ccfg.labeler,
         "n_categorised": int(len(described)),
         "n_categories": int(len(counts)),

@@ -84,6 +84,13 @@ class Run:
         lookup = self._lookup("contexts")
         return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
 
+    def topics(self, latent: int) -> pd.DataFrame:
+        """Where one latent's activation goes, by topic of the text (``category, share,
+        corpus_share``, largest share first; the categories stage measures it from the
+        activation store). Empty when the run has no such measurement."""
+        lookup = self._lookup("latent_topics")
+        return lookup.frame(latent) if lookup is not None else pd.DataFrame()
+
     def histogram(self, latent: int) -> pd.DataFrame:
         lookup = self._lookup("histograms")
         return lookup.frame(latent) if lookup is not None else pd.DataFrame()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +229,14 @@ def merge_latent_columns(run_path: str | Path, df: pd.DataFrame) -> None:
             merged = df.copy()
         merged = merged.sort_values("latent").reset_index(drop=True)
         write_parquet(path, merged)
+
+
+def drop_latent_columns(run_path: str | Path, columns: Sequence[str]) -> None:
+    """Remove a stage's columns from the latents table (a measurement the stage can no
+    longer vouch for must not stay beside the ones it rewrote)."""
+    path = Path(run_path) / "latents.parquet"
+    with _locked(Path(run_path)):
+        if path.is_file():
+            current = pd.read_parquet(path)
+            if any(c in current.columns for c in columns):
+                write_parquet(path, current.drop(columns=[c for c in columns if c != "latent"], errors="ignore"))

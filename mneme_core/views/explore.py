@@ -21,7 +21,7 @@ from mneme_core.common.config import DiffingConfig
 from mneme_core.evaluation import confirmation_view as cv
 
 # Columns offered as label filters / range sliders, when the run has them.
-LABEL_COLUMNS = ("attribution", "beta_state", "label_by_norm", "category", "mark")
+LABEL_COLUMNS = ("attribution", "beta_state", "label_by_norm", "category", "fires_most_in", "mark")
 RANGE_COLUMNS = (
     "rel_norm",
     "shift",
@@ -32,6 +32,7 @@ RANGE_COLUMNS = (
     "n_fires",
     "max_act",
     "explanation_score",
+    "fires_most_share",
 )
 # ``beta_state`` of a latent under the diff stage's evidence floor (diffing.BETA_STATES[0]),
 # and how the views name its attribution.
@@ -43,6 +44,7 @@ DEFAULT_COLUMNS = (
     "latent",
     "description",
     "category",
+    "fires_most_in",
     "attribution",
     "label_by_norm",
     "rel_norm",
@@ -353,7 +355,7 @@ def fmt(value: object, digits: int = 4) -> str:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(float(value)):
             return "—"
-        return f"{float(value):.{digits}g}"
+        return f"{float(value) + 0.0:.{digits}g}"  # + 0.0 turns -0.0 (a score of -log10 1) into 0
     return str(value)
 
 

@@ -275,6 +275,43 @@ def activation_histogram(edges: Sequence[float], counts: Sequence[int], latent: 
     )
 
 
+def topic_bars(shares: pd.DataFrame, latent: int) -> go.Figure:
+    """Share of a latent's activation per topic of the text (bars), beside the share of all
+    analysis tokens in that topic (markers): a bar well past its marker is a topic the
+    latent prefers, not just a large one."""
+    shares = shares.sort_values("share")
+    lift = shares["share"] / shares["corpus_share"].where(shares["corpus_share"] > 0)
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=shares["share"],
+                y=shares["category"],
+                orientation="h",
+                name="share of its activation",
+                marker_color="#ff8c00",
+                customdata=np.c_[shares["corpus_share"], lift],
+                hovertemplate="%{y}: %{x:.1%} of its activation<br>%{customdata[0]:.1%} of all tokens"
+                "<br>%{customdata[1]:.1f}× its share of the text<extra></extra>",
+            ),
+            go.Scatter(
+                x=shares["corpus_share"],
+                y=shares["category"],
+                mode="markers",
+                name="share of all tokens",
+                marker=dict(symbol="line-ns-open", size=14, line=dict(width=2), color="#333333"),
+                hoverinfo="skip",
+            ),
+        ]
+    )
+    return _style(
+        fig,
+        f"Where latent {latent}'s activation goes, by topic of the text",
+        xaxis_title="share",
+        xaxis_tickformat=".0%",
+        height=140 + 22 * len(shares),
+    )
+
+
 def category_map(df: pd.DataFrame, attributions: Sequence[str] | None = None) -> go.Figure:
     """UMAP of description embeddings: colour = category, size = |shift|, click → latent.
 

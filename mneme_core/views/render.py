@@ -130,16 +130,25 @@ def highlight_html(
     )
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:@])")
+# Some Markdown is found in the text *after* the escapes are undone, so no backslash stops
+# it: bare ``https://…``, ``www.…`` and ``name@host`` become links, ``:smile:`` an emoji and
+# ``:material/home:`` an icon. A word joiner (U+2060: invisible, zero-width) after each
+# ``:`` and ``@`` and after a ``www`` before its dot breaks every one of those patterns.
+_AUTO_MARKUP = re.compile(r"[:@]|(?i:www)(?=\.)")
+WORD_JOINER = "\u2060"
 
 
 def escape_markdown(text: str) -> str:
-    """Text (a description, a category) shown literally inside Markdown.
+    """Text (a description, a category, a value from the URL) shown literally inside
+    Markdown.
 
-    Descriptions come from an LLM reading untrusted contexts: a ``[link](http://…)`` or
-    ``![img](…)`` in one must show as text, not become a live link or a remote image.
+    Descriptions come from an LLM reading untrusted contexts: a ``[link](http://…)``, a
+    bare address or ``![img](…)`` in one must show as text, not become a live link or a
+    remote image, and ``:red[…]`` or ``:material/…:`` must not restyle the page.
     """
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    joined = _AUTO_MARKUP.sub(lambda m: m.group(0) + WORD_JOINER, str(text))
+    return _MD_SPECIAL.sub(r"\\\1", joined).replace("\n", " ")
 
 
 CONTEXT_CSS = """

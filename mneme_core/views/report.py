@@ -33,8 +33,9 @@ th{background:#f6f6f6} .cards{display:flex;gap:1rem;flex-wrap:wrap}
 
 
 def _table(df: pd.DataFrame) -> str:
-    """An escaped HTML table (``DataFrame.to_html`` escapes cell text by default)."""
-    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:.4g}", na_rep="—")
+    """An escaped HTML table (``DataFrame.to_html`` escapes cell text by default); adding
+    0.0 prints a score of -log10(1) = -0.0 as 0."""
+    return df.to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v + 0.0:.4g}", na_rep="—")
 
 
 def _cards(items: dict[str, Any]) -> str:

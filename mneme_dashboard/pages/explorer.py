@@ -42,7 +42,9 @@ with st.container(border=True):
                 # a range slider: fit_range seeded its state with a (low, high) pair
                 chosen = cast(
                     tuple[float, float],
-                    range_cols[i % 4].slider(name.replace("_", " "), lo, hi, key=f"f_{name}", format="%.3g"),
+                    range_cols[i % 4].slider(
+                        name.replace("_", " "), lo, hi, step=(hi - lo) / 1000, key=f"f_{name}", format="%.3g"
+                    ),
                 )
                 if tuple(chosen) != (lo, hi):  # a slider at full range keeps latents missing that value
                     ranges[name] = chosen
@@ -105,8 +107,11 @@ rows = event.selection.rows if event else []
 if rows:
     st.session_state["table_gen"] = gen + 1
     _ui.open_latent(int(view.iloc[rows[0]]["latent"]))
-st.caption(
-    f"Rows {(page - 1) * PAGE_ROWS + 1:,}–{min(page * PAGE_ROWS, len(order)):,} of this order"
-    + (f" (page {page} of {n_pages})" if n_pages > 1 else "")
-    + ". Select a row to open its latent page; previous / next there follow this order."
-)
+if len(order):
+    st.caption(
+        f"Rows {(page - 1) * PAGE_ROWS + 1:,}–{min(page * PAGE_ROWS, len(order)):,} of this order"
+        + (f" (page {page} of {n_pages})" if n_pages > 1 else "")
+        + ". Select a row to open its latent page; previous / next there follow this order."
+    )
+else:
+    st.caption("No latent matches these filters; widen a range or clear a filter.")

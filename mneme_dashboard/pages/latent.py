@@ -36,7 +36,8 @@ def val(col: str) -> Any:
 
 st.title(f"Latent {latent}")
 order = st.session_state.get("explorer_order")
-prev, nxt = explore.neighbours(order if order is not None else table["latent"].to_numpy(), latent)
+in_order = order is not None and latent in set(order.tolist())
+prev, nxt = explore.neighbours(order if order is not None and in_order else table["latent"].to_numpy(), latent)
 nav = st.columns([1, 1, 2, 6])
 with nav[0]:
     if prev is not None:
@@ -55,11 +56,12 @@ with nav[2]:
     )
     if jump != latent:
         _ui.open_latent(jump)
-nav[3].caption(
-    "previous / next follow the explorer's current filter and sort"
-    if order is not None
-    else "previous / next by latent id (filter in the explorer to walk a subset)"
-)
+if in_order:
+    nav[3].caption("previous / next follow the explorer's current filter and sort")
+elif order is not None:
+    nav[3].caption("previous / next by latent id: this latent is not in the explorer's current filter")
+else:
+    nav[3].caption("previous / next by latent id (filter in the explorer to walk a subset)")
 
 md = render.escape_markdown
 st.markdown(f"#### {md(val('description')) if val('description') else '_no description yet (interpret stage)_'}")
@@ -127,6 +129,21 @@ with right:
         )
 
 st.subheader("Where it fires")
+shares = _ui.topics(path, mtime, latent) if run.stage_status("categories") == "complete" else pd.DataFrame()
+if len(shares):
+    st.plotly_chart(plots.topic_bars(shares, latent), key="topic_bars")
+    st.caption(
+        "Bars: the share of this latent's activation over every analysis token, by the topic of the "
+        "packed context the token sits in (each context labelled from its text, as for the dictionary-free "
+        "baseline; topics under 1% left out). Ticks: the topic's share of all tokens. Its **category** above "
+        "comes from its top windows only, and can differ."
+    )
+elif run.stage_status("categories") == "complete":
+    st.caption(
+        "No share of activation by topic: the **categories** stage measures it from the activation store, "
+        "which this run does not hold (a published or pulled run), or the run was categorised before MNEME "
+        "measured it."
+    )
 ctx = explore.distinct_samples(_ui.contexts(path, mtime, latent))
 if not _ui.note_missing(run, "contexts", what="Activating contexts"):
     pass

@@ -57,5 +57,6 @@ st.dataframe(
     hide_index=True,
     column_order=["open", *[c for c in summary.columns if c != "open"]],
     column_config={"open": st.column_config.LinkColumn("", display_text=":material/open_in_new:", width=40)},
+    placeholder="—",
 )
 st.caption("Click ↗ to open a latent's page.")

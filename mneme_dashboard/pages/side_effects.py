@@ -63,7 +63,7 @@ hi = max(top, thr0) * 1.05 or 1.0
 threshold_key = "f_threshold" if direction == "degraded" else f"f_threshold_{direction}"
 _ui.fit_value(threshold_key, 0.0, hi, thr0)
 label, score_help = sideeffects.score_words(record, direction)
-threshold = c1.slider(label, 0.0, hi, step=max(top, thr0) / 200 or 0.005, format="%.4f", key=threshold_key)
+threshold = c1.slider(label, 0.0, hi, step=sideeffects.threshold_step(thr0, hi), format="%.4f", key=threshold_key)
 c2.caption(sideeffects.threshold_caption(record, direction))
 table, methods = sideeffects.live_prediction(per_cat, record, threshold, direction)
 try:
@@ -234,7 +234,12 @@ else:
         column_config={
             "fve_base": st.column_config.NumberColumn("FVE base", format="%.3f"),
             "fve_ft": st.column_config.NumberColumn("FVE ft", format="%.3f"),
-            "dead_fraction": st.column_config.NumberColumn("dead", format="%.3f"),
+            "dead_fraction": st.column_config.NumberColumn(
+                "dead (held-out)",
+                format="%.3f",
+                help="silent on the train stage's held-out tokens (the Overview counts latents silent on every "
+                "analysis token, a smaller share)",
+            ),
             "l0_over_k": st.column_config.NumberColumn("L0/k", format="%.2f"),
             "f1": st.column_config.NumberColumn("MNEME F1", format="%.2f", help="against this direction's T"),
         },
