@@ -37,7 +37,8 @@ from mneme_core.run.store import SEED_AGREEMENT_FILE, STAGES
 if TYPE_CHECKING:
     from mneme_core.common.hub import Hub
 
-USER_ERRORS = (ConfigError, RunError, FileNotFoundError, NotADirectoryError, PermissionError)
+# OSError: a file in the way, a full disk, a folder without permission: the one-line message says which
+USER_ERRORS = (ConfigError, RunError, OSError)
 PER_STAGE_COMMANDS = ("collect", "train", "diff", "contexts")
 
 
@@ -82,7 +83,12 @@ def _table_summary(run: Any) -> dict[str, Any]:
         if path.is_file():
             import pyarrow.parquet as pq
 
-            tables[name] = {"rows": int(pq.ParquetFile(path).metadata.num_rows)}
+            from mneme_core.run.reader import damaged
+
+            try:
+                tables[name] = {"rows": int(pq.ParquetFile(path).metadata.num_rows)}
+            except (OSError, ValueError) as exc:  # a damaged table is reported beside the others
+                tables[name] = {"error": str(damaged(path, exc))}
     if "attribution" in latents.columns:
         tables["latents"]["attribution"] = {k: int(v) for k, v in latents["attribution"].value_counts().items()}
     if "label_by_norm" in latents.columns:
@@ -90,7 +96,7 @@ def _table_summary(run: Any) -> dict[str, Any]:
     for folder in ("activations", "crosscoder", "lancedb"):
         tables[folder] = (run.path / folder).is_dir()
     tables["evaluation"] = (run.path / "evaluation.json").is_file()
-    if "confirmation" in tables:
+    if "rows" in tables.get("confirmation", {}):
         from mneme_core.evaluation import confirmation_view
 
         try:
@@ -164,12 +170,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         if key in lat:
             print(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in lat[key].items()))
     for name in ("contexts", "histograms", "benchmark", "confirmation"):
-        if name in tables:
+        if name in tables and "rows" in tables[name]:
             print(f"{name:<13}{tables[name]['rows']} rows")
+        elif name in tables:
+            print(f"{name:<13}{tables[name]['error']}")
     confirmation = tables.get("confirmation", {})
     if confirmation.get("verdicts"):
         print("  verdicts: " + ", ".join(f"{c} {v}" for c, v in confirmation["verdicts"].items()))
-    if confirmation.get("error"):
+    if confirmation.get("error") and "rows" in confirmation:
         print(f"  {confirmation['error']}")
     print(
         "files    "
@@ -215,7 +223,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import override_section, run_study
+    from mneme_core.interp.selection import select_latents
+    from mneme_core.run.pipeline import rerun_with
 
     changes = {
         k: v
@@ -228,24 +237,49 @@ def cmd_interpret(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    cfg = override_section(args.run, "interpret", changes)
+    if args.latents is not None:  # a wrong id is refused before the run's settings change
+        try:
+            select_latents(open_run(args.run).latents, args.latents)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     # new descriptions mean new categories, so the prediction is re-made too (skipped without a benchmark)
-    run_study(cfg, stages=["interpret", "categories", "evaluate"], force=True, progress=not args.quiet)
+    rerun_with(args.run, "interpret", changes, ["interpret", "categories", "evaluate"], progress=not args.quiet)
     print(f"interpreted: {args.run}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mneme_core.run.pipeline import override_section, run_study
+    from mneme_core.benchmarks.loaders import BenchmarkError, absolute_spec, load_benchmark
+    from mneme_core.run.pipeline import rerun_with
 
-    changes: dict[str, Any] = {"benchmark": args.benchmark}
+    spec = absolute_spec(args.benchmark)
+    try:  # a benchmark that cannot be read is refused before the run's settings change
+        load_benchmark(spec, args.run)
+    except BenchmarkError as exc:
+        raise ConfigError(str(exc)) from None
+    changes: dict[str, Any] = {"benchmark": spec}
     if args.description is not None:
         changes["intervention_description"] = args.description
-    cfg = override_section(args.run, "evaluation", changes)
-    run_study(cfg, stages=["evaluate"], force=True, progress=not args.quiet)
-    ev = open_run(args.run).evaluation or {}
-    print(json.dumps(ev.get("metrics", ev), indent=2, default=str)[:4000])
+    rerun_with(args.run, "evaluation", changes, ["evaluate"], progress=not args.quiet)
+    record = open_run(args.run).evaluation or {}
+    print(_evaluation_summary(record))
+    print(f"the whole record: {Path(args.run) / 'evaluation.json'}")
     return 0
+
+
+def _evaluation_summary(record: dict[str, Any]) -> str:
+    """T, P and the scores of MNEME and its baselines, a line each."""
+    from mneme_core.views.explore import fmt
+
+    lines = [f"T (degraded): {', '.join(sorted(record.get('T') or [])) or '(none)'}"]
+    lines.append(f"P (MNEME):    {', '.join(sorted(record.get('P') or [])) or '(none)'}")
+    for name, scores in (record.get("metrics") or {}).items():
+        if isinstance(scores, dict) and "f1" in scores:
+            # a random baseline's figures are distributions over draws: their means here
+            values = {k: v.get("mean") if isinstance(v, dict) else v for k, v in scores.items()}
+            figures = " · ".join(f"{k} {fmt(values.get(k), 3)}" for k in ("accuracy", "precision", "f1"))
+            lines.append(f"  {name:<16} {figures}" + (" (mean over draws)" if values != scores else ""))
+    return "\n".join(lines)
 
 
 def _name_list(text: str) -> tuple[str, ...]:
@@ -280,6 +314,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         min_effect=args.min_effect,
         batch_size=args.batch_size,
         device=args.device,
+        replace=args.replace,
     )
     table = run_confirmation(args.run, settings, progress=not args.quiet)
     print(summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -492,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_count, default=None, help="questions per forward (default: the run's runner_batch_size)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's models.device)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="let this call's table replace one that holds categories it does not test (refused otherwise)",
+    )
     p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser(
@@ -596,6 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0  # a second torchrun rank would redo a one-process command into the same files
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `mneme info RUN | head`: the reader left, nothing went wrong (before OSError)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — stops the flush-at-exit error
+        return 0
     except USER_ERRORS as exc:
         if args.traceback:
             raise
@@ -604,9 +647,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mneme: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `mneme info RUN | head`: the reader left, nothing went wrong
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — stops the flush-at-exit error
-        return 0
 
 
 if __name__ == "__main__":

@@ -186,6 +186,29 @@ def test_corrupt_or_missing_shard_is_a_clear_error(study, tmp_path):
         ActivationStore(tmp_path / "nowhere")
 
 
+def test_collecting_again_remakes_only_the_shards_that_are_not_whole(study, tmp_path):
+    """What the damaged-store messages advise works: collecting into the folder again
+    recomputes a deleted shard and a garbled one, leaves the other shards' files alone, and
+    gives the same store."""
+    cfg, _, _ = study
+    out = tmp_path / "acts-mend"
+    shutil.copytree(cfg.run_path / "activations", out)
+    reference = ActivationStore(out).read()
+    shards = sorted(out.glob("shard-*.safetensors"))
+    gone, garbled, kept = shards[1], shards[4], shards[0]
+    kept_inode = kept.stat().st_ino
+    os.unlink(gone)
+    garbled.write_bytes(b"garbage" * 10)
+    metrics = _collect(cfg, out)
+    assert metrics["computed_tokens"] > 0 and gone.is_file()
+    assert kept.stat().st_ino == kept_inode  # a whole shard is not rewritten
+    torch.testing.assert_close(ActivationStore(out).read(), reference)
+    assert _collect(cfg, out)["computed_tokens"] == 0  # whole again: nothing to do
+    (out / "index.json").write_text("{not json")
+    assert _collect(cfg, out)["computed_tokens"] == 0  # a damaged index is rebuilt from the shards
+    torch.testing.assert_close(ActivationStore(out).read(), reference)
+
+
 def test_mismatched_models_fail_before_any_shard(study, tmp_path):
     cfg, _, _ = study
     tok = tiny_tokenizer()

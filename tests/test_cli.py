@@ -141,3 +141,47 @@ def test_demo_main_without_serving_returns_instead_of_opening_the_dashboard():
     code = "import sys; from mneme_core import demo; sys.exit(demo.main(serve_after=False))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "damage, stage",
+    [("latents.parquet", "diff"), ("run.json", None)],
+)
+def test_a_damaged_run_file_is_named_with_the_stage_that_remakes_it(tiny_run, tmp_path, capsys, damage, stage):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / damage).write_bytes((run / damage).read_bytes()[:40] if damage != "run.json" else b"[1, 2]")
+    err = _fails_cleanly(capsys, ["info", str(run)], damage)
+    assert (f"--force {stage}" in err) if stage else "not a MNEME manifest" in err
+
+
+def test_a_damaged_evaluation_record_is_a_run_error_naming_it(tiny_run, tmp_path):
+    from mneme_core import open_run
+    from mneme_core.common.errors import RunError
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "evaluation.json").write_text('{"T": ')
+    with pytest.raises(RunError, match=r"evaluation\.json cannot be read.*--force evaluate"):
+        _ = open_run(run).evaluation
+    (run / "evaluation.json").write_text("[1]")
+    with pytest.raises(RunError, match="not a JSON object"):
+        _ = open_run(run).evaluation
+
+
+def test_info_reports_a_damaged_side_table_beside_the_others(tiny_run, tmp_path, capsys):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "contexts.parquet").write_bytes(b"not parquet")
+    capsys.readouterr()
+    assert cli.main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "contexts.parquet cannot be read" in out and "--force contexts" in out
+    assert "histograms" in out and "rows" in out  # the readable tables are still listed
+
+
+def test_export_refuses_to_overwrite_the_runs_own_crosscoder_or_a_file(tiny_run, tmp_path, capsys):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    weights = (run / "crosscoder" / "model.safetensors").read_bytes()
+    _fails_cleanly(capsys, ["export-crosscoder", str(run), str(run / "crosscoder")], "holds a MNEME cross-coder")
+    assert (run / "crosscoder" / "model.safetensors").read_bytes() == weights
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _fails_cleanly(capsys, ["export-crosscoder", str(run), str(blocker)], "a-file")

@@ -40,6 +40,7 @@ def test_unknown_key_is_named(patch, key):
     "patch, fragment",
     [
         ({"training": {"batch_size": "big"}}, "training.batch_size must be an integer"),
+        ({"training": {"n_tokens": "1.5"}}, "training.n_tokens must be an integer"),
         (
             {"models": {"base": {"path": "a", "dtype": "float8"}, "ft": {"path": "b"}}},
             "models.base.dtype must be one of",
@@ -55,6 +56,19 @@ def test_unknown_key_is_named(patch, key):
 def test_bad_values_are_named(patch, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
         load_config({**GOOD, **patch})
+
+
+def test_numbers_yaml_leaves_as_text_are_read_as_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-3` and `3e6`, without a dot, as strings; a study that
+    writes them means the numbers."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: t\nmodels: {base: {path: a}, ft: {path: b}, layer: 2}\ncorpus: {files: [x.txt], n_tokens: 2e5}\n"
+        "training: {lr: 1e-3, n_tokens: 3e6}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.training.lr == 0.001 and cfg.training.n_tokens == 3_000_000 and cfg.corpus.n_tokens == 200_000
+    assert isinstance(cfg.training.n_tokens, int)
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -7,6 +7,7 @@ every other latent of similar mass carries nothing. Confirmation must say exactl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -145,6 +146,25 @@ def test_a_finished_confirmation_needs_no_models_and_a_killed_one_resumes(tmp_pa
     for name in ("base", "ft"):
         (root / name).rename(root / f"{name}-gone")
     pd.testing.assert_frame_equal(cf.run_confirmation(run, progress=False), first)  # all parts on disk: no model loaded
+
+
+def test_a_narrower_confirmation_does_not_replace_a_wider_table_unless_told(tmp_path):
+    """Confirming one category of a run whose table holds more would throw the others'
+    tests away (a published run has no cached parts to rebuild them): refused, and the
+    table is untouched; --replace allows it."""
+    root = tmp_path / "world"
+    root.mkdir()
+    run = build_causal_run(root)
+    first = cf.run_confirmation(run, progress=False)
+    categories = sorted(first["category"].unique())
+    assert len(categories) > 1
+    before = (run / cv.CONFIRMATION_FILE).read_bytes()
+    narrow = cf.ConfirmSettings(categories=(categories[0],))
+    with pytest.raises(cf.ConfirmationError, match=f"{categories[1]}.*--replace"):
+        cf.run_confirmation(run, narrow, progress=False)
+    assert (run / cv.CONFIRMATION_FILE).read_bytes() == before
+    replaced = cf.run_confirmation(run, dataclasses.replace(narrow, replace=True), progress=False)
+    assert sorted(replaced["category"].unique()) == categories[:1]
 
 
 # --------------------------------------------------------------------------- the rule and the draws

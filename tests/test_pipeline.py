@@ -252,6 +252,7 @@ def test_rerunning_a_stage_makes_later_finished_stages_stale(run_copy):
     assert "contexts" in run.manifest["stages"]["evaluate"]["reason"]
     run_study(run_config(run_copy), progress=False)  # `mneme run` brings them up to date
     assert open_run(run_copy).missing_stages() == []
+    assert open_run(run_copy).manifest["stages"]["evaluate"].get("reason") is None  # no longer stale, nor said to be
     assert explained <= set(pd.read_parquet(run_copy / "explanations.parquet")["latent"])
 
 
@@ -359,3 +360,43 @@ def test_published_run_relabels_its_context_diffs_with_a_new_taxonomy(run_copy, 
     assert (
         after["rel_diff"].tolist() == before["rel_diff"].tolist() and after["text"].tolist() == before["text"].tolist()
     )
+
+
+def test_a_refused_or_failed_override_leaves_the_runs_settings(run_copy, tmp_path, monkeypatch, capsys):
+    """`mneme evaluate` / `mneme interpret` with a benchmark that is not there, a latent the
+    run does not have, or an explainer whose endpoint does not answer: the run keeps its
+    settings (so the study's own config still resumes it), and what was refused up front
+    keeps its finished stages too."""
+
+    def state() -> tuple[bytes, dict, dict]:
+        m = open_run(run_copy).manifest
+        return (run_copy / "config.yaml").read_bytes(), m["config"], {s: v["status"] for s, v in m["stages"].items()}
+
+    before = state()
+    assert cli.main(["-q", "evaluate", str(run_copy), "--benchmark", str(tmp_path / "missing.csv")]) == 2
+    assert "benchmark file not found" in capsys.readouterr().err
+    assert cli.main(["-q", "interpret", str(run_copy), "--latents", "99999"]) == 2
+    assert "that the run does not have" in capsys.readouterr().err
+    assert state() == before
+    # a failure inside the stage: the settings go back, the stage says it failed
+    dead_endpoint = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
+    args = ["-q", "interpret", str(run_copy), "--explainer", "openai", "--base-url", dead_endpoint, "--model", "m"]
+    args += ["--latents", "1"]
+    assert cli.main(args) == 2
+    capsys.readouterr()
+    yaml_now, config_now, stages_now = state()
+    assert (yaml_now, config_now) == before[:2] and stages_now["interpret"] == "failed"
+    run_study(run_config(run_copy), progress=False)  # the study's own settings resume it
+    assert open_run(run_copy).missing_stages() == []
+
+
+def test_evaluate_records_a_relative_benchmark_path_from_where_it_was_given(run_copy, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "bench.csv").write_text("category,score_before,score_after,n_questions\nvirology,0.9,0.2,300\n")
+    monkeypatch.chdir(here)
+    assert cli.main(["-q", "evaluate", str(run_copy), "--benchmark", "bench.csv"]) == 0
+    assert open_run(run_copy).manifest["config"]["evaluation"]["benchmark"] == str(here / "bench.csv")
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere, it still finds the file
+    run_study(run_config(run_copy), stages=["evaluate"], force=True, progress=False)
+    assert sorted(open_run(run_copy).benchmark["category"]) == ["virology"]

@@ -224,6 +224,17 @@ def load_lm_eval_pair(
     return validate_benchmark(df, f"lm-eval pair ({before}, {after})")
 
 
+def absolute_spec(spec: str) -> str:
+    """``evaluation.benchmark`` with its file paths made absolute (from the working folder),
+    so a spec given on the command line still names the same files when the run is later
+    resumed from another folder. Empty stays empty (the run's own table)."""
+    spec = spec.strip()
+    if spec.startswith(LM_EVAL_PREFIX):
+        parts = [str(Path(p.strip()).absolute()) if p.strip() else "" for p in spec[len(LM_EVAL_PREFIX) :].split(",")]
+        return LM_EVAL_PREFIX + ",".join(parts)
+    return str(Path(spec).absolute()) if spec else ""
+
+
 def load_benchmark(spec: str, run_path: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """Resolve ``evaluation.benchmark`` to a table; returns ``(table, description of source)``.
 

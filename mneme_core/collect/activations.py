@@ -87,6 +87,13 @@ class StoreError(RuntimeError):
 # --------------------------------------------------------------------------- reading
 
 
+# what every damaged-store message tells the user (``collect`` below keeps the whole shards)
+RECOLLECT = (
+    "re-run the collect stage (`mneme collect STUDY.yaml --force`): it recomputes the shards that are missing or "
+    "damaged and keeps the rest"
+)
+
+
 class ActivationStore:
     """Read-only view of a finished collection.
 
@@ -99,12 +106,12 @@ class ActivationStore:
         self.path = Path(path)
         index_path = self.path / INDEX
         if not index_path.is_file():
-            hint = " (collection started but did not finish: re-run the collect stage)" if self.path.is_dir() else ""
+            hint = f" (collection started but did not finish: {RECOLLECT})" if self.path.is_dir() else ""
             raise StoreError(f"no activation store at {self.path}: {INDEX} is missing{hint}")
         try:
             self.index: dict[str, Any] = json.loads(index_path.read_text())
         except json.JSONDecodeError as exc:
-            raise StoreError(f"{index_path} is not valid JSON ({exc}); delete it and re-run the collect stage") from exc
+            raise StoreError(f"{index_path} is not valid JSON ({exc}); {RECOLLECT}") from exc
         if self.index.get("format") != FORMAT:
             raise StoreError(f"{index_path} has format {self.index.get('format')!r}; this MNEME reads {FORMAT!r}")
         self.shards: list[dict[str, Any]] = self.index["shards"]
@@ -186,11 +193,9 @@ class ActivationStore:
             with safe_open(str(path), framework="pt") as fh:
                 return {name: fh.get_slice(name)[start:stop] for name in fields}
         except FileNotFoundError as exc:
-            raise StoreError(f"activation shard {path} is missing; re-run the collect stage to recompute it") from exc
+            raise StoreError(f"activation shard {path} is missing; {RECOLLECT}") from exc
         except Exception as exc:
-            raise StoreError(
-                f"activation shard {path} is unreadable ({exc}); delete it and re-run the collect stage"
-            ) from exc
+            raise StoreError(f"activation shard {path} is unreadable ({exc}); {RECOLLECT}") from exc
 
     def _pieces(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(shard, lo, hi) local row ranges covering global tokens [start, stop)."""
@@ -351,6 +356,21 @@ def _shard_complete(path: Path) -> bool:
         return False
 
 
+def _drop_index_if_damaged(out_dir: Path, rank: int) -> bool:
+    """A finished store with a shard missing or unreadable (or an unreadable index) is
+    made unfinished again: its index and this rank's record of done shards go, so the
+    collection below recomputes exactly the shards that are not whole and reuses the rest.
+    Returns whether it did."""
+    try:
+        intact = all(_shard_complete(out_dir / s["file"]) for s in ActivationStore(out_dir).shards)
+    except (StoreError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        (out_dir / INDEX).unlink(missing_ok=True)
+        (out_dir / f"rank-{rank}.done.json").unlink(missing_ok=True)
+    return not intact
+
+
 def _rank_groups(
     contexts: Iterator[PackedContext], rank: int, world_size: int, per_shard: int
 ) -> Iterator[list[PackedContext]]:
@@ -489,7 +509,7 @@ def collect(
     fingerprint = _fingerprint(models_cfg, corpus_cfg, act_cfg, world_size)
     _check_fingerprint(out_dir, fingerprint)
     donor = _check_donor(Path(act_cfg.reuse_base_from), fingerprint) if act_cfg.reuse_base_from else None
-    if (out_dir / INDEX).is_file():
+    if (out_dir / INDEX).is_file() and not _drop_index_if_damaged(out_dir, rank):
         return _summary(ActivationStore(out_dir)) | {
             "seconds": 0.0,
             "computed_tokens": 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 MANIFEST = "run.json"  # a run directory's manifest; here because a run's own config.yaml resolves against it
+NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # a number YAML may have left as text
 
 
 class ConfigError(ValueError):
@@ -417,6 +419,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
+    if isinstance(value, str) and tp in (int, float) and NUMBER_TEXT.fullmatch(value.strip()):
+        value = float(value)  # YAML reads `1e-3` and `3e6` (no dot) as text; they are numbers
+        if tp is int and value.is_integer():
+            value = int(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")

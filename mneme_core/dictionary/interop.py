@@ -222,6 +222,17 @@ def from_dictionary_learning(
     return model
 
 
+def _refuse_to_overwrite_a_mneme_crosscoder(dest: Path) -> None:
+    """An export into a folder holding a MNEME cross-coder (a run's own ``crosscoder/``)
+    would replace the weights every later stage reads with another library's layout."""
+    try:
+        held = json.loads((dest / CONFIG_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        held = False
+    if held:
+        raise InteropError(f"{dest} holds a MNEME cross-coder, which the export would overwrite; give another folder")
+
+
 def write_dictionary_learning(model: BatchTopKCrossCoder, dest: str | Path, legacy: bool = False) -> Path:
     """``dest/model.safetensors`` + ``dest/config.json`` in dictionary_learning's hub layout.
 
@@ -229,8 +240,9 @@ def write_dictionary_learning(model: BatchTopKCrossCoder, dest: str | Path, lega
     """
     from safetensors.torch import save_file
 
-    tensors = to_dictionary_learning(model, legacy)
     dest = Path(dest)
+    _refuse_to_overwrite_a_mneme_crosscoder(dest)
+    tensors = to_dictionary_learning(model, legacy)
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "exported_by": "mneme"})

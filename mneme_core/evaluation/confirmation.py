@@ -151,6 +151,7 @@ class ConfirmSettings:
     seed: int = 0
     batch_size: int | None = None
     device: str | None = None
+    replace: bool = False  # a table holding categories this call does not test may be replaced
 
     def validate(self) -> None:
         for name in ("max_latents", "controls", "others", "pool_width"):
@@ -750,6 +751,7 @@ def run_confirmation(
             "attributed latents; name categories with --categories"
         )
     _check_questions(inputs, targets)
+    _check_nothing_lost(run_path, targets, settings.replace)
     others = [c for c in off_target_categories(inputs.record, inputs.benchmark, settings.others) if c in inputs.items]
     min_effect = (
         settings.min_effect
@@ -775,6 +777,25 @@ def run_confirmation(
         write_parquet(run_path / CONFIRMATION_FILE, table)
     add_provenance(run_path, [{"kind": "confirmation_questions", "source": _portable(inputs.questions, run_path)}])
     return table
+
+
+def _check_nothing_lost(run_path: Path, targets: list[Target], replace: bool) -> None:
+    """Refuse to overwrite a confirmation table with one that drops some of its categories
+    (a narrower re-run would silently throw away tests that took minutes each, and a
+    published run has no cached parts to rebuild them from), unless told to."""
+    path = run_path / CONFIRMATION_FILE
+    if replace or not path.is_file():
+        return
+    try:
+        had = set(pd.read_parquet(path, columns=["category"])["category"].astype(str))
+    except (OSError, ValueError, KeyError):
+        return  # an unreadable table holds nothing to keep
+    lost = sorted(had - {t.category for t in targets})
+    if lost:
+        raise ConfirmationError(
+            f"{path} holds confirmations of {', '.join(lost)}, which this call does not test; its table would "
+            "replace them. Name them too with --categories, or pass --replace to start the table afresh"
+        )
 
 
 def _portable(files: str, run_path: Path) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,10 @@ def _run_one(cfg: StudyConfig, run_path: Path, stage: str, progress: bool) -> di
         raise StageError(f"stage '{stage}' failed: {message}") from exc
     if main:
         seconds = round(time.perf_counter() - started, 3)
-        set_stage(run_path, stage, "complete", metrics=metrics, info={"seconds": seconds, "error": None})
+        # a stale stage's reason ("'train' re-ran after it") no longer holds once it has re-run
+        set_stage(
+            run_path, stage, "complete", metrics=metrics, info={"seconds": seconds, "error": None, "reason": None}
+        )
     return metrics
 
 
@@ -238,3 +241,30 @@ def override_section(run_path: str | Path, section: str, changes: dict[str, Any]
     update_manifest(run_path, edit)
     atomic_write_bytes(run_path / "config.yaml", dump_config(new_cfg).encode())
     return new_cfg
+
+
+def rerun_with(
+    run_path: str | Path, section: str, changes: dict[str, Any], stages: Sequence[str], *, progress: bool = True
+) -> StudyConfig:
+    """Change one section of a run's config (``override_section``) and re-run ``stages``
+    with it. If one fails, the section goes back to what it was: the study's own config
+    still resumes the run (``mneme run STUDY.yaml`` redoes the failed stage and the stale
+    ones after it with the settings that made them) instead of being refused as another
+    study."""
+    run_path = Path(run_path)
+    before = read_manifest(run_path).get("config", {}).get(section)
+    yaml_path = run_path / "config.yaml"
+    yaml_before = yaml_path.read_bytes() if yaml_path.is_file() else None
+    cfg = override_section(run_path, section, changes)
+    try:
+        run_study(cfg, stages=stages, force=True, progress=progress)
+    except BaseException:
+
+        def restore(m: dict[str, Any]) -> None:
+            m["config"][section] = before
+
+        update_manifest(run_path, restore)
+        if yaml_before is not None:
+            atomic_write_bytes(yaml_path, yaml_before)
+        raise
+    return cfg

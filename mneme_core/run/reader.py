@@ -15,6 +15,32 @@ from mneme_core.run.search import search_descriptions
 from mneme_core.run.sharing import fetch_run, push_run
 from mneme_core.run.store import STAGES, read_manifest
 
+# the stage that writes each table a Run reads, for the message when one is damaged
+WRITTEN_BY = {
+    "latents.parquet": "diff",
+    "contexts.parquet": "contexts",
+    "histograms.parquet": "contexts",
+    "latent_topics.parquet": "categories",
+    "benchmark.parquet": "evaluate",
+    "evaluation.json": "evaluate",
+}
+
+
+def damaged(path: Path, exc: Exception) -> RunError:
+    """A readable error for a run file that exists but cannot be read (a copy cut short, a
+    disk error): which file, and the stage that writes it again."""
+    stage = WRITTEN_BY.get(path.name)
+    again = f"; re-make it with `mneme run {path.parent / 'config.yaml'} --force {stage}`" if stage else ""
+    return RunError(f"{path} cannot be read ({type(exc).__name__}: {exc}){again}")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A run's Parquet table, or a RunError saying which file is damaged."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise damaged(path, exc) from exc
+
 
 class Run:
     """Read-only view of a run directory; what the dashboard and users open."""
@@ -65,7 +91,7 @@ class Run:
         if self._latents is None:
             path = self.path / "latents.parquet"
             self._latents = (
-                pd.read_parquet(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
+                read_table(path) if path.is_file() else pd.DataFrame({"latent": pd.Series([], dtype="int64")})
             )
         return self._latents
 
@@ -80,7 +106,7 @@ class Run:
         """Contexts of one latent (top first, then quantile samples), or all of them."""
         if latent is None:
             path = self.path / "contexts.parquet"
-            return order_contexts(pd.read_parquet(path)) if path.is_file() else pd.DataFrame()
+            return order_contexts(read_table(path)) if path.is_file() else pd.DataFrame()
         lookup = self._lookup("contexts")
         return order_contexts(lookup.frame(latent)) if lookup is not None else pd.DataFrame()
 
@@ -98,12 +124,20 @@ class Run:
     @property
     def benchmark(self) -> pd.DataFrame | None:
         path = self.path / "benchmark.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        return read_table(path) if path.is_file() else None
 
     @property
     def evaluation(self) -> dict[str, Any] | None:
         path = self.path / "evaluation.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise damaged(path, exc) from exc
+        if not isinstance(record, dict):
+            raise damaged(path, ValueError("not a JSON object"))
+        return record
 
     def search(self, query: str, k: int = 20) -> pd.DataFrame:
         """Latents whose descriptions are nearest to ``query`` (needs the interpret stage)."""

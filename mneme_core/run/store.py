@@ -70,6 +70,8 @@ def read_manifest(run_path: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RunError(f"{path} is not valid JSON ({exc}); the run is damaged.") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
+        raise RunError(f"{path} is not a MNEME manifest (a JSON object with a 'stages' object); the run is damaged.")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise RunError(
@@ -123,7 +125,9 @@ def init_run(
             if old != new:
                 raise RunError(
                     f"{run_path} already holds a run with a different config (sections differ: "
-                    f"{', '.join(differing_keys(old, new))}). Use another run_dir, or delete the folder to start over."
+                    f"{', '.join(differing_keys(old, new))}). To resume that run, use its own settings "
+                    f"(`mneme run {run_path / 'config.yaml'}`; `mneme interpret` / `mneme evaluate` change them); "
+                    "for another study, use another run_dir or delete the folder to start over."
                 )
             if model_files is not None:
                 _check_model_files(run_path, manifest, model_files)
