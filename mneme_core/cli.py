@@ -57,6 +57,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mneme_core.common.distributed import is_main_process
     from mneme_core.run.pipeline import run_study
 
+    outside = [s for s in args.force or () if args.stages and s not in args.stages]
+    if outside:  # forcing a stage that will not run would re-run only the later ones, on its old output
+        raise ConfigError(f"--force {outside[0]} is not among --stages {','.join(args.stages)}; add it to --stages")
     cfg = load_config(args.study)
     path = run_study(cfg, stages=args.stages, force=args.force or False, progress=not args.quiet)
     if is_main_process():  # under torchrun the other ranks end after training
@@ -255,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = absolute_spec(args.benchmark)
     try:  # a benchmark that cannot be read is refused before the run's settings change
         load_benchmark(spec, args.run)
-    except BenchmarkError as exc:
+    except (BenchmarkError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(str(exc)) from None
     changes: dict[str, Any] = {"benchmark": spec}
     if args.description is not None:
@@ -342,8 +345,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     roots = []
     if args.run:
-        if not Path(args.run).exists():
-            raise FileNotFoundError(f"no run or folder at {args.run}")
+        if not Path(args.run).is_dir():
+            what = "is a file, not a run folder" if Path(args.run).exists() else "does not exist"
+            raise ConfigError(f"{args.run} {what}; give a run folder or a folder of runs")
         roots = [Path(args.run).resolve()]
     serve(roots)
 
@@ -357,6 +361,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{flag} goes with a rebuild or a refresh; add --rebuild or --refresh "
                 "(`mneme demo` alone opens every committed run)"
             )
+    if args.rebuild and args.refresh:
+        raise ConfigError("--rebuild and --refresh are two ways to build the demo; give one")
     if args.precision is not None and not args.rebuild:
         raise ConfigError(
             "--precision goes with --rebuild (it sets the precision the runs' dictionaries are trained and read in)"
@@ -428,9 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # the same two options after the command too (`mneme info RUN --traceback`); SUPPRESS keeps
+    # a value given before the command when they are not repeated after it
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    anywhere.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run or resume a study (all stages)")
+    def command(name: str, parents: Sequence[argparse.ArgumentParser] = (), **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[anywhere, *parents], **kwargs)
+
+    p = command("run", help="run or resume a study (all stages)")
     p.add_argument("study", help="study YAML file")
     p.add_argument("--stages", type=_stage_list, default=None, help=f"comma-separated subset of: {','.join(STAGES)}")
     p.add_argument(
@@ -443,17 +457,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     for stage in PER_STAGE_COMMANDS:
-        p = sub.add_parser(stage, help=f"run only the {stage} stage (earlier stages must be complete)")
+        p = command(stage, help=f"run only the {stage} stage (earlier stages must be complete)")
         p.add_argument("study", help="study YAML file")
         p.add_argument("--force", action="store_true", help="re-run even if complete")
         p.set_defaults(fn=cmd_stage)
 
-    p = sub.add_parser("info", help="what a run holds: stages, metrics, tables")
+    p = command("info", help="what a run holds: stages, metrics, tables")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser(
+    p = command(
         "layers",
         help="how much the two models' activations differ at every layer, on the study's corpus (reads no benchmark)",
     )
@@ -467,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_layers)
 
-    p = sub.add_parser("interpret", help="(re)describe latents of a run, then categorise them")
+    p = command("interpret", help="(re)describe latents of a run, then categorise them")
     p.add_argument("run", help="run directory")
     p.add_argument("--explainer", choices=("offline", "openai", "transformers"), default=None)
     p.add_argument(
@@ -478,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (openai) or path (transformers)")
     p.set_defaults(fn=cmd_interpret)
 
-    p = sub.add_parser("evaluate", help="compare predicted side effects with a benchmark")
+    p = command("evaluate", help="compare predicted side effects with a benchmark")
     p.add_argument("run", help="run directory")
     p.add_argument(
         "--benchmark", required=True, help="CSV/JSON file, 'lm_eval:BEFORE.json,AFTER.json' or 'runner:FILE'"
@@ -486,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default=None, help="one-line description of the intervention (naive baseline)")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "confirm",
         help="test predicted side effects by ablating their latents at layer L",
         description="Ablate each tested category's latents in the base model (and restore them in the "
@@ -534,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_confirm)
 
-    p = sub.add_parser(
+    p = command(
         "seeds",
         help="retrain a run's dictionary with other seeds and show which predictions recur",
         description="Copy the run once per seed (its activation store hard-linked, not recomputed), retrain "
@@ -547,11 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None, help="where the copies go (default: RUN/seeds)")
     p.set_defaults(fn=cmd_seeds)
 
-    p = sub.add_parser("dashboard", help="open the dashboard (streamlit)")
+    p = command("dashboard", help="open the dashboard (streamlit)")
     p.add_argument("run", nargs="?", default=None, help="a run directory or a folder of runs")
     p.set_defaults(fn=cmd_dashboard)
 
-    p = sub.add_parser("demo", help="open the bundled demo study; --rebuild reproduces it")
+    p = command("demo", help="open the bundled demo study; --rebuild reproduces it")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo study from nothing (CPU, ~1 h)")
     p.add_argument(
         "--refresh",
@@ -583,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint = argparse.ArgumentParser(add_help=False)
     endpoint.add_argument("--endpoint", default=None, help="hub endpoint (default: HF_ENDPOINT or huggingface.co)")
 
-    p = sub.add_parser(
+    p = command(
         "import-crosscoder",
         parents=[endpoint],
         help="use a trained cross-coder (MNEME or dictionary_learning) instead of training one",
@@ -594,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the run's cross-coder")
     p.set_defaults(fn=cmd_import_crosscoder)
 
-    p = sub.add_parser("export-crosscoder", help="write a run's cross-coder in dictionary_learning's layout")
+    p = command("export-crosscoder", help="write a run's cross-coder in dictionary_learning's layout")
     p.add_argument("run", help="run directory (or a cross-coder folder)")
     p.add_argument("dest", help="folder to write model.safetensors + config.json into")
     p.add_argument(
@@ -604,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_export_crosscoder)
 
-    p = sub.add_parser(
+    p = command(
         "push", parents=[endpoint], help="share a run (dataset repo) or its cross-coder (model repo) on the hub"
     )
     p.add_argument("run", help="run directory")
@@ -613,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.set_defaults(fn=cmd_push)
 
-    p = sub.add_parser("pull", parents=[endpoint], help="download a run shared on the hub into a folder")
+    p = command("pull", parents=[endpoint], help="download a run shared on the hub into a folder")
     p.add_argument("repo_id", help="owner/name of the dataset repo")
     p.add_argument("dest", help="folder for the run")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def fit_value(key: str, lo: float, hi: float, seed: float) -> None:
         st.session_state[key] = seed
 
 
-def fit_choices(key: str, options: list[object], seed: object | None = None, multi: bool = True) -> None:
+def fit_choices(key: str, options: Sequence[object], seed: object | None = None, multi: bool = True) -> None:
     """Drop remembered choices the widget no longer offers (same reason as :func:`fit_range`)."""
     value = st.session_state.get(key)
     if multi:

@@ -185,3 +185,36 @@ def test_export_refuses_to_overwrite_the_runs_own_crosscoder_or_a_file(tiny_run,
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     _fails_cleanly(capsys, ["export-crosscoder", str(run), str(blocker)], "a-file")
+
+
+def test_a_yaml_syntax_error_or_a_folder_given_as_a_study_is_one_line(tiny_run, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nmodels: {base: {path: a}\n  ft: [\n")
+    _fails_cleanly(capsys, ["run", str(bad)], "bad.yaml is not valid YAML", "line 3")
+    _fails_cleanly(capsys, ["run", str(tiny_run)], "is a folder", str(tiny_run / "config.yaml"))
+
+
+@pytest.mark.parametrize("name, text", [("empty.csv", ""), ("numbers.json", "[1, 2]"), ("bad.parquet", "x")])
+def test_an_unreadable_benchmark_is_one_line_and_changes_nothing(tiny_run, tmp_path, capsys, name, text):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    before = (run / "run.json").read_bytes()
+    (tmp_path / name).write_text(text)
+    _fails_cleanly(capsys, ["-q", "evaluate", str(run), "--benchmark", str(tmp_path / name)], name)
+    assert (run / "run.json").read_bytes() == before
+
+
+def test_global_options_go_before_or_after_the_command():
+    parse = cli.build_parser().parse_args
+    after = parse(["info", "RUN", "--traceback", "-q"])
+    assert after.traceback and after.quiet
+    before = parse(["-q", "info", "RUN"])
+    assert before.quiet and not before.traceback
+    assert not parse(["info", "RUN"]).quiet
+
+
+def test_force_outside_the_chosen_stages_and_rebuild_with_refresh_are_refused(tiny_run, tmp_path, capsys):
+    study = tmp_path / "s.yaml"
+    study.write_text((tiny_run / "config.yaml").read_text())
+    _fails_cleanly(capsys, ["run", str(study), "--stages", "evaluate", "--force", "categories"], "--force categories")
+    _fails_cleanly(capsys, ["demo", "--rebuild", "--refresh", "--no-serve"], "give one")
+    _fails_cleanly(capsys, ["dashboard", str(study)], "is a file, not a run folder")

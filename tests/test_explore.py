@@ -113,8 +113,8 @@ def test_category_summary_counts(table):
 def test_dead_fraction_prefers_the_whole_store_and_says_what_it_counted():
     train = {"dead_fraction": 0.3, "n_val_tokens": 4899}
     diff = {"never_fired": 23, "n_latents": 230, "n_tokens": 195958}
-    assert explore.dead_fraction(train, diff) == (0.1, "fire on none of the 195958 analysis tokens")
-    assert explore.dead_fraction(train, {}) == (0.3, "silent on the 4899 held-out tokens")
+    assert explore.dead_fraction(train, diff) == (0.1, "fire on none of the 195,958 analysis tokens")
+    assert explore.dead_fraction(train, {}) == (0.3, "silent on the 4,899 held-out tokens")
     assert explore.dead_fraction({}, {}) == (None, "")
 
 

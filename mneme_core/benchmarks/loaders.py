@@ -90,7 +90,10 @@ def load_benchmark_table(path: str | Path) -> pd.DataFrame:
         raise BenchmarkError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        df = pd.read_csv(path, comment="#", skipinitialspace=True)
+        try:
+            df = pd.read_csv(path, comment="#", skipinitialspace=True)
+        except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError and ParserError are ValueErrors
+            raise BenchmarkError(f"{path} could not be read as CSV: {exc}") from exc
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text())
@@ -103,11 +106,16 @@ def load_benchmark_table(path: str | Path) -> pd.DataFrame:
             )
         if isinstance(data, dict) and isinstance(data.get("categories"), list):
             data = data["categories"]
-        if not isinstance(data, list):
-            raise BenchmarkError(f"{path}: expected a list of records (or {{'categories': [...]}})")
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise BenchmarkError(
+                f"{path}: expected a list of records, one object per category (or {{'categories': [...]}})"
+            )
         df = pd.DataFrame.from_records(data)
     elif suffix == ".parquet":
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise BenchmarkError(f"{path} could not be read as Parquet: {exc}") from exc
     else:
         raise BenchmarkError(f"{path}: unsupported benchmark file type {suffix!r}; use .csv, .json or .parquet")
     return validate_benchmark(df, str(path))

@@ -502,6 +502,13 @@ def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str
     return out
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, and what (its own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
     """Read and validate a study config from a YAML path or a mapping.
 
@@ -512,12 +519,17 @@ def load_config(source: str | Path | dict[str, Any]) -> StudyConfig:
         data = source
     else:
         path = Path(source)
+        if path.is_dir():
+            run_hint = (
+                f" (a run folder: its settings are {path / 'config.yaml'})" if (path / MANIFEST).is_file() else ""
+            )
+            raise ConfigError(f"{path} is a folder, not a study YAML file{run_hint}")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
         if (path.parent / MANIFEST).is_file():

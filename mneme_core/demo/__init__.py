@@ -46,7 +46,7 @@ def main(
     """Entry point of ``mneme demo [--rebuild [--precision P] | --refresh] [--runs NAMES]
     [--no-serve]``: (rebuild or refresh, then) open the dashboard. ``runs`` limits a rebuild
     or refresh to those runs; ``serve_after=False`` stops after them (scripts, benches, CI);
-    ``precision`` overrides the rebuild's (``DemoSizes.precision``; None: float32, or what
+    ``precision`` overrides the rebuild's (None: ``DemoSizes.precision``, ``auto``, or what
     a resumed build began with)."""
     demo_dir = default_demo_dir()
     if rebuild:

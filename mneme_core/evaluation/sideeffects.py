@@ -316,7 +316,7 @@ def headline(record: dict[str, Any], direction: str = "degraded") -> dict[str, A
         "predicted": len(sub.get("P", [])),
         "accuracy (MNEME)": mneme.get("accuracy"),
         "accuracy (random)": (rnd.get("accuracy") or {}).get("mean"),
-        "accuracy (activation diff)": m.get("activation_diff", {}).get("accuracy"),
+        "accuracy (act. diff)": m.get("activation_diff", {}).get("accuracy"),  # a label the card's width holds
         "precision": mneme.get("precision"),
         "F1": mneme.get("f1"),
     }

@@ -349,9 +349,12 @@ def category_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def fmt(value: object, digits: int = 4) -> str:
-    """A number as people read it (3 significant digits, '—' for missing)."""
+    """A number as people read it (``digits`` significant digits, whole numbers with
+    thousands separators, '—' for missing)."""
     if value is None:
         return "—"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(float(value)):
             return "—"

@@ -23,7 +23,9 @@ st.title("Category map")
 labels = [v for v in ("suppressed", "amplified", "unchanged") if v in set(run.latents.get("attribution", []))]
 # the attributed latents first; a run with none (a null control) opens on all of them
 default = [v for v in labels if v != "unchanged"] or labels
-chosen = st.pills("Attribution", labels, selection_mode="multi", default=default, key="f_map_attr")
+st.session_state.setdefault("f_map_attr", default)  # as session state: a widget default beside it warns
+_ui.fit_choices("f_map_attr", labels)
+chosen = st.pills("Attribution", labels, selection_mode="multi", key="f_map_attr")
 if chosen:
     event = st.plotly_chart(
         _ui.cached_figure("category_map", path, mtime, tuple(chosen)),

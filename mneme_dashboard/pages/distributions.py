@@ -38,10 +38,12 @@ a.plotly_chart(
 b.plotly_chart(plots.cosine_histogram(runs), key="cos_hist")
 a, b = st.columns([3, 2])
 with a:
+    # seeded as session state, as every remembered filter (_ui.keep_filters): a widget
+    # default beside a value set that way makes Streamlit warn
+    _ui.fit_choices("f_beta_target", list(plots.BETA_TARGETS), seed="primary", multi=False)
     target = st.segmented_control(
         "β shown",
         list(plots.BETA_TARGETS),
-        default="primary",
         key="f_beta_target",
         format_func=lambda t: {
             "primary": "primary (the labels')",
