@@ -167,3 +167,12 @@ def test_the_command_prints_the_seeds_and_exits_2_on_a_bad_list(measured, capsys
     with pytest.raises(SystemExit) as exc:
         main(["seeds", str(run), "--seeds", "one"])
     assert exc.value.code == 2
+
+
+def test_a_later_call_adds_its_seeds_to_those_still_measured(measured, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(measured[0], run)  # seeds 0 (its own), 1 and 2 measured, copies in RUN/seeds
+    shutil.rmtree(run / REPLICAS_DIR / "seed2")  # a deleted copy leaves the record
+    record = seeds.measure(run, (3,), progress=False)
+    assert [row["seed"] for row in record["seeds"]] == [0, 1, 3]
+    assert sorted(record["copies"]) == ["1", "3"]

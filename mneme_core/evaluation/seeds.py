@@ -45,13 +45,15 @@ def measure(
     """Retrain ``run_path``'s dictionary with each of ``seeds`` (copies under ``work``,
     default ``RUN/seeds``; finished copies are reused, interrupted ones resumed), then
     write and return the agreement record (``seed_agreement.json`` in the run). The record
-    holds the run's own seed and the seeds of this call."""
+    holds the run's own seed, the seeds of this call and those an earlier call measured into
+    the same work folder whose copies are still there (so `--seeds 1,2` then `--seeds 3`
+    compares four dictionaries; delete a copy to leave its seed out)."""
     run_path = Path(run_path)
     run, own_seed = _check_run(run_path)
-    others = [s for s in dict.fromkeys(seeds) if s != own_seed]
-    if not others:
+    if not [s for s in seeds if s != own_seed]:
         raise SeedAgreementError(f"give seeds other than the run's own ({own_seed}), e.g. --seeds 1,2")
     work = _work_folder(run_path, work)
+    others = [s for s in dict.fromkeys([*_earlier_seeds(run_path, work), *seeds]) if s != own_seed]
     copies = {
         seed: replica(run_path, work / f"seed{seed}", {"training": {"seed": seed}}, progress=progress)
         for seed in others
@@ -64,6 +66,26 @@ def measure(
     }
     atomic_write_json(run_path / SEED_AGREEMENT_FILE, record)
     return record
+
+
+def _earlier_seeds(run_path: Path, work: Path) -> list[int]:
+    """The seeds of the run's earlier record whose copies are still in ``work``."""
+    try:
+        record = load(run_path)
+    except SeedAgreementError:
+        return []  # a damaged record is rewritten from this call's seeds
+    if record is None:
+        return []
+    kept = []
+    for seed, named in (record.get("copies") or {}).items():
+        path = Path(named) if Path(named).is_absolute() else run_path / named
+        if (
+            str(seed).lstrip("-").isdigit()
+            and (path / MANIFEST).is_file()
+            and path.resolve() == (work / f"seed{seed}").resolve()
+        ):
+            kept.append(int(seed))
+    return kept
 
 
 def _work_folder(run_path: Path, work: str | Path | None) -> Path:
