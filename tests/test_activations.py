@@ -207,6 +207,11 @@ def test_collecting_again_remakes_only_the_shards_that_are_not_whole(study, tmp_
     (out / "index.json").write_text("{not json")
     assert _collect(cfg, out)["computed_tokens"] == 0  # a damaged index is rebuilt from the shards
     torch.testing.assert_close(ActivationStore(out).read(), reference)
+    stats = ActivationStore(out).norm_stats
+    (out / "norm_stats.safetensors").unlink()
+    assert _collect(cfg, out)["computed_tokens"] == 0  # and so are the normalisation statistics
+    for key, value in ActivationStore(out).norm_stats.items():
+        torch.testing.assert_close(value, stats[key])
 
 
 def test_mismatched_models_fail_before_any_shard(study, tmp_path):

@@ -447,3 +447,12 @@ def test_remembered_filters_outside_the_runs_bounds_are_reset(run_copy):
             assert showing(at) == (len(table), len(table))  # every stale filter dropped
         else:
             assert 0.0 <= at.session_state["f_threshold"] < 99.0
+
+
+def test_a_damaged_topic_table_is_named_and_the_latent_page_still_draws(tiny_run, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "latent_topics.parquet").write_bytes(b"not parquet")
+    latent = int(open_run(run).contexts()["latent"].iloc[0])
+    at = page(run, "latent", latent=latent)
+    assert any("latent_topics.parquet cannot be read" in c.value for c in at.caption)
+    assert f"Non-zero activations of latent {latent}" in charts(at)

@@ -218,3 +218,21 @@ def test_force_outside_the_chosen_stages_and_rebuild_with_refresh_are_refused(ti
     _fails_cleanly(capsys, ["run", str(study), "--stages", "evaluate", "--force", "categories"], "--force categories")
     _fails_cleanly(capsys, ["demo", "--rebuild", "--refresh", "--no-serve"], "give one")
     _fails_cleanly(capsys, ["dashboard", str(study)], "is a file, not a run folder")
+
+
+def test_evaluate_with_the_runner_scores_named_question_files(tiny_run, tmp_path, capsys, monkeypatch):
+    """`--benchmark runner:FILE` (relative here) scores both models on the questions: the
+    file is checked and recorded absolute, and a missing one is refused up front."""
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    rows = [
+        {"question": "the cat sat on the", "choices": ["mat", "sea"], "answer": 0, "subject": "animals"},
+        {"question": "the dog ran in the", "choices": ["park", "moon"], "answer": 0, "subject": "animals"},
+    ]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    _fails_cleanly(capsys, ["-q", "evaluate", str(run), "--benchmark", "runner:nope.jsonl"], "nope.jsonl")
+    assert cli.main(["-q", "evaluate", str(run), "--benchmark", "runner:q.jsonl"]) == 0
+    from mneme_core import open_run
+
+    assert open_run(run).manifest["config"]["evaluation"]["benchmark"] == f"runner:{tmp_path / 'q.jsonl'}"
+    assert list(open_run(run).benchmark["category"]) == ["animals"]

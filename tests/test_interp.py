@@ -389,3 +389,22 @@ def test_transformers_explainer_with_smollm2(planted):
     table = pd.read_parquet(run_path / "explanations.parquet")
     rows = table[table["explainer"] == "transformers:smollm2-135m-instruct"]
     assert len(rows) == 2 and rows["description"].str.len().gt(0).all()
+
+
+def test_a_missing_local_model_is_named_when_loaded_not_when_a_config_is_read(tmp_path):
+    """A run made with a local explainer model still opens after the folder moved (its
+    config is read by confirm, seeds, the prompt lab); the explainer says what is missing."""
+    from mneme_core.common.config import ConfigError, load_config
+    from mneme_core.interp.clients import TransformersChat
+
+    cfg = load_config(
+        {
+            "name": "t",
+            "models": {"base": {"path": "a"}, "ft": {"path": "b"}, "layer": 2},
+            "corpus": {"files": ["x.txt"]},
+            "interpret": {"explainer": "transformers", "model": str(tmp_path / "moved")},
+        }
+    )
+    assert cfg.interpret.model.endswith("moved")
+    with pytest.raises(ConfigError, match="no model folder at .*moved"):
+        TransformersChat(cfg.interpret.model)

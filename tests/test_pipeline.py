@@ -20,7 +20,7 @@ from conftest import REPO, TINY_BENCHMARK, rank_logs, tiny_study_dict, torchrun_
 from mneme_core import cli, open_run
 from mneme_core.collect.activations import ActivationStore
 from mneme_core.common.errors import RunError
-from mneme_core.run.pipeline import StageError, override_section, run_config, run_study
+from mneme_core.run.pipeline import StageError, override_section, rerun_with, run_config, run_study
 from mneme_core.run.store import STAGES, read_manifest
 
 LATENT_COLUMNS = [
@@ -295,7 +295,7 @@ def test_retraining_at_another_size_gives_a_latents_table_of_the_new_dictionary(
 
 def test_dashboard_command_refuses_a_missing_run(tmp_path, capsys):
     assert cli.main(["dashboard", str(tmp_path / "nope")]) == 2
-    assert "no run or folder" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the study asks for")
@@ -400,3 +400,16 @@ def test_evaluate_records_a_relative_benchmark_path_from_where_it_was_given(run_
     monkeypatch.chdir(tmp_path)  # resumed from elsewhere, it still finds the file
     run_study(run_config(run_copy), stages=["evaluate"], force=True, progress=False)
     assert sorted(open_run(run_copy).benchmark["category"]) == ["virology"]
+
+
+def test_an_override_whose_own_stage_finished_keeps_its_settings_when_a_later_stage_fails(run_copy):
+    """New descriptions were written with the new explainer settings: if categorising them
+    then fails, the run's settings must still be the ones its descriptions came from."""
+    shutil.rmtree(run_copy / "lancedb")
+    (run_copy / "lancedb").write_text("a file where the description index goes")
+    with pytest.raises(StageError, match="categories"):
+        rerun_with(run_copy, "interpret", {"max_latents": 3}, ["interpret", "categories", "evaluate"], progress=False)
+    manifest = open_run(run_copy).manifest
+    assert manifest["stages"]["interpret"]["status"] == "complete"
+    assert manifest["stages"]["categories"]["status"] == "failed"
+    assert manifest["config"]["interpret"]["max_latents"] == 3 == run_config(run_copy).interpret.max_latents

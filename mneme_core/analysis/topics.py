@@ -1,13 +1,14 @@
-"""Where a latent fires, by the topic of the text: its activation per packed context.
+"""Where a latent fires, by the topic of the text: its activation per topic of context.
 
 A latent's category comes from its top windows, which name the most typical text it fires
 on and can miss where most of its activation goes: on the development pair a latent
 labelled *quantities and measures* put its largest shares on chemistry and materials text
-(docs/DIFFING.md, development scenario 15). This measures the second thing directly. One
-pass of the activation store through the cross-coder (threshold mode, as the contexts
-stage) sums each latent's activation over every token of each packed context; the
-categories stage, once it has labelled every context's text for the dictionary-free
-baseline, folds those sums into a share per topic (``topic_shares``).
+(docs/DIFFING.md, development scenario 15). This measures the second thing directly. The
+categories stage first labels every packed context's text with a topic (the labels the
+dictionary-free baseline uses); then one pass of the activation store through the
+cross-coder (threshold mode, as the contexts stage) adds each token's code to its
+context's topic, on the encoder's device, in a topics × latents table (a few MB whatever the
+corpus), and ``topic_shares`` turns that into a share per topic.
 
 What it is for: reading a latent. The prediction does not use it; the reading that did
 (V4 of scenario 15) lost on the development pair, so it stays a view.
@@ -29,61 +30,65 @@ TOPIC_COLUMNS = ("fires_most_in", "fires_most_share")  # what the latents table 
 
 
 @torch.no_grad()
-def context_mass(
+def topic_mass(
     store: object,
     encode: Callable[[torch.Tensor], torch.Tensor],
+    topic_of_context: np.ndarray,
+    n_topics: int,
     special_ids: Iterable[int] = (),
     *,
-    batch_size: int = 4096,
+    batch_size: int,
+    device: torch.device | str = "cpu",
     progress: bool = False,
-) -> np.ndarray:
-    """``mass_CF[c, j]``: latent j's summed activation over the tokens of packed context c
-    (float64). Special tokens (BOS, chat control tokens) count for nothing, as in the
-    contexts stage's density and maxima."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """``mass_KF[k, j]``: latent j's summed activation over the tokens whose packed context
+    has topic k, and ``tokens_K``, the tokens counted per topic. Special tokens (BOS, chat
+    control tokens) count for nothing, as in the contexts stage's density and maxima; a
+    context without a topic (``topic_of_context`` < 0) is left out."""
     ctx = np.asarray(store.context_ids, dtype=np.int64)  # type: ignore[attr-defined]
     token_ids = np.asarray(store.token_ids)  # type: ignore[attr-defined]
     special = np.asarray(sorted({int(i) for i in special_ids}), dtype=np.int64)
-    n_ctx = int(ctx.max()) + 1 if len(ctx) else 0
-    mass_CF: torch.Tensor | None = None
+    topic_of = np.asarray(topic_of_context, dtype=np.int64)
+    # float64 accumulators where the device has them (an MPS GPU has not)
+    acc = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    mass_KF: torch.Tensor | None = None
+    tokens_K = np.zeros(n_topics, dtype=np.int64)
     start = 0
-    with tqdm(
-        total=len(ctx), unit="tok", desc="activation by context", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    with tqdm(total=len(ctx), unit="tok", desc="activation by topic", disable=not progress, dynamic_ncols=True) as bar:
         for x_B2d in store.iter_batches(batch_size, shuffle=False):  # type: ignore[attr-defined]
             stop = start + len(x_B2d)
-            f_BF = encode(x_B2d).detach().cpu().double()
-            if mass_CF is None:
-                mass_CF = torch.zeros(n_ctx, f_BF.shape[1], dtype=torch.float64)
-            counted = torch.from_numpy(~np.isin(token_ids[start:stop], special))
-            mass_CF.index_add_(0, torch.from_numpy(ctx[start:stop])[counted], f_BF[counted])
+            topic_B = topic_of[ctx[start:stop]]
+            keep = ~np.isin(token_ids[start:stop], special) & (topic_B >= 0)
+            f_BF = encode(x_B2d)
+            if mass_KF is None:
+                mass_KF = torch.zeros(n_topics, f_BF.shape[1], dtype=acc, device=f_BF.device)
+            rows = torch.from_numpy(np.flatnonzero(keep)).to(f_BF.device)
+            mass_KF.index_add_(0, torch.from_numpy(topic_B[keep]).to(f_BF.device), f_BF[rows].to(acc))
+            tokens_K += np.bincount(topic_B[keep], minlength=n_topics)
             start = stop
             bar.update(len(x_B2d))
-    return mass_CF.numpy() if mass_CF is not None else np.zeros((0, 0))
+    mass = mass_KF.double().cpu().numpy() if mass_KF is not None else np.zeros((n_topics, 0))
+    return mass, tokens_K
 
 
-def topic_shares(mass_CF: np.ndarray, contexts: pd.DataFrame) -> pd.DataFrame:
+def topic_shares(mass_KF: np.ndarray, names: np.ndarray, tokens_K: np.ndarray) -> pd.DataFrame:
     """Per latent, the share of its activation in each topic's contexts, beside the share
-    of all analysis tokens that topic's contexts hold (``corpus_share``; a latent that
-    fires evenly everywhere has ``share`` ≈ ``corpus_share``). ``contexts`` holds
-    ``context_id, n_tokens, category`` (the categories stage's labelled contexts).
+    of the counted tokens that topic's contexts hold (``corpus_share``; a latent that fires
+    evenly everywhere has ``share`` ≈ ``corpus_share``).
 
     Long format ``latent, category, share, corpus_share``: the ``MAX_TOPICS`` largest
     shares of each latent that reach ``MIN_SHARE``, largest first; a latent that never
     fired has no row."""
-    ids = contexts["context_id"].to_numpy(np.int64)
-    names, topic_of = np.unique(contexts["category"].astype(str).to_numpy(), return_inverse=True)
-    mass_KF = np.zeros((len(names), mass_CF.shape[1]))
-    np.add.at(mass_KF, topic_of, mass_CF[ids])
-    tokens_K = np.bincount(topic_of, weights=contexts["n_tokens"].to_numpy(np.float64), minlength=len(names))
+    mass_KF = np.nan_to_num(mass_KF, nan=0.0)  # one non-finite context does not void a latent's profile
     total_F = mass_KF.sum(0)
     share_KF = np.divide(mass_KF, total_F, out=np.zeros_like(mass_KF), where=total_F > 0)
     topic_K, latent_K = np.nonzero(share_KF >= MIN_SHARE)
     table = pd.DataFrame(
         {
             "latent": latent_K.astype(np.int64),
-            "category": names[topic_K].astype(str),
+            "category": np.asarray(names)[topic_K].astype(str),
             "share": share_KF[topic_K, latent_K],
-            "corpus_share": (tokens_K / max(tokens_K.sum(), 1.0))[topic_K],
+            "corpus_share": (tokens_K / max(int(tokens_K.sum()), 1))[topic_K].astype(np.float64),
         }
     )
     table = table.sort_values(["latent", "share"], ascending=[True, False], kind="stable")

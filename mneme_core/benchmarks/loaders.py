@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mneme_core.common.config import LM_EVAL_PREFIX
+from mneme_core.common.config import LM_EVAL_PREFIX, RUNNER_PREFIX
 
 BENCHMARK_COLUMNS = ("category", "score_before", "score_after", "n_questions")
 PAIRED_COLUMNS = ("n_lost", "n_gained")  # optional: exact paired counts from per-question results
@@ -237,10 +237,11 @@ def absolute_spec(spec: str) -> str:
     so a spec given on the command line still names the same files when the run is later
     resumed from another folder. Empty stays empty (the run's own table)."""
     spec = spec.strip()
-    if spec.startswith(LM_EVAL_PREFIX):
-        parts = [str(Path(p.strip()).absolute()) if p.strip() else "" for p in spec[len(LM_EVAL_PREFIX) :].split(",")]
-        return LM_EVAL_PREFIX + ",".join(parts)
-    return str(Path(spec).absolute()) if spec else ""
+    prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
+    if not spec[len(prefix) :]:
+        return spec
+    parts = [str(Path(p.strip()).absolute()) if p.strip() else "" for p in spec[len(prefix) :].split(",")]
+    return prefix + ",".join(parts)
 
 
 def load_benchmark(spec: str, run_path: str | Path | None = None) -> tuple[pd.DataFrame, str]:

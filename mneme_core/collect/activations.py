@@ -193,9 +193,9 @@ class ActivationStore:
             with safe_open(str(path), framework="pt") as fh:
                 return {name: fh.get_slice(name)[start:stop] for name in fields}
         except FileNotFoundError as exc:
-            raise StoreError(f"activation shard {path} is missing; {RECOLLECT}") from exc
+            raise StoreError(f"activation store file {path} is missing; {RECOLLECT}") from exc
         except Exception as exc:
-            raise StoreError(f"activation shard {path} is unreadable ({exc}); {RECOLLECT}") from exc
+            raise StoreError(f"activation store file {path} is unreadable ({exc}); {RECOLLECT}") from exc
 
     def _pieces(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(shard, lo, hi) local row ranges covering global tokens [start, stop)."""
@@ -356,19 +356,27 @@ def _shard_complete(path: Path) -> bool:
         return False
 
 
-def _drop_index_if_damaged(out_dir: Path, rank: int) -> bool:
-    """A finished store with a shard missing or unreadable (or an unreadable index) is
-    made unfinished again: its index and this rank's record of done shards go, so the
-    collection below recomputes exactly the shards that are not whole and reuses the rest.
-    Returns whether it did."""
+def _store_whole(out_dir: Path) -> bool:
+    """Whether a finished store's index, every shard it lists and its normalisation
+    statistics are on disk and readable."""
     try:
-        intact = all(_shard_complete(out_dir / s["file"]) for s in ActivationStore(out_dir).shards)
-    except (StoreError, KeyError, TypeError):
-        intact = False
-    if not intact:
-        (out_dir / INDEX).unlink(missing_ok=True)
-        (out_dir / f"rank-{rank}.done.json").unlink(missing_ok=True)
-    return not intact
+        shards = ActivationStore(out_dir).shards
+        with safe_open(str(out_dir / NORM_STATS), framework="pt") as fh:
+            stats = set(fh.keys())
+    except Exception:  # any file that does not read is a store to mend
+        return False
+    return {"mean", "std", "mean_norm", "scale"} <= stats and all(_shard_complete(out_dir / s["file"]) for s in shards)
+
+
+def _on_every_rank(flag: bool) -> bool:
+    """``flag`` where it holds on every process of a torch.distributed group (each rank
+    checks the shared folder at its own moment, and one rank recomputing while another
+    returns would leave their collective calls out of step); as it is in one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    flags: list[object] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(flags, flag)
+    return all(bool(f) for f in flags)
 
 
 def _rank_groups(
@@ -509,7 +517,10 @@ def collect(
     fingerprint = _fingerprint(models_cfg, corpus_cfg, act_cfg, world_size)
     _check_fingerprint(out_dir, fingerprint)
     donor = _check_donor(Path(act_cfg.reuse_base_from), fingerprint) if act_cfg.reuse_base_from else None
-    if (out_dir / INDEX).is_file() and not _drop_index_if_damaged(out_dir, rank):
+    # a finished store with a file missing or damaged is collected again: the shards that are
+    # whole are kept, the rest recomputed, and finalize rewrites the index (atomically, so a
+    # collection that fails again leaves the old one). Every rank takes the same decision.
+    if _on_every_rank((out_dir / INDEX).is_file() and _store_whole(out_dir)):
         return _summary(ActivationStore(out_dir)) | {
             "seconds": 0.0,
             "computed_tokens": 0,

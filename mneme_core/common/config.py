@@ -255,9 +255,6 @@ class InterpretConfig:
             raise ConfigError(
                 f"{where}: explainer 'transformers' needs model (a folder, hub id or 'smollm2-135m-instruct')"
             )
-        looks_like_a_path = self.model.startswith(("/", "./", "../", "~")) or "\\" in self.model
-        if self.explainer == "transformers" and looks_like_a_path and not Path(self.model).expanduser().is_dir():
-            raise ConfigError(f"{where}.model: no model folder at {self.model}")
         if self.scorer in ("detection", "fuzzing") and self.explainer == "offline":
             raise ConfigError(
                 f"{where}.scorer {self.scorer!r} needs an LLM: set explainer to openai or transformers, or use scorer 'embedding'"

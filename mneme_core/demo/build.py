@@ -423,9 +423,9 @@ def confirm_run(work: Path, name: str, progress: bool) -> Path:
     if (work / "benchmark_cache").is_dir():
         shutil.copytree(work / "benchmark_cache", run_dir / PLAIN_CACHE_DIR, dirs_exist_ok=True)
     try:
-        run_confirmation(
-            run_dir, ConfirmSettings(questions=str(work / "text" / "questions.parquet")), progress=progress
-        )
+        # replace: the table is this build's, whatever an earlier build into the folder tested
+        settings = ConfirmSettings(questions=str(work / "text" / "questions.parquet"), replace=True)
+        run_confirmation(run_dir, settings, progress=progress)
     except NothingToConfirm as exc:
         (run_dir / CONFIRMATION_FILE).unlink(missing_ok=True)  # an earlier build's verdicts are not this build's
         tqdm.write(f"confirm:{name}: skipped, {exc}")

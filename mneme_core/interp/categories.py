@@ -278,7 +278,10 @@ def _label_context_diffs(
     from mneme_core.collect.models import load_tokenizer
     from mneme_core.common.atomic import write_parquet
 
-    earlier = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE) if (run_path / CONTEXT_DIFFS_FILE).is_file() else None
+    try:  # the earlier labels: what a store-less run relabels, and what tells if labels changed
+        earlier = pd.read_parquet(run_path / CONTEXT_DIFFS_FILE) if (run_path / CONTEXT_DIFFS_FILE).is_file() else None
+    except (OSError, ValueError):  # a damaged earlier file is rewritten below where the store allows
+        earlier = None
     if (run_path / "activations" / INDEX).is_file():
         diffs = context_diffs(
             ActivationStore(run_path / "activations"), load_tokenizer(cfg.models.base), progress=progress
@@ -304,41 +307,73 @@ def _topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFrame | No
     """Each latent's share of activation per topic (``analysis.topics``), from the
     activation store and the contexts just labelled. A run without its store keeps its
     earlier profile while the contexts' labels are unchanged (the profile is a function
-    of the two), and loses it when they changed. Returns what happened."""
-    import torch
-
-    from mneme_core.analysis.contexts import special_token_ids
-    from mneme_core.analysis.topics import TOPIC_COLUMNS, TOPICS_FILE, context_mass, fires_most_in, topic_shares
-    from mneme_core.collect.activations import INDEX, ActivationStore
-    from mneme_core.collect.models import load_tokenizer, resolve_device
-    from mneme_core.common.atomic import write_parquet
-    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+    of the two), and loses it when they changed. It is a view: if it cannot be measured
+    here (no GPU for a run that names one, too little memory), the stage goes on without
+    it and says why. Returns what happened."""
+    from mneme_core.analysis.topics import TOPIC_COLUMNS, TOPICS_FILE
 
     path = run_path / TOPICS_FILE
-    has_store = (run_path / "activations" / INDEX).is_file()
+    has_store = (run_path / "activations" / "index.json").is_file()
     if contexts is None or not has_store:
-        if contexts is not None and same and path.is_file():
+        if contexts is not None and same and _readable(path):
             return "kept (contexts' labels unchanged)"
         path.unlink(missing_ok=True)
         drop_latent_columns(run_path, TOPIC_COLUMNS)
         return "not measured: it needs the activation store"
+    try:
+        _measure_topic_profile(cfg, run_path, contexts, progress)
+    except (RuntimeError, OSError, MemoryError, ValueError) as exc:  # torch's out-of-memory is a RuntimeError
+        path.unlink(missing_ok=True)
+        drop_latent_columns(run_path, TOPIC_COLUMNS)
+        return f"not measured: {type(exc).__name__}: {exc}"
+    return "measured"
+
+
+def _readable(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _measure_topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFrame, progress: bool) -> None:
+    import torch
+
+    from mneme_core.analysis.contexts import default_batch_size, special_token_ids
+    from mneme_core.analysis.topics import TOPICS_FILE, fires_most_in, topic_mass, topic_shares
+    from mneme_core.collect.activations import ActivationStore
+    from mneme_core.collect.models import load_tokenizer, resolve_device
+    from mneme_core.common.atomic import write_parquet
+    from mneme_core.dictionary.crosscoder import BatchTopKCrossCoder
+
+    store = ActivationStore(run_path / "activations")
     model = BatchTopKCrossCoder.from_pretrained(run_path / "crosscoder")
     device = resolve_device(cfg.models.device)
     model = model.to(device).eval()
+    names, topic_of_label = np.unique(contexts["category"].astype(str).to_numpy(), return_inverse=True)
+    n_ctx = int(max(int(contexts["context_id"].max()), int(store.context_ids.max())) + 1) if len(contexts) else 0
+    topic_of_context = np.full(n_ctx, -1, dtype=np.int64)
+    topic_of_context[contexts["context_id"].to_numpy(np.int64)] = topic_of_label
 
     def encode(x_B2d: Any) -> Any:
         return model.encode(x_B2d.to(device, torch.float32), use_threshold=True)
 
-    mass_CF = context_mass(
-        ActivationStore(run_path / "activations"),
+    mass_KF, tokens_K = topic_mass(
+        store,
         encode,
+        topic_of_context,
+        len(names),
         special_token_ids(load_tokenizer(cfg.models.base)),
+        batch_size=default_batch_size(model.n_latents, cfg.contexts.window),
+        device=device,
         progress=progress,
     )
-    shares = topic_shares(mass_CF, contexts)
-    write_parquet(path, shares)
-    merge_latent_columns(run_path, fires_most_in(shares, int(mass_CF.shape[1])))
-    return "measured"
+    shares = topic_shares(mass_KF, names, tokens_K)
+    write_parquet(run_path / TOPICS_FILE, shares)
+    merge_latent_columns(run_path, fires_most_in(shares, model.n_latents))
 
 
 def run_stage(cfg: StudyConfig, run_path: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -19,9 +19,12 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
+
+from mneme_core.common.config import ConfigError
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -172,6 +175,9 @@ class TransformersChat:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        looks_like_a_path = model.startswith(("/", "./", "../", "~")) or "\\" in model
+        if looks_like_a_path and not Path(model).expanduser().is_dir():
+            raise ConfigError(f"interpret.model: no model folder at {model}")
         path = _resolve_model_path(model)
         self.name = f"transformers:{model}"
         self.tokenizer = AutoTokenizer.from_pretrained(path)

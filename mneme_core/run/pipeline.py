@@ -247,10 +247,11 @@ def rerun_with(
     run_path: str | Path, section: str, changes: dict[str, Any], stages: Sequence[str], *, progress: bool = True
 ) -> StudyConfig:
     """Change one section of a run's config (``override_section``) and re-run ``stages``
-    with it. If one fails, the section goes back to what it was: the study's own config
-    still resumes the run (``mneme run STUDY.yaml`` redoes the failed stage and the stale
-    ones after it with the settings that made them) instead of being refused as another
-    study."""
+    with it; the first of them is the one the section belongs to. If that one fails, the
+    section goes back to what it was: the study's own config still resumes the run
+    (``mneme run STUDY.yaml`` redoes the failed stage and the stale ones after it with the
+    settings that made them) instead of being refused as another study. If it finished and
+    a later stage failed, its outputs are the new settings' and the new settings stay."""
     run_path = Path(run_path)
     before = read_manifest(run_path).get("config", {}).get(section)
     yaml_path = run_path / "config.yaml"
@@ -259,12 +260,15 @@ def rerun_with(
     try:
         run_study(cfg, stages=stages, force=True, progress=progress)
     except BaseException:
+        if _status(run_path, stages[0]) != "complete":
 
-        def restore(m: dict[str, Any]) -> None:
-            m["config"][section] = before
+            def restore(m: dict[str, Any]) -> None:
+                m["config"][section] = before
 
-        update_manifest(run_path, restore)
-        if yaml_before is not None:
-            atomic_write_bytes(yaml_path, yaml_before)
+            update_manifest(run_path, restore)
+            if yaml_before is not None:
+                atomic_write_bytes(yaml_path, yaml_before)
+            else:
+                yaml_path.unlink(missing_ok=True)
         raise
     return cfg

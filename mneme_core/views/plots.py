@@ -279,7 +279,7 @@ def topic_bars(shares: pd.DataFrame, latent: int) -> go.Figure:
     """Share of a latent's activation per topic of the text (bars), beside the share of all
     analysis tokens in that topic (markers): a bar well past its marker is a topic the
     latent prefers, not just a large one."""
-    shares = shares.sort_values("share")
+    shares = shares.sort_values("share").assign(category=lambda d: d["category"].astype(str).map(html.escape))
     lift = shares["share"] / shares["corpus_share"].where(shares["corpus_share"] > 0)
     fig = go.Figure(
         [

@@ -129,7 +129,14 @@ with right:
         )
 
 st.subheader("Where it fires")
-shares = _ui.topics(path, mtime, latent) if run.stage_status("categories") == "complete" else pd.DataFrame()
+try:
+    shares = _ui.topics(path, mtime, latent) if run.stage_status("categories") == "complete" else pd.DataFrame()
+except (OSError, ValueError) as exc:  # a damaged file: say so, keep the rest of the page
+    shares = pd.DataFrame()
+    st.caption(
+        f"latent_topics.parquet cannot be read ({render.escape_markdown(str(exc))}); re-make it with "
+        f"`mneme run {run.path / 'config.yaml'} --force categories` where the run's activation store is."
+    )
 if len(shares):
     st.plotly_chart(plots.topic_bars(shares, latent), key="topic_bars")
     st.caption(
