@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mneme_core.common.config import PRECISIONS, RUNNER_PREFIX, ConfigError, load_config
+from mneme_core.common.config import PRECISIONS, ConfigError, load_config
 from mneme_core.common.errors import RunError
-from mneme_core.run.reader import open_run
+from mneme_core.run.reader import damaged, open_run
 from mneme_core.run.store import SEED_AGREEMENT_FILE, STAGES
 
 if TYPE_CHECKING:
@@ -85,8 +85,6 @@ def _table_summary(run: Any) -> dict[str, Any]:
         path = run.path / f"{name}.parquet"
         if path.is_file():
             import pyarrow.parquet as pq
-
-            from mneme_core.run.reader import damaged
 
             try:
                 tables[name] = {"rows": int(pq.ParquetFile(path).metadata.num_rows)}
@@ -252,19 +250,14 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mneme_core.benchmarks.loaders import BenchmarkError, absolute_spec, load_benchmark
+    from mneme_core.benchmarks.loaders import absolute_spec, check_benchmark
     from mneme_core.run.pipeline import rerun_with
 
     spec = absolute_spec(args.benchmark)
     try:  # a benchmark that cannot be read is refused before the run's settings change
-        if spec.startswith(RUNNER_PREFIX):  # question files, scored by the stage itself
-            missing = [p for p in spec[len(RUNNER_PREFIX) :].split(",") if not Path(p).is_file()]
-            if missing:
-                raise BenchmarkError(f"question file not found: {missing[0]}")
-        else:
-            load_benchmark(spec, args.run)
-    except (BenchmarkError, ValueError, KeyError, TypeError) as exc:  # a harness file of another shape, too
-        raise ConfigError(f"benchmark {spec}: {exc}" if isinstance(exc, (KeyError, TypeError)) else str(exc)) from None
+        check_benchmark(spec, args.run)
+    except ValueError as exc:  # BenchmarkError, and pandas' own parse errors
+        raise ConfigError(str(exc)) from None
     changes: dict[str, Any] = {"benchmark": spec}
     if args.description is not None:
         changes["intervention_description"] = args.description

@@ -454,5 +454,5 @@ def test_a_damaged_topic_table_is_named_and_the_latent_page_still_draws(tiny_run
     (run / "latent_topics.parquet").write_bytes(b"not parquet")
     latent = int(open_run(run).contexts()["latent"].iloc[0])
     at = page(run, "latent", latent=latent)
-    assert any("latent_topics.parquet cannot be read" in c.value for c in at.caption)
+    assert any("cannot be read" in c.value and "force categories" in c.value for c in at.caption)
     assert f"Non-zero activations of latent {latent}" in charts(at)

@@ -38,7 +38,6 @@ def topic_mass(
     special_ids: Iterable[int] = (),
     *,
     batch_size: int,
-    device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``mass_KF[k, j]``: latent j's summed activation over the tokens whose packed context
@@ -49,8 +48,6 @@ def topic_mass(
     token_ids = np.asarray(store.token_ids)  # type: ignore[attr-defined]
     special = np.asarray(sorted({int(i) for i in special_ids}), dtype=np.int64)
     topic_of = np.asarray(topic_of_context, dtype=np.int64)
-    # float64 accumulators where the device has them (an MPS GPU has not)
-    acc = torch.float32 if torch.device(device).type == "mps" else torch.float64
     mass_KF: torch.Tensor | None = None
     tokens_K = np.zeros(n_topics, dtype=np.int64)
     start = 0
@@ -60,10 +57,11 @@ def topic_mass(
             topic_B = topic_of[ctx[start:stop]]
             keep = ~np.isin(token_ids[start:stop], special) & (topic_B >= 0)
             f_BF = encode(x_B2d)
-            if mass_KF is None:
+            if mass_KF is None:  # on the encoder's device; float64 where it has it (an MPS GPU has not)
+                acc = torch.float32 if f_BF.device.type == "mps" else torch.float64
                 mass_KF = torch.zeros(n_topics, f_BF.shape[1], dtype=acc, device=f_BF.device)
             rows = torch.from_numpy(np.flatnonzero(keep)).to(f_BF.device)
-            mass_KF.index_add_(0, torch.from_numpy(topic_B[keep]).to(f_BF.device), f_BF[rows].to(acc))
+            mass_KF.index_add_(0, torch.from_numpy(topic_B[keep]).to(f_BF.device), f_BF[rows].to(mass_KF.dtype))
             tokens_K += np.bincount(topic_B[keep], minlength=n_topics)
             start = stop
             bar.update(len(x_B2d))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mneme_core.common.config import LM_EVAL_PREFIX, RUNNER_PREFIX
+from mneme_core.common.config import LM_EVAL_PREFIX, RUNNER_PREFIX, map_benchmark_files
 
 BENCHMARK_COLUMNS = ("category", "score_before", "score_after", "n_questions")
 PAIRED_COLUMNS = ("n_lost", "n_gained")  # optional: exact paired counts from per-question results
@@ -236,12 +236,22 @@ def absolute_spec(spec: str) -> str:
     """``evaluation.benchmark`` with its file paths made absolute (from the working folder),
     so a spec given on the command line still names the same files when the run is later
     resumed from another folder. Empty stays empty (the run's own table)."""
-    spec = spec.strip()
-    prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
-    if not spec[len(prefix) :]:
-        return spec
-    parts = [str(Path(p.strip()).absolute()) if p.strip() else "" for p in spec[len(prefix) :].split(",")]
-    return prefix + ",".join(parts)
+    return map_benchmark_files(spec.strip(), lambda part: str(Path(part).absolute()))
+
+
+def check_benchmark(spec: str, run_path: str | Path | None = None) -> None:
+    """Fail with a BenchmarkError now, before a run's settings change, if ``spec`` cannot
+    be evaluated: a table or harness pair that does not load, or a ``runner:`` question
+    file that is not there (the evaluate stage scores those itself)."""
+    if spec.startswith(RUNNER_PREFIX):
+        missing = [p for p in spec[len(RUNNER_PREFIX) :].split(",") if not Path(p.strip()).is_file()]
+        if missing:
+            raise BenchmarkError(f"question file not found: {missing[0]}")
+        return
+    try:
+        load_benchmark(spec, run_path)
+    except (KeyError, TypeError) as exc:  # a harness file of another shape
+        raise BenchmarkError(f"benchmark {spec}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_benchmark(spec: str, run_path: str | Path | None = None) -> tuple[pd.DataFrame, str]:

@@ -69,13 +69,14 @@ from mneme_core.common.config import (
     ModelsConfig,
     StudyConfig,
 )
-from mneme_core.common.distributed import join_process_group
+from mneme_core.common.distributed import join_process_group, on_every_rank
 from mneme_core.run.store import add_provenance, differing_keys
 
 FORMAT = "mneme-activations-1"
 INDEX = "index.json"
 FINGERPRINT = "collect.json"
 NORM_STATS = "norm_stats.safetensors"
+NORM_STATS_KEYS = ("mean", "std", "mean_norm", "scale")
 META_FIELDS = ("token_ids", "doc_ids", "positions", "context_ids")
 EXCLUDED_KINDS = ("first", "massive")
 
@@ -146,7 +147,7 @@ class ActivationStore:
         ``scale = sqrt(d) / mean_norm``: multiplying model m's activations by it gives them
         mean norm sqrt(d), so both models weigh equally in the loss whatever their scale.
         """
-        return self._read_file(self.path / NORM_STATS, ("mean", "std", "mean_norm", "scale"))
+        return self._read_file(self.path / NORM_STATS, NORM_STATS_KEYS)
 
     def _field(self, name: str) -> np.ndarray:
         parts = [self.read_shard(i, fields=(name,))[name].numpy() for i in range(len(self.shards))]
@@ -365,18 +366,7 @@ def _store_whole(out_dir: Path) -> bool:
             stats = set(fh.keys())
     except Exception:  # any file that does not read is a store to mend
         return False
-    return {"mean", "std", "mean_norm", "scale"} <= stats and all(_shard_complete(out_dir / s["file"]) for s in shards)
-
-
-def _on_every_rank(flag: bool) -> bool:
-    """``flag`` where it holds on every process of a torch.distributed group (each rank
-    checks the shared folder at its own moment, and one rank recomputing while another
-    returns would leave their collective calls out of step); as it is in one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    flags: list[object] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(flags, flag)
-    return all(bool(f) for f in flags)
+    return set(NORM_STATS_KEYS) <= stats and all(_shard_complete(out_dir / s["file"]) for s in shards)
 
 
 def _rank_groups(
@@ -520,7 +510,9 @@ def collect(
     # a finished store with a file missing or damaged is collected again: the shards that are
     # whole are kept, the rest recomputed, and finalize rewrites the index (atomically, so a
     # collection that fails again leaves the old one). Every rank takes the same decision.
-    if _on_every_rank((out_dir / INDEX).is_file() and _store_whole(out_dir)):
+    # (each rank checks the shared folder at its own moment; one rank recomputing while
+    # another returned would leave their collective calls out of step)
+    if on_every_rank((out_dir / INDEX).is_file() and _store_whole(out_dir)):
         return _summary(ActivationStore(out_dir)) | {
             "seconds": 0.0,
             "computed_tokens": 0,

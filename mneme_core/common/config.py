@@ -13,6 +13,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -466,6 +467,13 @@ PATH_KEYS = (
 RUNNER_PREFIX, LM_EVAL_PREFIX = "runner:", "lm_eval:"
 
 
+def map_benchmark_files(spec: str, fn: Callable[[str], str]) -> str:
+    """``evaluation.benchmark`` with ``fn`` applied to each file it names (after a
+    ``runner:`` / ``lm_eval:`` prefix, comma-separated; empty parts stay empty)."""
+    prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
+    return prefix + ",".join(fn(part.strip()) if part.strip() else "" for part in spec[len(prefix) :].split(","))
+
+
 def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str, Any]:
     """A copy of the config mapping ``data`` with each relative path that names something
     from ``run_path`` resolved against it.
@@ -484,10 +492,6 @@ def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str
             return path
         return str((run_path / path).resolve())
 
-    def resolve_benchmark(spec: str) -> str:
-        prefix = next((p for p in (RUNNER_PREFIX, LM_EVAL_PREFIX) if spec.startswith(p)), "")
-        return prefix + ",".join(resolve(part) for part in spec[len(prefix) :].split(","))
-
     out = copy.deepcopy(data)
     for keys in PATH_KEYS:
         holder = out
@@ -496,7 +500,8 @@ def resolve_run_relative(data: dict[str, Any], run_path: str | Path) -> dict[str
             holder = inner if isinstance(inner, dict) else {}
         value = holder.get(keys[-1])
         if isinstance(value, str):
-            holder[keys[-1]] = resolve_benchmark(value) if keys == ("evaluation", "benchmark") else resolve(value)
+            is_benchmark = keys == ("evaluation", "benchmark")
+            holder[keys[-1]] = map_benchmark_files(value, resolve) if is_benchmark else resolve(value)
         elif isinstance(value, list):
             holder[keys[-1]] = [resolve(v) if isinstance(v, str) else v for v in value]
     return out

@@ -58,6 +58,16 @@ def wait_for_every_rank() -> None:
         dist.barrier()
 
 
+def on_every_rank(flag: bool) -> bool:
+    """``flag`` where it holds on every process of the group this process joined (a
+    decision all ranks must take alike); as it is in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    flags: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, flag)
+    return all(bool(f) for f in flags)
+
+
 def _local_cuda_device() -> torch.device:
     """This process's GPU: ``LOCAL_RANK`` under ``torchrun``, else the current one."""
     if launched_world_size() <= 1:

@@ -311,22 +311,22 @@ def _topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFrame | No
     here (no GPU for a run that names one, too little memory), the stage goes on without
     it and says why. Returns what happened."""
     from mneme_core.analysis.topics import TOPIC_COLUMNS, TOPICS_FILE
+    from mneme_core.collect.activations import INDEX
 
     path = run_path / TOPICS_FILE
-    has_store = (run_path / "activations" / "index.json").is_file()
-    if contexts is None or not has_store:
+    if contexts is None or not (run_path / "activations" / INDEX).is_file():
         if contexts is not None and same and _readable(path):
             return "kept (contexts' labels unchanged)"
-        path.unlink(missing_ok=True)
-        drop_latent_columns(run_path, TOPIC_COLUMNS)
-        return "not measured: it needs the activation store"
-    try:
-        _measure_topic_profile(cfg, run_path, contexts, progress)
-    except (RuntimeError, OSError, MemoryError, ValueError) as exc:  # torch's out-of-memory is a RuntimeError
-        path.unlink(missing_ok=True)
-        drop_latent_columns(run_path, TOPIC_COLUMNS)
-        return f"not measured: {type(exc).__name__}: {exc}"
-    return "measured"
+        why = "it needs the activation store"
+    else:
+        try:
+            _measure_topic_profile(cfg, run_path, contexts, progress)
+            return "measured"
+        except (RuntimeError, OSError, MemoryError, ValueError) as exc:  # torch's out-of-memory is a RuntimeError
+            why = f"{type(exc).__name__}: {exc}"
+    path.unlink(missing_ok=True)  # an earlier profile is not of these labels, or not of this dictionary
+    drop_latent_columns(run_path, TOPIC_COLUMNS)
+    return f"not measured: {why}"
 
 
 def _readable(path: Path) -> bool:
@@ -354,8 +354,8 @@ def _measure_topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFr
     device = resolve_device(cfg.models.device)
     model = model.to(device).eval()
     names, topic_of_label = np.unique(contexts["category"].astype(str).to_numpy(), return_inverse=True)
-    n_ctx = int(max(int(contexts["context_id"].max()), int(store.context_ids.max())) + 1) if len(contexts) else 0
-    topic_of_context = np.full(n_ctx, -1, dtype=np.int64)
+    # the contexts were read from this store, so its ids cover theirs
+    topic_of_context = np.full(int(store.context_ids.max()) + 1, -1, dtype=np.int64)
     topic_of_context[contexts["context_id"].to_numpy(np.int64)] = topic_of_label
 
     def encode(x_B2d: Any) -> Any:
@@ -368,7 +368,6 @@ def _measure_topic_profile(cfg: StudyConfig, run_path: Path, contexts: pd.DataFr
         len(names),
         special_token_ids(load_tokenizer(cfg.models.base)),
         batch_size=default_batch_size(model.n_latents, cfg.contexts.window),
-        device=device,
         progress=progress,
     )
     shares = topic_shares(mass_KF, names, tokens_K)

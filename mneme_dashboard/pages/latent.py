@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from mneme_core.analysis.topics import TOPICS_FILE
+from mneme_core.run.reader import damaged
 from mneme_core.views import explore, plots, render
 from mneme_core.views.triage import MARKS, TriageStore
 from mneme_dashboard import _ui
@@ -133,10 +135,7 @@ try:
     shares = _ui.topics(path, mtime, latent) if run.stage_status("categories") == "complete" else pd.DataFrame()
 except (OSError, ValueError) as exc:  # a damaged file: say so, keep the rest of the page
     shares = pd.DataFrame()
-    st.caption(
-        f"latent_topics.parquet cannot be read ({render.escape_markdown(str(exc))}); re-make it with "
-        f"`mneme run {run.path / 'config.yaml'} --force categories` where the run's activation store is."
-    )
+    st.caption(render.escape_markdown(str(damaged(run.path / TOPICS_FILE, exc))))
 if len(shares):
     st.plotly_chart(plots.topic_bars(shares, latent), key="topic_bars")
     st.caption(
@@ -146,10 +145,10 @@ if len(shares):
         "comes from its top windows only, and can differ."
     )
 elif run.stage_status("categories") == "complete":
+    why = run.stage_metrics("categories").get("topic_profile") or "the run was categorised before MNEME measured it"
     st.caption(
-        "No share of activation by topic: the **categories** stage measures it from the activation store, "
-        "which this run does not hold (a published or pulled run), or the run was categorised before MNEME "
-        "measured it."
+        "No share of activation by topic (the **categories** stage measures it from the activation store): "
+        + render.escape_markdown(str(why))
     )
 ctx = explore.distinct_samples(_ui.contexts(path, mtime, latent))
 if not _ui.note_missing(run, "contexts", what="Activating contexts"):
